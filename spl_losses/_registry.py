@@ -1,0 +1,122 @@
+"""Loss registry in timm's style: ``register_loss`` / ``create_loss`` / ``list_losses``.
+
+Losses register themselves with the ``@register_loss("name")`` decorator when their module is
+imported. Other distributions add losses through the entry-point group ``spl_losses.losses``: each
+entry point names a loss class (or factory) and is registered under the entry point's name the
+first time the registry is queried.
+"""
+import difflib
+import fnmatch
+from importlib.metadata import entry_points
+from typing import Callable, Dict, List, Optional, Union
+
+from torch import nn
+
+__all__ = ["register_loss", "create_loss", "list_losses", "is_loss", "get_loss_class", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "spl_losses.losses"
+
+_loss_entrypoints: Dict[str, Callable[..., nn.Module]] = {}
+_entry_points_loaded = False
+
+
+def register_loss(name: str) -> Callable:
+    """Register a loss class or factory under ``name``.
+
+    Args:
+        name: Registry name, lower case (``"role"``, ``"an_ls"``). Registering a name twice is an error.
+
+    Returns:
+        A decorator that registers its argument and returns it unchanged.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_loss expects a non-empty string name, got {name!r}")
+
+    def _decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _loss_entrypoints and _loss_entrypoints[name] is not fn:
+            raise ValueError(f"A loss named {name!r} is already registered ({_loss_entrypoints[name]!r})")
+        _loss_entrypoints[name] = fn
+        if isinstance(fn, type):
+            fn.loss_name = name
+        return fn
+
+    return _decorator
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _loss_entrypoints:
+            continue
+        try:
+            _loss_entrypoints[ep.name] = ep.load()
+        except Exception as err:  # a broken plugin must not break the package
+            import warnings
+
+            warnings.warn(f"Could not load loss {ep.name!r} from entry point {ep.value!r}: {err}")
+
+
+def list_losses(filter: Union[str, List[str]] = "") -> List[str]:
+    """List registered loss names, sorted.
+
+    Args:
+        filter: A wildcard pattern (``"an*"``) or a list of patterns; empty lists everything.
+
+    Returns:
+        The sorted names that match any pattern.
+    """
+    _load_entry_points()
+    names = sorted(_loss_entrypoints)
+    if filter:
+        patterns = [filter] if isinstance(filter, str) else list(filter)
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    return names
+
+
+def is_loss(name: str) -> bool:
+    """Return whether ``name`` is a registered loss.
+
+    Args:
+        name: Loss name.
+    """
+    _load_entry_points()
+    return name in _loss_entrypoints
+
+
+def get_loss_class(name: str) -> Callable[..., nn.Module]:
+    """Return the class (or factory) registered under ``name``.
+
+    Args:
+        name: Loss name.
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the known names and the closest match.
+    """
+    _load_entry_points()
+    if name not in _loss_entrypoints:
+        known = sorted(_loss_entrypoints)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown loss {name!r}.{hint} Known losses: {', '.join(known)}")
+    return _loss_entrypoints[name]
+
+
+def create_loss(name: str, **kwargs) -> nn.Module:
+    """Create a registered loss.
+
+    Args:
+        name: Registry name, see :func:`list_losses`.
+        **kwargs: Constructor arguments of that loss (``num_classes``, ``expected_num_pos``, ...).
+
+    Returns:
+        The loss module, called as ``loss(logits, targets, index=None)``.
+
+    Example::
+
+        >>> import spl_losses
+        >>> loss = spl_losses.create_loss("an")
+    """
+    return get_loss_class(name)(**kwargs)

@@ -1,0 +1,127 @@
+"""Label encodings of SPEC §1 and the conversions between them.
+
+- Full ("clean") labels: multi-hot {0, 1}.
+- Observed labels: {-1, 0, +1}: observed negative, unobserved, observed positive.
+- Datasets store labels as lists of class indices; losses take dense (B, C) tensors.
+"""
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "POSITIVE",
+    "UNOBSERVED",
+    "NEGATIVE",
+    "indices_to_dense",
+    "dense_to_indices",
+    "check_observed_labels",
+    "check_multi_hot",
+]
+
+POSITIVE = 1
+UNOBSERVED = 0
+NEGATIVE = -1
+
+
+def indices_to_dense(
+        indices: Iterable[Sequence[int]],
+        num_classes: int,
+        negatives: Optional[Iterable[Sequence[int]]] = None,
+        dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Turn per-row lists of class indices into a dense (N, C) label tensor.
+
+    Args:
+        indices: One sequence of positive class indices per row.
+        num_classes: C, the number of classes.
+        negatives: Optional per-row sequences of observed negative class indices (encoded -1).
+        dtype: Output dtype.
+
+    Returns:
+        A (N, C) tensor with 1 at positives, -1 at observed negatives and 0 elsewhere.
+    """
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    rows = [list(r) for r in indices]
+    out = torch.zeros(len(rows), num_classes, dtype=dtype)
+    for value, lists in ((POSITIVE, rows), (NEGATIVE, None if negatives is None else [list(r) for r in negatives])):
+        if lists is None:
+            continue
+        if len(lists) != len(rows):
+            raise ValueError(f"negatives has {len(lists)} rows, expected {len(rows)}")
+        row_idx = np.repeat(np.arange(len(lists)), [len(r) for r in lists])
+        col_idx = np.fromiter((c for r in lists for c in r), dtype=np.int64, count=len(row_idx))
+        if col_idx.size and (col_idx.min() < 0 or col_idx.max() >= num_classes):
+            raise ValueError(
+                f"class indices must lie in [0, {num_classes - 1}], got values in [{col_idx.min()}, {col_idx.max()}]")
+        out[torch.from_numpy(row_idx), torch.from_numpy(col_idx)] = value
+    return out
+
+
+def dense_to_indices(labels: Union[torch.Tensor, np.ndarray], value: int = POSITIVE) -> list:
+    """Turn a dense (N, C) label matrix into per-row lists of the class indices equal to ``value``.
+
+    Args:
+        labels: (N, C) dense labels.
+        value: The entry value to collect (1 for positives, -1 for observed negatives).
+
+    Returns:
+        A list of N lists of ints.
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.ndim != 2:
+        raise ValueError(f"labels must be 2-D (N, C), got shape {tuple(arr.shape)}")
+    return [np.flatnonzero(row == value).tolist() for row in arr]
+
+
+def _check_finite_2d(name: str, labels: torch.Tensor, expected_shape=None) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, num_classes), got shape {tuple(labels.shape)}")
+    if expected_shape is not None and tuple(labels.shape) != tuple(expected_shape):
+        raise ValueError(f"{name} shape {tuple(labels.shape)} does not match logits shape {tuple(expected_shape)}")
+    if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+        raise ValueError(f"{name} contain NaN or inf values")
+
+
+def check_observed_labels(labels: torch.Tensor, expected_shape=None, name: str = "targets") -> None:
+    """Check that ``labels`` is a dense (B, C) tensor in the observed encoding {-1, 0, 1}.
+
+    Args:
+        labels: The tensor to check.
+        expected_shape: Shape it must have (usually the logits' shape), or None.
+        name: Name used in error messages.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, or values outside {-1, 0, 1}.
+    """
+    _check_finite_2d(name, labels, expected_shape)
+    bad = (labels != 0) & (labels != 1) & (labels != -1)
+    if bool(bad.any()):
+        found = torch.unique(labels[bad])[:5].tolist()
+        raise ValueError(f"{name} must be in the observed encoding {{-1, 0, 1}}, found values {found}")
+
+
+def check_multi_hot(labels: torch.Tensor, expected_shape=None, name: str = "targets") -> None:
+    """Check that ``labels`` is a dense (B, C) full-label tensor with values in [0, 1].
+
+    Soft targets in [0, 1] (mixup, label smoothing) are accepted; -1 (an observed negative of the
+    single-positive encoding) is not, since full-label losses read 0 as a true negative.
+
+    Args:
+        labels: The tensor to check.
+        expected_shape: Shape it must have (usually the logits' shape), or None.
+        name: Name used in error messages.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, or values outside [0, 1].
+    """
+    _check_finite_2d(name, labels, expected_shape)
+    if bool(((labels < 0) | (labels > 1)).any()):
+        if bool((labels == -1).any()):
+            raise ValueError(
+                f"{name} contain -1 (observed negative), but this loss takes full multi-hot labels in {{0, 1}}; "
+                "use a single-positive loss such as 'an' for the {-1, 0, 1} encoding")
+        raise ValueError(f"{name} must be multi-hot in [0, 1], found values outside that range")

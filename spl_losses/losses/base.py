@@ -1,0 +1,175 @@
+"""The common base of every loss: input checks, float32 compute and the training-state protocol.
+
+Every loss is called as ``loss(logits, targets, index=None)`` and returns a scalar.
+
+Training-state protocol (one thing, the same for every loss; stateless losses inherit no-ops):
+
+- ``loss.set_epoch(epoch)``: call at the start of every epoch, 0-based like
+  ``DistributedSampler.set_epoch`` (the papers' epoch t is ``set_epoch(t - 1)``).
+- ``index``: the batch's example positions in the training split (the dataset's ``index`` column).
+  Losses with per-example state set ``requires_index = True`` and raise ValueError without it.
+- ``loss.update_from_predictions(probs)``: losses with ``needs_predictions = True`` want, after
+  each epoch, the (N, C) sigmoid probabilities of the model on the whole training set, row i
+  being example ``index == i``.
+- All state (epoch, label matrices, estimators) lives in the module's ``state_dict``, so saving
+  the loss with the model (or with ``accelerate``'s checkpointing) and loading it continues training
+  exactly.
+
+Example loop::
+
+    loss_fn = spl_losses.create_loss("em_apl", num_classes=C, num_examples=N)
+    for epoch in range(num_epochs):
+        loss_fn.set_epoch(epoch)
+        for batch in loader:
+            loss = loss_fn(model(batch["image"]), batch["targets"], index=batch["index"])
+            ...
+        if loss_fn.needs_predictions:
+            loss_fn.update_from_predictions(predict_probs(model, train_set))  # (N, C)
+"""
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..labels import check_multi_hot, check_observed_labels
+
+__all__ = ["SPLoss", "neg_log", "REFERENCE_EPS"]
+
+REFERENCE_EPS = 1e-5
+
+
+def neg_log(p: torch.Tensor, eps: float = REFERENCE_EPS) -> torch.Tensor:
+    """The reference implementation's log: ``-log(p + eps)``.
+
+    Args:
+        p: Probabilities.
+        eps: Added inside the log (1e-5 in the reference).
+    """
+    return -torch.log(p + eps)
+
+
+class SPLoss(nn.Module):
+    """Base class of the project's losses.
+
+    Subclasses implement :meth:`compute` on float32 logits and targets that have been checked.
+
+    Args:
+        eps: Epsilon inside the log of the reference form ``-log(p + eps)``.
+        stable: Use the numerically stable log-sigmoid form (``softplus(-x)`` for ``-log p``)
+            instead of the reference form. Results differ from the reference in the 4th decimal.
+        check_inputs: Check shapes, encodings and index ranges on every call (a device sync on GPU).
+            Turn off only for inputs known to be valid.
+    """
+
+    #: "observed" for the {-1, 0, 1} encoding, "multi_hot" for full labels in {0, 1}.
+    target_encoding: str = "observed"
+    #: Whether the loss needs the examples' ``index`` (per-example state).
+    requires_index: bool = False
+    #: Whether the loss wants ``update_from_predictions(probs)`` after each epoch.
+    needs_predictions: bool = False
+    #: Set by ``register_loss``.
+    loss_name: str = ""
+
+    def __init__(self, eps: float = REFERENCE_EPS, stable: bool = False, check_inputs: bool = True):
+        super().__init__()
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+        self.eps = float(eps)
+        self.stable = bool(stable)
+        self.check_inputs = bool(check_inputs)
+        self.epoch = 0
+
+    # ----------------------------------------------------------------- protocol
+    def set_epoch(self, epoch: int) -> None:
+        """Set the current epoch (0-based) for losses with epoch schedules.
+
+        Args:
+            epoch: 0-based epoch number.
+        """
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int (0-based), got {epoch!r}")
+        self.epoch = epoch
+
+    def update_from_predictions(self, probs: torch.Tensor) -> None:
+        """Receive the model's (N, C) training-set probabilities after an epoch (no-op by default).
+
+        Args:
+            probs: (N, C) sigmoid probabilities, row i for the example with ``index == i``.
+        """
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.epoch = int(state.get("epoch", 0))
+
+    # ----------------------------------------------------------------- helpers
+    def neg_log_terms(self, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(-log p, -log(1 - p), p)`` for float32 logits, in the reference or stable form.
+
+        Args:
+            logits: float32 logits.
+        """
+        p = torch.sigmoid(logits)
+        if self.stable:
+            return F.softplus(-logits), F.softplus(logits), p
+        return neg_log(p, self.eps), neg_log(1.0 - p, self.eps), p
+
+    def check_index(self, index: Optional[torch.Tensor], batch_size: int, num_examples: int) -> torch.Tensor:
+        """Check an example-index tensor and return it as int64.
+
+        Args:
+            index: (B,) integer example indices.
+            batch_size: B.
+            num_examples: N; indices must lie in [0, N).
+        """
+        if index is None:
+            raise ValueError(
+                f"loss {self.loss_name or type(self).__name__!r} keeps per-example state and needs the batch's "
+                "example indices: call loss(logits, targets, index=batch['index'])")
+        if not isinstance(index, torch.Tensor):
+            index = torch.as_tensor(index)
+        if index.dim() != 1 or index.shape[0] != batch_size:
+            raise ValueError(f"index must have shape ({batch_size},), got {tuple(index.shape)}")
+        if index.is_floating_point() or index.dtype == torch.bool:
+            raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
+        if self.check_inputs and index.numel():
+            lo, hi = int(index.min()), int(index.max())
+            if lo < 0 or hi >= num_examples:
+                raise ValueError(f"index out of range: values in [{lo}, {hi}], expected [0, {num_examples - 1}]")
+        return index.long()
+
+    # ----------------------------------------------------------------- call
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor] = None):
+        """Compute the loss.
+
+        Args:
+            logits: (B, C) logits in any float dtype; computed in float32.
+            targets: (B, C) dense targets: multi-hot for full-label losses, {-1, 0, 1} otherwise.
+            index: (B,) example indices, needed by losses with per-example state.
+
+        Returns:
+            A scalar float32 tensor.
+        """
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be 2-D (batch, num_classes), got shape {tuple(logits.shape)}")
+        if self.check_inputs:
+            if self.target_encoding == "multi_hot":
+                check_multi_hot(targets, logits.shape)
+            else:
+                check_observed_labels(targets, logits.shape)
+        elif not isinstance(targets, torch.Tensor) or targets.shape != logits.shape:
+            raise ValueError(f"targets must be a tensor of the logits' shape {tuple(logits.shape)}")
+        num_classes = getattr(self, "num_classes", None)
+        if num_classes is not None and logits.shape[1] != num_classes:
+            raise ValueError(f"logits have {logits.shape[1]} classes, but the loss was built for num_classes={num_classes}")
+        return self.compute(logits.float(), targets.to(device=logits.device, dtype=torch.float32), index)
+
+    def compute(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, stable={self.stable}"
