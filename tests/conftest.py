@@ -1,9 +1,56 @@
-"""Shared test configuration: one torch thread (2-core CI machines), offline, deterministic."""
+"""Shared test configuration: one torch thread (2-core CI machines), a local Hub server, deterministic."""
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# --- Hugging Face Hub: a local Hub-compatible server (tests/hub_server.py) instead of the real Hub. ---
+# huggingface_hub, timm and datasets read these at import time, so they are set here, before any test
+# module imports them. Nothing can reach the real Hub: the endpoint is 127.0.0.1 on a port picked now,
+# served by the `hub_server` session fixture only when a test asks for it (connection refused otherwise).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+HUB_PORT = _free_port()
+HF_HOME_DIR = tempfile.mkdtemp(prefix="spl_losses_test_hf_home_")
+atexit.register(shutil.rmtree, HF_HOME_DIR, True)
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_TOKEN"] = "dummy-test-token"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HOME"] = HF_HOME_DIR
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+              "HF_DATASETS_CACHE", "HUGGINGFACE_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+    os.environ.pop(_name, None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """The local Hub-compatible server on ``HF_ENDPOINT``, started on first use for the session."""
+    from hub_server import HubServer
+
+    server = HubServer(port=HUB_PORT).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hub(hub_server):
+    """The session's Hub server, checked after the test: no request may have hit an unknown route."""
+    hub_server.unknown_routes.clear()
+    yield hub_server
+    unknown = list(hub_server.unknown_routes)
+    hub_server.unknown_routes.clear()
+    assert not unknown, f"the client called routes the test Hub server does not implement: {unknown}"
 
 import torch  # noqa: E402
 
