@@ -1,0 +1,11 @@
+"""SPML datasets as Hugging Face ``datasets``: builders, single-positive sampling, loading, cards.
+
+Every builder yields a ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test`` and
+columns ``image`` (or ``features``), ``labels``, ``observed_labels`` (``List(ClassLabel)``) and
+``index`` (int64). See :func:`build_dataset` and :func:`load_spml_dataset`.
+"""
+from .registry import DatasetInfo, get_dataset_class, get_dataset_info, is_dataset, list_datasets, register_dataset
+from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_single_positive, split_train_validation
+from .builder import RawSplit, SPMLBuilder, SPMLConfig, build_dataset, create_builder
+
+# builder modules register themselves on import
