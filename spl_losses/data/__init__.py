@@ -9,3 +9,6 @@ from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_sin
 from .builder import RawSplit, SPMLBuilder, SPMLConfig, build_dataset, create_builder
 
 # builder modules register themselves on import
+
+# builder modules register themselves on import
+from . import digits_mosaic
