@@ -1,0 +1,187 @@
+"""ROLE's online label estimator (Cole et al., CVPR 2021) combined with any registered SPML loss.
+
+Users of the original asked to pair the label estimator with other losses; no public
+implementation does this. ``create_loss("label_estimation", base_loss="em", ...)`` or
+:func:`with_label_estimator` builds it.
+"""
+import inspect
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .._registry import get_loss_class, register_loss
+from .assume_negative import _check_num_classes
+from .base import SPLoss
+from .epr import _check_expected_num_pos, expected_positive_regularizer
+from .robust import _check_number
+from .role import LabelEstimator, ROLELoss
+
+__all__ = ["LabelEstimationLoss", "with_label_estimator"]
+
+#: Constructor arguments shared between the wrapper and the base loss it builds by name.
+_SHARED_ARGS = ("num_classes", "num_examples", "expected_num_pos", "observed_labels", "eps", "stable", "check_inputs")
+
+
+def _build_base_loss(base_loss: Union[str, SPLoss], base_kwargs: Optional[Dict[str, Any]],
+                     shared: Dict[str, Any]) -> SPLoss:
+    if isinstance(base_loss, str):
+        cls = get_loss_class(base_loss)
+        kwargs = dict(base_kwargs or {})
+        params = inspect.signature(cls).parameters
+        takes_var_kwargs = any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in params.values())
+        for name, value in shared.items():
+            if name in kwargs or value is None:
+                continue
+            if name in params or (takes_var_kwargs and name in ("eps", "stable", "check_inputs")):
+                kwargs[name] = value
+        base_loss = cls(**kwargs)
+    elif base_kwargs:
+        raise ValueError("base_kwargs is only used when base_loss is a registry name, not a loss instance")
+    if not isinstance(base_loss, SPLoss):
+        raise TypeError(f"base_loss must be a registered loss name or an SPLoss, got {type(base_loss).__name__}")
+    if base_loss.target_encoding != "observed":
+        raise ValueError(f"base_loss {base_loss.loss_name!r} takes full multi-hot labels; label estimation "
+                         "needs a single-positive loss on {-1, 0, 1} targets")
+    if isinstance(base_loss, (ROLELoss, LabelEstimationLoss)):
+        raise ValueError(f"base_loss {base_loss.loss_name!r} already has a label estimator")
+    return base_loss
+
+
+@register_loss("label_estimation")
+class LabelEstimationLoss(SPLoss):
+    """A registered SPML loss plus ROLE's online label estimator (Cole et al., CVPR 2021).
+
+    With ``y_hat = sigmoid(estimator[index])``, ``sg`` stop-gradient, ``w = estimate_weight``, and
+    means over the B·C entries::
+
+        total = (1 - w)·base(logits, targets)                     # the chosen loss
+                + w·mean(bce(p; sg(y_hat)))                       # classifier follows the estimates
+                + 0.5·[mean(pos(y_hat) + bce(y_hat; sg(p))) + epr_reg(y_hat)]   # the estimator's ROLE terms
+
+    where ``pos`` is ``nlog`` on observed positives (``nlog(1 - y_hat)`` on observed negatives) and
+    ``bce(u; t) = t·nlog(u) + (1-t)·nlog(1-u)``. The classifier gets gradient from the first two
+    lines only, the estimator from the last only. With ``base_loss="epr"`` and ``w = 0.5`` this is
+    exactly ROLE (published mAP VOC / COCO / NUS / CUB 87.9 / 66.3 / 43.1 / 15.0 end-to-end,
+    88.2 / 69.0 / 51.0 / 16.8 linear-init); no published number exists for other base losses.
+
+    The estimator is ``loss.estimator`` (a :class:`~spl_losses.losses.role.LabelEstimator`, as in
+    ``role``): give its parameters their own optimizer group with 10× the learning rate. The training
+    protocol (``set_epoch``, ``update_from_predictions``) is forwarded to the base loss, whose state
+    is part of this module's state dict. Every call needs the batch's ``index``.
+
+    Args:
+        num_classes: C.
+        num_examples: N, the training-set size.
+        expected_num_pos: k, the expected number of positives per image (EPR regularizer of the estimator).
+        base_loss: Registry name (``"em"``, ``"ll_r"``, ...) or an :class:`SPLoss` instance. Built by
+            name, it receives ``num_classes``, ``num_examples``, ``expected_num_pos``, ``observed_labels``,
+            ``eps``, ``stable``, ``check_inputs`` where its constructor takes them.
+        base_kwargs: Further constructor arguments of the base loss (only with a name).
+        observed_labels: Optional (N, C) {-1, 0, 1} training labels to initialise the estimator.
+        estimate_weight: w, weight of the classifier's BCE towards the estimates (0.5, ROLE's weighting).
+        sparse: Give the estimator sparse gradients (pair with ``torch.optim.SparseAdam``).
+        seed: Seed of the estimator's initialisation.
+        eps: Epsilon of the reference log ``-log(p + eps)``.
+        stable: Use the log-sigmoid form instead of the reference form.
+        check_inputs: Validate inputs on every call.
+    """
+
+    requires_index = True
+
+    def __init__(
+            self,
+            num_classes: int,
+            num_examples: int,
+            expected_num_pos: float,
+            base_loss: Union[str, SPLoss] = "an",
+            base_kwargs: Optional[Dict[str, Any]] = None,
+            observed_labels: Optional[torch.Tensor] = None,
+            estimate_weight: float = 0.5,
+            sparse: bool = False,
+            seed: Optional[int] = None,
+            **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = _check_num_classes(num_classes)
+        self.expected_num_pos = _check_expected_num_pos(expected_num_pos)
+        self.estimate_weight = _check_number("estimate_weight", estimate_weight, 0.0, 1.0)
+        shared = dict(num_classes=num_classes, num_examples=num_examples, expected_num_pos=expected_num_pos,
+                      observed_labels=observed_labels, **kwargs)
+        self.base_loss = _build_base_loss(base_loss, base_kwargs, shared)
+        base_classes = getattr(self.base_loss, "num_classes", None)
+        if base_classes is not None and base_classes != num_classes:
+            raise ValueError(f"base_loss was built for num_classes={base_classes}, expected {num_classes}")
+        self.estimator = LabelEstimator(num_examples, num_classes, observed_labels, sparse=sparse, seed=seed)
+
+    @property
+    def needs_predictions(self) -> bool:
+        """Whether the base loss wants ``update_from_predictions`` after each epoch."""
+        return self.base_loss.needs_predictions
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the current epoch (0-based) here and in the base loss.
+
+        Args:
+            epoch: 0-based epoch number.
+        """
+        super().set_epoch(epoch)
+        self.base_loss.set_epoch(epoch)
+
+    def update_from_predictions(self, probs: torch.Tensor):
+        """Forward the (N, C) training-set probabilities to the base loss.
+
+        Args:
+            probs: (N, C) sigmoid probabilities, row i for the example with ``index == i``.
+        """
+        return self.base_loss.update_from_predictions(probs)
+
+    def compute(self, logits, targets, index=None):
+        index = self.check_index(index, logits.shape[0], self.estimator.num_examples)
+        base_value = self.base_loss.compute(logits, targets, index if self.base_loss.requires_index else None)
+        nlog_p, nlog_1mp, p = self.neg_log_terms(logits)
+        nlog_q, nlog_1mq, q = self.neg_log_terms(self.estimator(index.to(self.estimator.logits.device)).to(logits.device))
+        q_sg, p_sg = q.detach(), p.detach()
+        follow_estimates = (q_sg * nlog_p + (1.0 - q_sg) * nlog_1mp).mean()
+        pos = (targets == 1).float()
+        neg = (targets == -1).float()
+        estimator_terms = (pos * nlog_q + neg * nlog_1mq + p_sg * nlog_q + (1.0 - p_sg) * nlog_1mq).mean()
+        estimator_terms = estimator_terms + expected_positive_regularizer(q, self.expected_num_pos)
+        w = self.estimate_weight
+        return (1.0 - w) * base_value + w * follow_estimates + 0.5 * estimator_terms
+
+    def extra_repr(self) -> str:
+        return (f"expected_num_pos={self.expected_num_pos}, estimate_weight={self.estimate_weight}, "
+                + super().extra_repr())
+
+
+def with_label_estimator(
+        loss: Union[str, SPLoss],
+        num_examples: int,
+        expected_num_pos: float,
+        num_classes: Optional[int] = None,
+        **kwargs,
+) -> LabelEstimationLoss:
+    """Wrap a loss (instance or registry name) with ROLE's online label estimator.
+
+    Args:
+        loss: An :class:`SPLoss` on {-1, 0, 1} targets, or a registry name.
+        num_examples: N, the training-set size.
+        expected_num_pos: k, the expected number of positives per image.
+        num_classes: C; read from ``loss.num_classes`` when omitted.
+        **kwargs: Further arguments of :class:`LabelEstimationLoss` (``observed_labels``,
+            ``estimate_weight``, ``base_kwargs``, ``sparse``, ``seed``, ...).
+
+    Returns:
+        The wrapped loss, called as ``loss(logits, targets, index=index)``.
+
+    Example::
+
+        >>> em = spl_losses.create_loss("em", alpha=0.1)
+        >>> loss_fn = with_label_estimator(em, num_examples=N, expected_num_pos=2.9, num_classes=80)
+    """
+    if num_classes is None:
+        num_classes = getattr(loss, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("num_classes is required: the loss does not record its number of classes")
+    return LabelEstimationLoss(num_classes=num_classes, num_examples=num_examples,
+                               expected_num_pos=expected_num_pos, base_loss=loss, **kwargs)
