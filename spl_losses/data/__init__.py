@@ -12,3 +12,4 @@ from .builder import RawSplit, SPMLBuilder, SPMLConfig, build_dataset, create_bu
 
 # builder modules register themselves on import
 from . import digits_mosaic
+from .loading import check_spml_dataset, load_spml_dataset
