@@ -24,38 +24,62 @@ UNOBSERVED = 0
 NEGATIVE = -1
 
 
+def _as_index_rows(indices) -> list:
+    """Per-row lists of ints; a row given as a single int (SPML: one index per row) becomes ``[i]``."""
+    if isinstance(indices, (torch.Tensor, np.ndarray)) and indices.ndim == 1:
+        return [[int(i)] for i in indices.tolist()]
+    rows = []
+    for row in indices:
+        if isinstance(row, (int, np.integer)) or (isinstance(row, (torch.Tensor, np.ndarray)) and row.ndim == 0):
+            rows.append([int(row)])
+        else:
+            rows.append(list(row))
+    return rows
+
+
 def indices_to_dense(
-        indices: Iterable[Sequence[int]],
+        indices: Iterable[Union[int, Sequence[int]]],
         num_classes: int,
-        negatives: Optional[Iterable[Sequence[int]]] = None,
+        negatives: Optional[Iterable[Union[int, Sequence[int]]]] = None,
         dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Turn per-row lists of class indices into a dense (N, C) label tensor.
 
     Args:
-        indices: One sequence of positive class indices per row.
+        indices: One sequence of positive class indices per row, or one int per row (the SPML
+            layout of a single positive per example).
         num_classes: C, the number of classes.
-        negatives: Optional per-row sequences of observed negative class indices (encoded -1).
+        negatives: Optional per-row sequences (or ints) of observed negative class indices (encoded -1).
         dtype: Output dtype.
 
     Returns:
         A (N, C) tensor with 1 at positives, -1 at observed negatives and 0 elsewhere.
+
+    Raises:
+        ValueError: a class index outside [0, C), a row count mismatch, or an entry listed both as
+            positive and as negative.
     """
-    if not isinstance(num_classes, int) or num_classes <= 0:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes <= 0:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    rows = [list(r) for r in indices]
+    num_classes = int(num_classes)
+    rows = _as_index_rows(indices)
     out = torch.zeros(len(rows), num_classes, dtype=dtype)
-    for value, lists in ((POSITIVE, rows), (NEGATIVE, None if negatives is None else [list(r) for r in negatives])):
+    for value, lists in ((POSITIVE, rows), (NEGATIVE, None if negatives is None else _as_index_rows(negatives))):
         if lists is None:
             continue
         if len(lists) != len(rows):
             raise ValueError(f"negatives has {len(lists)} rows, expected {len(rows)}")
-        row_idx = np.repeat(np.arange(len(lists)), [len(r) for r in lists])
+        row_idx = torch.from_numpy(np.repeat(np.arange(len(lists)), [len(r) for r in lists]))
         col_idx = np.fromiter((c for r in lists for c in r), dtype=np.int64, count=len(row_idx))
         if col_idx.size and (col_idx.min() < 0 or col_idx.max() >= num_classes):
             raise ValueError(
                 f"class indices must lie in [0, {num_classes - 1}], got values in [{col_idx.min()}, {col_idx.max()}]")
-        out[torch.from_numpy(row_idx), torch.from_numpy(col_idx)] = value
+        col_idx = torch.from_numpy(col_idx)
+        if value == NEGATIVE and bool((out[row_idx, col_idx] == POSITIVE).any()):
+            both = (out[row_idx, col_idx] == POSITIVE).nonzero()[0, 0]
+            raise ValueError(
+                f"row {int(row_idx[both])} lists class {int(col_idx[both])} both as positive and as negative")
+        out[row_idx, col_idx] = value
     return out
 
 
@@ -75,19 +99,35 @@ def dense_to_indices(labels: Union[torch.Tensor, np.ndarray], value: int = POSIT
     return [np.flatnonzero(row == value).tolist() for row in arr]
 
 
-def _check_finite_2d(name: str, labels: torch.Tensor, expected_shape=None) -> None:
+def _check_2d(name: str, labels, expected_shape=None) -> None:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, num_classes), got shape {tuple(labels.shape)}")
     if expected_shape is not None and tuple(labels.shape) != tuple(expected_shape):
         raise ValueError(f"{name} shape {tuple(labels.shape)} does not match logits shape {tuple(expected_shape)}")
+
+
+def _value_range(labels: torch.Tensor):
+    """(min, max) of ``labels`` in one pass; NaN anywhere makes both NaN. None for empty tensors."""
+    if labels.numel() == 0:
+        return None
+    if labels.dtype == torch.bool:
+        labels = labels.to(torch.uint8)
+    lo, hi = torch.aminmax(labels)
+    return float(lo), float(hi)
+
+
+def _raise_if_not_finite(name: str, labels: torch.Tensor) -> None:
     if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
         raise ValueError(f"{name} contain NaN or inf values")
 
 
 def check_observed_labels(labels: torch.Tensor, expected_shape=None, name: str = "targets") -> None:
     """Check that ``labels`` is a dense (B, C) tensor in the observed encoding {-1, 0, 1}.
+
+    The check costs a few cheap passes (min/max, then ``sum(|t|·(1-|t|)) == 0`` for float tensors);
+    the slower diagnosis that names the bad values runs only when the check fails.
 
     Args:
         labels: The tensor to check.
@@ -97,11 +137,22 @@ def check_observed_labels(labels: torch.Tensor, expected_shape=None, name: str =
     Raises:
         ValueError: wrong shape, NaN/inf, or values outside {-1, 0, 1}.
     """
-    _check_finite_2d(name, labels, expected_shape)
+    _check_2d(name, labels, expected_shape)
+    value_range = _value_range(labels)
+    if value_range is None:
+        return
+    lo, hi = value_range
+    valid = -1.0 <= lo and hi <= 1.0  # False when NaN is present
+    if valid and labels.is_floating_point():
+        # in [-1, 1] every term |t|·(1-|t|) is >= 0 and is 0 exactly at -1, 0, 1: no cancellation
+        magnitude = labels.abs().reshape(-1).float()
+        valid = float(torch.dot(magnitude, 1.0 - magnitude)) == 0.0
+    if valid:
+        return
+    _raise_if_not_finite(name, labels)
     bad = (labels != 0) & (labels != 1) & (labels != -1)
-    if bool(bad.any()):
-        found = torch.unique(labels[bad])[:5].tolist()
-        raise ValueError(f"{name} must be in the observed encoding {{-1, 0, 1}}, found values {found}")
+    found = torch.unique(labels[bad])[:5].tolist()
+    raise ValueError(f"{name} must be in the observed encoding {{-1, 0, 1}}, found values {found}")
 
 
 def check_multi_hot(labels: torch.Tensor, expected_shape=None, name: str = "targets") -> None:
@@ -118,10 +169,16 @@ def check_multi_hot(labels: torch.Tensor, expected_shape=None, name: str = "targ
     Raises:
         ValueError: wrong shape, NaN/inf, or values outside [0, 1].
     """
-    _check_finite_2d(name, labels, expected_shape)
-    if bool(((labels < 0) | (labels > 1)).any()):
-        if bool((labels == -1).any()):
-            raise ValueError(
-                f"{name} contain -1 (observed negative), but this loss takes full multi-hot labels in {{0, 1}}; "
-                "use a single-positive loss such as 'an' for the {-1, 0, 1} encoding")
-        raise ValueError(f"{name} must be multi-hot in [0, 1], found values outside that range")
+    _check_2d(name, labels, expected_shape)
+    value_range = _value_range(labels)
+    if value_range is None:
+        return
+    lo, hi = value_range
+    if 0.0 <= lo and hi <= 1.0:  # False when NaN is present
+        return
+    _raise_if_not_finite(name, labels)
+    if bool((labels == -1).any()):
+        raise ValueError(
+            f"{name} contain -1 (observed negative), but this loss takes full multi-hot labels in {{0, 1}}; "
+            "use a single-positive loss such as 'an' for the {-1, 0, 1} encoding")
+    raise ValueError(f"{name} must be multi-hot in [0, 1], found values in [{lo}, {hi}]")

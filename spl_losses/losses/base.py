@@ -116,6 +116,44 @@ class SPLoss(nn.Module):
             return F.softplus(-logits), F.softplus(logits), p
         return neg_log(p, self.eps), neg_log(1.0 - p, self.eps), p
 
+    def weighted_bce_mean(
+            self,
+            logits: torch.Tensor,
+            pos_weight: torch.Tensor,
+            neg_weight: torch.Tensor,
+            probs: Optional[torch.Tensor] = None,
+            exclusive: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(sum(a·(-log p) + b·(-log(1-p))) / (B·C), p)`` with few elementwise passes.
+
+        The same value as combining :meth:`neg_log_terms` by hand, but each weighted sum is one dot
+        product; the stable form needs a single softplus (``-log(1-p) = -log p + x``), and with
+        ``exclusive=True`` the reference form needs a single log: each entry then takes
+        ``-log(q + eps)`` with ``q`` = p where ``a > 0`` and ``1 - p`` elsewhere.
+
+        Args:
+            logits: (B, C) float32 logits.
+            pos_weight: a >= 0, the (B, C) weight of ``-log p``; treated as a constant (pass it detached).
+            neg_weight: b >= 0, the (B, C) weight of ``-log(1 - p)``; treated as a constant.
+            probs: ``torch.sigmoid(logits)`` if the caller has it already (saves a pass).
+            exclusive: Promise that no entry has both ``a > 0`` and ``b > 0`` (hard targets);
+                the result is then the same but computed with one log instead of two.
+        """
+        x = logits.reshape(-1)
+        a, b = pos_weight.reshape(-1), neg_weight.reshape(-1)
+        p = torch.sigmoid(logits) if probs is None else probs
+        flat_p = p.reshape(-1)
+        if self.stable:
+            total = torch.dot(a + b, F.softplus(-x)) + torch.dot(b, x)
+        elif exclusive:
+            # lerp with weight exactly 0 or 1 returns its start / end exactly: q is p or 1 - p
+            q = torch.lerp(1.0 - flat_p, flat_p, torch.sign(a))
+            total = -torch.dot(a + b, torch.log(q.add_(self.eps)))
+        else:
+            total = -(torch.dot(a, torch.log(flat_p + self.eps))
+                      + torch.dot(b, torch.log((1.0 - flat_p).add_(self.eps))))
+        return total / x.numel(), p
+
     def check_index(self, index: Optional[torch.Tensor], batch_size: int, num_examples: int) -> torch.Tensor:
         """Check an example-index tensor and return it as int64.
 
@@ -166,7 +204,13 @@ class SPLoss(nn.Module):
         num_classes = getattr(self, "num_classes", None)
         if num_classes is not None and logits.shape[1] != num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, but the loss was built for num_classes={num_classes}")
-        return self.compute(logits.float(), targets.to(device=logits.device, dtype=torch.float32), index)
+        logits32 = logits.float()
+        targets32 = targets.to(device=logits.device, dtype=torch.float32)
+        if torch.is_autocast_enabled(logits.device.type):
+            # matmul-like ops (dot) would run in half precision under autocast: compute in float32
+            with torch.autocast(device_type=logits.device.type, enabled=False):
+                return self.compute(logits32, targets32, index)
+        return self.compute(logits32, targets32, index)
 
     def compute(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

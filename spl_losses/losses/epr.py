@@ -50,9 +50,9 @@ class ExpectedPositiveRegularizedLoss(IgnoreUnobservedLoss):
         self.num_classes = _check_num_classes(num_classes)
 
     def compute(self, logits, targets, index=None):
-        nlog_p, nlog_1mp, p = self.neg_log_terms(logits)
         a, b = self.weights(targets)
-        return (a * nlog_p + b * nlog_1mp).mean() + expected_positive_regularizer(p, self.expected_num_pos)
+        observed_term, p = self.weighted_bce_mean(logits, a, b, exclusive=self.exclusive_weights)
+        return observed_term + expected_positive_regularizer(p, self.expected_num_pos)
 
     def extra_repr(self) -> str:
         return f"expected_num_pos={self.expected_num_pos}, " + super().extra_repr()

@@ -8,7 +8,7 @@ from torch import nn
 
 from .._registry import register_loss
 from ..labels import check_observed_labels
-from .assume_negative import _check_num_classes
+from .assume_negative import _check_num_classes, positive_mask
 from .base import SPLoss
 from .epr import _check_expected_num_pos, expected_positive_regularizer
 
@@ -166,16 +166,20 @@ class ROLELoss(SPLoss):
 
     def compute(self, logits, targets, index=None):
         index = self.check_index(index, logits.shape[0], self.estimator.num_examples)
-        nlog_p, nlog_1mp, p = self.neg_log_terms(logits)
-        nlog_q, nlog_1mq, q = self.neg_log_terms(self.estimator(index.to(logits.device)))
-        pos = (targets == 1).float()
-        neg = (targets == -1).float()
-        q_sg, p_sg = q.detach(), p.detach()
-        observed = pos * (nlog_p + nlog_q) + neg * (nlog_1mp + nlog_1mq)
-        cross = q_sg * nlog_p + (1.0 - q_sg) * nlog_1mp + p_sg * nlog_q + (1.0 - p_sg) * nlog_1mq
+        estimator_logits = self.estimator(index.to(self.estimator.logits.device)).to(logits.device)
+        pos = positive_mask(targets)
+        neg = pos - targets
+        # Each side's per-entry loss is a weighted BCE whose weights hold the other side's
+        # stop-gradient probabilities: pos(v) + neg(v) + bce(v; sg(u)) =
+        #   (pos + sg(u))·nlog(v) + (neg + 1 - sg(u))·nlog(1 - v)
+        p, q = torch.sigmoid(logits), torch.sigmoid(estimator_logits)
+        p_sg, q_sg = p.detach(), q.detach()
+        neg_plus_one = neg + 1.0
+        model_term, _ = self.weighted_bce_mean(logits, pos + q_sg, neg_plus_one - q_sg, probs=p)
+        estimator_term, _ = self.weighted_bce_mean(estimator_logits, pos + p_sg, neg_plus_one - p_sg, probs=q)
         reg = 0.5 * (expected_positive_regularizer(p, self.expected_num_pos)
                      + expected_positive_regularizer(q, self.expected_num_pos))
-        return 0.5 * (observed + cross).mean() + reg
+        return 0.5 * (model_term + estimator_term) + reg
 
     def extra_repr(self) -> str:
         return f"expected_num_pos={self.expected_num_pos}, " + super().extra_repr()
