@@ -45,7 +45,10 @@ def test_alpha_matches_hand_computed_cam():
         cam = _hand_cam(features, model.fc.weight, model.fc.bias)
         expected = torch.where(cam > 0, 5.0 * cam, cam).mean(dim=(2, 3))
         got = wrapper(x)
+        plain_cam = wrapper.class_activation_map(features, boosted=False)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert plain_cam.shape == (2, NUM_CLASSES, 3, 3)
+    torch.testing.assert_close(plain_cam, cam, rtol=1e-5, atol=1e-5)
 
 
 def test_alpha_changes_only_classes_with_positive_activation():

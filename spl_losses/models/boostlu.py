@@ -158,16 +158,21 @@ class BoostLU(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def class_activation_map(self, features: torch.Tensor, boosted: bool = True) -> torch.Tensor:
-        """The (B, H, W, C) class activation map of an NCHW feature map, optionally boosted.
+        """The (B, C, H, W) class activation map of an NCHW feature map, optionally boosted.
 
         Args:
             features: (B, D, H, W) output of ``forward_features``.
             boosted: Scale the positive entries by ``alpha``.
 
         Returns:
-            (B, H, W, C) map (channels last, as computed); ``.permute(0, 3, 1, 2)`` for NCHW.
+            (B, C, H, W) map: the classifier applied at every spatial position.
         """
         classifier = self._linear_classifier()
+        self._check_features(features, classifier)
+        return self._flat_cam(features, classifier, boosted).unflatten(2, features.shape[2:])
+
+    @staticmethod
+    def _check_features(features: torch.Tensor, classifier: nn.Linear) -> None:
         if not isinstance(features, torch.Tensor) or features.dim() != 4:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(f"BoostLU needs a 4-D NCHW feature map, got {shape}")
@@ -176,7 +181,12 @@ class BoostLU(nn.Module):
             raise ValueError(
                 f"feature map must be NCHW with {classifier.in_features} channels, got shape "
                 f"{tuple(features.shape)}{hint}")
-        cam = F.linear(features.permute(0, 2, 3, 1), classifier.weight, classifier.bias)
+
+    def _flat_cam(self, features: torch.Tensor, classifier: nn.Linear, boosted: bool) -> torch.Tensor:
+        # (C, D) @ (B, D, H*W) -> (B, C, H*W): one batched matmul, no copy of the feature map.
+        cam = torch.matmul(classifier.weight, features.flatten(2))
+        if classifier.bias is not None:
+            cam = cam + classifier.bias[:, None]
         if boosted and self.alpha != 1.0:
             cam = torch.where(cam > 0, cam * self.alpha, cam)
         return cam
@@ -202,13 +212,14 @@ class BoostLU(nn.Module):
         """
         if pre_logits:
             return self.model.forward_head(features, pre_logits=True)
+        classifier = self._linear_classifier()
+        self._check_features(features, classifier)
         drop_rate = float(getattr(self.model, "drop_rate", 0.0) or 0.0)
         if self.training and drop_rate > 0:
             # Dropout of the pooled features == the same channel mask on every spatial position.
             mask = features.new_ones(features.shape[0], features.shape[1], 1, 1)
             features = features * F.dropout(mask, p=drop_rate, training=True)
-        cam = self.class_activation_map(features, boosted=True)
-        return cam.mean(dim=(1, 2), dtype=torch.float32)
+        return self._flat_cam(features, classifier, boosted=True).mean(dim=2, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the boosted class activation map.
