@@ -1,0 +1,351 @@
+"""The Hub round trip against the local Hub-compatible server of tests/hub_server.py (see conftest.py).
+
+Run directories are built here in the recipe's format (tiny timm model saved with ``save_for_hf``,
+config.yaml, results.json, loss_state.safetensors), so these tests do not depend on training.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import spl_losses
+from spl_losses.hub import (
+    HubPushError,
+    LOSS_STATE_FILENAME,
+    build_model_card,
+    load_exported_model,
+    load_loss_state,
+    push_run_to_hub,
+    save_loss_state,
+    write_model_card,
+)
+from spl_losses.models.linear_probe import LinearProbe
+
+LABEL_NAMES = ["cat", "dog", "bird", "car"]
+NUM_EXAMPLES = 6
+RESULTS = {
+    "best_epoch": 2, "val_map": 61.25, "val_map_skip_empty": 70.5, "test_map": 55.125,
+    "test_map_skip_empty": 58.0,
+    "test_metrics": {"map": 55.125, "map_skip_empty": 58.0, "precision@1": 50.0, "recall@1": 25.0, "top1_hit": 50.0},
+    "dataset": "voc2012", "loss": "role", "train_mode": "end_to_end", "label_names": LABEL_NAMES,
+    "observed_seed": 1200,
+}
+CONFIG = {"dataset": "voc2012", "data_dir": None, "model": "test_resnet", "pretrained": False, "loss": "role",
+          "train_mode": "end_to_end", "val_set_variant": "clean", "epochs": 3, "batch_size": 8, "lr": 1e-4,
+          "lr_mult": 10.0, "opt": "adam", "image_size": 32, "mixed_precision": "no", "seed": 0,
+          "expected_num_pos": 1.5}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _role_loss(seed: int = 0):
+    return spl_losses.create_loss("role", num_classes=len(LABEL_NAMES), num_examples=NUM_EXAMPLES,
+                                  expected_num_pos=1.5, seed=seed)
+
+
+def make_timm_run(run_dir: Path, seed: int = 0):
+    """A run directory in the recipe's format with a tiny timm model and a ROLE loss state."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=len(LABEL_NAMES), pretrained=False).eval()
+    timm.models.save_for_hf(model, run_dir / "model", model_config={"label_names": LABEL_NAMES},
+                            safe_serialization=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    (run_dir / "results.json").write_text(json.dumps(RESULTS), encoding="utf-8")
+    loss = _role_loss(seed)
+    with torch.no_grad():
+        loss.estimator.logits.copy_(torch.arange(NUM_EXAMPLES * len(LABEL_NAMES), dtype=torch.float32)
+                                    .reshape(NUM_EXAMPLES, -1) / 10 - 1)
+    loss.set_epoch(2)
+    save_loss_state(loss, run_dir / "model")
+    return model, loss
+
+
+def make_probe_run(run_dir: Path):
+    """A run directory whose model is a LinearProbe (a features dataset, no backbone)."""
+    torch.manual_seed(1)
+    probe = LinearProbe(8, len(LABEL_NAMES), label_names=LABEL_NAMES, backbone="resnet50.a1_in1k",
+                        preprocessing={"input_size": [3, 448, 448], "mean": [0.485, 0.456, 0.406],
+                                       "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"})
+    probe.save_pretrained(run_dir / "model")
+    config = dict(CONFIG, model="resnet50.a1_in1k", train_mode="linear_fixed_features", loss="an")
+    results = dict(RESULTS, model="resnet50.a1_in1k", train_mode="linear_fixed_features", loss="an")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (run_dir / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    return probe.eval()
+
+
+def _unique(name: str) -> str:
+    return f"org/{name}-{uuid.uuid4().hex[:8]}"
+
+
+# ------------------------------------------------------------------------------------------ model card
+def test_model_card_parses_and_model_index_carries_map(tmp_path):
+    from huggingface_hub import ModelCard
+
+    make_timm_run(tmp_path)
+    path = write_model_card(tmp_path, "org/voc-role")
+    card = ModelCard.load(path)
+    results = {(r.dataset_split, r.metric_type): r for r in card.data.eval_results}
+    assert results[("validation", "map")].metric_value == 61.25
+    assert results[("validation", "map_skip_empty")].metric_value == 70.5
+    assert results[("test", "map")].metric_value == 55.125
+    assert results[("test", "map_skip_empty")].metric_value == 58.0
+    assert "AP 0" in results[("test", "map")].metric_name and "skipped" in results[("test", "map_skip_empty")].metric_name
+    assert results[("test", "map")].dataset_type == "voc2012"
+    assert results[("test", "map")].dataset_args == {"single_positive_seed": 1200}
+    metadata = card.data.to_dict()
+    assert metadata["model-index"][0]["name"] == "voc-role"
+    assert metadata["library_name"] == "timm" and "spl_losses" in metadata["tags"]
+    text = card.text
+    assert 'timm.create_model("hf-hub:org/voc-role", pretrained=True)' in text
+    assert "Multi-Label Learning from Single Positive Labels" in text  # Cole et al.
+    assert "| Single-positive seed | 1200 |" in text and "| Best epoch (by validation mAP) | 2 |" in text
+    assert "lr_mult: 10.0" in text  # hyperparameters
+    assert LOSS_STATE_FILENAME in text
+
+
+def test_model_card_cites_the_method_and_skips_missing_numbers():
+    results = dict(RESULTS, loss="ll_r", val_map_skip_empty=float("nan"))
+    del results["test_map_skip_empty"]
+    card = build_model_card(dict(CONFIG, loss="ll_r"), results, "org/x", model_config={"architecture": "resnet50"})
+    kinds = {(r.dataset_split, r.metric_type) for r in card.data.eval_results}
+    assert kinds == {("validation", "map"), ("test", "map")}
+    assert "Large Loss Matters" in card.text and "Single Positive Labels" in card.text
+
+
+# ------------------------------------------------------------------------------------------ loss state
+def test_loss_state_round_trip_restores_estimator_and_epoch(tmp_path):
+    _, loss = make_timm_run(tmp_path)
+    fresh = _role_loss(seed=5)
+    assert not torch.equal(fresh.estimator.logits, loss.estimator.logits)
+    load_loss_state(fresh, tmp_path)  # a run dir: finds model/loss_state.safetensors
+    assert torch.equal(fresh.estimator.logits, loss.estimator.logits)
+    assert fresh.epoch == 2
+
+
+def test_loss_state_errors(tmp_path):
+    make_timm_run(tmp_path)
+    wrong_size = spl_losses.create_loss("role", num_classes=len(LABEL_NAMES), num_examples=NUM_EXAMPLES + 1,
+                                        expected_num_pos=1.5)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_loss_state(wrong_size, tmp_path / "model" / LOSS_STATE_FILENAME)
+    other = spl_losses.create_loss("epr", num_classes=len(LABEL_NAMES), expected_num_pos=1.5)
+    with pytest.raises(ValueError, match="saved from loss 'role'"):
+        load_loss_state(other, tmp_path)
+    assert save_loss_state(other, tmp_path / "stateless") is None  # nothing worth keeping
+    with pytest.raises(ValueError, match="not found"):
+        load_loss_state(_role_loss(), tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ push + load
+def test_push_timm_run_then_load_in_fresh_process_and_offline(tmp_path):
+    """Push to a dedicated server; a fresh process loads it with plain timm (no spl_losses import);
+    then the server is stopped and a fresh process with HF_HUB_OFFLINE=1 loads it from the cache."""
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    try:
+        model, _ = make_timm_run(tmp_path / "run")
+        url = push_run_to_hub(tmp_path / "run", "org/voc-role", endpoint=server.url)
+        assert "/org/voc-role/commit/" in url
+        files = server.repo_files("org/voc-role")
+        assert {"README.md", "config.json", "model.safetensors", LOSS_STATE_FILENAME} <= set(files)
+        assert not any(name.endswith((".bin", ".pth")) for name in files)  # safetensors only
+        assert any(r.startswith("PUT /lfs-objects/") for r in server.state.requests)  # LFS basic transfer
+        assert files["model.safetensors"] == (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+
+        torch.manual_seed(0)
+        batch = torch.randn(2, 3, 32, 32)
+        torch.save(batch, tmp_path / "batch.pt")
+        with torch.no_grad():
+            expected = model(batch)
+        script = textwrap.dedent(f"""
+            import sys, torch, timm
+            torch.set_num_threads(1)
+            model = timm.create_model("hf-hub:org/voc-role", pretrained=True).eval()
+            assert "spl_losses" not in sys.modules
+            with torch.no_grad():
+                out = model(torch.load({str(tmp_path / 'batch.pt')!r}))
+            torch.save({{"logits": out, "labels": model.pretrained_cfg["label_names"]}}, sys.argv[1])
+        """)
+        env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "fresh_hf_home"), OMP_NUM_THREADS="1")
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "online.pt")], env=env, check=True,
+                       cwd=tmp_path, timeout=120)
+        online = torch.load(tmp_path / "online.pt")
+        torch.testing.assert_close(online["logits"], expected)
+        assert online["labels"] == LABEL_NAMES
+        assert not server.unknown_routes, server.unknown_routes
+    finally:
+        server.close()
+
+    env["HF_HUB_OFFLINE"] = "1"
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "offline.pt")], env=env, check=True,
+                   cwd=tmp_path, timeout=120)
+    torch.testing.assert_close(torch.load(tmp_path / "offline.pt")["logits"], expected)
+
+
+def test_push_run_updates_own_repo_and_loads_loss_state(hub, tmp_path):
+    repo_id = _unique("role")
+    model, loss = make_timm_run(tmp_path / "run")
+    push_run_to_hub(tmp_path / "run", repo_id)
+    push_run_to_hub(tmp_path / "run", repo_id)  # its own repo: updating is allowed
+    fresh = load_loss_state(_role_loss(seed=9), f"hf-hub:{repo_id}")
+    assert torch.equal(fresh.estimator.logits, loss.estimator.logits) and fresh.epoch == 2
+    loaded = load_exported_model(f"hf-hub:{repo_id}")
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model(batch))
+
+
+def test_push_and_load_linear_probe(hub, tmp_path):
+    repo_id = _unique("probe")
+    probe = make_probe_run(tmp_path / "run")
+    push_run_to_hub(tmp_path / "run", repo_id)
+    loaded = LinearProbe.from_pretrained(repo_id)
+    assert loaded.label_names == LABEL_NAMES and loaded.backbone == "resnet50.a1_in1k"
+    assert loaded.preprocessing["input_size"] == [3, 448, 448]
+    features = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(features), probe(features))
+    assert isinstance(load_exported_model(f"hf-hub:{repo_id}"), LinearProbe)
+    card = hub.repo_files(repo_id)["README.md"].decode()
+    assert "LinearProbe.from_pretrained" in card and "library_name: spl_losses" in card
+
+
+def test_load_exported_model_from_local_run_dir(tmp_path):
+    model, _ = make_timm_run(tmp_path)
+    batch = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported_model(tmp_path)(batch), model(batch))
+        torch.testing.assert_close(load_exported_model(f"local-dir:{tmp_path / 'model'}")(batch), model(batch))
+    with pytest.raises(ValueError, match="no exported model"):
+        load_exported_model(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def test_dataset_push_and_load_keeps_class_names(hub):
+    import datasets
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+
+    features = Features({"features": List(Value("float32")), "labels": List(ClassLabel(names=LABEL_NAMES)),
+                         "observed_labels": List(ClassLabel(names=LABEL_NAMES)), "index": Value("int64")})
+
+    def split(n):
+        return Dataset.from_dict({"features": [[float(i), 0.5] for i in range(n)],
+                                  "labels": [[i % 4, (i + 1) % 4] for i in range(n)],
+                                  "observed_labels": [[i % 4] for i in range(n)], "index": list(range(n))},
+                                 features=features)
+
+    repo_id = _unique("dataset")
+    DatasetDict(train=split(5), validation=split(2), test=split(3)).push_to_hub(repo_id)
+    loaded = datasets.load_dataset(repo_id)
+    assert set(loaded) == {"train", "validation", "test"}
+    assert loaded["train"].features["labels"].feature.names == LABEL_NAMES
+    assert loaded["test"].features["observed_labels"].feature.names == LABEL_NAMES
+    assert loaded["train"][3] == {"features": [3.0, 0.5], "labels": [3, 0], "observed_labels": [3], "index": 3}
+
+
+# ------------------------------------------------------------------------------------------ failures
+def _export_fingerprint(run_dir: Path):
+    return {p.name: _sha256(p) for p in sorted((run_dir / "model").iterdir()) if p.name != "README.md"}
+
+
+def test_push_without_token_fails_clearly_and_keeps_export(tmp_path, monkeypatch):
+    make_timm_run(tmp_path)
+    before = _export_fingerprint(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(HubPushError, match="no Hugging Face token") as info:
+        push_run_to_hub(tmp_path, "org/no-token")
+    assert str(tmp_path / "model") in str(info.value)
+    assert _export_fingerprint(tmp_path) == before and (tmp_path / "model" / "README.md").is_file()
+
+
+def test_push_with_server_down_fails_clearly_and_keeps_export(tmp_path):
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    down_url = server.url
+    server.close()
+    make_timm_run(tmp_path)
+    before = _export_fingerprint(tmp_path)
+    with pytest.raises(HubPushError, match="could not reach the Hub") as info:
+        push_run_to_hub(tmp_path, "org/down", endpoint=down_url)
+    assert down_url in str(info.value)
+    assert _export_fingerprint(tmp_path) == before and (tmp_path / "model" / "README.md").is_file()
+
+
+def test_push_with_rejected_token_fails_clearly(hub, tmp_path):
+    make_timm_run(tmp_path)
+    with pytest.raises(HubPushError, match="rejected the token"):
+        push_run_to_hub(tmp_path, _unique("bad-token"), token="invalid")
+
+
+def test_push_to_repo_with_other_content_refuses_unless_overwrite(hub, tmp_path):
+    repo_id = _unique("taken")
+    other = {"README.md": b"---\ntags:\n- something-else\n---\nAnother model.\n", "weights.bin": b"\x00" * 8}
+    hub.add_repo(repo_id, other)
+    make_timm_run(tmp_path)
+    before = _export_fingerprint(tmp_path)
+    with pytest.raises(HubPushError, match="already exists and holds other content"):
+        push_run_to_hub(tmp_path, repo_id)
+    assert hub.repo_files(repo_id)["README.md"] == other["README.md"]  # untouched
+    assert _export_fingerprint(tmp_path) == before
+    push_run_to_hub(tmp_path, repo_id, overwrite=True)
+    assert "model.safetensors" in hub.repo_files(repo_id)
+
+
+def test_push_rejects_incomplete_run_dir_and_bad_repo_id(tmp_path):
+    with pytest.raises(ValueError, match="incomplete"):
+        push_run_to_hub(tmp_path, "org/name")
+    make_timm_run(tmp_path)
+    with pytest.raises(ValueError, match="ORG/NAME"):
+        push_run_to_hub(tmp_path, "no-namespace")
+
+
+# ------------------------------------------------------------------------------------------ the server
+def test_server_records_unknown_routes(hub_server):
+    from huggingface_hub import get_session
+
+    response = get_session().get(f"{hub_server.url}/api/some-future-route")
+    assert response.status_code == 501 and "not implemented" in response.json()["error"]
+    assert hub_server.unknown_routes == ["GET /api/some-future-route"]
+    hub_server.unknown_routes.clear()
+
+
+# ------------------------------------------------------------------------------------------ the real Hub
+@pytest.mark.skipif(not (os.environ.get("HF_TOKEN_REAL") and os.environ.get("SPL_LOSSES_REAL_HUB") == "1"),
+                    reason="opt-in: set HF_TOKEN_REAL (a write token) and SPL_LOSSES_REAL_HUB=1")
+def test_real_hub_round_trip(tmp_path):
+    """Push a tiny run to a private repo of the token's user on huggingface.co, load it, delete the repo.
+
+    Runs in a subprocess: this process's huggingface_hub is bound to the local test server.
+    """
+    make_timm_run(tmp_path / "run")
+    script = textwrap.dedent(f"""
+        import uuid, torch, timm
+        from huggingface_hub import HfApi
+        from spl_losses.hub import push_run_to_hub
+        api = HfApi()
+        repo_id = api.whoami()["name"] + "/spl-losses-test-" + uuid.uuid4().hex[:8]
+        try:
+            push_run_to_hub({str(tmp_path / 'run')!r}, repo_id, private=True)
+            model = timm.create_model("hf-hub:" + repo_id, pretrained=True)
+            assert model.pretrained_cfg["label_names"] == {LABEL_NAMES!r}
+        finally:
+            api.delete_repo(repo_id, missing_ok=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_TOKEN=os.environ["HF_TOKEN_REAL"], HF_HOME=str(tmp_path / "hf_home"))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
