@@ -7,9 +7,8 @@ columns ``image`` (or ``features``), ``labels``, ``observed_labels`` (``List(Cla
 from .registry import DatasetInfo, get_dataset_class, get_dataset_info, is_dataset, list_datasets, register_dataset
 from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_single_positive, split_train_validation
 from .builder import RawSplit, SPMLBuilder, SPMLConfig, build_dataset, create_builder
-
-# builder modules register themselves on import
-
-# builder modules register themselves on import
-from . import digits_mosaic
 from .loading import check_spml_dataset, load_spml_dataset
+
+# builder modules register themselves on import
+from . import digits_mosaic, generic
+from . import voc2012, coco2014, nuswide, cub200

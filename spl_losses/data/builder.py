@@ -101,11 +101,11 @@ class _PreparedSplit:
     """A final split ready to write (kept as one object so ``datasets`` never shards it)."""
 
     name: str
+    raw: RawSplit
+    rows: np.ndarray  # rows of ``raw`` in this split, in order
     labels: List[List[int]]
     observed: List[List[int]]
     negatives: Optional[List[List[int]]]
-    images: Optional[List[Union[str, bytes]]] = None
-    features: Optional[np.ndarray] = None
     report: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -252,13 +252,14 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         return generators
 
     def _generate_examples(self, prepared: _PreparedSplit):
-        data_key = "image" if prepared.images is not None else "features"
+        raw, rows = prepared.raw, prepared.rows
+        data_key = "image" if raw.images is not None else "features"
         for i in range(len(prepared.labels)):
-            if prepared.images is not None:
-                item = prepared.images[i]
+            if raw.images is not None:
+                item = raw.images[rows[i]]
                 data = {"path": item, "bytes": None} if isinstance(item, str) else {"path": None, "bytes": item}
-            else:
-                data = prepared.features[i]
+            else:  # one row at a time, so memory-mapped feature files are never loaded whole
+                data = np.asarray(raw.features[rows[i]], dtype=np.float32)
             example = {data_key: data, "labels": prepared.labels[i], "observed_labels": prepared.observed[i]}
             if prepared.negatives is not None:
                 example["observed_negatives"] = prepared.negatives[i]
@@ -304,7 +305,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         if data_len != n:
             raise ValueError(f"{where}: {data_len} {'images' if raw.images is not None else 'feature rows'} "
                              f"but {n} label rows")
-        if raw.features is not None and np.asarray(raw.features).ndim != 2:
+        if raw.features is not None and np.ndim(raw.features) != 2:
             raise ValueError(f"{where}: features must be a 2-D (N, D) array, got shape {np.shape(raw.features)}")
         num_classes = len(raw.class_names)
         lengths = np.fromiter((len(r) for r in raw.labels), dtype=np.int64, count=n)
@@ -364,11 +365,11 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
             source_split = "train" if split == "validation" and validation is None else split
             prepared.append(_PreparedSplit(
                 name=split,
+                raw=raw,
+                rows=rows,
                 labels=labels,
                 observed=drawn.positives,
                 negatives=drawn.negatives if cfg.num_negatives else None,
-                images=[raw.images[r] for r in rows] if raw.images is not None else None,
-                features=np.asarray(raw.features, dtype=np.float32)[rows] if raw.features is not None else None,
                 report={
                     "num_examples": int(len(rows)),
                     "source": raws[source_split].source,
