@@ -52,11 +52,15 @@ def _load_entry_points() -> None:
         if ep.name in _loss_entrypoints:
             continue
         try:
-            _loss_entrypoints[ep.name] = ep.load()
+            loaded = ep.load()
         except Exception as err:  # a broken plugin must not break the package
             import warnings
 
             warnings.warn(f"Could not load loss {ep.name!r} from entry point {ep.value!r}: {err}")
+            continue
+        _loss_entrypoints[ep.name] = loaded
+        if isinstance(loaded, type) and not loaded.__dict__.get("loss_name"):
+            loaded.loss_name = ep.name
 
 
 def list_losses(filter: Union[str, List[str]] = "") -> List[str]:
