@@ -1,0 +1,117 @@
+"""Pooled backbone features, extracted once and cached on disk.
+
+The cache file name is a hash of the model name, a fingerprint of its weights (so pretrained,
+fine-tuned and randomly initialised backbones never share a cache), the image size and the
+dataset split's fingerprint. Files are safetensors holding one ``features`` tensor.
+"""
+import hashlib
+import os
+from typing import Optional
+
+import datasets
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .evaluation import predict_loader
+from .image_data import loader_for_split
+
+__all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "pooled_features",
+           "extract_or_load_features"]
+
+
+def default_cache_dir() -> str:
+    """``$SPL_LOSSES_CACHE`` or ``~/.cache/spl_losses``, plus ``/features``."""
+    root = os.environ.get("SPL_LOSSES_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "spl_losses")
+    return os.path.join(root, "features")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short SHA-256 of every tensor of the model's state dict (names, shapes and bytes).
+
+    Args:
+        model: The backbone.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def feature_cache_path(cache_dir: str, model_name: str, weights_hash: str, image_size: int,
+                       dataset_fingerprint: str) -> str:
+    """Path of the cache file for one (model, weights, image size, split) combination.
+
+    Args:
+        cache_dir: Cache folder.
+        model_name: timm model name.
+        weights_hash: :func:`weights_fingerprint` of the backbone.
+        image_size: Input side in pixels.
+        dataset_fingerprint: The split's ``datasets`` fingerprint.
+    """
+    key = hashlib.sha256(f"{model_name}|{weights_hash}|{image_size}|{dataset_fingerprint}".encode()).hexdigest()[:24]
+    safe_name = model_name.replace("/", "_").replace(":", "_")
+    return os.path.join(cache_dir, f"{safe_name}-{image_size}px-{key}.safetensors")
+
+
+def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A timm model's pooled pre-logits features (what its classifier sees).
+
+    Args:
+        model: A timm model.
+        images: (B, 3, H, W).
+    """
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+@torch.no_grad()
+def extract_or_load_features(
+        accelerator,
+        model: nn.Module,
+        split: datasets.Dataset,
+        transform,
+        cache_path: str,
+        batch_size: int,
+        workers: int = 0,
+        show_progress: bool = False,
+        description: str = "features",
+) -> torch.Tensor:
+    """The (N, D) pooled features of ``split`` in index order: read from ``cache_path`` or extracted.
+
+    Extraction is shared by all processes (each scores part of the split, every example exactly
+    once); the main process writes the cache file.
+
+    Args:
+        accelerator: The ``accelerate.Accelerator``.
+        model: The frozen timm backbone (with or without its classifier).
+        split: Split with ``image`` and ``index`` columns.
+        transform: PIL-to-tensor transform.
+        cache_path: Cache file (see :func:`feature_cache_path`).
+        batch_size: Extraction batch size (global).
+        workers: DataLoader workers.
+        show_progress: Progress bar on the main process.
+        description: Progress-bar label.
+
+    Returns:
+        A float32 CPU tensor.
+    """
+    if os.path.isfile(cache_path):
+        features = load_file(cache_path)["features"]
+        if features.shape[0] == len(split):
+            return features
+    model = model.to(accelerator.device).eval()
+    loader = accelerator.prepare_data_loader(loader_for_split(split, transform, batch_size, workers=workers))
+    features = predict_loader(lambda x: pooled_features(model, x), loader, accelerator, len(split),
+                              show_progress=show_progress, description=description)
+    if accelerator.is_main_process:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        tmp = f"{cache_path}.tmp{os.getpid()}"
+        save_file({"features": features.contiguous()}, tmp)
+        os.replace(tmp, cache_path)
+    accelerator.wait_for_everyone()
+    return features

@@ -1,0 +1,75 @@
+"""Image pipeline of the protocol (SPEC §5): resize to a square (no crop), ImageNet-style normalisation
+from the model's pretrained config, horizontal flips applied per batch from a (seed, epoch) mask.
+"""
+from typing import Any, Dict, Optional
+
+import datasets
+import torch
+from torch.utils.data import DataLoader, Sampler
+from timm.data import create_transform, resolve_model_data_config
+
+__all__ = ["protocol_transform", "loader_for_split", "flip_images"]
+
+
+def protocol_transform(model: torch.nn.Module, image_size: int):
+    """timm's eval transform that squashes the image to ``image_size`` × ``image_size`` (no crop).
+
+    Args:
+        model: The timm model (its pretrained config gives mean, std and interpolation).
+        image_size: Side in pixels (448 in the protocol).
+    """
+    cfg = resolve_model_data_config(model)
+    return create_transform(input_size=(3, image_size, image_size), is_training=False, crop_pct=1.0,
+                            crop_mode="squash", interpolation=cfg.get("interpolation", "bilinear"),
+                            mean=cfg["mean"], std=cfg["std"])
+
+
+class _ApplyTransform:
+    def __init__(self, transform, two_view_transform=None):
+        self.transform = transform
+        self.two_view_transform = two_view_transform
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        images = [img.convert("RGB") for img in batch["image"]]
+        out = {"pixel_values": [self.transform(img) for img in images], "index": batch["index"]}
+        if self.two_view_transform is not None:
+            views = [self.two_view_transform(img) for img in images]
+            out["view1"] = [v[0] for v in views]
+            out["view2"] = [v[1] for v in views]
+        return out
+
+
+def loader_for_split(
+        split: datasets.Dataset,
+        transform,
+        batch_size: int,
+        sampler: Optional[Sampler] = None,
+        workers: int = 0,
+        two_view_transform=None,
+) -> DataLoader:
+    """A DataLoader yielding ``{"pixel_values": (B, 3, H, W), "index": (B,)}``; nothing is dropped.
+
+    Args:
+        split: A split with ``image`` and ``index`` columns.
+        transform: PIL-to-tensor transform.
+        batch_size: Batch size.
+        sampler: Training order (None: the split's order).
+        workers: Worker processes.
+        two_view_transform: Optional ``spl_losses.transforms.TwoViewTransform``; batches then also
+            hold ``view1`` and ``view2`` (contrastive views).
+    """
+    if "image" not in split.column_names:
+        raise ValueError(f"expected an 'image' column for image training, got columns {split.column_names}")
+    view = split.select_columns(["image", "index"]).with_transform(_ApplyTransform(transform, two_view_transform))
+    return DataLoader(view, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
+                      num_workers=workers, persistent_workers=False)
+
+
+def flip_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip the images whose ``mask`` entry is True horizontally (one batched op).
+
+    Args:
+        images: (B, C, H, W).
+        mask: (B,) bool.
+    """
+    return torch.where(mask.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)

@@ -1,0 +1,93 @@
+"""Training a linear head on pre-extracted features held whole on the device.
+
+No DataLoader and no per-example Python: a batch is an index slice of the epoch's permutation, and
+its features and targets are gathered from the (N, D) / (N, C) tensors with one indexing op.
+"""
+import contextlib
+from typing import Callable, ContextManager, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["train_linear_epoch", "predict_linear"]
+
+
+def train_linear_epoch(
+        head: nn.Module,
+        loss_fn: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        order: torch.Tensor,
+        batch_size: int,
+        autocast: Optional[Callable[[], ContextManager]] = None,
+) -> float:
+    """Run one epoch of mini-batch training of ``head`` on feature tensors.
+
+    The loss is called as ``loss_fn(logits, targets[idx], index=idx)`` when it keeps per-example
+    state (``loss_fn.requires_index``), else without ``index``. Targets must be valid for the loss
+    already (check them once before training; the loss's per-call checks are skipped for speed).
+
+    Args:
+        head: The linear layer (or any module mapping (B, D) features to (B, C) logits).
+        loss_fn: A project loss (``SPLoss``) or any ``loss(logits, targets)`` criterion.
+        optimizers: Optimizers to zero and step every batch (e.g. Adam for the head, SparseAdam for a
+            sparse label estimator).
+        features: (N, D) features on the training device.
+        targets: (N, C) dense targets on the same device.
+        order: (N,) int64 permutation giving this epoch's example order (on the same device).
+        batch_size: Examples per step; the last batch may be smaller (nothing is dropped).
+        autocast: Optional zero-argument callable returning an autocast context (mixed precision).
+
+    Returns:
+        The mean training loss over the epoch's batches (one device sync at the end).
+    """
+    if features.shape[0] != targets.shape[0] or order.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"features ({features.shape[0]} rows), targets ({targets.shape[0]} rows) and order "
+            f"({order.shape[0]} entries) must have the same length")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    requires_index = bool(getattr(loss_fn, "requires_index", False))
+    had_check = getattr(loss_fn, "check_inputs", None)
+    if had_check is not None:
+        loss_fn.check_inputs = False
+    autocast = autocast or contextlib.nullcontext
+    head.train()
+    total = torch.zeros((), device=features.device)
+    num_batches = 0
+    try:
+        for idx in torch.split(order, batch_size):
+            with autocast():
+                logits = head(features[idx])
+            if requires_index:
+                loss = loss_fn(logits, targets[idx], index=idx)
+            else:
+                loss = loss_fn(logits, targets[idx])
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            total += loss.detach()
+            num_batches += 1
+    finally:
+        if had_check is not None:
+            loss_fn.check_inputs = had_check
+    return float(total) / max(num_batches, 1)
+
+
+@torch.no_grad()
+def predict_linear(head: nn.Module, features: torch.Tensor, chunk_size: int = 16384) -> torch.Tensor:
+    """Logits of ``head`` for every row of ``features``, in row order, in float32.
+
+    Args:
+        head: The linear head.
+        features: (N, D) features.
+        chunk_size: Rows per forward pass (bounds memory).
+    """
+    head.eval()
+    if features.shape[0] == 0:
+        out_features = getattr(head, "out_features", 0)
+        return torch.zeros(0, out_features, device=features.device)
+    return torch.cat([head(chunk).float() for chunk in torch.split(features, chunk_size)])

@@ -1,0 +1,83 @@
+"""Data order and augmentation draws that are a pure function of (seed, epoch).
+
+Making every random draw of an epoch a function of the run's seed and the epoch number (and not of
+a global RNG's history) is what lets an interrupted run resume exactly, and makes one process and
+several processes see the same global batches.
+"""
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["epoch_generator", "epoch_permutation", "epoch_flip_mask", "EpochPermutationSampler"]
+
+_PERMUTATION_STREAM = 0
+_FLIP_STREAM = 1
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, epoch, stream)`` only.
+
+    Args:
+        seed: The run's seed.
+        epoch: 0-based epoch.
+        stream: Distinguishes independent draws of the same epoch (order, flips, ...).
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 101 + int(stream))
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of ``epoch``: a permutation of ``range(num_examples)`` (int64, CPU).
+
+    Args:
+        num_examples: N.
+        seed: The run's seed.
+        epoch: 0-based epoch.
+    """
+    return torch.randperm(num_examples, generator=epoch_generator(seed, epoch, _PERMUTATION_STREAM))
+
+
+def epoch_flip_mask(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which training examples are horizontally flipped in ``epoch``: a (N,) bool tensor (p = 0.5).
+
+    Args:
+        num_examples: N.
+        seed: The run's seed.
+        epoch: 0-based epoch.
+    """
+    return torch.rand(num_examples, generator=epoch_generator(seed, epoch, _FLIP_STREAM)) < 0.5
+
+
+class EpochPermutationSampler(Sampler):
+    """Yields :func:`epoch_permutation` of the epoch set with :meth:`set_epoch`.
+
+    Pass it as the ``sampler`` of a DataLoader; ``accelerate`` shards the resulting batches over
+    processes, so the global batches are the same for any number of processes.
+
+    Args:
+        num_examples: N.
+        seed: The run's seed.
+    """
+
+    def __init__(self, num_examples: int, seed: int):
+        if num_examples <= 0:
+            raise ValueError(f"num_examples must be positive, got {num_examples}")
+        self.num_examples = int(num_examples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation the next iteration yields.
+
+        Args:
+            epoch: 0-based epoch.
+        """
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_permutation(self.num_examples, self.seed, self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples

@@ -1,0 +1,54 @@
+"""The module a training step differentiates: model + loss (+ contrastive term) in one ``nn.Module``.
+
+Wrapping them together lets ``accelerate`` prepare one module, so distributed data parallel also
+all-reduces the gradients of the loss's trainable state (ROLE's label estimator) and of the
+contrastive projection head, keeping every process's copy identical.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..losses.contrastive import pooled_features
+
+__all__ = ["TrainStep"]
+
+
+class TrainStep(nn.Module):
+    """``forward(images, targets, index)`` returns the scalar training loss of a batch.
+
+    Args:
+        model: The network (timm model or wrapper) mapping images to (B, C) logits.
+        loss: The loss, called with ``index`` when ``loss.requires_index``.
+        contrastive: Optional ``spl_losses.losses.ContrastiveAuxiliary``; then ``view1``/``view2``
+            are required and the loss is ``main + cl_coef * L_cl``.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, contrastive: Optional[nn.Module] = None):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.contrastive = contrastive
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
+                view1: Optional[torch.Tensor] = None, view2: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Loss of one batch.
+
+        Args:
+            images: (B, 3, H, W) training view.
+            targets: (B, C) dense targets.
+            index: (B,) example indices.
+            view1: (B, 3, H, W) first contrastive view (with ``contrastive``).
+            view2: (B, 3, H, W) second contrastive view.
+        """
+        logits = self.model(images)
+        if getattr(self.loss, "requires_index", False):
+            value = self.loss(logits, targets, index=index)
+        else:
+            value = self.loss(logits, targets)
+        if self.contrastive is not None:
+            if view1 is None or view2 is None:
+                raise ValueError("the contrastive term needs view1 and view2")
+            value = self.contrastive.combine(value, pooled_features(self.model, view1),
+                                             pooled_features(self.model, view2), targets)
+        return value
