@@ -485,6 +485,9 @@ def _resolve_loss_state_file(source: PathLike, token: Optional[str]) -> str:
 def load_loss_state(loss: nn.Module, source: PathLike, token: Optional[str] = None, strict: bool = True) -> nn.Module:
     """Load a state saved by :func:`save_loss_state` into a loss built with the same sizes.
 
+    Files holding only tensors (e.g. written with ``safetensors.torch.save_file(loss.state_dict())``) load
+    too; the loss then keeps its current non-tensor state (the epoch).
+
     Args:
         loss: The loss to load into (e.g. ``create_loss("role", num_classes=C, num_examples=N, ...)``).
         source: A ``.safetensors`` file, a run or model folder, or ``hf-hub:ORG/NAME``.
@@ -508,6 +511,9 @@ def load_loss_state(loss: nn.Module, source: PathLike, token: Optional[str] = No
     state: Dict[str, Any] = dict(load_file(path))
     state.update(json.loads(metadata.get("extra_state") or "{}"))
     own = loss.state_dict()
+    for key, value in own.items():  # files without extra state (tensors only) keep the loss's current one
+        if key.endswith("_extra_state") and key not in state:
+            state[key] = value
     mismatched = [f"{k}: saved {tuple(v.shape)}, expected {tuple(own[k].shape)}" for k, v in state.items()
                   if isinstance(v, torch.Tensor) and k in own and isinstance(own[k], torch.Tensor)
                   and tuple(v.shape) != tuple(own[k].shape)]

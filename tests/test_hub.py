@@ -135,6 +135,17 @@ def test_loss_state_round_trip_restores_estimator_and_epoch(tmp_path):
     assert fresh.epoch == 2
 
 
+def test_loss_state_tensors_only_file_keeps_current_epoch(tmp_path):
+    from safetensors.torch import save_file
+
+    logits = torch.linspace(-2, 2, NUM_EXAMPLES * len(LABEL_NAMES)).reshape(NUM_EXAMPLES, -1)
+    save_file({"estimator.logits": logits}, str(tmp_path / "plain.safetensors"))
+    loss = _role_loss()
+    loss.set_epoch(4)
+    load_loss_state(loss, tmp_path / "plain.safetensors")
+    assert torch.equal(loss.estimator.logits.detach(), logits) and loss.epoch == 4
+
+
 def test_loss_state_errors(tmp_path):
     make_timm_run(tmp_path)
     wrong_size = spl_losses.create_loss("role", num_classes=len(LABEL_NAMES), num_examples=NUM_EXAMPLES + 1,
