@@ -12,6 +12,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -266,6 +267,24 @@ def test_dataset_push_and_load_keeps_class_names(hub):
     assert loaded["train"].features["labels"].feature.names == LABEL_NAMES
     assert loaded["test"].features["observed_labels"].feature.names == LABEL_NAMES
     assert loaded["train"][3] == {"features": [3.0, 0.5], "labels": [3, 0], "observed_labels": [3], "index": 3}
+
+
+def test_built_image_dataset_push_and_load_spml_dataset(hub, tmp_path):
+    """A dataset of the data builders (images, observed single positives) goes up and comes back through
+    ``load_spml_dataset`` with a Hub id; images, class names and the drawn positives survive."""
+    from spl_losses.data import build_dataset, load_spml_dataset
+
+    built = build_dataset("digits_mosaic", cache_dir=str(tmp_path / "cache"), num_train=6, num_validation=3,
+                          num_test=3, image_size=16)
+    repo_id = _unique("digits")
+    built.push_to_hub(repo_id)
+    loaded = load_spml_dataset(repo_id)
+    for split in ("train", "validation", "test"):
+        assert loaded[split].features["labels"].feature.names == built[split].features["labels"].feature.names
+        assert loaded[split]["observed_labels"] == built[split]["observed_labels"]
+        assert loaded[split]["labels"] == built[split]["labels"]
+    assert loaded["train"][0]["image"].size == built["train"][0]["image"].size == (16, 16)
+    assert np.array_equal(np.asarray(loaded["train"][1]["image"]), np.asarray(built["train"][1]["image"]))
 
 
 # ------------------------------------------------------------------------------------------ failures
