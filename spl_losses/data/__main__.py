@@ -1,0 +1,201 @@
+"""Command line: build an SPML dataset, write it with its card, optionally push it to the Hub.
+
+    python -m spl_losses.data build NAME --root RAW_DIR --output OUT_DIR [--seed 1200]
+                                         [--format arrow|parquet] [--push-to-hub ORG/NAME]
+                                         [--option key=value ...]
+    python -m spl_losses.data list
+
+``--format arrow`` (default) writes ``DatasetDict.save_to_disk`` (read back with
+``datasets.load_from_disk(OUT_DIR)``); ``--format parquet`` writes ``OUT_DIR/data/{split}-*.parquet``
+with the images embedded (read back with ``datasets.load_dataset(OUT_DIR)``). Both add the dataset
+card ``README.md`` and the build report ``build_report.json``.
+"""
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import datasets
+import yaml
+
+from .builder import create_builder
+from .card import make_dataset_card, merge_card_metadata
+from .registry import get_dataset_info, list_datasets
+
+__all__ = ["main", "build_parser", "write_parquet", "format_report"]
+
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+
+
+def _parse_options(options: Sequence[str]) -> Dict[str, Any]:
+    parsed = {}
+    for item in options or []:
+        if "=" not in item:
+            raise ValueError(f"--option expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parsed[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m spl_losses.data``.
+
+    Args:
+        (none)
+    """
+    parser = argparse.ArgumentParser(prog="python -m spl_losses.data",
+                                     description="Build SPML datasets (single-positive multi-label benchmarks).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build a dataset, write it with its card, optionally push it")
+    build.add_argument("name", help="registered dataset name (see `list`)")
+    build.add_argument("--root", help="folder of the raw download (not needed for digits_mosaic)")
+    build.add_argument("--output", help="output folder (created; must be empty or absent)")
+    build.add_argument("--seed", type=int, default=1200, help="seed of the single positives (default 1200)")
+    build.add_argument("--split-seed", type=int, default=1200, help="seed of the train/validation split")
+    build.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
+                       help="arrow: save_to_disk folder; parquet: data/*.parquet with images embedded")
+    build.add_argument("--cache-dir", help="datasets cache folder for the build (datasets' default if unset)")
+    build.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
+    build.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="further builder option, e.g. --option num_train=2000 (repeatable)")
+    build.add_argument("--push-to-hub", metavar="ORG/NAME", help="also push the dataset and its card to the Hub")
+    build.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    build.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="Parquet shard size (500MB)")
+    sub.add_parser("list", help="list the registered datasets")
+    return parser
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """Human-readable build report: split sizes and examples without positives.
+
+    Args:
+        report: A builder's ``build_report``.
+    """
+    lines = [f"dataset {report.get('dataset')}: {report.get('num_classes')} classes, seed {report.get('seed')}, "
+             f"split seed {report.get('split_seed')}"]
+    for split, entry in report.get("splits", {}).items():
+        lines.append(f"  {split:<10} {entry.get('num_examples', 0):>8,} examples; "
+                     f"dropped without positive: {entry.get('dropped_without_positive', 0):,}; "
+                     f"kept without positive: {entry.get('kept_without_positive', 0):,}")
+    return "\n".join(lines)
+
+
+def write_parquet(dataset_dict: datasets.DatasetDict, output: str,
+                  max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> List[str]:
+    """Write ``output/data/{split}-NNNNN-of-NNNNN.parquet`` with image files embedded, as the Hub stores them.
+
+    Args:
+        dataset_dict: The dataset to write.
+        output: Output folder.
+        max_shard_size: Largest shard, e.g. ``"500MB"``.
+
+    Returns:
+        The written file paths, relative to ``output``.
+    """
+    from datasets.table import embed_table_storage
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    limit = convert_file_size_to_int(max_shard_size)
+    written = []
+    os.makedirs(os.path.join(output, "data"), exist_ok=True)
+    for split, ds in dataset_dict.items():
+        num_shards = max(1, int(ds._estimate_nbytes() // limit) + 1) if len(ds) else 1
+        for i in range(num_shards):
+            shard = ds.shard(num_shards=num_shards, index=i, contiguous=True)
+            shard = shard.with_format("arrow").map(embed_table_storage, batched=True, batch_size=1000,
+                                                   keep_in_memory=True, desc=f"Embedding {split} files")
+            relative = f"data/{split}-{i:05d}-of-{num_shards:05d}.parquet"
+            shard.with_format(None).to_parquet(os.path.join(output, relative))
+            written.append(relative)
+    return written
+
+
+def _parquet_configs(dataset_dict: datasets.DatasetDict) -> list:
+    return [{"config_name": "default",
+             "data_files": [{"split": split, "path": f"data/{split}-*"} for split in dataset_dict]}]
+
+
+def _check_output(output: str) -> None:
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ValueError(f"--output {output} exists and is not an empty folder; choose a new folder")
+
+
+def build_command(args: argparse.Namespace) -> int:
+    """Run ``build``: build, write, report, push.
+
+    Args:
+        args: Parsed arguments of the ``build`` sub-command.
+    """
+    if not args.output and not args.push_to_hub:
+        raise ValueError("build needs --output OUT_DIR and/or --push-to-hub ORG/NAME")
+    if args.output:
+        _check_output(args.output)
+    options = _parse_options(args.option)
+    info = get_dataset_info(args.name)  # fails early on an unknown name, listing the known ones
+    if info.needs_root and not args.root:
+        raise ValueError(f"dataset {args.name!r} needs --root <folder of the raw download>")
+    builder = create_builder(args.name, root=args.root, seed=args.seed, split_seed=args.split_seed,
+                             cache_dir=args.cache_dir, **options)
+    builder.download_and_prepare(download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD if args.force else None)
+    dsd = builder.as_dataset()
+    report = builder.build_report
+    print(format_report(report))
+    card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub)
+
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        if args.format == "arrow":
+            dsd.save_to_disk(args.output)
+            out_card = card
+            how = f"datasets.load_from_disk({args.output!r})"
+        else:
+            write_parquet(dsd, args.output, args.max_shard_size)
+            out_card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub)
+            out_card.data["configs"] = _parquet_configs(dsd)
+            how = f"datasets.load_dataset({args.output!r})"
+        out_card.save(os.path.join(args.output, "README.md"))
+        with open(os.path.join(args.output, "build_report.json"), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.output} ({args.format}); load it with {how}")
+
+    if args.push_to_hub:
+        from huggingface_hub import DatasetCard
+
+        dsd.push_to_hub(args.push_to_hub, private=args.private or None)
+        try:
+            card = merge_card_metadata(card, DatasetCard.load(args.push_to_hub, repo_type="dataset"))
+        except Exception as err:  # the data is pushed; still push our card, without datasets' metadata
+            warnings.warn(f"could not read back the card datasets wrote on {args.push_to_hub} ({err}); "
+                          "pushing the SPML card without its dataset_info metadata")
+        card.push_to_hub(args.push_to_hub, repo_type="dataset",
+                         commit_message="Add the SPML dataset card")
+        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m spl_losses.data``.
+
+    Args:
+        argv: Arguments (``sys.argv[1:]`` if None).
+
+    Returns:
+        The exit status: 0 on success, 2 on a usage or data error (message on stderr).
+    """
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        for name in list_datasets():
+            k = get_dataset_info(name).expected_num_pos
+            print(name if k is None else f"{name} (k={k})")
+        return 0
+    try:
+        return build_command(args)
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

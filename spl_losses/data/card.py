@@ -1,0 +1,188 @@
+"""Dataset cards (``huggingface_hub.DatasetCard``) for built SPML datasets.
+
+A card states the classes, split sizes, how the single positives were drawn (rule, seeds), what the
+build dropped, the source's licence and citation, and how to load the dataset back.
+"""
+from typing import Any, Dict, Optional
+
+import datasets
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from .registry import get_dataset_class, is_dataset
+
+__all__ = ["make_dataset_card", "merge_card_metadata", "size_category"]
+
+_SAMPLING_RULE = (
+    "For every image one positive is chosen uniformly at random among its true positives: the positive "
+    "`c` of row `r` with the smallest SplitMix64 key `mix(mix(mix(mix(seed) + salt) + r) + c)` "
+    "(`spl_losses.data.sample_single_positive`; salt 2 for train, 4 for validation, 6 for test). The keys "
+    "are a pure function of integers, so the draws are identical on every machine and library version. "
+    "Validation is {val_pct}% of the official training set (the rows with the smallest keys for seed "
+    "{split_seed}, kept in sorted order); the official validation/test set is `test`. Test rows carry a "
+    "draw too, for \"observed\" evaluation only: report test metrics against `labels`.")
+
+
+def size_category(num_examples: int) -> str:
+    """The Hub's ``size_categories`` tag for a row count.
+
+    Args:
+        num_examples: Total number of rows.
+    """
+    for bound, tag in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                       (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if num_examples < bound:
+            return tag
+    return "10M<n<100M"
+
+
+def _class_facts(name: Optional[str]) -> Dict[str, Any]:
+    if name is None or not is_dataset(name):
+        return {}
+    cls = get_dataset_class(name)
+    return {
+        "description": cls.source_description,
+        "license": cls.source_license,
+        "citation": cls.source_citation,
+        "homepage": cls.source_homepage,
+        "class_list_note": cls.class_list_note,
+        "expected_num_pos": cls.expected_num_pos,
+    }
+
+
+def make_dataset_card(
+        dataset_dict: datasets.DatasetDict,
+        name: Optional[str] = None,
+        report: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+        pretty_name: Optional[str] = None,
+        license: Optional[str] = None,
+        citation: Optional[str] = None,
+) -> DatasetCard:
+    """Write the dataset card of a built SPML dataset.
+
+    Args:
+        dataset_dict: The built ``DatasetDict`` (splits train/validation/test).
+        name: Registered builder name (source description, licence, citation and k come from it).
+        report: The builder's ``build_report`` (seeds, dropped images); None if unknown.
+        repo_id: Hub id used in the loading snippet (``ORG/NAME``); a placeholder if None.
+        pretty_name: Human name; defaults to ``name``.
+        license: Overrides the builder's licence (a Hub licence id).
+        citation: Overrides the builder's BibTeX.
+
+    Returns:
+        A ``huggingface_hub.DatasetCard`` (``card.save(path)``, ``card.push_to_hub(repo_id)``).
+    """
+    if not isinstance(dataset_dict, datasets.DatasetDict):
+        raise TypeError(f"dataset_dict must be a datasets.DatasetDict, got {type(dataset_dict).__name__}")
+    if "train" not in dataset_dict or "labels" not in dataset_dict["train"].column_names:
+        raise ValueError(f"expected a 'train' split with a 'labels' column, got splits {list(dataset_dict)}")
+    facts = _class_facts(name)
+    report = report or {}
+    license = license or facts.get("license") or "unknown"
+    citation = citation if citation is not None else facts.get("citation", "")
+    title = pretty_name or (f"{name} (single-positive labels)" if name else "Single-positive multi-label dataset")
+    class_names = dataset_dict["train"].features["labels"].feature.names
+    input_column = "image" if "image" in dataset_dict["train"].column_names else "features"
+    total = sum(len(ds) for ds in dataset_dict.values())
+
+    card_data = DatasetCardData(
+        license=license,
+        pretty_name=title,
+        size_categories=size_category(total),
+        task_categories=["image-classification"],
+        tags=["multi-label", "single-positive-labels", "spml", "partial-labels"],
+    )
+    split_rows = []
+    for split, ds in dataset_dict.items():
+        entry = report.get("splits", {}).get(split, {})
+        dropped = entry.get("dropped_without_positive", "?") if report else "?"
+        split_rows.append(f"| {split} | {len(ds):,} | {dropped} |")
+    seed = report.get("seed", "not recorded")
+    split_seed = report.get("split_seed", 1200)
+    val_pct = int(round(100 * float(report.get("val_fraction", 0.2))))
+    k = facts.get("expected_num_pos")
+    load_id = repo_id or "ORG/NAME"
+    classes = ", ".join(f"`{c}`" for c in class_names)
+    body = [
+        f"# {title}",
+        "",
+        facts.get("description") or "A multi-label dataset with single-positive (SPML) annotations.",
+        "",
+        "Built with `spl_losses`"
+        + (f" (`python -m spl_losses.data build {name}`)" if name else "") + ".",
+        "",
+        "## Columns",
+        "",
+        f"- `{input_column}`: " + ("the image (decoded as RGB)." if input_column == "image"
+                                   else "a pre-extracted feature vector (float32)."),
+        "- `labels`: all positive classes of the example (class indices into the names below).",
+        "- `observed_labels`: the single observed positive (one class index); every other class is unobserved.",
+        "- `index`: the row's position in its split (for losses with per-example state such as ROLE).",
+        "",
+        f"## Classes ({len(class_names)})",
+        "",
+        (f"Class list: {facts['class_list_note']}." if facts.get("class_list_note") else ""),
+        "",
+        classes,
+        "",
+        "## Splits",
+        "",
+        "| split | examples | dropped (no positive label) |",
+        "|---|---|---|",
+        *split_rows,
+        "",
+        "Examples without any positive label are dropped, as in the reference protocol (Cole et al., CVPR 2021).",
+        "",
+        "## Single-positive labels",
+        "",
+        f"Seed: {seed}. Observed positives per example: {report.get('num_positives', 1)}."
+        + (f" Observed negatives per example: {report['num_negatives']}." if report.get("num_negatives") else ""),
+        "",
+        _SAMPLING_RULE.format(val_pct=val_pct, split_seed=split_seed),
+        "",
+    ]
+    if k is not None:
+        body += [f"Expected positives per image (k for EPR/ROLE): {k}.", ""]
+    body += [
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("{load_id}")',
+        'names = ds["train"].features["labels"].feature.names',
+        "",
+        "# or, checked against the SPML data contract:",
+        "from spl_losses.data import load_spml_dataset",
+        f'ds = load_spml_dataset("{load_id}")  # also a local save_to_disk folder',
+        "",
+        "# dense targets for a loss: 1 = observed positive, 0 = unobserved",
+        "from spl_losses.labels import indices_to_dense",
+        'targets = indices_to_dense(ds["train"]["observed_labels"], len(names))',
+        "```",
+        "",
+    ]
+    if input_column == "image":
+        body += ["A local `save_to_disk` copy references the image files by path; `push_to_hub` embeds them.", ""]
+    body += ["## Licence", "", f"Source data licence: `{license}`"
+             + (f" (see {facts['homepage']})." if facts.get("homepage") else "."), ""]
+    if citation:
+        body += ["## Citation", "", "```bibtex", citation.strip(), "```", ""]
+    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(body)
+    return DatasetCard(content)
+
+
+def merge_card_metadata(card: DatasetCard, existing: DatasetCard) -> DatasetCard:
+    """Keep the metadata ``datasets`` wrote on the Hub (``dataset_info``, ``configs``) in our card.
+
+    Args:
+        card: The card from :func:`make_dataset_card`.
+        existing: The card currently on the Hub (``DatasetCard.load(repo_id)``).
+
+    Returns:
+        ``card``, with the keys it lacks copied from ``existing``'s metadata.
+    """
+    ours = card.data.to_dict()
+    for key, value in existing.data.to_dict().items():
+        if key not in ours:
+            card.data[key] = value
+    return card
