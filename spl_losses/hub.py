@@ -271,10 +271,16 @@ def build_model_card(
     lines.append("")
 
     lines += ["## Usage", ""]
+    size = config.get("image_size") or (model_config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
     if timm_export:
         lines += ["```python", "import timm, torch", "from PIL import Image", "",
                   f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
-                  "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+                  "cfg = timm.data.resolve_data_config({}, model=model)",
+                  f"# as in training: resize to {size}x{size} without cropping, the model's normalisation",
+                  f"transform = timm.data.create_transform(input_size=(3, {size}, {size}), crop_pct=1.0, "
+                  'crop_mode="squash",',
+                  '                                        interpolation=cfg["interpolation"], mean=cfg["mean"], '
+                  'std=cfg["std"])',
                   'label_names = model.pretrained_cfg["label_names"]',
                   "with torch.no_grad():",
                   '    probs = torch.sigmoid(model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)))[0]',

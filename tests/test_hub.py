@@ -221,6 +221,22 @@ def test_push_run_updates_own_repo_and_loads_loss_state(hub, tmp_path):
         torch.testing.assert_close(loaded(batch), model(batch))
 
 
+def test_model_card_usage_snippet_runs_against_the_hub(hub, tmp_path, monkeypatch):
+    from PIL import Image
+
+    repo_id = _unique("snippet")
+    make_timm_run(tmp_path / "run")
+    push_run_to_hub(tmp_path / "run", repo_id)
+    card = hub.repo_files(repo_id)["README.md"].decode()
+    start = card.index("```python", card.index("## Usage")) + len("```python")
+    snippet = card[start:card.index("```", start)]
+    Image.fromarray(np.full((30, 40, 3), 128, dtype=np.uint8)).save(tmp_path / "image.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "model-card-usage", "exec"), namespace)
+    assert namespace["label_names"] == LABEL_NAMES and namespace["probs"].shape == (len(LABEL_NAMES),)
+
+
 def test_push_and_load_linear_probe(hub, tmp_path):
     repo_id = _unique("probe")
     probe = make_probe_run(tmp_path / "run")
