@@ -145,16 +145,19 @@ def build_command(args: argparse.Namespace) -> int:
     card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub)
 
     if args.output:
+        out_path = os.path.abspath(args.output)
         os.makedirs(args.output, exist_ok=True)
         if args.format == "arrow":
             dsd.save_to_disk(args.output)
-            out_card = card
-            how = f"datasets.load_from_disk({args.output!r})"
+            how = f"datasets.load_from_disk({out_path!r})"
+            out_card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub,
+                                         local_load=how)
         else:
             write_parquet(dsd, args.output, args.max_shard_size)
-            out_card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub)
+            how = f"datasets.load_dataset({out_path!r})"
+            out_card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub,
+                                         local_load=how)
             out_card.data["configs"] = _parquet_configs(dsd)
-            how = f"datasets.load_dataset({args.output!r})"
         out_card.save(os.path.join(args.output, "README.md"))
         with open(os.path.join(args.output, "build_report.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

@@ -35,6 +35,14 @@ def size_category(num_examples: int) -> str:
     return "10M<n<100M"
 
 
+def _images_stored_by_path(ds: datasets.Dataset) -> bool:
+    """Whether the first row's image is a file reference rather than embedded bytes."""
+    if len(ds) == 0:
+        return False
+    first = ds.data.column("image")[0].as_py()
+    return bool(first) and first.get("bytes") is None
+
+
 def _class_facts(name: Optional[str]) -> Dict[str, Any]:
     if name is None or not is_dataset(name):
         return {}
@@ -57,6 +65,7 @@ def make_dataset_card(
         pretty_name: Optional[str] = None,
         license: Optional[str] = None,
         citation: Optional[str] = None,
+        local_load: Optional[str] = None,
 ) -> DatasetCard:
     """Write the dataset card of a built SPML dataset.
 
@@ -68,6 +77,8 @@ def make_dataset_card(
         pretty_name: Human name; defaults to ``name``.
         license: Overrides the builder's licence (a Hub licence id).
         citation: Overrides the builder's BibTeX.
+        local_load: A Python expression loading a local copy (``datasets.load_from_disk("out")``), shown
+            in the loading snippet.
 
     Returns:
         A ``huggingface_hub.DatasetCard`` (``card.save(path)``, ``card.push_to_hub(repo_id)``).
@@ -147,8 +158,9 @@ def make_dataset_card(
         "## Loading",
         "",
         "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("{load_id}")',
+        "import datasets",
+        *([f"ds = {local_load}  # this local copy"] if local_load else []),
+        f'ds = datasets.load_dataset("{load_id}")' + ("" if repo_id else "  # once pushed to the Hub"),
         'names = ds["train"].features["labels"].feature.names',
         "",
         "# or, checked against the SPML data contract:",
@@ -161,8 +173,9 @@ def make_dataset_card(
         "```",
         "",
     ]
-    if input_column == "image":
-        body += ["A local `save_to_disk` copy references the image files by path; `push_to_hub` embeds them.", ""]
+    if input_column == "image" and _images_stored_by_path(dataset_dict["train"]):
+        body += ["A local `save_to_disk` copy references the image files by path (they must stay where they "
+                 "are); Parquet files written by the command line and `push_to_hub` embed them.", ""]
     body += ["## Licence", "", f"Source data licence: `{license}`"
              + (f" (see {facts['homepage']})." if facts.get("homepage") else "."), ""]
     if citation:
