@@ -162,49 +162,74 @@ def test_loss_state_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ push + load
-def test_push_timm_run_then_load_in_fresh_process_and_offline(tmp_path):
-    """Push to a dedicated server; a fresh process loads it with plain timm (no spl_losses import);
-    then the server is stopped and a fresh process with HF_HUB_OFFLINE=1 loads it from the cache."""
-    from hub_server import HubServer
+def _load_train_recipe():
+    import importlib.util
 
-    server = HubServer().start()
+    spec = importlib.util.spec_from_file_location("spl_train_recipe_for_hub",
+                                                  Path(__file__).resolve().parents[1] / "recipes" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_LOAD_SCRIPT = textwrap.dedent("""
+    import sys, torch, timm
+    torch.set_num_threads(1)
+    model = timm.create_model("hf-hub:" + sys.argv[1], pretrained=True).eval()
+    assert "spl_losses" not in sys.modules
+    with torch.no_grad():
+        out = model(torch.load(sys.argv[2]))
+    torch.save({"logits": out, "labels": model.pretrained_cfg["label_names"]}, sys.argv[3])
+""")
+
+
+def test_recipe_push_to_hub_then_fresh_process_load_online_and_offline(hub, tmp_path):
+    """recipes/train.py --push-to-hub; a fresh process loads the model with plain timm (no spl_losses
+    import) and reproduces the local export's outputs; then, with the server stopped, a fresh process with
+    HF_HUB_OFFLINE=1 loads it from the cache."""
+    import timm
+    from accelerate.state import AcceleratorState
+    from huggingface_hub import ModelCard
+
+    repo_id = _unique("recipe-role")
+    out = tmp_path / "run"
+    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 16, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        model, _ = make_timm_run(tmp_path / "run")
-        url = push_run_to_hub(tmp_path / "run", "org/voc-role", endpoint=server.url)
-        assert "/org/voc-role/commit/" in url
-        files = server.repo_files("org/voc-role")
-        assert {"README.md", "config.json", "model.safetensors", LOSS_STATE_FILENAME} <= set(files)
-        assert not any(name.endswith((".bin", ".pth")) for name in files)  # safetensors only
-        assert any(r.startswith("PUT /lfs-objects/") for r in server.state.requests)  # LFS basic transfer
-        assert files["model.safetensors"] == (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
-
-        torch.manual_seed(0)
-        batch = torch.randn(2, 3, 32, 32)
-        torch.save(batch, tmp_path / "batch.pt")
-        with torch.no_grad():
-            expected = model(batch)
-        script = textwrap.dedent(f"""
-            import sys, torch, timm
-            torch.set_num_threads(1)
-            model = timm.create_model("hf-hub:org/voc-role", pretrained=True).eval()
-            assert "spl_losses" not in sys.modules
-            with torch.no_grad():
-                out = model(torch.load({str(tmp_path / 'batch.pt')!r}))
-            torch.save({{"logits": out, "labels": model.pretrained_cfg["label_names"]}}, sys.argv[1])
-        """)
-        env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "fresh_hf_home"), OMP_NUM_THREADS="1")
-        subprocess.run([sys.executable, "-c", script, str(tmp_path / "online.pt")], env=env, check=True,
-                       cwd=tmp_path, timeout=120)
-        online = torch.load(tmp_path / "online.pt")
-        torch.testing.assert_close(online["logits"], expected)
-        assert online["labels"] == LABEL_NAMES
-        assert not server.unknown_routes, server.unknown_routes
+        results = _load_train_recipe().main([
+            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", "test_resnet", "--pretrained",
+            "false", "--image-size", "16", "--batch-size", "16", "--lr", "1e-3", "--epochs", "1", "--no-progress",
+            "--train-mode", "end_to_end", "--loss", "role", "--output-dir", str(out), "--push-to-hub", repo_id])
     finally:
-        server.close()
+        AcceleratorState._reset_state(reset_partial_state=True)
+    files = hub.repo_files(repo_id)
+    assert {"README.md", "config.json", "model.safetensors", LOSS_STATE_FILENAME} <= set(files)
+    assert not any(name.endswith((".bin", ".pth")) for name in files)  # safetensors only
+    assert any(r.startswith("PUT /lfs-objects/") for r in hub.state.requests)  # the LFS basic transfer
+    assert files["model.safetensors"] == (out / "model" / "model.safetensors").read_bytes()
+    card = ModelCard(files["README.md"].decode())
+    test_map = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}[("test", "map")]
+    assert test_map == pytest.approx(results["test_map"], abs=1e-4)
 
-    env["HF_HUB_OFFLINE"] = "1"
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "offline.pt")], env=env, check=True,
-                   cwd=tmp_path, timeout=120)
+    local = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    torch.manual_seed(0)
+    batch = torch.randn(2, 3, 16, 16)
+    torch.save(batch, tmp_path / "batch.pt")
+    with torch.no_grad():
+        expected = local(batch)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "fresh_hf_home"), OMP_NUM_THREADS="1")
+    args = [sys.executable, "-c", _LOAD_SCRIPT, repo_id, str(tmp_path / "batch.pt")]
+    subprocess.run(args + [str(tmp_path / "online.pt")], env=env, check=True, cwd=tmp_path, timeout=300)
+    online = torch.load(tmp_path / "online.pt")
+    torch.testing.assert_close(online["logits"], expected)
+    assert online["labels"] == [str(d) for d in range(10)]
+
+    hub.stop()  # the Hub is gone: the cache must be enough
+    try:
+        subprocess.run(args + [str(tmp_path / "offline.pt")], env=dict(env, HF_HUB_OFFLINE="1"), check=True,
+                       cwd=tmp_path, timeout=300)
+    finally:
+        hub.start()
     torch.testing.assert_close(torch.load(tmp_path / "offline.pt")["logits"], expected)
 
 
