@@ -1,6 +1,7 @@
 """``load_spml_dataset``: one entry point for registered builders, saved folders, Parquet and the Hub."""
 import difflib
 import os
+import re
 from typing import List, Optional
 
 import datasets
@@ -12,6 +13,7 @@ from .sampling import add_observed_labels, split_train_validation
 __all__ = ["load_spml_dataset", "check_spml_dataset"]
 
 _REQUIRED_SPLITS = ("train", "validation", "test")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def _is_saved_dataset_dict(path: str) -> bool:
@@ -120,6 +122,8 @@ def load_spml_dataset(
         source = expanded
     else:
         tried.append(f"local folder {os.path.abspath(expanded)} (does not exist)")
+        if not _HUB_ID.match(name_or_path):
+            raise ValueError(f"Could not load SPML dataset {name_or_path!r}: not a Hub id. Tried: " + "; ".join(tried))
         try:
             dsd = datasets.load_dataset(name_or_path, data_dir=data_dir, cache_dir=cache_dir, **kwargs)
         except Exception as err:  # hub errors, offline mode, malformed ids
