@@ -24,8 +24,8 @@ import time
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import timm
@@ -300,7 +300,7 @@ def train_linear(accelerator, args, data, settings, out: str, phase: str, epochs
     set_seed(args.seed)
     model = None
     if data.kind == "features":
-        feats = {s: torch.as_tensor(data.ds[s].with_format("numpy")["features"], dtype=torch.float32)
+        feats = {s: torch.from_numpy(np.asarray(data.ds[s].with_format("numpy")["features"], dtype=np.float32))
                  for s in ("train", "validation", "test")}
     else:
         model = create_model(args, data.num_classes)
@@ -417,7 +417,7 @@ def train_end_to_end(accelerator, args, data, settings, out: str, phase: str,
     stopped = False
     for epoch in range(run.start_epoch, args.epochs):
         start = time.perf_counter()
-        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)  # accelerate's loader forwards it to the sampler: order = f(seed, epoch)
         unwrapped.loss.set_epoch(epoch)
         flips = epoch_flip_mask(data.num_train, args.seed, epoch)
         step_module.train()

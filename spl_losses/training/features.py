@@ -28,18 +28,26 @@ def default_cache_dir() -> str:
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """A short SHA-256 of every tensor of the model's state dict (names, shapes and bytes).
+    """A short SHA-256 of the tensors of the model's state dict (names, shapes, dtypes and bytes).
+
+    The classifier (``model.get_classifier()`` of a timm model) is left out: pooled features do not
+    depend on it, so runs that only differ in the head's initialisation share a cache entry.
 
     Args:
         model: The backbone.
     """
+    skip = set()
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        classifier = get_classifier()
+        if isinstance(classifier, nn.Module):
+            skip = {id(t) for t in classifier.state_dict(keep_vars=True).values()}
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not isinstance(tensor, torch.Tensor):
+    for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
+        if not isinstance(tensor, torch.Tensor) or id(tensor) in skip:
             continue
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

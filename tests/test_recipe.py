@@ -1,0 +1,271 @@
+"""End-to-end tests of recipes/train.py on tiny data (digits_mosaic, 64/32/32 mosaics of 16 px).
+
+Runs are in-process (``main(argv)``); the two-process checks fork two CPU processes with gloo, the
+way ``accelerate.debug_launcher`` does, on a free port.
+"""
+import importlib.util
+import json
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import yaml
+
+RECIPE = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "train.py")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "configs")
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("spl_train_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf_datasets"))
+
+
+def tiny_flags(data_cache, out, *extra, model="test_resnet"):
+    kwargs = f"{{num_train: 64, num_validation: 32, num_test: 32, image_size: 16, cache_dir: {data_cache}}}"
+    return ["--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", model, "--pretrained", "false",
+            "--image-size", "16", "--batch-size", "16", "--lr", "1e-3", "--epochs", "2", "--no-progress",
+            "--cache-dir", os.path.join(data_cache, "features"), "--output-dir", str(out), *extra]
+
+
+def read(out, name="results.json"):
+    with open(os.path.join(out, name)) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------- the three train modes
+@pytest.mark.parametrize("mode,loss", [("linear_fixed_features", "role"), ("end_to_end", "role"),
+                                       ("linear_init", "an")])
+def test_train_modes_leave_the_run_contract(tmp_path, data_cache, mode, loss):
+    out = tmp_path / "run"
+    extra = ["--linear-epochs", "2", "--linear-batch-size", "16"] if mode == "linear_init" else []
+    results = recipe.main(tiny_flags(data_cache, out, "--train-mode", mode, "--loss", loss, *extra))
+    saved = read(out)
+    for key in ("best_epoch", "val_map", "val_map_skip_empty", "test_map", "test_map_skip_empty", "test_metrics",
+                "dataset", "model", "loss", "train_mode", "label_names", "observed_seed"):
+        assert key in saved, key
+    assert saved["label_names"] == [str(d) for d in range(10)]
+    assert saved["train_mode"] == mode and saved["loss"] == loss
+    assert 0.0 <= saved["test_map"] <= 100.0 and saved["test_map"] == pytest.approx(results["test_map"])
+    metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    # the best epoch is the arg-max of the logged validation mAP (first one on ties)
+    best = max(range(2), key=lambda e: (metrics[e]["val_map"], -e))
+    assert saved["best_epoch"] == best and saved["val_map"] == pytest.approx(metrics[best]["val_map"])
+    cfg = yaml.safe_load(open(out / "config.yaml"))
+    assert cfg["train_mode"] == mode
+    # k is the benchmark's value (digits_mosaic: 3.439) for losses that take it, absent otherwise
+    assert cfg["expected_num_pos"] == (pytest.approx(3.439) if loss == "role" else None)
+    assert (out / "val_map.png").stat().st_size > 0
+    # the export is a stock timm model whose test predictions reproduce test_map
+    import timm
+
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
+    assert json.load(open(out / "model" / "config.json"))["label_names"] == saved["label_names"]
+    if loss == "role":
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "model" / "loss_state.safetensors"))
+        assert state["estimator.logits"].shape == (64, 10)
+    assert model.num_classes == 10
+
+
+def test_linear_mode_reuses_the_feature_cache(tmp_path, data_cache):
+    cache = os.path.join(data_cache, "features")
+    recipe.main(tiny_flags(data_cache, tmp_path / "a", "--train-mode", "linear_fixed_features", "--loss", "an"))
+    files = sorted(os.listdir(cache))
+    stamps = {f: os.path.getmtime(os.path.join(cache, f)) for f in files}
+    recipe.main(tiny_flags(data_cache, tmp_path / "b", "--train-mode", "linear_fixed_features", "--loss", "an",
+                           "--lr", "1e-2"))
+    assert sorted(os.listdir(cache)) == files  # same backbone (same seed, same size): nothing new extracted
+    assert {f: os.path.getmtime(os.path.join(cache, f)) for f in files} == stamps
+
+
+def test_features_dataset_trains_a_linear_probe(tmp_path):
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c"]
+    label_feature = datasets.List(datasets.ClassLabel(names=names))
+
+    def split(n):
+        labels = [sorted(rng.choice(3, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
+        observed = [[row[0]] for row in labels]
+        feats = np.asarray([[float(c in row) for c in range(3)] for row in labels]) + rng.normal(0, 0.3, (n, 3))
+        return datasets.Dataset.from_dict(
+            {"features": feats.astype(np.float32).tolist(), "labels": labels, "observed_labels": observed,
+             "index": list(range(n))},
+            features=datasets.Features({"features": datasets.List(datasets.Value("float32")),
+                                        "labels": label_feature, "observed_labels": label_feature,
+                                        "index": datasets.Value("int64")}))
+
+    path = tmp_path / "feats"
+    datasets.DatasetDict({"train": split(48), "validation": split(24), "test": split(24)}).save_to_disk(str(path))
+    out = tmp_path / "run"
+    recipe.main(["--dataset", str(path), "--train-mode", "linear_fixed_features", "--loss", "epr", "--epochs", "4",
+                 "--batch-size", "8", "--lr", "0.1", "--no-progress", "--output-dir", str(out)])
+    results = read(out)
+    cfg = yaml.safe_load(open(out / "config.yaml"))
+    # k for a non-benchmark dataset: mean positives per row of the clean validation labels
+    val = datasets.load_from_disk(str(path))["validation"]
+    assert cfg["expected_num_pos"] == pytest.approx(np.mean([len(r) for r in val["labels"]]))
+    assert results["test_map"] > 60.0  # separable features: far above chance (~50)
+    from spl_losses.models.linear_probe import LinearProbe
+
+    probe = LinearProbe.from_pretrained(str(out / "model"))
+    assert probe.label_names == names and probe.in_features == 3
+
+
+# ----------------------------------------------------------------------------------------- resume, bf16, search
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, data_cache):
+    flags = ["--train-mode", "end_to_end", "--loss", "role", "--epochs", "3"]
+    recipe.main(tiny_flags(data_cache, tmp_path / "full", *flags))
+    assert recipe.main(tiny_flags(data_cache, tmp_path / "split", *flags, "--stop-after", "1")) is None
+    assert not (tmp_path / "split" / "results.json").exists()
+    recipe.main(tiny_flags(data_cache, tmp_path / "split", *flags, "--resume"))
+    full, split = read(tmp_path / "full"), read(tmp_path / "split")
+    for key in ("best_epoch", "val_map", "test_map", "test_map_skip_empty"):
+        assert split[key] == full[key], key
+    full_log = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    split_log = [json.loads(line) for line in open(tmp_path / "split" / "metrics.jsonl")]
+    assert [m["val_map"] for m in split_log] == [m["val_map"] for m in full_log]
+
+
+def test_bf16_on_cpu(tmp_path, data_cache):
+    results = recipe.main(tiny_flags(data_cache, tmp_path / "bf16", "--train-mode", "end_to_end", "--loss", "an",
+                                     "--mixed-precision", "bf16", "--epochs", "1"))
+    assert results["test_map"] == results["test_map"] and 0 < results["test_map"] <= 100
+
+
+def test_search_runs_the_grid_and_skips_finished_runs(tmp_path, data_cache):
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({"search_grid": {"lr": [1e-3, 1e-2]}, "train_mode": "linear_fixed_features",
+                                      "loss": "an", "epochs": 2}))
+    out = tmp_path / "search"
+    summary = recipe.main(["-c", str(config), "--search", *tiny_flags(data_cache, out)])
+    assert [r["name"] for r in summary["runs"]] == ["lr-0.001", "lr-0.01"]
+    saved = read(out, "search.json")
+    best = max(saved["runs"], key=lambda r: r["val_map"])
+    assert saved["winner"]["name"] == best["name"]
+    assert (out / "val_map.png").exists() and (out / "lr-0.01" / "val_map.png").exists()
+    stamp = os.path.getmtime(out / "lr-0.001" / "results.json")
+    recipe.main(["-c", str(config), "--search", *tiny_flags(data_cache, out)])
+    assert os.path.getmtime(out / "lr-0.001" / "results.json") == stamp
+
+
+# ----------------------------------------------------------------------------------------- errors before work
+@pytest.mark.parametrize("extra,message", [
+    (["--loss", "nope"], "Unknown loss 'nope'"),
+    (["--model", "resnet_does_not_exist"], "unknown timm model"),
+    (["--dataset", "no_such_dataset_anywhere"], "no_such_dataset_anywhere"),
+    (["--loss", "an", "--alpha", "0.3"], "does not take option"),
+])
+def test_errors_before_work(tmp_path, data_cache, extra, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        recipe.main(tiny_flags(data_cache, out, *extra))
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_bce_on_single_positive_training_labels_is_refused(tmp_path):
+    import datasets
+
+    names = ["a", "b"]
+    lf = datasets.List(datasets.ClassLabel(names=names))
+    feats = datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": lf,
+                               "observed_labels": lf, "index": datasets.Value("int64")})
+    rows = {"features": [[0.0, 1.0]] * 4, "labels": [[0], [1], [0], [1]], "observed_labels": [[0], [1], [0], [1]],
+            "index": [0, 1, 2, 3]}
+    path = tmp_path / "sp"
+    split = datasets.Dataset.from_dict(rows, features=feats)
+    datasets.DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(str(path))
+    with pytest.raises(ValueError, match="full labels.*--loss an"):
+        recipe.main(["--dataset", str(path), "--loss", "bce", "--train-mode", "linear_fixed_features",
+                     "--output-dir", str(tmp_path / "o")])
+    # k cannot be estimated from validation labels that are single positives only
+    with pytest.raises(ValueError, match="expected-num-pos"):
+        recipe.main(["--dataset", str(path), "--loss", "epr", "--train-mode", "linear_fixed_features",
+                     "--val-set-variant", "observed", "--output-dir", str(tmp_path / "o2")])
+
+
+def test_output_dir_of_another_run_is_refused(tmp_path, data_cache):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"loss": "an", "lr": 0.5}))
+    with pytest.raises(ValueError, match="holds a different run"):
+        recipe.main(tiny_flags(data_cache, out, "--loss", "role"))
+
+
+def test_every_config_parses_and_uses_only_flags():
+    from spl_losses.training.arguments import load_config_file, parse_args
+
+    names = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    assert len(names) >= 12
+    for name in names:
+        cfg = load_config_file(os.path.join(CONFIG_DIR, name))
+        args, _ = parse_args(["-c", os.path.join(CONFIG_DIR, name)])
+        assert args.model == "resnet50" and args.pretrained is True and args.image_size == 448, name
+        assert args.train_mode in name and args.loss in name and args.dataset in name, name
+        assert args.epochs == (25 if args.train_mode == "linear_fixed_features" else 10), name
+        assert set(cfg) - {"search_grid"} <= set(vars(args)), name
+
+
+# ----------------------------------------------------------------------------------------- two processes
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(argv):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.set_num_threads(1)
+    recipe.main(argv)
+
+
+def launch_two_processes(argv):
+    """Fork two CPU processes with gloo (what accelerate.debug_launcher does, on a free port)."""
+    from accelerate.utils import PrepareForLaunch, patch_environment
+    from torch.multiprocessing import start_processes
+
+    with tempfile.NamedTemporaryFile() as rdv, patch_environment(
+            world_size=2, master_addr="127.0.0.1", master_port=str(_free_port()), accelerate_use_cpu="yes",
+            accelerate_debug_rdv_file=rdv.name, gloo_socket_ifname="lo"):
+        start_processes(PrepareForLaunch(_child, debug=True), args=(argv,), nprocs=2, start_method="fork")
+
+
+@pytest.mark.parametrize("mode", ["linear_fixed_features", "end_to_end"])
+def test_two_processes_match_one_process(tmp_path, data_cache, mode):
+    # GroupNorm model and a per-entry-mean loss: the global batch split over 2 processes gives the same update
+    flags = ["--train-mode", mode, "--loss", "an" if mode == "end_to_end" else "role"]
+    one = recipe.main(tiny_flags(data_cache, tmp_path / "one", *flags, model="test_efficientnet_gn"))
+    launch_two_processes(tiny_flags(data_cache, tmp_path / "two", *flags, model="test_efficientnet_gn"))
+    two = read(tmp_path / "two")
+    assert two["num_processes"] == 2
+    assert two["best_epoch"] == one["best_epoch"]
+    tol = 0.0 if mode == "linear_fixed_features" else 1e-3
+    for key in ("val_map", "test_map"):
+        assert two[key] == pytest.approx(one[key], abs=tol), key
