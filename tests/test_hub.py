@@ -328,6 +328,25 @@ def test_built_image_dataset_push_and_load_spml_dataset(hub, tmp_path):
     assert np.array_equal(np.asarray(loaded["train"][1]["image"]), np.asarray(built["train"][1]["image"]))
 
 
+def test_dataset_cli_push_to_hub_then_load_dataset(hub, tmp_path, capsys):
+    """``python -m spl_losses.data build ... --push-to-hub`` against the server: data and the SPML card go
+    up; ``datasets.load_dataset`` brings the splits back with their class names."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    from spl_losses.data.__main__ import main as data_cli
+
+    repo_id = _unique("digits-cli")
+    assert data_cli(["build", "digits_mosaic", "--push-to-hub", repo_id, "--cache-dir", str(tmp_path / "c"),
+                     "--option", "num_train=6", "--option", "num_validation=3", "--option", "num_test=3"]) == 0
+    card = DatasetCard(hub.repo_files(repo_id, repo_type="dataset")["README.md"].decode())
+    assert "dataset_info" in card.data.to_dict()  # datasets' metadata merged into the SPML card
+    loaded = datasets.load_dataset(repo_id)
+    assert {split: len(ds) for split, ds in loaded.items()} == {"train": 6, "validation": 3, "test": 3}
+    assert loaded["train"].features["labels"].feature.names == [str(d) for d in range(10)]
+    assert all(len(row) == 1 for row in loaded["train"]["observed_labels"])
+
+
 # ------------------------------------------------------------------------------------------ failures
 def _export_fingerprint(run_dir: Path):
     return {p.name: _sha256(p) for p in sorted((run_dir / "model").iterdir()) if p.name != "README.md"}
