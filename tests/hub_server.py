@@ -14,8 +14,9 @@ Usage::
     ...
     server.stop()
 
-Write routes (create, preupload, LFS batch, commit) need an ``Authorization: Bearer <token>`` header;
-the token ``"invalid"`` is rejected with 401 like an expired token on the Hub.
+Write routes (create, preupload, LFS batch, commit) and every route of a private repo need an
+``Authorization: Bearer <token>`` header; the token ``"invalid"`` is rejected with 401 like an expired
+token on the Hub.
 """
 import base64
 import hashlib
@@ -193,6 +194,11 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.state.repos.get((repo_type, repo_id))
         if repo is None:
             raise _HubError(404, f"Repository not found: {repo_type} {repo_id}", code="RepoNotFound")
+        if repo.private:  # like the Hub: a private repo does not exist for anonymous requests
+            try:
+                self._require_auth()
+            except _HubError:
+                raise _HubError(401, f"Repository not found: {repo_type} {repo_id}", code="RepoNotFound")
         return repo
 
     def _snapshot(self, repo: StoredRepo, revision: str) -> Tuple[str, Dict[str, StoredFile]]:

@@ -277,6 +277,18 @@ def test_push_and_load_linear_probe(hub, tmp_path):
     assert "LinearProbe.from_pretrained" in card and "library_name: spl_losses" in card
 
 
+def test_private_push_needs_a_token_to_read(hub, tmp_path):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    repo_id = _unique("private")
+    make_probe_run(tmp_path)
+    push_run_to_hub(tmp_path, repo_id, private=True)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download(repo_id, "config.json", token=False, cache_dir=tmp_path / "anonymous")
+    assert json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())["label_names"] == LABEL_NAMES
+
+
 def test_load_exported_model_from_local_run_dir(tmp_path):
     model, _ = make_timm_run(tmp_path)
     batch = torch.randn(1, 3, 32, 32)
