@@ -336,3 +336,24 @@ def test_set_epoch_is_saved_in_state_dict():
     assert restored.epoch == 3
     with pytest.raises(ValueError, match="epoch"):
         loss.set_epoch(-1)
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_weighted_bce_mean_backward_passes_gradcheck(exclusive):
+    torch.manual_seed(3)
+    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    if exclusive:
+        pos = (torch.rand(3, 4) < 0.5).double()
+        a, b = pos * 2.0, (1 - pos) * 0.5  # never both > 0
+    else:
+        a, b = torch.rand(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64)
+    loss = create_loss("an")
+    assert torch.autograd.gradcheck(lambda x: loss.weighted_bce_mean(x, a, b, exclusive=exclusive)[0], (logits,))
+
+
+def test_nan_logit_at_an_ignored_entry_still_gives_nan():
+    # iu gives unobserved entries weight 0; 0 * NaN must stay NaN
+    logits = torch.zeros(B, C)
+    logits[0, 1] = float("nan")  # OBSERVED[0][1] is unobserved
+    for name in ["iu", "epr"]:
+        assert torch.isnan(make_loss(name)(logits, torch.tensor(OBSERVED, dtype=torch.float32))), name

@@ -49,6 +49,43 @@ def neg_log(p: torch.Tensor, eps: float = REFERENCE_EPS) -> torch.Tensor:
     return -torch.log(p + eps)
 
 
+class _WeightedNegLogSum(torch.autograd.Function):
+    """``sum(a·(-log(p + eps)) + b·(-log(1 - p + eps)))`` with a hand-written backward.
+
+    Autograd's generic backward of the same expression takes six elementwise passes and as many
+    temporaries; the closed form ``d/dp = b / (1 - p + eps) - a / (p + eps)`` takes two. With
+    ``exclusive`` (never ``a > 0`` and ``b > 0`` at one entry) a single log is needed: each entry
+    reads ``q = p`` where ``a > 0`` and ``q = 1 - p`` elsewhere, and ``d/dp = (b - a) / (q + eps)``.
+    ``a`` and ``b`` are constants: no gradient flows into them.
+    """
+
+    @staticmethod
+    def forward(ctx, p, a, b, eps: float, exclusive: bool):
+        if exclusive:
+            # lerp with weight exactly 0 or 1 returns its start / end exactly: q is p or 1 - p
+            q_eps = torch.lerp(torch.rsub(p, 1.0), p, torch.sign(a)).add_(eps)
+            total = -torch.dot(a + b, torch.log(q_eps))
+            ctx.save_for_backward(a, b, q_eps)
+        else:
+            p_eps = p + eps
+            one_minus_p_eps = torch.rsub(p, 1.0).add_(eps)
+            total = -(torch.dot(a, torch.log(p_eps)) + torch.dot(b, torch.log(one_minus_p_eps)))
+            ctx.save_for_backward(a, b, p_eps, one_minus_p_eps)
+        ctx.exclusive = exclusive
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        if ctx.exclusive:
+            a, b, q_eps = ctx.saved_tensors
+            grad = torch.sub(b, a).div_(q_eps)
+        else:
+            a, b, p_eps, one_minus_p_eps = ctx.saved_tensors
+            grad = torch.div(b, one_minus_p_eps).addcdiv_(a, p_eps, value=-1.0)
+        return grad.mul_(grad_total), None, None, None, None
+
+
 class SPLoss(nn.Module):
     """Base class of the project's losses.
 
@@ -127,31 +164,26 @@ class SPLoss(nn.Module):
         """Return ``(sum(a·(-log p) + b·(-log(1-p))) / (B·C), p)`` with few elementwise passes.
 
         The same value as combining :meth:`neg_log_terms` by hand, but each weighted sum is one dot
-        product; the stable form needs a single softplus (``-log(1-p) = -log p + x``), and with
-        ``exclusive=True`` the reference form needs a single log: each entry then takes
-        ``-log(q + eps)`` with ``q`` = p where ``a > 0`` and ``1 - p`` elsewhere.
+        product, the reference form has a closed-form backward (once differentiable), the stable
+        form needs a single softplus (``-log(1-p) = -log p + x``), and with ``exclusive=True`` the
+        reference form needs a single log: each entry then takes ``-log(q + eps)`` with ``q`` = p
+        where ``a > 0`` and ``1 - p`` elsewhere. The weights are constants: no gradient flows into them.
 
         Args:
             logits: (B, C) float32 logits.
-            pos_weight: a >= 0, the (B, C) weight of ``-log p``; treated as a constant (pass it detached).
-            neg_weight: b >= 0, the (B, C) weight of ``-log(1 - p)``; treated as a constant.
+            pos_weight: a >= 0, the (B, C) weight of ``-log p``.
+            neg_weight: b >= 0, the (B, C) weight of ``-log(1 - p)``.
             probs: ``torch.sigmoid(logits)`` if the caller has it already (saves a pass).
             exclusive: Promise that no entry has both ``a > 0`` and ``b > 0`` (hard targets);
                 the result is then the same but computed with one log instead of two.
         """
         x = logits.reshape(-1)
-        a, b = pos_weight.reshape(-1), neg_weight.reshape(-1)
+        a, b = pos_weight.detach().reshape(-1), neg_weight.detach().reshape(-1)
         p = torch.sigmoid(logits) if probs is None else probs
-        flat_p = p.reshape(-1)
         if self.stable:
             total = torch.dot(a + b, F.softplus(-x)) + torch.dot(b, x)
-        elif exclusive:
-            # lerp with weight exactly 0 or 1 returns its start / end exactly: q is p or 1 - p
-            q = torch.lerp(1.0 - flat_p, flat_p, torch.sign(a))
-            total = -torch.dot(a + b, torch.log(q.add_(self.eps)))
         else:
-            total = -(torch.dot(a, torch.log(flat_p + self.eps))
-                      + torch.dot(b, torch.log((1.0 - flat_p).add_(self.eps))))
+            total = _WeightedNegLogSum.apply(p.reshape(-1), a, b, self.eps, bool(exclusive))
         return total / x.numel(), p
 
     def check_index(self, index: Optional[torch.Tensor], batch_size: int, num_examples: int) -> torch.Tensor:
