@@ -178,7 +178,7 @@ def test_search_runs_the_grid_and_skips_finished_runs(tmp_path, data_cache):
 @pytest.mark.parametrize("extra,message", [
     (["--loss", "nope"], "Unknown loss 'nope'"),
     (["--model", "resnet_does_not_exist"], "unknown timm model"),
-    (["--dataset", "no_such_dataset_anywhere"], "no_such_dataset_anywhere"),
+    (["--dataset", "/nonexistent/spml/dataset"], "Could not load SPML dataset"),
     (["--loss", "an", "--alpha", "0.3"], "does not take option"),
 ])
 def test_errors_before_work(tmp_path, data_cache, extra, message):
@@ -226,9 +226,19 @@ def test_every_config_parses_and_uses_only_flags():
         cfg = load_config_file(os.path.join(CONFIG_DIR, name))
         args, _ = parse_args(["-c", os.path.join(CONFIG_DIR, name)])
         assert args.model == "resnet50" and args.pretrained is True and args.image_size == 448, name
-        assert args.train_mode in name and args.loss in name and args.dataset in name, name
-        assert args.epochs == (25 if args.train_mode == "linear_fixed_features" else 10), name
+        assert name.startswith(f"{args.dataset}_{args.loss}_") and name.endswith(f"_{args.train_mode}.yaml"), name
+        assert args.epochs == 10 and args.opt == "adam" and args.weight_decay == 0.0, name
+        if args.train_mode == "linear_init":
+            assert args.linear_epochs == 25, name
+        if args.loss in ("epr", "role"):  # SPEC §3: VOC 1.5, COCO 2.9, NUS 1.9, CUB 31.4
+            k = {"voc2012": 1.5, "coco2014": 2.9, "nuswide": 1.9, "cub200": 31.4}[args.dataset]
+            assert args.expected_num_pos == k, name
         assert set(cfg) - {"search_grid"} <= set(vars(args)), name
+        from spl_losses.training.arguments import LOSS_OPTION_FLAGS
+        from spl_losses.training.loss_factory import loss_parameters
+
+        options = {k for k in LOSS_OPTION_FLAGS if cfg.get(k) is not None}
+        assert options <= loss_parameters(args.loss), (name, options)
 
 
 # ----------------------------------------------------------------------------------------- two processes
