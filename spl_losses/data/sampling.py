@@ -15,6 +15,7 @@ which rows are visited (adding rows never changes the others' draws), it is vect
 can recompute any draw by hand. The draws are distributed like the reference's but are not the same
 draws as the reference's files.
 """
+import itertools
 from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -107,10 +108,10 @@ def _to_coordinates(labels, num_classes: Optional[int]) -> Tuple[int, int, np.nd
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
         raise TypeError(f"labels must be a dense (N, C) array or a sequence of class-index lists, "
                         f"got {type(labels).__name__}")
-    lists = [list(r) for r in labels]
-    lengths = np.fromiter((len(r) for r in lists), dtype=np.int64, count=len(lists))
+    lists = labels if isinstance(labels, list) else list(labels)
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
-    classes = np.fromiter((int(c) for r in lists for c in r), dtype=np.int64, count=int(lengths.sum()))
+    classes = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
     if classes.size and classes.min() < 0:
         raise ValueError(f"class indices must be non-negative, got {int(classes.min())}")
     inferred = int(classes.max()) + 1 if classes.size else 0
@@ -135,8 +136,14 @@ def _smallest_keys_per_row(n: int, rows: np.ndarray, classes: np.ndarray, keys: 
     rows_k, classes_k = rows_s[keep], classes_s[keep]
     order = np.lexsort((classes_k, rows_k))
     rows_k, classes_k = rows_k[order], classes_k[order]
-    counts = np.bincount(rows_k, minlength=n)
-    return [chunk.tolist() for chunk in np.split(classes_k, np.cumsum(counts)[:-1])]
+    return _group_by_row(n, rows_k, classes_k)
+
+
+def _group_by_row(n: int, rows: np.ndarray, classes: np.ndarray) -> List[List[int]]:
+    """Per-row lists of ``classes`` for (row, class) pairs sorted by row."""
+    flat = classes.tolist()
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).tolist()
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(n)]
 
 
 def sample_single_positive(
