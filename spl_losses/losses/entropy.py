@@ -4,12 +4,13 @@ import math
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 
 from .._registry import register_loss
 from ..labels import check_observed_labels
 from .assume_negative import _check_num_classes
 from .base import SPLoss
-from .robust import _check_number
+from .robust import _check_number, fused_loss, needs_grad, overwrite_entries
 
 __all__ = ["EntropyMaximizationLoss", "EntropyMaximizationAPLLoss", "EM_APL_DATASET_DEFAULTS"]
 
@@ -21,6 +22,24 @@ EM_APL_DATASET_DEFAULTS: Dict[str, Dict[str, float]] = {
     "nus": dict(batch_size=16, lr=1e-5, alpha=0.1, beta=0.2, warmup_epochs=4),
     "cub": dict(batch_size=8, lr=1e-4, alpha=0.01, beta=0.4, warmup_epochs=3),
 }
+
+
+def nlog_terms_and_grads(x: torch.Tensor, stable: bool, eps: float):
+    """Return ``(p, a, b, da, db)``: ``a = -log p``, ``b = -log(1-p)`` (reference ``-log(v + eps)``
+    or stable log-sigmoid form) and their derivatives in the logit ``x``.
+
+    Args:
+        x: Logits.
+        stable: Use the log-sigmoid form.
+        eps: Epsilon of the reference form.
+    """
+    p = torch.sigmoid(x)
+    if stable:
+        a = F.softplus(-x)
+        return p, a, a + x, p - 1.0, p
+    one_minus_p = 1.0 - p
+    pq = p * one_minus_p
+    return p, -torch.log(p + eps), -torch.log(one_minus_p + eps), -pq / (p + eps), pq / (one_minus_p + eps)
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -52,22 +71,52 @@ class EntropyMaximizationLoss(SPLoss):
         self.alpha = _check_number("alpha", alpha, minimum=0.0)
         self.num_classes = _check_num_classes(num_classes)
 
-    def entry_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Return the (B, C) EM loss matrix (before reduction).
+    def compute(self, logits, targets, index=None):
+        return self.fused_mean(logits, targets)
+
+    def fused_mean(self, logits: torch.Tensor, targets: torch.Tensor, pseudo: Optional[torch.Tensor] = None,
+                   soft: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loss (mean over B·C), computed with its closed-form gradient (no autograd graph).
 
         Args:
             logits: (B, C) float32 logits.
-            targets: (B, C) float32 {-1, 0, 1} labels.
+            targets: (B, C) {-1, 0, 1} labels.
+            pseudo: Optional (B, C) bool mask of soft-negative entries (EM+APL).
+            soft: (B, C) soft targets of those entries.
         """
-        nlog_p, nlog_1mp, p = self.neg_log_terms(logits)
-        pos = (targets == 1).float()
-        neg = (targets == -1).float()
-        unk = (targets == 0).float()
-        entropy = p * nlog_p + (1.0 - p) * nlog_1mp
-        return pos * nlog_p + neg * nlog_1mp - self.alpha * unk * entropy
+        with_grad = needs_grad(logits)
+        with torch.no_grad():
+            x = logits.detach()
+            p = torch.sigmoid(x)
+            one_minus_p = 1.0 - p
+            pq = p * one_minus_p
+            if self.stable:  # p·a + (1-p)·b = a + (1-p)·x with a = softplus(-x)
+                loss = (F.softplus(-x) + one_minus_p * x).mul_(-self.alpha)
+                grad = pq.mul_(x).mul_(self.alpha) if with_grad else None
+            else:
+                a, b = -torch.log(p + self.eps), -torch.log(one_minus_p + self.eps)
+                loss = (p * a + one_minus_p * b).mul_(-self.alpha)
+                grad = None
+                if with_grad:
+                    inner = (a - b).sub_(p / (p + self.eps)).add_(one_minus_p / (one_minus_p + self.eps))
+                    grad = pq.mul_(inner).mul_(-self.alpha)
+            special = targets != 0
+            if pseudo is not None:
+                special = special | pseudo
 
-    def compute(self, logits, targets, index=None):
-        return self.entry_losses(logits, targets).mean()
+            def special_terms(idx):
+                t = targets[idx]
+                weight_a, weight_b = (t == 1).float(), (t == -1).float()
+                if pseudo is not None:
+                    s = soft[idx] * pseudo[idx].float() * self.beta
+                    weight_a = weight_a + s
+                    weight_b = weight_b + pseudo[idx].float() * self.beta - s
+                _, a_s, b_s, da_s, db_s = nlog_terms_and_grads(x[idx], self.stable, self.eps)
+                return weight_a * a_s + weight_b * b_s, weight_a * da_s + weight_b * db_s
+
+            overwrite_entries(loss, grad, special, special_terms)
+            value = loss.sum()
+        return fused_loss(logits, value, grad, 1.0 / x.numel())
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, " + super().extra_repr()
@@ -164,11 +213,7 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
         pseudo = self.pseudo_mask[rows].to(logits.device) & (targets == 0)
         soft = self.soft_targets[rows].to(logits.device)
         # EM on entries still unknown; the soft-negative BCE on pseudo-labelled ones.
-        em_targets = torch.where(pseudo, torch.full_like(targets, 2.0), targets)  # 2: neither observed nor unknown
-        loss = self.entry_losses(logits, em_targets)
-        nlog_p, nlog_1mp, _ = self.neg_log_terms(logits)
-        loss = loss + self.beta * pseudo.float() * (soft * nlog_p + (1.0 - soft) * nlog_1mp)
-        return loss.mean()
+        return self.fused_mean(logits, targets, pseudo, soft)
 
     @torch.no_grad()
     def update_from_predictions(self, probs: torch.Tensor) -> Optional[torch.Tensor]:

@@ -8,7 +8,7 @@ from .._registry import register_loss
 from .assume_negative import _check_num_classes
 from .base import SPLoss
 from .entropy import _check_positive_int
-from .robust import _check_number
+from .robust import _check_number, fused_loss, needs_grad, overwrite_entries
 
 __all__ = ["GeneralizedRobustLoss", "GRSchedule"]
 
@@ -97,18 +97,35 @@ class GeneralizedRobustLoss(SPLoss):
 
     def compute(self, logits, targets, index=None):
         w, b, mu, sigma = self.schedule()
-        p = torch.sigmoid(logits)
-        p_sg = p.detach()
-        k = torch.sigmoid(w * p_sg + b)
-        v = torch.exp(-(p_sg - mu) ** 2 / (2.0 * sigma ** 2))
-        l1 = (1.0 - p.pow(self.q2)) / self.q2
-        l2 = (1.0 - (1.0 - p).pow(self.q3)) / self.q3
-        pos = (targets == 1).float()
-        neg = (targets == -1).float()
-        unk = (targets == 0).float()
-        loss = (pos * -torch.log(p + _GR_EPS) + neg * -torch.log(1.0 - p + _GR_EPS)
-                + unk * v * (k * l1 + (1.0 - k) * l2))
-        return loss.mean()
+        with_grad = needs_grad(logits)
+        with torch.no_grad():  # value and closed-form gradient (k and v are constants for the gradient)
+            x = logits.detach()
+            p = torch.sigmoid(x)
+            one_minus_p = 1.0 - p
+            k = torch.sigmoid(p * w + b)
+            v = torch.exp((p - mu).square_().mul_(-0.5 / sigma ** 2))
+            p_q2 = p.pow(self.q2)
+            one_minus_p_q3 = one_minus_p if self.q3 == 1.0 else one_minus_p.pow(self.q3)
+            l1 = (1.0 - p_q2).div_(self.q2)
+            l2 = (1.0 - one_minus_p_q3).div_(self.q3)
+            loss = (k * (l1 - l2)).add_(l2).mul_(v)  # v·[k·L1 + (1-k)·L2]
+            grad = None
+            if with_grad:  # dL1/dx = -p^q2·(1-p), dL2/dx = (1-p)^q3·p
+                d2 = one_minus_p_q3 * p
+                grad = (p_q2.mul_(one_minus_p).add_(d2)).mul_(k).neg_().add_(d2).mul_(v)
+
+            def observed_terms(idx):
+                t = targets[idx]
+                pos = (t == 1).float()
+                neg = 1.0 - pos  # the other observed entries are -1
+                ps = p[idx]
+                pq = ps * (1.0 - ps)
+                value = pos * -torch.log(ps + _GR_EPS) + neg * -torch.log(1.0 - ps + _GR_EPS)
+                return value, pos * -pq / (ps + _GR_EPS) + neg * pq / (1.0 - ps + _GR_EPS)
+
+            overwrite_entries(loss, grad, targets != 0, observed_terms)
+            value = loss.sum()
+        return fused_loss(logits, value, grad, 1.0 / x.numel())
 
     def extra_repr(self) -> str:
         return (f"num_epochs={self.num_epochs}, w=({self.w0}->{self.wT}), b=({self.b0}->{self.bT}), "

@@ -9,7 +9,7 @@ LL-Ct 89.0 / 70.5 / 48.0 / 20.4, LL-Cp 88.4 / 70.7 / 48.3 / 20.1; with BoostLU (
 LL-R + BoostLU 89.29 / 72.89 / 49.59 / 19.80. Reference training: Adam, lr 1e-5 (head ×10), bs 16, 10 epochs.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from .._registry import register_loss
 from .assume_negative import _check_num_classes
 from .base import SPLoss
 from .entropy import _check_positive_int
-from .robust import _check_number
+from .robust import _check_number, fused_loss, needs_grad
 
 __all__ = ["LargeLossRejection", "LargeLossTemporaryCorrection", "LargeLossPermanentCorrection",
            "num_large_losses", "select_large_losses"]
@@ -38,23 +38,21 @@ def num_large_losses(num_entries: int, rate: float) -> int:
 
 
 def select_large_losses(loss_matrix: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Return a bool mask of the ``k`` largest entries of ``loss_matrix`` among ``candidates``.
+    """Return the flat indices of the ``k`` largest entries of ``loss_matrix`` among ``candidates``.
 
-    Fewer than ``k`` entries are selected when there are fewer candidates. Ties are broken by
-    ``torch.topk``. No host sync: the count of candidates is never read.
+    Fewer than ``k`` indices are returned when there are fewer candidates. Ties are broken by
+    ``torch.topk``; NaN counts as the largest loss.
 
     Args:
         loss_matrix: (B, C) per-entry losses.
         candidates: (B, C) bool mask of the entries that may be selected (the unobserved ones).
         k: Number of entries to select (0 selects none).
     """
-    selected = torch.zeros_like(candidates)
     if k <= 0:
-        return selected
+        return torch.zeros(0, dtype=torch.long, device=loss_matrix.device)
     scores = loss_matrix.detach().masked_fill(~candidates, -math.inf).flatten()
     top = torch.topk(scores, min(k, scores.numel()), sorted=False).indices
-    selected.view(-1)[top] = True
-    return selected & candidates
+    return top[candidates.flatten()[top]]
 
 
 class _LargeLoss(SPLoss):
@@ -75,12 +73,38 @@ class _LargeLoss(SPLoss):
         """The fraction of the batch's B·C entries taken this epoch: ``(t - 1)·delta_rel``, t 1-based."""
         return min(1.0, self.epoch * self.delta_rel)
 
-    @staticmethod
-    def bce_matrices(logits: torch.Tensor, positive: torch.Tensor):
-        """Return the (B, C) BCE-with-logits losses for the given targets and for target 1."""
-        loss = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="none")
-        loss_if_positive = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-        return loss, loss_if_positive
+    def large_loss_step(self, logits: torch.Tensor, positive: torch.Tensor, candidates: torch.Tensor,
+                        correct: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """BCE-with-logits against ``positive``, mean over B·C, after rejecting (``correct=False``) or
+        correcting to target 1 (``correct=True``) the ``ceil(B·C·rate)`` largest losses among
+        ``candidates``. Returns the loss (with its closed-form gradient) and the selected flat indices.
+
+        Args:
+            logits: (B, C) float32 logits.
+            positive: (B, C) bool targets.
+            candidates: (B, C) bool mask of the entries that may be selected.
+            correct: Correct the selected entries instead of rejecting them.
+        """
+        with_grad = needs_grad(logits)
+        with torch.no_grad():
+            x = logits.detach()
+            y = positive.float()
+            loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+            grad = torch.sigmoid(x).sub_(y) if with_grad else None
+            selected = select_large_losses(loss, candidates, num_large_losses(loss.numel(), self.rate()))
+            flat_loss = loss.view(-1)
+            if correct:  # the selected are unobserved (target 0): the target-1 loss is softplus(x) - x
+                flat_loss[selected] -= x.view(-1)[selected]
+                if grad is not None:
+                    grad.view(-1)[selected] -= 1.0
+            else:
+                flat_loss[selected] = 0.0
+                if grad is not None:
+                    grad.view(-1)[selected] = 0.0
+            value = loss.sum()
+            if not correct:  # a rejected NaN must not hide: 0·sum is NaN for non-finite logits
+                value += 0.0 * x.sum()
+        return fused_loss(logits, value, grad, 1.0 / x.numel()), selected
 
     def extra_repr(self) -> str:
         return f"delta_rel={self.delta_rel}"
@@ -104,11 +128,7 @@ class LargeLossRejection(_LargeLoss):
         super().__init__(delta_rel, num_classes, check_inputs)
 
     def compute(self, logits, targets, index=None):
-        loss, _ = self.bce_matrices(logits, targets == 1)
-        rejected = select_large_losses(loss, targets == 0, num_large_losses(loss.numel(), self.rate()))
-        loss = loss.masked_fill(rejected, 0.0)
-        # A rejected NaN/inf entry must not hide: 0·sum is NaN for non-finite logits and has zero gradient.
-        return loss.mean() + 0.0 * logits.sum()
+        return self.large_loss_step(logits, targets == 1, targets == 0, correct=False)[0]
 
 
 @register_loss("ll_ct")
@@ -128,9 +148,7 @@ class LargeLossTemporaryCorrection(_LargeLoss):
         super().__init__(delta_rel, num_classes, check_inputs)
 
     def compute(self, logits, targets, index=None):
-        loss, loss_if_positive = self.bce_matrices(logits, targets == 1)
-        corrected = select_large_losses(loss, targets == 0, num_large_losses(loss.numel(), self.rate()))
-        return torch.where(corrected, loss_if_positive, loss).mean()
+        return self.large_loss_step(logits, targets == 1, targets == 0, correct=True)[0]
 
 
 @register_loss("ll_cp")
@@ -169,12 +187,12 @@ class LargeLossPermanentCorrection(_LargeLoss):
         rows = index.to(self.corrected.device)
         flipped = self.corrected[rows].to(logits.device) & (targets == 0)
         positive = (targets == 1) | flipped
-        loss, loss_if_positive = self.bce_matrices(logits, positive)
-        selected = select_large_losses(loss, (targets == 0) & ~flipped, num_large_losses(loss.numel(), self.rate()))
-        if self.training:
-            with torch.no_grad():
-                self.corrected.index_put_((rows,), selected.to(self.corrected.device), accumulate=True)
-        return torch.where(selected, loss_if_positive, loss).mean()
+        loss, selected = self.large_loss_step(logits, positive, (targets == 0) & ~flipped, correct=True)
+        if self.training and selected.numel():
+            num_classes = logits.shape[1]
+            selected = selected.to(self.corrected.device)
+            self.corrected[rows[selected // num_classes], selected % num_classes] = True
+        return loss
 
     def corrected_labels(self, observed_labels: torch.Tensor) -> torch.Tensor:
         """Return ``observed_labels`` with the permanent corrections applied (flipped entries set to 1).
