@@ -126,8 +126,8 @@ def _raise_if_not_finite(name: str, labels: torch.Tensor) -> None:
 def check_observed_labels(labels: torch.Tensor, expected_shape=None, name: str = "targets") -> None:
     """Check that ``labels`` is a dense (B, C) tensor in the observed encoding {-1, 0, 1}.
 
-    The check costs a few cheap passes (min/max, then ``sum(|t|·(1-|t|)) == 0`` for float tensors);
-    the slower diagnosis that names the bad values runs only when the check fails.
+    The check costs a few cheap passes (min/max, then no fractional part for float tensors); the
+    slower diagnosis that names the bad values runs only when the check fails.
 
     Args:
         labels: The tensor to check.
@@ -144,9 +144,8 @@ def check_observed_labels(labels: torch.Tensor, expected_shape=None, name: str =
     lo, hi = value_range
     valid = -1.0 <= lo and hi <= 1.0  # False when NaN is present
     if valid and labels.is_floating_point():
-        # in [-1, 1] every term |t|·(1-|t|) is >= 0 and is 0 exactly at -1, 0, 1: no cancellation
-        magnitude = labels.abs().reshape(-1).float()
-        valid = float(torch.dot(magnitude, 1.0 - magnitude)) == 0.0
+        # within [-1, 1] the only values with a zero fractional part are -1, 0 and 1
+        valid = not bool(labels.frac().any())
     if valid:
         return
     _raise_if_not_finite(name, labels)
