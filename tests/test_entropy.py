@@ -136,3 +136,42 @@ def test_em_apl_checks():
         make_apl(observed_labels=torch.zeros(3, 2))
     with pytest.raises(ValueError, match="alpha"):
         create_loss("em", alpha=-0.1)
+
+
+def em_apl_formula(x, t, pseudo, soft, alpha, beta, eps=EPS):
+    p = torch.sigmoid(x)
+    a, b = -torch.log(p + eps), -torch.log(1 - p + eps)
+    unknown = (t == 0) & ~pseudo
+    loss = ((t == 1) * a + (t == -1) * b - alpha * unknown * (p * a + (1 - p) * b)
+            + beta * pseudo * (soft * a + (1 - soft) * b))
+    return loss.mean()
+
+
+def em_apl_formula_stable(x, t, pseudo, soft, alpha, beta):
+    a, b = -torch.nn.functional.logsigmoid(x), -torch.nn.functional.logsigmoid(-x)
+    p = torch.sigmoid(x)
+    unknown = (t == 0) & ~pseudo
+    loss = ((t == 1) * a + (t == -1) * b - alpha * unknown * (p * a + (1 - p) * b)
+            + beta * pseudo * (soft * a + (1 - soft) * b))
+    return loss.mean()
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_em_apl_closed_form_gradient_matches_autograd_of_the_formula(stable):
+    alpha, beta = 0.2, 0.5
+    loss = make_apl(observed_labels=OBSERVED, stable=stable)
+    loss.set_epoch(1)
+    loss.update_from_predictions(PROBS_ROUND1)
+    torch.manual_seed(0)
+    logits = torch.randn(8, 2) * 3
+    index = torch.arange(8)
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, OBSERVED, index=index)
+    value.backward()
+    ref = logits.clone().requires_grad_(True)
+    pseudo, soft = loss.pseudo_mask.clone(), loss.soft_targets.clone()
+    formula = em_apl_formula_stable if stable else em_apl_formula
+    expected = formula(ref, OBSERVED, pseudo, soft, alpha, beta)
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(x.grad, ref.grad, rtol=1e-4, atol=1e-7)

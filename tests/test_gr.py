@@ -70,3 +70,29 @@ def test_bad_options():
         create_loss("gr", q2=-1.0)
     with pytest.raises(ValueError, match="num_epochs"):
         create_loss("gr", num_epochs=0)
+
+
+def test_closed_form_gradient_matches_autograd_of_the_formula():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 6) * 2
+    targets = torch.zeros(5, 6)
+    targets[torch.arange(5), torch.randint(0, 6, (5,))] = 1
+    targets[1, 0] = -1 if targets[1, 0] == 0 else targets[1, 0]
+    loss = create_loss("gr", q3=2.0)
+    loss.set_epoch(4)
+    w, b, mu, sigma = loss.schedule()
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, targets)
+    value.backward()
+    ref = logits.clone().requires_grad_(True)
+    p = torch.sigmoid(ref)
+    pd = p.detach()
+    k = torch.sigmoid(w * pd + b)
+    v = torch.exp(-(pd - mu) ** 2 / (2 * sigma ** 2))
+    unknown = v * (k * (1 - p ** 0.01) / 0.01 + (1 - k) * (1 - (1 - p) ** 2) / 2)
+    entries = torch.where(targets == 1, -torch.log(p + 1e-7),
+                          torch.where(targets == -1, -torch.log(1 - p + 1e-7), unknown))
+    expected = entries.mean()
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(x.grad, ref.grad, rtol=1e-4, atol=1e-7)

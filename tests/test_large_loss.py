@@ -120,3 +120,21 @@ def test_ll_cp_checks():
         loss(torch.zeros(2, 5), torch.zeros(2, 5), index=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="delta_rel"):
         create_loss("ll_r", delta_rel=1.5)
+
+
+@pytest.mark.parametrize("name", ["ll_r", "ll_ct"])
+def test_closed_form_gradient_matches_autograd(name):
+    loss = create_loss(name, delta_rel=0.1)
+    loss.set_epoch(2)  # k = 2: the unknown entries with logits 3 and 2
+    x = LOGITS.clone().requires_grad_(True)
+    loss(x, TARGETS).backward()
+    ref = LOGITS.clone().requires_grad_(True)
+    y = (TARGETS == 1).float()
+    selected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    if name == "ll_r":
+        entries = torch.nn.functional.binary_cross_entropy_with_logits(ref, y, reduction="none") * (1 - selected)
+    else:
+        entries = torch.nn.functional.binary_cross_entropy_with_logits(ref, torch.maximum(y, selected),
+                                                                       reduction="none")
+    entries.mean().backward()
+    assert torch.allclose(x.grad, ref.grad, atol=1e-7)

@@ -126,3 +126,41 @@ def test_gradients_and_wrong_encoding(name):
     assert (logits.grad[targets == 0] >= 0).all()
     with pytest.raises(ValueError, match="observed encoding"):
         create_loss(name)(logits, targets * 2)
+
+
+def autograd_reference(formula, logits, targets):
+    x = logits.clone().requires_grad_(True)
+    value = formula(x, targets)
+    return value.detach(), torch.autograd.grad(value, x)[0]
+
+
+def hill_formula(x, t, lamb=1.5, margin=1.0, gamma=2.0):
+    pm = torch.sigmoid(x - margin)
+    p = torch.sigmoid(x)
+    return torch.where(t == 1, (1 - pm) ** gamma * -torch.log(pm), (lamb - p) * p * p).sum()
+
+
+def splc_formula(x, t, tau=0.6, margin=1.0, gamma=2.0):
+    t = ((t == 1) | ((t == 0) & (torch.sigmoid(x) > tau))).float()
+    p = torch.sigmoid(x - margin * t)
+    return -(t * (1 - p) ** gamma * torch.log(p) + (1 - t) * p ** gamma * torch.log(1 - p)).sum()
+
+
+@pytest.mark.parametrize("name,formula,epoch", [("hill", hill_formula, 0), ("splc", splc_formula, 1)])
+def test_closed_form_gradient_matches_autograd_of_the_formula(name, formula, epoch):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 7) * 2
+    targets = torch.zeros(6, 7)
+    targets[torch.arange(6), torch.randint(0, 7, (6,))] = 1
+    targets[0, 3] = -1 if targets[0, 3] == 0 else targets[0, 3]
+    expected_value, expected_grad = autograd_reference(formula, logits, targets)
+    loss = create_loss(name)
+    loss.set_epoch(epoch)
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, targets)
+    value.backward()
+    assert value.item() == pytest.approx(expected_value.item(), rel=1e-5)
+    assert torch.allclose(x.grad, expected_grad, rtol=1e-4, atol=1e-6)
+    # under torch.no_grad the value is the same and nothing is tracked
+    with torch.no_grad():
+        assert loss(x, targets).item() == pytest.approx(value.item(), rel=1e-6)
