@@ -485,7 +485,8 @@ def run(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str, A
     out = args.output_dir
     data = load_data(args)
     settings = validate(args, data)
-    check_batch_split(accelerator, args.batch_size, args.linear_batch_size if args.train_mode == "linear_init" else 1)
+    if args.train_mode != "linear_fixed_features":  # the linear head trains replicated on every process
+        check_batch_split(accelerator, args.batch_size)
     config = resolved_config(args)
     config["expected_num_pos"] = settings["expected_num_pos"]
     check_output_dir(out, config, RUN_IDENTITY_IGNORED)
