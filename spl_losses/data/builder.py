@@ -164,6 +164,10 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         """Class names in label-index order; by default those of the train split."""
         return list(self.raw_split("train").class_names)
 
+    def _feature_dim(self) -> Optional[int]:
+        """Length D of the ``features`` vectors when known before the build (a fixed-length list column)."""
+        return None
+
     # ----------------------------------------------------------------- helpers for subclasses
     @property
     def root(self) -> str:
@@ -207,7 +211,8 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         if self.input_kind == "image":
             columns = {"image": datasets.Image(mode="RGB")}
         elif self.input_kind == "features":
-            columns = {"features": datasets.List(datasets.Value("float32"))}
+            dim = self._feature_dim()
+            columns = {"features": datasets.List(datasets.Value("float32"), length=-1 if dim is None else int(dim))}
         else:
             raise ValueError(f"input_kind must be 'image' or 'features', got {self.input_kind!r}")
         columns.update(labels=label_list, observed_labels=label_list)

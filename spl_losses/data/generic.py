@@ -244,6 +244,11 @@ class MultilabelFeatures(SPMLBuilder):
             return None
         return features, labels
 
+    def _feature_dim(self) -> Optional[int]:
+        features_path, _ = self._arrays("train")
+        shape = _open_npy(features_path).shape
+        return int(shape[1]) if len(shape) == 2 else None
+
     def _load_class_names(self) -> List[str]:
         cfg = self.config
         if cfg.class_names is not None:
