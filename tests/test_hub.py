@@ -233,6 +233,40 @@ def test_recipe_push_to_hub_then_fresh_process_load_online_and_offline(hub, tmp_
     torch.testing.assert_close(torch.load(tmp_path / "offline.pt")["logits"], expected)
 
 
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="recipes/train.py validate() checks --model with timm.is_model, which rejects hf-hub: names")
+def test_recipe_continues_training_from_a_hub_checkpoint(hub, tmp_path):
+    """``recipes/train.py --model hf-hub:ORG/NAME --pretrained true`` starts from the published weights
+    (with a vanishing learning rate the exported parameters are the published ones)."""
+    import timm
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    repo_id = _unique("continue")
+    digits = [str(d) for d in range(10)]
+    torch.manual_seed(3)
+    model = timm.create_model("test_resnet", num_classes=10, pretrained=False)
+    timm.models.save_for_hf(model, tmp_path / "pushed" / "model", model_config={"label_names": digits},
+                            safe_serialization=True)
+    (tmp_path / "pushed" / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, dataset="digits_mosaic")))
+    (tmp_path / "pushed" / "results.json").write_text(json.dumps(dict(RESULTS, dataset="digits_mosaic",
+                                                                      label_names=digits)))
+    push_run_to_hub(tmp_path / "pushed", repo_id)
+    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 16, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        _load_train_recipe().main([
+            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", f"hf-hub:{repo_id}",
+            "--pretrained", "true", "--image-size", "16", "--batch-size", "16", "--lr", "1e-12", "--epochs", "1",
+            "--no-progress", "--train-mode", "end_to_end", "--loss", "an", "--output-dir", str(tmp_path / "out")])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    published = load_file(tmp_path / "pushed" / "model" / "model.safetensors")
+    continued = load_file(tmp_path / "out" / "model" / "model.safetensors")
+    for name, _ in model.named_parameters():
+        torch.testing.assert_close(continued[name], published[name], atol=1e-6, rtol=0)
+
+
 def test_push_run_updates_own_repo_and_loads_loss_state(hub, tmp_path):
     repo_id = _unique("role")
     model, loss = make_timm_run(tmp_path / "run")
