@@ -162,3 +162,23 @@ def test_observed_negatives_column(tmp_path):
     for labels, negatives in zip(ds["train"]["labels"], ds["train"]["observed_negatives"]):
         expected = 0 if len(labels) == 3 else 1  # a row with all classes positive has no negative
         assert len(negatives) == expected and not set(negatives) & set(labels)
+
+
+def test_cache_is_keyed_by_root_and_reused_with_its_report(tmp_path):
+    from spl_losses.data import create_builder
+
+    root_a, root_b = tmp_path / "a", tmp_path / "b"
+    _feature_tree(root_a)
+    _feature_tree(root_b)
+    np.save(root_b / "test_labels.npy", np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]]))
+    cache = str(tmp_path / "c")
+    a = build_dataset("multilabel_features", root=root_a, cache_dir=cache)
+    b = build_dataset("multilabel_features", root=root_b, cache_dir=cache)
+    assert list(a["test"]["labels"]) == [[0], [1], [2]] and list(b["test"]["labels"]) == [[2], [1], [0]]
+    # same root and parameters: the cached build and its report are reused, even if files changed in place
+    np.save(root_a / "test_labels.npy", np.array([[1, 1, 0], [0, 1, 0], [1, 0, 0]]))
+    again = create_builder("multilabel_features", root=root_a, cache_dir=cache)
+    assert again.build_report["splits"]["test"]["num_examples"] == 3  # read back from the cache folder
+    assert list(again.as_dataset()["test"]["labels"]) == [[0], [1], [2]]
+    forced = build_dataset("multilabel_features", root=root_a, cache_dir=cache, force_rebuild=True)
+    assert list(forced["test"]["labels"]) == [[0, 1], [1], [0]]
