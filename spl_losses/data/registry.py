@@ -6,7 +6,7 @@ Builders register themselves with ``@register_dataset("name")`` when their modul
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Type, Union
+from typing import Callable, Dict, List, Optional, Union
 
 __all__ = ["register_dataset", "list_datasets", "is_dataset", "get_dataset_class", "get_dataset_info", "DatasetInfo"]
 
