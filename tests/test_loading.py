@@ -35,6 +35,11 @@ def test_builder_name_builds(tmp_path):
     assert [len(dsd[s]) for s in ("train", "validation", "test")] == [30, 10, 10]
 
 
+def test_benchmark_name_without_data_dir_is_explained():
+    with pytest.raises(ValueError, match="pass data_dir="):
+        load_spml_dataset("voc2012")
+
+
 def test_save_to_disk_round_trip(digits, tmp_path):
     digits.save_to_disk(str(tmp_path / "saved"))
     dsd = load_spml_dataset(str(tmp_path / "saved"))

@@ -28,6 +28,7 @@ Example::
     >>> ds = build_dataset("digits_mosaic", seed=1200)  # doctest: +SKIP
     >>> ds["train"].features["labels"].feature.names  # doctest: +SKIP
 """
+import collections
 import inspect
 import json
 import os
@@ -225,7 +226,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         self._check_config()
         names = self._load_class_names()
         if len(set(names)) != len(names):
-            dup = sorted({n for n in names if list(names).count(n) > 1})
+            dup = sorted(n for n, count in collections.Counter(names).items() if count > 1)
             raise ValueError(f"class names of dataset {self.dataset_key or self.name!r} are not unique: {dup[:5]}")
         return datasets.DatasetInfo(
             description=self.source_description,

@@ -7,7 +7,7 @@ from typing import List, Optional
 import datasets
 
 from .builder import build_dataset
-from .registry import is_dataset, list_datasets
+from .registry import get_dataset_info, is_dataset, list_datasets
 from .sampling import add_observed_labels, split_train_validation
 
 __all__ = ["load_spml_dataset", "check_spml_dataset"]
@@ -101,6 +101,9 @@ def load_spml_dataset(
         raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
     name_or_path = os.fspath(name_or_path)
     if is_dataset(name_or_path):
+        if data_dir is None and get_dataset_info(name_or_path).needs_root:
+            raise ValueError(f"dataset {name_or_path!r} is built from its raw download: pass "
+                             f"data_dir=<folder of the raw files>")
         dsd = build_dataset(name_or_path, root=data_dir, seed=seed, cache_dir=cache_dir, **kwargs)
         check_spml_dataset(dsd, source=f"builder {name_or_path!r}")
         return dsd
