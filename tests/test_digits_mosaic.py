@@ -112,9 +112,11 @@ def test_determinism_and_seed_roles(built, tmp_path):
     assert _png_bytes(other_data) != _png_bytes(built)
 
 
-def test_png_bytes_are_grayscale_png(built):
+def test_png_bytes_are_rgb_png(built):
     from datasets import Image as ImageFeature
 
     row = built["validation"].cast_column("image", ImageFeature(decode=False))[0]["image"]
     with Image.open(io.BytesIO(row["bytes"])) as im:
-        assert im.format == "PNG" and im.mode == "L"
+        assert im.format == "PNG" and im.mode == "RGB" and im.size == (32, 32)
+        r, g, b = (np.asarray(c) for c in im.split())
+        assert np.array_equal(r, g) and np.array_equal(g, b)

@@ -3,7 +3,7 @@
 The 1,797 real handwritten 8×8 digits of ``sklearn.datasets.load_digits`` are split into three
 disjoint source pools (60% / 20% / 20%) for train, validation and test. Each mosaic is a 2×2 grid
 of four digits drawn uniformly (with replacement) from its split's pool, upscaled to
-``image_size`` pixels (nearest neighbour) and stored as an encoded grayscale PNG (decoded as RGB).
+``image_size`` pixels (nearest neighbour) and stored as an encoded RGB PNG (grey, three equal channels).
 Its labels are the distinct digits shown: 1 to 4 of the 10 classes ``"0"`` … ``"9"``, on average
 10·(1 − 0.9⁴) = 3.439 (the ``expected_num_pos`` of EPR/ROLE). Everything is a function of the seeds:
 ``split_seed`` fixes the pools and the mosaics (the data), ``seed`` the observed single positives,
@@ -99,8 +99,9 @@ def make_mosaics(digit_images: np.ndarray, digit_targets: np.ndarray, pool: np.n
 
 
 def _encode_png(pixels: np.ndarray) -> bytes:
+    """Encode a (H, W) uint8 grayscale mosaic as an RGB PNG (three equal channels)."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(np.repeat(pixels[:, :, None], 3, axis=2)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
