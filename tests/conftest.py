@@ -4,7 +4,8 @@ import os
 # --- Hugging Face Hub: a local Hub-compatible server (tests/hub_server.py) instead of the real Hub. ---
 # huggingface_hub, timm and datasets read these at import time, so they are set here, before any test
 # module imports them. Nothing can reach the real Hub: the endpoint is 127.0.0.1 on a port picked now,
-# served by the `hub_server` session fixture only when a test asks for it (connection refused otherwise).
+# served for the whole session by the `hub_server` fixture (autouse: a thread, started in milliseconds), so
+# a test that touches the Hub by accident gets a quick 404 instead of minutes of connection retries.
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -33,9 +34,9 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def hub_server():
-    """The local Hub-compatible server on ``HF_ENDPOINT``, started on first use for the session."""
+    """The local Hub-compatible server on ``HF_ENDPOINT``, running for the whole session."""
     from hub_server import HubServer
 
     server = HubServer(port=HUB_PORT).start()
