@@ -138,3 +138,16 @@ def test_closed_form_gradient_matches_autograd(name):
                                                                        reduction="none")
     entries.mean().backward()
     assert torch.allclose(x.grad, ref.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 37, 300, 5000])
+def test_select_large_losses_is_exact(k):
+    # 1, 37 and 300 take the sampled-threshold path on CPU, 5000 the plain top-k; both must be exact
+    gen = torch.Generator().manual_seed(k)
+    losses = torch.rand(64, 200, generator=gen)
+    candidates = torch.rand(64, 200, generator=gen) > 0.2
+    from spl_losses.losses.large_loss import select_large_losses
+    chosen = set(select_large_losses(losses, candidates, k).tolist())
+    flat = [(v, i) for i, (v, c) in enumerate(zip(losses.flatten().tolist(), candidates.flatten().tolist())) if c]
+    expected = {i for _, i in sorted(flat, reverse=True)[:k]}
+    assert chosen == expected

@@ -93,13 +93,14 @@ class EntropyMaximizationLoss(SPLoss):
             if self.stable:  # p·a + (1-p)·b = a + (1-p)·x with a = softplus(-x)
                 loss = (F.softplus(-x) + one_minus_p * x).mul_(-self.alpha)
                 grad = pq.mul_(x).mul_(self.alpha) if with_grad else None
-            else:
-                a, b = -torch.log(p + self.eps), -torch.log(one_minus_p + self.eps)
-                loss = (p * a + one_minus_p * b).mul_(-self.alpha)
+            else:  # with la = log(p + eps), lb = log(1 - p + eps): loss = alpha·(p·la + (1-p)·lb)
+                p_eps, one_minus_p_eps = p + self.eps, one_minus_p + self.eps
+                la, lb = torch.log(p_eps), torch.log(one_minus_p_eps)
+                loss = (p * la).addcmul_(one_minus_p, lb).mul_(self.alpha)
                 grad = None
-                if with_grad:
-                    inner = (a - b).sub_(p / (p + self.eps)).add_(one_minus_p / (one_minus_p + self.eps))
-                    grad = pq.mul_(inner).mul_(-self.alpha)
+                if with_grad:  # alpha·p(1-p)·[la - lb + p/(p+eps) - (1-p)/(1-p+eps)]
+                    inner = la.sub_(lb).add_(p.div_(p_eps)).sub_(one_minus_p.div_(one_minus_p_eps))
+                    grad = pq.mul_(inner).mul_(self.alpha)
             special = targets != 0
             if pseudo is not None:
                 special = special | pseudo
