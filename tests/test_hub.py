@@ -323,6 +323,30 @@ def test_private_push_needs_a_token_to_read(hub, tmp_path):
     assert json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())["label_names"] == LABEL_NAMES
 
 
+def test_linear_probe_checks_and_preprocessing_from_timm(tmp_path):
+    import timm
+
+    from spl_losses.models import preprocessing_from_timm
+
+    with pytest.raises(ValueError, match="label_names has 2 names"):
+        LinearProbe(4, 3, label_names=["a", "b"])
+    with pytest.raises(ValueError, match="in_features"):
+        LinearProbe(0, 3)
+    probe = LinearProbe(4, 2)
+    with pytest.raises(ValueError, match=r"shape \(batch, 4\)"):
+        probe(torch.zeros(2, 5))
+    with torch.no_grad():
+        probe.fc.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+        probe.fc.bias.copy_(torch.tensor([0.5, -1.0]))
+        torch.testing.assert_close(probe(torch.tensor([[1.0, 1.0, 3.0, 3.0]])), torch.tensor([[1.5, 1.0]]))
+    backbone = timm.create_model("test_resnet", pretrained=False)
+    pre = preprocessing_from_timm(backbone)
+    assert pre["input_size"] == list(backbone.pretrained_cfg["input_size"])
+    assert pre["mean"] == list(backbone.pretrained_cfg["mean"]) and pre["std"] == list(backbone.pretrained_cfg["std"])
+    LinearProbe(4, 2, backbone="test_resnet", preprocessing=pre).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["preprocessing"] == pre
+
+
 def test_load_exported_model_from_local_run_dir(tmp_path):
     model, _ = make_timm_run(tmp_path)
     batch = torch.randn(1, 3, 32, 32)
