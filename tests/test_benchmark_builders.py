@@ -14,7 +14,7 @@ import pytest
 
 from raw_trees import write_coco_tree, write_cub_tree, write_nus_tree, write_voc_tree
 from spl_losses.data import build_dataset, get_dataset_info
-from spl_losses.data.coco2014 import coco_label_matrix
+from spl_losses.data.coco2014 import coco_label_matrix, read_coco_columns
 from spl_losses.data.cub200 import read_cub200, read_cub_image_attribute_labels
 from spl_losses.data.raw_files import find_missing_files
 
@@ -310,6 +310,31 @@ def test_coco_label_matrix_by_hand():
     # rows in string order of the image id: "10" < "100" < "2" < "9"; 100 has no annotation
     assert files == ["x10.jpg", "x100.jpg", "x2.jpg", "x9.jpg"]
     assert labels.tolist() == [[1, 1], [0, 0], [1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_coco_columns_single_line_and_pretty_printed(tmp_path, indent):
+    # one line: read by pyarrow, skipping the polygons (one is an RLE dict, as crowd annotations are);
+    # several lines: read by the json module; both give the same columns
+    data = {"info": {"description": "x"}, "images": [{"id": 3, "file_name": "3.jpg", "width": 4}],
+            "annotations": [{"segmentation": [[0.5, 1.0, 2.0]], "image_id": 3, "category_id": 8, "id": 1},
+                            {"segmentation": {"counts": [1, 2], "size": [4, 4]}, "image_id": 3, "category_id": 2,
+                             "iscrowd": 1, "id": 2}],
+            "categories": [{"id": 2, "name": "b", "supercategory": "s"}, {"id": 8, "name": "a"}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data, indent=indent))
+    columns = read_coco_columns(str(path))
+    assert columns.category_names == ["b", "a"] and columns.category_ids.tolist() == [2, 8]
+    assert columns.image_ids.tolist() == [3] and columns.file_names.tolist() == ["3.jpg"]
+    assert columns.ann_image_ids.tolist() == [3, 3] and columns.ann_category_ids.tolist() == [8, 2]
+
+
+def test_coco_columns_missing_field(tmp_path):
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": [{"id": 3, "file_name": "3.jpg"}], "categories": [{"id": 1, "name": "a"}],
+                                "annotations": [{"image_id": 3}]}))
+    with pytest.raises(ValueError, match="instances.json.*category_id"):
+        read_coco_columns(str(path))
 
 
 def test_coco_label_matrix_rejects_unknown_ids():

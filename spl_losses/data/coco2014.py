@@ -12,17 +12,21 @@ present in a class if it has at least one instance annotation of it; images with
 annotation are dropped; rows are ordered by image id compared as strings (the reference sorts this
 way, and the validation split drawn from the training rows depends on the order).
 """
+import gc
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.json as pa_json
 
 from .builder import RawSplit, SPMLBuilder
 from .raw_files import DenseSplit, RawBenchmark, check_images_exist, require_dir, require_file
 from .registry import register_dataset
 
-__all__ = ["COCO2014", "read_coco2014", "read_coco_split", "coco_label_matrix", "COCO_SPLITS"]
+__all__ = ["COCO2014", "CocoColumns", "read_coco2014", "read_coco_split", "read_coco_columns", "coco_columns",
+           "coco_label_matrix", "load_annotation_file", "COCO_SPLITS"]
 
 #: Our split name -> the official split it is read from.
 COCO_SPLITS = {"train": "train2014", "test": "val2014"}
@@ -37,21 +41,114 @@ _COCO_CITATION = """@inproceedings{lin2014microsoft,
 }"""
 
 
-def _categories(categories: list, annotation_file: str) -> Tuple[List[str], np.ndarray]:
-    if not categories:
-        raise ValueError(f"{annotation_file!r} has an empty 'categories' list")
-    names = [str(c["name"]) for c in categories]
-    ids = np.array([int(c["id"]) for c in categories], dtype=np.int64)
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"{annotation_file!r} lists a category id twice in 'categories'")
-    return names, ids
+class CocoColumns(NamedTuple):
+    """The parts of a COCO instances file that the labels need, as columns.
+
+    Args:
+        category_names: Names in ``categories`` order.
+        category_ids: (C,) int64 ids in ``categories`` order.
+        image_ids: (I,) int64 ``images[].id``.
+        file_names: (I,) object ``images[].file_name``.
+        ann_image_ids: (A,) int64 ``annotations[].image_id``.
+        ann_category_ids: (A,) int64 ``annotations[].category_id``.
+    """
+
+    category_names: List[str]
+    category_ids: np.ndarray
+    image_ids: np.ndarray
+    file_names: np.ndarray
+    ann_image_ids: np.ndarray
+    ann_category_ids: np.ndarray
 
 
-def coco_label_matrix(annotations: dict, annotation_file: str = "<annotations>"):
-    """Build the label matrix of one COCO instances file, vectorised over annotations.
+def coco_columns(annotations: dict, annotation_file: str = "<annotations>") -> CocoColumns:
+    """Extract :class:`CocoColumns` from a parsed instances file.
 
     Args:
         annotations: The parsed ``instances_*.json`` (keys ``images``, ``annotations``, ``categories``).
+        annotation_file: File name used in error messages.
+    """
+    for key in ("images", "annotations", "categories"):
+        if key not in annotations:
+            raise ValueError(f"{annotation_file!r} is not a COCO instances file: no {key!r} key")
+    try:
+        categories, images, anns = annotations["categories"], annotations["images"], annotations["annotations"]
+        return CocoColumns(
+            category_names=[str(c["name"]) for c in categories],
+            category_ids=np.array([int(c["id"]) for c in categories], dtype=np.int64),
+            image_ids=np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images)),
+            file_names=np.array([im["file_name"] for im in images], dtype=object),
+            ann_image_ids=np.fromiter((a["image_id"] for a in anns), dtype=np.int64, count=len(anns)),
+            ann_category_ids=np.fromiter((a["category_id"] for a in anns), dtype=np.int64, count=len(anns)),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{annotation_file!r} is not a COCO instances file: an entry lacks {err}") from None
+
+
+_ARROW_SCHEMA = pa.schema([
+    ("images", pa.list_(pa.struct([("id", pa.int64()), ("file_name", pa.string())]))),
+    ("annotations", pa.list_(pa.struct([("image_id", pa.int64()), ("category_id", pa.int64())]))),
+    ("categories", pa.list_(pa.struct([("id", pa.int64()), ("name", pa.string())]))),
+])
+
+
+def _read_columns_arrow(path: str) -> Optional[CocoColumns]:
+    """Parse only the needed fields with pyarrow's JSON reader; None when the file does not fit its rules
+    (more than one line, a missing or null field), so the caller falls back to the ``json`` module."""
+    try:
+        table = pa_json.read_json(
+            path,
+            read_options=pa_json.ReadOptions(block_size=os.path.getsize(path) + 1, use_threads=True),
+            parse_options=pa_json.ParseOptions(explicit_schema=_ARROW_SCHEMA, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowException, OverflowError):
+        return None
+    if table.num_rows != 1:
+        return None
+    lists = {}
+    for key in ("images", "annotations", "categories"):
+        column = table.column(key)
+        if column.null_count:
+            return None
+        lists[key] = column.chunk(0).values if column.num_chunks == 1 else column.combine_chunks().values
+    fields = [(lists["images"], "id"), (lists["images"], "file_name"), (lists["annotations"], "image_id"),
+              (lists["annotations"], "category_id"), (lists["categories"], "id"), (lists["categories"], "name")]
+    if any(values.field(name).null_count for values, name in fields):
+        return None
+    images, anns, categories = lists["images"], lists["annotations"], lists["categories"]
+    return CocoColumns(
+        category_names=categories.field("name").to_pylist(),
+        category_ids=categories.field("id").to_numpy(zero_copy_only=False).astype(np.int64),
+        image_ids=images.field("id").to_numpy(zero_copy_only=False).astype(np.int64),
+        file_names=np.array(images.field("file_name").to_pylist(), dtype=object),
+        ann_image_ids=anns.field("image_id").to_numpy(zero_copy_only=False).astype(np.int64),
+        ann_category_ids=anns.field("category_id").to_numpy(zero_copy_only=False).astype(np.int64),
+    )
+
+
+def read_coco_columns(path: str) -> CocoColumns:
+    """Read the :class:`CocoColumns` of an instances file, fast.
+
+    pyarrow's JSON reader parses only ``images[].{id, file_name}``, ``annotations[].{image_id,
+    category_id}`` and ``categories[].{id, name}`` (skipping the polygons), about 5x faster than the
+    ``json`` module on ``instances_train2014.json``. Files it cannot read that way (e.g. pretty-printed
+    over several lines) are parsed with ``json`` with the garbage collector paused.
+
+    Args:
+        path: The ``instances_*.json`` file.
+    """
+    columns = _read_columns_arrow(path)
+    if columns is None:
+        columns = coco_columns(load_annotation_file(path), path)
+    return columns
+
+
+def coco_label_matrix(annotations, annotation_file: str = "<annotations>"):
+    """Build the label matrix of one COCO instances file, vectorised over annotations.
+
+    Args:
+        annotations: The parsed ``instances_*.json`` (a dict with keys ``images``, ``annotations``,
+            ``categories``) or its :class:`CocoColumns`.
         annotation_file: File name used in error messages.
 
     Returns:
@@ -60,17 +157,15 @@ def coco_label_matrix(annotations: dict, annotation_file: str = "<annotations>")
         string) and the (N, 80) uint8 label matrix, with all-zero rows for images without any
         annotation (the builder drops them, as the reference does).
     """
-    for key in ("images", "annotations", "categories"):
-        if key not in annotations:
-            raise ValueError(f"{annotation_file!r} is not a COCO instances file: no {key!r} key")
-    names, cat_ids = _categories(annotations["categories"], annotation_file)
-    anns = annotations["annotations"]
-    ann_image = np.fromiter((a["image_id"] for a in anns), dtype=np.int64, count=len(anns))
-    ann_cat = np.fromiter((a["category_id"] for a in anns), dtype=np.int64, count=len(anns))
-
-    images = annotations["images"]
-    image_ids = np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images))
-    file_names = np.array([im["file_name"] for im in images], dtype=object)
+    if not isinstance(annotations, CocoColumns):
+        annotations = coco_columns(annotations, annotation_file)
+    names, cat_ids = annotations.category_names, annotations.category_ids
+    if not names:
+        raise ValueError(f"{annotation_file!r} has an empty 'categories' list")
+    if len(np.unique(cat_ids)) != len(cat_ids):
+        raise ValueError(f"{annotation_file!r} lists a category id twice in 'categories'")
+    ann_image, ann_cat = annotations.ann_image_ids, annotations.ann_category_ids
+    image_ids, file_names = annotations.image_ids, annotations.file_names
 
     # category id -> column, through a lookup table (COCO's ids are small ints, at most 90)
     lut = np.full(int(max(cat_ids.max(), ann_cat.max(initial=0))) + 1, -1, dtype=np.int64)
@@ -99,6 +194,27 @@ def coco_label_matrix(annotations: dict, annotation_file: str = "<annotations>")
     return names, cat_ids, kept_files, labels
 
 
+def load_annotation_file(path: str) -> dict:
+    """Parse a COCO JSON file with the garbage collector paused.
+
+    Parsing creates millions of small containers, which makes the cyclic collector run over and over
+    without freeing anything; pausing it halves the parse time of ``instances_train2014.json``.
+
+    Args:
+        path: The JSON file.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path!r} is not valid JSON: {err}") from None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_coco_split(root: str, official_split: str, check_images: bool = True):
     """Read one official COCO 2014 split.
 
@@ -112,10 +228,7 @@ def read_coco_split(root: str, official_split: str, check_images: bool = True):
     """
     annotation_file = require_file(
         os.path.join(root, "annotations", f"instances_{official_split}.json"), "COCO annotation file")
-    with open(annotation_file, "r", encoding="utf-8") as f:
-        annotations = json.load(f)
-    names, cat_ids, files, labels = coco_label_matrix(annotations, annotation_file)
-    del annotations
+    names, cat_ids, files, labels = coco_label_matrix(read_coco_columns(annotation_file), annotation_file)
     image_dir = os.path.join(root, official_split)
     paths = [os.path.join(image_dir, name) for name in files]
     if check_images:
