@@ -12,8 +12,9 @@ import torch
 from .._registry import get_loss_class, register_loss
 from .assume_negative import _check_num_classes
 from .base import SPLoss
-from .epr import _check_expected_num_pos, expected_positive_regularizer
-from .robust import _check_number
+from .entropy import nlog_terms_and_grads
+from .epr import _check_expected_num_pos
+from .robust import _check_number, fused_loss, needs_grad
 from .role import LabelEstimator, ROLELoss
 
 __all__ = ["LabelEstimationLoss", "with_label_estimator"]
@@ -138,16 +139,29 @@ class LabelEstimationLoss(SPLoss):
     def compute(self, logits, targets, index=None):
         index = self.check_index(index, logits.shape[0], self.estimator.num_examples)
         base_value = self.base_loss.compute(logits, targets, index if self.base_loss.requires_index else None)
-        nlog_p, nlog_1mp, p = self.neg_log_terms(logits)
-        nlog_q, nlog_1mq, q = self.neg_log_terms(self.estimator(index.to(self.estimator.logits.device)).to(logits.device))
-        q_sg, p_sg = q.detach(), p.detach()
-        follow_estimates = (q_sg * nlog_p + (1.0 - q_sg) * nlog_1mp).mean()
-        pos = (targets == 1).float()
-        neg = (targets == -1).float()
-        estimator_terms = (pos * nlog_q + neg * nlog_1mq + p_sg * nlog_q + (1.0 - p_sg) * nlog_1mq).mean()
-        estimator_terms = estimator_terms + expected_positive_regularizer(q, self.expected_num_pos)
+        estimator_logits = self.estimator(index.to(self.estimator.logits.device)).to(logits.device)
+        batch_size, num_classes = logits.shape
+        n = logits.numel()
+        logits_need_grad, estimator_needs_grad = needs_grad(logits), needs_grad(estimator_logits)
+        with torch.no_grad():  # values with closed-form gradients; each side gets only its own terms
+            p, a, b, da, db = nlog_terms_and_grads(logits.detach(), self.stable, self.eps)
+            q, a_q, b_q, da_q, db_q = nlog_terms_and_grads(estimator_logits.detach(), self.stable, self.eps)
+            # classifier: bce(p; sg(q)) = q·a + (1-q)·b
+            follow_value = (a - b).mul_(q).add_(b).sum()
+            follow_grad = (da - db).mul_(q).add_(db) if logits_need_grad else None
+            # estimator: pos(q) + bce(q; sg(p)) + epr_reg(q)
+            weight_a = p + (targets == 1).float()
+            weight_b = (1.0 - p).add_((targets == -1).float())
+            excess = q.sum(dim=1).mean() - self.expected_num_pos
+            estimator_value = (weight_a * a_q).add_(weight_b * b_q).sum().mul_(0.5 / n) \
+                + 0.5 * excess ** 2 / num_classes ** 2
+            estimator_grad = None
+            if estimator_needs_grad:
+                reg_grad = q.mul(1.0 - q).mul_(excess / (num_classes ** 2 * batch_size))
+                estimator_grad = (weight_a.mul_(da_q)).add_(weight_b.mul_(db_q)).mul_(0.5 / n).add_(reg_grad)
         w = self.estimate_weight
-        return (1.0 - w) * base_value + w * follow_estimates + 0.5 * estimator_terms
+        return ((1.0 - w) * base_value + fused_loss(logits, follow_value, follow_grad, w / n)
+                + fused_loss(estimator_logits, estimator_value, estimator_grad, 1.0))
 
     def extra_repr(self) -> str:
         return (f"expected_num_pos={self.expected_num_pos}, estimate_weight={self.estimate_weight}, "
