@@ -293,7 +293,15 @@ def test_cub_label_lines_read_first_three_fields(tmp_path, extra):
     path = tmp_path / "image_attribute_labels.txt"
     path.write_text(f"1 1 0 3 27.7080\n1 2 1 4 3.1{extra}\n2 1 1 1 0.5\n2 2 0 2 11.25\n")
     table = read_cub_image_attribute_labels(str(path))
-    assert table.tolist() == [[1, 1, 0], [1, 2, 1], [2, 1, 1], [2, 2, 0]]
+    assert sorted(table.tolist()) == [[1, 1, 0], [1, 2, 1], [2, 1, 1], [2, 2, 0]]
+
+
+@pytest.mark.parametrize("line", ["1 2", "1 x 1 3 2.0", "1 2 x"])
+def test_cub_label_lines_malformed(tmp_path, line):
+    path = tmp_path / "image_attribute_labels.txt"
+    path.write_text(f"1 1 0 3 27.7080\n{line}\n")
+    with pytest.raises(ValueError, match="image_attribute_labels.txt"):
+        read_cub_image_attribute_labels(str(path))
 
 
 def test_coco_label_matrix_by_hand():

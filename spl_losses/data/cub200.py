@@ -19,11 +19,12 @@ as is (certainty ignored); rows follow ``images.txt``; ``is_training_image`` 1 i
 of ``image_attribute_labels.txt`` carry extra fields; only the first three are read.
 """
 import os
-import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from .builder import RawSplit, SPMLBuilder, SPMLConfig
 from .raw_files import DenseSplit, RawBenchmark, check_images_exist, require_dir, require_file
@@ -40,7 +41,6 @@ _CUB_CITATION = """@techreport{wah2011caltech,
   year = {2011}
 }"""
 
-_FIRST_THREE_INTS = re.compile(r"^[ \t]*(\d+)[ \t]+(\d+)[ \t]+(\d+)[^\n]*", re.M)
 
 
 def find_cub_dir(root: str) -> str:
@@ -104,28 +104,44 @@ def read_cub_attribute_names(path: str) -> List[str]:
 def read_cub_image_attribute_labels(path: str) -> np.ndarray:
     """Read ``image_attribute_labels.txt`` into an (L, 3) int64 array (image_id, attribute_id, is_present).
 
-    Lines normally hold five fields; any fields after the third are ignored, so lines with extra
-    fields are read as well. Parsing is vectorised (one split of the whole text in the common case).
+    Lines normally hold five space-separated fields (``image_id attribute_id is_present certainty
+    time``). pyarrow's CSV reader parses those; the few lines with another number of fields (some
+    official lines carry extra ones) are handed back by it and read here from their first three
+    fields. Row order is the file's, except that such irregular lines come last.
 
     Args:
         path: The file.
     """
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
-    num_lines = sum(1 for line in text.splitlines() if line.strip())
-    tokens = text.split()
-    if len(tokens) == 5 * num_lines:  # the regular layout: five fields on every line
-        table = np.stack([np.asarray(tokens[j::5], dtype=np.int64) for j in range(3)], axis=1)
-        return table
-    first_three = _FIRST_THREE_INTS.sub(r"\1 \2 \3", text).split()
-    if len(first_three) != 3 * num_lines:
-        raise ValueError(
-            f"{path!r} is malformed: every line must start with 'image_id attribute_id is_present'")
+    irregular: List[str] = []
+
+    def keep_aside(row) -> str:
+        irregular.append(row.text)
+        return "skip"
+
+    int_columns = ["image_id", "attribute_id", "is_present"]
     try:
-        return np.asarray(first_three, dtype=np.int64).reshape(-1, 3)
-    except ValueError:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=int_columns + ["certainty_id", "time"]),
+            parse_options=pa_csv.ParseOptions(delimiter=" ", invalid_row_handler=keep_aside),
+            convert_options=pa_csv.ConvertOptions(include_columns=int_columns,
+                                                  column_types={c: pa.int64() for c in int_columns}),
+        )
+    except pa.ArrowException as err:
         raise ValueError(
-            f"{path!r} is malformed: every line must start with 'image_id attribute_id is_present'") from None
+            f"{path!r} is malformed: every line must start with 'image_id attribute_id is_present' ({err})") from None
+    regular = np.stack([table.column(c).to_numpy() for c in int_columns], axis=1) if table.num_rows else \
+        np.zeros((0, 3), dtype=np.int64)
+    if not irregular:
+        return regular.astype(np.int64)
+    extra = []
+    for text in irregular:
+        fields = text.split()
+        if len(fields) < 3 or not all(f.isdigit() for f in fields[:3]):
+            raise ValueError(f"{path!r} is malformed: line {text!r} does not start with "
+                             "'image_id attribute_id is_present'")
+        extra.append([int(f) for f in fields[:3]])
+    return np.concatenate([regular.astype(np.int64), np.asarray(extra, dtype=np.int64)])
 
 
 def read_cub200(root: str, check_images: bool = True) -> RawBenchmark:
