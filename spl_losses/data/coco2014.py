@@ -289,7 +289,8 @@ class COCO2014(SPMLBuilder):
     source_license = "cc-by-4.0"
     source_homepage = "https://cocodataset.org"
     source_citation = _COCO_CITATION
-    class_list_note = "the 80 COCO object categories in the order of the annotation files' 'categories' list"
+    class_list_note = ("the object categories in the order of the annotation files' 'categories' list "
+                       "(80 in the official release: person ... toothbrush)")
 
     def __init__(self, *args, **kwargs):
         self._category_ids: Dict[str, Tuple[str, np.ndarray]] = {}

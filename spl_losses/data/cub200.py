@@ -255,7 +255,8 @@ class CUB200(SPMLBuilder):
     source_license = "other"
     source_homepage = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
     source_citation = _CUB_CITATION
-    class_list_note = "the 312 attributes of attributes.txt in id order (has_bill_shape::curved_(up_or_down) ...)"
+    class_list_note = ("the binary attributes of attributes.txt in id order (312 in the official release: "
+                       "has_bill_shape::curved_(up_or_down) ... has_wing_pattern::multi-colored)")
 
     def __init__(self, *args, **kwargs):
         self._benchmark: Optional[RawBenchmark] = None
