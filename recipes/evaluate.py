@@ -13,8 +13,9 @@ Examples::
     python recipes/evaluate.py --checkpoint hf-hub:ORG/NAME --dataset ORG/voc2012-spml --output-json test.json
 
 Images are resized to a square of ``--image-size`` without cropping (the training protocol, SPEC §5) and
-normalised with the model's pretrained config; the default size is the run's ``image_size`` (config.yaml)
-when the checkpoint is a run directory, else the model's configured input size.
+normalised with the model's pretrained config; the default size is the training ``image_size`` recorded
+with the checkpoint (the run's config.yaml, or the training_config.yaml published beside the model), else
+the model's configured input size.
 """
 import argparse
 import json
@@ -60,16 +61,32 @@ def model_label_names(model: torch.nn.Module) -> Optional[List[str]]:
 
 
 def run_image_size(checkpoint: str) -> Optional[int]:
-    """The ``image_size`` of a run directory's config.yaml, if the checkpoint is one.
+    """The training ``image_size`` recorded with a checkpoint, if any.
+
+    Read from a run directory's ``config.yaml``, or from the ``training_config.yaml`` that
+    ``spl_losses.hub.push_run_to_hub`` writes beside the model (locally and on the Hub).
 
     Args:
         checkpoint: The ``--checkpoint`` value.
     """
     import yaml
 
-    path = Path(checkpoint) / "config.yaml"
-    if checkpoint.startswith(("hf-hub:", "local-dir:")) or not path.is_file():
-        return None
+    from spl_losses.hub import TRAINING_CONFIG_FILENAME
+
+    if checkpoint.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = Path(hf_hub_download(checkpoint[len("hf-hub:"):], TRAINING_CONFIG_FILENAME))
+        except EntryNotFoundError:
+            return None
+    else:
+        folder = Path(checkpoint[len("local-dir:"):] if checkpoint.startswith("local-dir:") else checkpoint)
+        candidates = [folder / "config.yaml", folder / TRAINING_CONFIG_FILENAME, folder / "model" / TRAINING_CONFIG_FILENAME]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            return None
     with open(path, encoding="utf-8") as f:
         size = (yaml.safe_load(f) or {}).get("image_size")
     return int(size) if size else None

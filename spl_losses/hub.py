@@ -5,7 +5,8 @@ A run directory of ``recipes/train.py`` (see the run-directory contract) holds `
 ``label_names`` + model.safetensors) or a :class:`~spl_losses.models.LinearProbe` (huggingface_hub
 ``PyTorchModelHubMixin``) for feature datasets, plus ``loss_state.safetensors`` when the loss keeps state.
 
-- :func:`push_run_to_hub` writes the model card (``model/README.md``) and uploads ``model/``: a timm model
+- :func:`push_run_to_hub` writes the model card (``model/README.md``) and the training record
+  (``model/training_config.yaml``, ``model/training_results.json``) and uploads ``model/``: a timm model
   then loads anywhere with ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)``, no import of this
   package needed; a LinearProbe with ``LinearProbe.from_pretrained("ORG/NAME")``.
 - :func:`build_model_card`: the card from config.yaml + results.json (backbone, loss, train mode, dataset
@@ -31,6 +32,9 @@ from torch import nn
 __all__ = [
     "HubPushError",
     "LOSS_STATE_FILENAME",
+    "TRAINING_CONFIG_FILENAME",
+    "TRAINING_RESULTS_FILENAME",
+    "write_training_record",
     "MODEL_CARD_TAG",
     "build_model_card",
     "write_model_card",
@@ -42,6 +46,8 @@ __all__ = [
 ]
 
 LOSS_STATE_FILENAME = "loss_state.safetensors"
+TRAINING_CONFIG_FILENAME = "training_config.yaml"
+TRAINING_RESULTS_FILENAME = "training_results.json"
 #: Tag of every model card this module writes: a repo whose card has it is "ours" and may be updated.
 MODEL_CARD_TAG = "spl_losses"
 #: Files never uploaded: pickled weights (the export is safetensors only).
@@ -324,6 +330,28 @@ def write_model_card(run_dir: PathLike, repo_id: str, license: Optional[str] = N
     return path
 
 
+def write_training_record(run_dir: PathLike) -> List[Path]:
+    """Copy the run's config.yaml and results.json into ``model/`` as ``training_config.yaml`` and
+    ``training_results.json``, so the published repo records how it was trained (machine-readable; e.g.
+    ``recipes/evaluate.py`` reads the training image size from it).
+
+    Args:
+        run_dir: A run directory of ``recipes/train.py``.
+
+    Returns:
+        The two files written.
+    """
+    import shutil
+
+    run_dir = Path(run_dir)
+    read_run(run_dir)  # checks the run directory
+    written = []
+    for source, target in (("config.yaml", TRAINING_CONFIG_FILENAME), ("results.json", TRAINING_RESULTS_FILENAME)):
+        shutil.copyfile(run_dir / source, run_dir / "model" / target)
+        written.append(run_dir / "model" / target)
+    return written
+
+
 # ---------------------------------------------------------------------------------------------- push
 def _is_network_error(err: BaseException) -> bool:
     """Connection / timeout errors of the HTTP client huggingface_hub uses (httpx2, httpx or requests)."""
@@ -366,7 +394,8 @@ def push_run_to_hub(
 ) -> str:
     """Write the model card of a run and upload its ``model/`` folder to the Hub.
 
-    The card is written to ``run_dir/model/README.md`` before anything is sent, so the local export is
+    The card (``model/README.md``) and the training record (``model/training_config.yaml``,
+    ``model/training_results.json``) are written before anything is sent, so the local export is
     complete on disk whatever happens next.
 
     Args:
@@ -393,6 +422,7 @@ def push_run_to_hub(
         raise ValueError(f"repo_id must be 'ORG/NAME', got {repo_id!r}")
     run = read_run(run_dir)
     write_model_card(run_dir, repo_id, license=license)
+    write_training_record(run_dir)
     model_dir = run["model_dir"]
     where = f"The local export is complete at {str(model_dir)!r}; push it again with " \
             f"spl_losses.hub.push_run_to_hub({str(run_dir)!r}, {repo_id!r}) once fixed."

@@ -80,7 +80,7 @@ def test_evaluate_linear_probe_on_features(tmp_path):
     assert observed["map"] == pytest.approx(_expected_maps(logits, [r[:1] for r in TEST_LABELS])[0])
 
 
-def test_evaluate_timm_checkpoint_on_images(tmp_path):
+def test_evaluate_timm_checkpoint_on_images(hub, tmp_path):
     import timm
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
     from PIL import Image as PILImage
@@ -98,7 +98,9 @@ def test_evaluate_timm_checkpoint_on_images(tmp_path):
     model = timm.create_model("test_resnet", num_classes=len(NAMES), pretrained=False).eval()
     timm.models.save_for_hf(model, tmp_path / "run" / "model", model_config={"label_names": NAMES},
                             safe_serialization=True)
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"image_size": 32}), encoding="utf-8")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"image_size": 32, "model": "test_resnet"}),
+                                                  encoding="utf-8")
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"test_map": 1.0, "dataset": "tiny"}), encoding="utf-8")
     # independent expectation: squash each image to 32x32 bilinearly, normalise, run the model
     cfg = model.pretrained_cfg
     batch = torch.stack([
@@ -114,6 +116,14 @@ def test_evaluate_timm_checkpoint_on_images(tmp_path):
     assert metrics["map"] == pytest.approx(expected_zero, abs=1e-6)
     assert metrics["map_skip_empty"] == pytest.approx(expected_skip, abs=1e-6)
     assert {"precision@1", "recall@3", "top5_hit"} <= set(metrics)
+    # published: the training image size travels with the model (training_config.yaml), not the timm default
+    push_run_to_hub(tmp_path / "run", "org/eval-timm")
+    assert model.pretrained_cfg["input_size"][-1] != 32
+    assert evaluate_recipe.run_image_size("hf-hub:org/eval-timm") == 32
+    hub_metrics = evaluate_recipe.main(["--checkpoint", "hf-hub:org/eval-timm", "--dataset", str(tmp_path / "data")])
+    assert hub_metrics["metrics"] == pytest.approx(metrics)
+    hub.add_repo("org/no-training-record", {"config.json": b"{}"})
+    assert evaluate_recipe.run_image_size("hf-hub:org/no-training-record") is None
 
 
 def test_evaluate_hub_checkpoint(hub, tmp_path):

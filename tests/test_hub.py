@@ -203,7 +203,10 @@ def test_recipe_push_to_hub_then_fresh_process_load_online_and_offline(hub, tmp_
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     files = hub.repo_files(repo_id)
-    assert {"README.md", "config.json", "model.safetensors", LOSS_STATE_FILENAME} <= set(files)
+    assert {"README.md", "config.json", "model.safetensors", LOSS_STATE_FILENAME, "training_config.yaml",
+            "training_results.json"} <= set(files)
+    assert yaml.safe_load(files["training_config.yaml"])["loss"] == "role"
+    assert json.loads(files["training_results.json"])["test_map"] == pytest.approx(results["test_map"])
     assert not any(name.endswith((".bin", ".pth")) for name in files)  # safetensors only
     assert any(r.startswith("PUT /lfs-objects/") for r in hub.state.requests)  # the LFS basic transfer
     assert files["model.safetensors"] == (out / "model" / "model.safetensors").read_bytes()
@@ -418,8 +421,18 @@ def test_dataset_cli_push_to_hub_then_load_dataset(hub, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ failures
+_WRITTEN_BY_PUSH = ("README.md", "training_config.yaml", "training_results.json")
+
+
 def _export_fingerprint(run_dir: Path):
-    return {p.name: _sha256(p) for p in sorted((run_dir / "model").iterdir()) if p.name != "README.md"}
+    """Hashes of the exported files (those the push itself writes left out), checking those exist after a push."""
+    files = {p.name: _sha256(p) for p in sorted((run_dir / "model").iterdir()) if p.name not in _WRITTEN_BY_PUSH}
+    assert {"config.json", "model.safetensors"} <= set(files)
+    return files
+
+
+def _export_complete(run_dir: Path) -> bool:
+    return all((run_dir / "model" / name).is_file() for name in _WRITTEN_BY_PUSH)
 
 
 def test_push_without_token_fails_clearly_and_keeps_export(tmp_path, monkeypatch):
@@ -429,7 +442,7 @@ def test_push_without_token_fails_clearly_and_keeps_export(tmp_path, monkeypatch
     with pytest.raises(HubPushError, match="no Hugging Face token") as info:
         push_run_to_hub(tmp_path, "org/no-token")
     assert str(tmp_path / "model") in str(info.value)
-    assert _export_fingerprint(tmp_path) == before and (tmp_path / "model" / "README.md").is_file()
+    assert _export_fingerprint(tmp_path) == before and _export_complete(tmp_path)
 
 
 def test_push_with_server_down_fails_clearly_and_keeps_export(tmp_path):
@@ -443,7 +456,7 @@ def test_push_with_server_down_fails_clearly_and_keeps_export(tmp_path):
     with pytest.raises(HubPushError, match="could not reach the Hub") as info:
         push_run_to_hub(tmp_path, "org/down", endpoint=down_url)
     assert down_url in str(info.value)
-    assert _export_fingerprint(tmp_path) == before and (tmp_path / "model" / "README.md").is_file()
+    assert _export_fingerprint(tmp_path) == before and _export_complete(tmp_path)
 
 
 def test_push_with_rejected_token_fails_clearly(hub, tmp_path):
@@ -461,7 +474,7 @@ def test_push_to_repo_with_other_content_refuses_unless_overwrite(hub, tmp_path)
     with pytest.raises(HubPushError, match="already exists and holds other content"):
         push_run_to_hub(tmp_path, repo_id)
     assert hub.repo_files(repo_id)["README.md"] == other["README.md"]  # untouched
-    assert _export_fingerprint(tmp_path) == before
+    assert _export_fingerprint(tmp_path) == before and _export_complete(tmp_path)
     push_run_to_hub(tmp_path, repo_id, overwrite=True)
     assert "model.safetensors" in hub.repo_files(repo_id)
 
