@@ -26,7 +26,8 @@ EM_APL_DATASET_DEFAULTS: Dict[str, Dict[str, float]] = {
 
 def nlog_terms_and_grads(x: torch.Tensor, stable: bool, eps: float):
     """Return ``(p, a, b, da, db)``: ``a = -log p``, ``b = -log(1-p)`` (reference ``-log(v + eps)``
-    or stable log-sigmoid form) and their derivatives in the logit ``x``.
+    or stable log-sigmoid form) and their derivatives in the logit ``x``. In the stable form ``db``
+    is ``p`` itself: do not modify the results in place.
 
     Args:
         x: Logits.
@@ -142,8 +143,9 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
     Published mAP (VOC / COCO / NUS / CUB, end-to-end): 89.19 / 70.87 / 47.59 / 21.84.
 
     Which entries are observed is taken from ``observed_labels`` when given; otherwise the loss
-    records each training batch's targets (rows never seen count as unknown). ``U_c`` is counted
-    at the first pseudo-labeling round. Each call needs the batch's ``index``; a step reads and
+    records each training batch's targets (rows never seen count as unknown; under data-parallel
+    training each process sees only its own batches, so pass ``observed_labels`` there). ``U_c`` is
+    counted at the first pseudo-labeling round. Each call needs the batch's ``index``; a step reads and
     writes only the batch's rows. In ``eval()`` mode nothing is recorded.
 
     Args:

@@ -41,7 +41,7 @@ def select_large_losses(loss_matrix: torch.Tensor, candidates: torch.Tensor, k: 
     """Return the flat indices of the ``k`` largest entries of ``loss_matrix`` among ``candidates``.
 
     Fewer than ``k`` indices are returned when there are fewer candidates. Ties are broken by
-    ``torch.topk``; NaN counts as the largest loss.
+    ``torch.topk``. Whether a NaN loss is selected is unspecified (the losses stay NaN either way).
 
     Args:
         loss_matrix: (B, C) per-entry losses.
@@ -69,7 +69,7 @@ def _prefiltered_topk(scores: torch.Tensor, k: int) -> Optional[torch.Tensor]:
     top-k of a (256, 1000) batch costs more than the loss itself.)
     """
     n = scores.numel()
-    if scores.is_cuda or 8 * k > n:
+    if scores.device.type != "cpu" or 8 * k > n:
         return None
     sample = scores[::_SAMPLE_STRIDE]
     threshold = torch.topk(sample, min(sample.numel(), 2 * math.ceil(k / _SAMPLE_STRIDE) + 8), sorted=False).values.min()
