@@ -108,14 +108,20 @@ def _check_2d(name: str, labels, expected_shape=None) -> None:
         raise ValueError(f"{name} shape {tuple(labels.shape)} does not match logits shape {tuple(expected_shape)}")
 
 
-def _value_range(labels: torch.Tensor):
-    """(min, max) of ``labels`` in one pass; NaN anywhere makes both NaN. None for empty tensors."""
+def _value_range(labels: torch.Tensor, fractional: bool = False):
+    """Min and max of ``labels`` (NaN anywhere makes them NaN), read back in one device sync.
+
+    With ``fractional`` the min and max of ``labels.frac()`` follow (float tensors only). Returns
+    None for empty tensors.
+    """
     if labels.numel() == 0:
         return None
     if labels.dtype == torch.bool:
         labels = labels.to(torch.uint8)
-    lo, hi = torch.aminmax(labels)
-    return float(lo), float(hi)
+    stats = list(torch.aminmax(labels))
+    if fractional:
+        stats += list(torch.aminmax(labels.frac()))
+    return torch.stack(stats).tolist()
 
 
 def _raise_if_not_finite(name: str, labels: torch.Tensor) -> None:
@@ -138,14 +144,13 @@ def check_observed_labels(labels: torch.Tensor, expected_shape=None, name: str =
         ValueError: wrong shape, NaN/inf, or values outside {-1, 0, 1}.
     """
     _check_2d(name, labels, expected_shape)
-    value_range = _value_range(labels)
-    if value_range is None:
+    # within [-1, 1] the only values with a zero fractional part are -1, 0 and 1 (min/max are
+    # one cheap pass each, several times faster than ``.any()`` on CPU)
+    stats = _value_range(labels, fractional=labels.is_floating_point())
+    if stats is None:
         return
-    lo, hi = value_range
-    valid = -1.0 <= lo and hi <= 1.0  # False when NaN is present
-    if valid and labels.is_floating_point():
-        # within [-1, 1] the only values with a zero fractional part are -1, 0 and 1
-        valid = not bool(labels.frac().any())
+    lo, hi = stats[:2]
+    valid = -1.0 <= lo and hi <= 1.0 and all(v == 0.0 for v in stats[2:])  # False when NaN is present
     if valid:
         return
     _raise_if_not_finite(name, labels)

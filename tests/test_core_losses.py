@@ -349,6 +349,9 @@ def test_weighted_bce_mean_backward_passes_gradcheck(exclusive):
         a, b = torch.rand(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64)
     loss = create_loss("an")
     assert torch.autograd.gradcheck(lambda x: loss.weighted_bce_mean(x, a, b, exclusive=exclusive)[0], (logits,))
+    # with the EPR regularizer folded in
+    assert torch.autograd.gradcheck(
+        lambda x: loss.weighted_bce_mean(x, a, b, exclusive=exclusive, expected_num_pos=1.5)[0], (logits,))
 
 
 def test_nan_logit_at_an_ignored_entry_still_gives_nan():

@@ -49,28 +49,39 @@ def neg_log(p: torch.Tensor, eps: float = REFERENCE_EPS) -> torch.Tensor:
     return -torch.log(p + eps)
 
 
-class _WeightedNegLogSum(torch.autograd.Function):
-    """``sum(a·(-log(p + eps)) + b·(-log(1 - p + eps)))`` with a hand-written backward.
+class _WeightedNegLogMean(torch.autograd.Function):
+    """``mean(a·(-log(p + eps)) + b·(-log(1 - p + eps)))`` [+ the EPR regularizer of p], p = sigmoid(x).
 
-    Autograd's generic backward of the same expression takes six elementwise passes and as many
-    temporaries; the closed form ``d/dp = b / (1 - p + eps) - a / (p + eps)`` takes two. With
-    ``exclusive`` (never ``a > 0`` and ``b > 0`` at one entry) a single log is needed: each entry
-    reads ``q = p`` where ``a > 0`` and ``q = 1 - p`` elsewhere, and ``d/dp = (b - a) / (q + eps)``.
-    ``a`` and ``b`` are constants: no gradient flows into them.
+    A hand-written forward and backward: autograd's generic graph of the same expression (sigmoid,
+    logs, products, regularizer) allocates about a dozen (B, C) temporaries for the backward pass;
+    the closed form ``dL/dx = [(b / (1 - p + eps) - a / (p + eps)) / (B·C) + r]·p·(1 - p)`` takes
+    one. ``r = 2·(mean_b sum_c p - k) / (C²·B)`` is the regularizer's gradient, the same for every
+    entry. With ``exclusive`` (never ``a > 0`` and ``b > 0`` at one entry) a single log is needed:
+    each entry reads ``q = p`` where ``a > 0`` and ``q = 1 - p`` elsewhere, and
+    ``b / (1 - p + eps) - a / (p + eps) = (b - a) / (q + eps)``. Only ``logits`` gets a gradient;
+    ``probs`` must be ``sigmoid(logits)`` (detached), ``a`` and ``b`` are constants.
     """
 
     @staticmethod
-    def forward(ctx, p, a, b, eps: float, exclusive: bool):
+    def forward(ctx, logits, probs, a, b, eps: float, exclusive: bool, expected_num_pos: Optional[float]):
+        batch_size, num_classes = probs.shape
+        p, a, b = probs.reshape(-1), a.reshape(-1), b.reshape(-1)
         if exclusive:
             # lerp with weight exactly 0 or 1 returns its start / end exactly: q is p or 1 - p
             q_eps = torch.lerp(torch.rsub(p, 1.0), p, torch.sign(a)).add_(eps)
             total = -torch.dot(a + b, torch.log(q_eps))
-            ctx.save_for_backward(a, b, q_eps)
+            ctx.save_for_backward(probs, a, b, q_eps)
         else:
             p_eps = p + eps
             one_minus_p_eps = torch.rsub(p, 1.0).add_(eps)
             total = -(torch.dot(a, torch.log(p_eps)) + torch.dot(b, torch.log(one_minus_p_eps)))
-            ctx.save_for_backward(a, b, p_eps, one_minus_p_eps)
+            ctx.save_for_backward(probs, a, b, p_eps, one_minus_p_eps)
+        total = total / p.numel()
+        ctx.reg_grad = None
+        if expected_num_pos is not None:
+            excess = p.sum() / batch_size - expected_num_pos
+            total = total + excess ** 2 / num_classes ** 2
+            ctx.reg_grad = 2.0 * excess / (num_classes ** 2 * batch_size)
         ctx.exclusive = exclusive
         return total
 
@@ -78,12 +89,17 @@ class _WeightedNegLogSum(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total):
         if ctx.exclusive:
-            a, b, q_eps = ctx.saved_tensors
+            probs, a, b, q_eps = ctx.saved_tensors
             grad = torch.sub(b, a).div_(q_eps)
         else:
-            a, b, p_eps, one_minus_p_eps = ctx.saved_tensors
+            probs, a, b, p_eps, one_minus_p_eps = ctx.saved_tensors
             grad = torch.div(b, one_minus_p_eps).addcdiv_(a, p_eps, value=-1.0)
-        return grad.mul_(grad_total), None, None, None, None
+        grad.mul_(grad_total / grad.numel())
+        if ctx.reg_grad is not None:
+            grad.add_(ctx.reg_grad * grad_total)
+        p = probs.reshape(-1)
+        grad.mul_(p).addcmul_(grad, p, value=-1.0)  # times sigmoid'(x) = p·(1 - p), in place
+        return grad.view_as(probs), None, None, None, None, None, None
 
 
 class SPLoss(nn.Module):
@@ -160,31 +176,43 @@ class SPLoss(nn.Module):
             neg_weight: torch.Tensor,
             probs: Optional[torch.Tensor] = None,
             exclusive: bool = False,
+            expected_num_pos: Optional[float] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(sum(a·(-log p) + b·(-log(1-p))) / (B·C), p)`` with few elementwise passes.
+        """Return ``(mean(a·(-log p) + b·(-log(1-p))) [+ EPR regularizer], p)`` with few elementwise passes.
 
-        The same value as combining :meth:`neg_log_terms` by hand, but each weighted sum is one dot
-        product, the reference form has a closed-form backward (once differentiable), the stable
-        form needs a single softplus (``-log(1-p) = -log p + x``), and with ``exclusive=True`` the
-        reference form needs a single log: each entry then takes ``-log(q + eps)`` with ``q`` = p
-        where ``a > 0`` and ``1 - p`` elsewhere. The weights are constants: no gradient flows into them.
+        The same value as combining :meth:`neg_log_terms` by hand and reducing as SPEC §2, but the
+        reference form has a closed-form backward (once differentiable) and each weighted sum is
+        one dot product; the stable form needs a single softplus (``-log(1-p) = -log p + x``). With
+        ``exclusive=True`` the reference form needs a single log: each entry then takes
+        ``-log(q + eps)`` with ``q`` = p where ``a > 0`` and ``1 - p`` elsewhere. The weights are
+        constants: no gradient flows into them.
 
         Args:
             logits: (B, C) float32 logits.
             pos_weight: a >= 0, the (B, C) weight of ``-log p``.
             neg_weight: b >= 0, the (B, C) weight of ``-log(1 - p)``.
-            probs: ``torch.sigmoid(logits)`` if the caller has it already (saves a pass).
+            probs: ``torch.sigmoid(logits).detach()`` if the caller has it already (saves a pass).
             exclusive: Promise that no entry has both ``a > 0`` and ``b > 0`` (hard targets);
                 the result is then the same but computed with one log instead of two.
+            expected_num_pos: k; when given, the EPR regularizer ``(mean_b sum_c p - k)² / C²``
+                is added, unscaled (SPEC §3).
+
+        Returns:
+            The scalar loss and ``p = sigmoid(logits)``, detached (for stop-gradient uses).
         """
-        x = logits.reshape(-1)
-        a, b = pos_weight.detach().reshape(-1), neg_weight.detach().reshape(-1)
-        p = torch.sigmoid(logits) if probs is None else probs
+        a, b = pos_weight.detach(), neg_weight.detach()
         if self.stable:
-            total = torch.dot(a + b, F.softplus(-x)) + torch.dot(b, x)
-        else:
-            total = _WeightedNegLogSum.apply(p.reshape(-1), a, b, self.eps, bool(exclusive))
-        return total / x.numel(), p
+            x = logits.reshape(-1)
+            a, b = a.reshape(-1), b.reshape(-1)
+            total = (torch.dot(a + b, F.softplus(-x)) + torch.dot(b, x)) / x.numel()
+            if expected_num_pos is not None:
+                p_grad = torch.sigmoid(logits)
+                total = total + (p_grad.sum(dim=1).mean() - expected_num_pos) ** 2 / logits.shape[1] ** 2
+                return total, p_grad.detach()
+            return total, (torch.sigmoid(logits.detach()) if probs is None else probs.detach())
+        p = torch.sigmoid(logits.detach()) if probs is None else probs.detach()
+        total = _WeightedNegLogMean.apply(logits, p, a, b, self.eps, bool(exclusive), expected_num_pos)
+        return total, p
 
     def check_index(self, index: Optional[torch.Tensor], batch_size: int, num_examples: int) -> torch.Tensor:
         """Check an example-index tensor and return it as int64.
@@ -205,7 +233,7 @@ class SPLoss(nn.Module):
         if index.is_floating_point() or index.dtype == torch.bool:
             raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
         if self.check_inputs and index.numel():
-            lo, hi = int(index.min()), int(index.max())
+            lo, hi = torch.stack(list(torch.aminmax(index))).tolist()
             if lo < 0 or hi >= num_examples:
                 raise ValueError(f"index out of range: values in [{lo}, {hi}], expected [0, {num_examples - 1}]")
         return index.long()

@@ -51,8 +51,8 @@ class ExpectedPositiveRegularizedLoss(IgnoreUnobservedLoss):
 
     def compute(self, logits, targets, index=None):
         a, b = self.weights(targets)
-        observed_term, p = self.weighted_bce_mean(logits, a, b, exclusive=self.exclusive_weights)
-        return observed_term + expected_positive_regularizer(p, self.expected_num_pos)
+        return self.weighted_bce_mean(logits, a, b, exclusive=self.exclusive_weights,
+                                      expected_num_pos=self.expected_num_pos)[0]
 
     def extra_repr(self) -> str:
         return f"expected_num_pos={self.expected_num_pos}, " + super().extra_repr()

@@ -10,7 +10,7 @@ from .._registry import register_loss
 from ..labels import check_observed_labels
 from .assume_negative import _check_num_classes, positive_mask
 from .base import SPLoss
-from .epr import _check_expected_num_pos, expected_positive_regularizer
+from .epr import _check_expected_num_pos
 
 __all__ = ["LabelEstimator", "ROLELoss"]
 
@@ -167,19 +167,18 @@ class ROLELoss(SPLoss):
     def compute(self, logits, targets, index=None):
         index = self.check_index(index, logits.shape[0], self.estimator.num_examples)
         estimator_logits = self.estimator(index.to(self.estimator.logits.device)).to(logits.device)
-        pos = positive_mask(targets)
-        neg = pos - targets
         # Each side's per-entry loss is a weighted BCE whose weights hold the other side's
         # stop-gradient probabilities: pos(v) + neg(v) + bce(v; sg(u)) =
         #   (pos + sg(u))·nlog(v) + (neg + 1 - sg(u))·nlog(1 - v)
-        p, q = torch.sigmoid(logits), torch.sigmoid(estimator_logits)
-        p_sg, q_sg = p.detach(), q.detach()
-        neg_plus_one = neg + 1.0
-        model_term, _ = self.weighted_bce_mean(logits, pos + q_sg, neg_plus_one - q_sg, probs=p)
-        estimator_term, _ = self.weighted_bce_mean(estimator_logits, pos + p_sg, neg_plus_one - p_sg, probs=q)
-        reg = 0.5 * (expected_positive_regularizer(p, self.expected_num_pos)
-                     + expected_positive_regularizer(q, self.expected_num_pos))
-        return 0.5 * (model_term + estimator_term) + reg
+        p, q = torch.sigmoid(logits.detach()), torch.sigmoid(estimator_logits.detach())
+        pos = positive_mask(targets)
+        neg_plus_one = (pos - targets).add_(1.0)
+        k = self.expected_num_pos
+        model_term = self.weighted_bce_mean(logits, pos + q, neg_plus_one - q, probs=p, expected_num_pos=k)[0]
+        # the model's weights are built; reuse their inputs in place for the estimator's
+        estimator_term = self.weighted_bce_mean(
+            estimator_logits, pos.add_(p), neg_plus_one.sub_(p), probs=q, expected_num_pos=k)[0]
+        return 0.5 * (model_term + estimator_term)
 
     def extra_repr(self) -> str:
         return f"expected_num_pos={self.expected_num_pos}, " + super().extra_repr()

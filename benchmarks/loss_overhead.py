@@ -1,0 +1,325 @@
+"""Forward+backward time of every registered loss next to ``F.binary_cross_entropy_with_logits``.
+
+Prints, for (B, C) = (16, 20), (16, 80), (64, 312), (256, 1000), the time of one forward and
+backward pass of each loss in ``spl_losses.list_losses()`` divided by the time of the same pass of
+``F.binary_cross_entropy_with_logits``. The two are timed alternately, on CPU as the process's own
+CPU time (``time.process_time``; wall clock with synchronisation on CUDA), and each time is the
+minimum over the repeats (medians are printed alongside for the largest shape), so a shared, loaded
+machine still gives stable ratios. Then:
+
+- the cost of the input checks (``check_inputs=True`` vs ``False``) at (256, 1000);
+- ``role`` with a dense estimator gradient vs ``sparse=True`` at N = ``--num-examples``;
+- a memory check at N = 100,000, C = 1,000: the estimator is held once in float32 (400 MB) and
+  training steps do not copy it.
+
+Targets (issue 2): at (256, 1000) stateless losses within 3x of BCE-with-logits, and ``role`` with
+``sparse=True`` within 5x at N = 20,000.
+
+Usage::
+
+    python benchmarks/loss_overhead.py --threads 1 --repeats 30
+"""
+import argparse
+import inspect
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import spl_losses
+
+SHAPES = [(16, 20), (16, 80), (64, 312), (256, 1000)]
+EXPECTED_NUM_POS = 2.9  # COCO's k; any positive value exercises the regularizers
+STATELESS_TARGET = 3.0
+ROLE_SPARSE_TARGET = 5.0
+MEMORY_CHECK_SHAPE = (100_000, 1_000)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed repeats before timing")
+    parser.add_argument("--num-examples", type=int, default=20_000, help="N for losses with per-example state")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--losses", default="", help="comma-separated wildcard patterns of loss names (default: all)")
+    parser.add_argument("--skip-memory-check", action="store_true", help="skip the N=100,000 estimator check")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- inputs
+def spml_observed(num_rows: int, num_classes: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+    """One observed positive per row, everything else unobserved (SPEC §1)."""
+    labels = torch.zeros(num_rows, num_classes, dtype=dtype)
+    labels[torch.arange(num_rows), torch.randint(0, num_classes, (num_rows,), generator=generator)] = 1
+    return labels
+
+
+def multi_hot(num_rows: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    return (torch.rand(num_rows, num_classes, generator=generator) < 3.0 / num_classes).float()
+
+
+def constructor_kwargs(cls, num_classes: int, num_examples: int, observed_labels: torch.Tensor,
+                       **extra) -> Tuple[Optional[dict], str]:
+    """Keyword arguments for ``cls`` built from its signature, or ``(None, reason)`` if unknown ones are required."""
+    known = {
+        "num_classes": num_classes,
+        "num_examples": num_examples,
+        "expected_num_pos": EXPECTED_NUM_POS,
+        "observed_labels": observed_labels,
+    }
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError) as err:
+        return None, f"no inspectable signature ({err})"
+    kwargs = dict(extra)
+    for name, param in params.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in known:
+            kwargs[name] = known[name]
+        elif param.default is inspect.Parameter.empty and name not in kwargs:
+            return None, f"constructor needs {name!r}"
+    return kwargs, ""
+
+
+# ---------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paired_times(step: Callable[[], None], reference: Callable[[], None], device: torch.device,
+                 repeats: int, warmup: int) -> Tuple[List[float], List[float]]:
+    """Seconds of each repeat of ``step`` and of ``reference``, timed alternately."""
+    for _ in range(warmup):
+        step()
+        reference()
+    # on CPU the process's own CPU time: other processes on a shared machine do not count
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    times, ref_times = [], []
+    for _ in range(repeats):
+        for fn, out in ((reference, ref_times), (step, times)):
+            _sync(device)
+            start = clock()
+            fn()
+            _sync(device)
+            out.append(clock() - start)
+    return times, ref_times
+
+
+def forward_backward(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor,
+                     index: Optional[torch.Tensor], params: List[torch.Tensor]) -> Callable[[], None]:
+    def step():
+        logits.grad = None
+        for p in params:
+            p.grad = None
+        value = loss_fn(logits, targets) if index is None else loss_fn(logits, targets, index=index)
+        value.backward()
+
+    return step
+
+
+class Bench:
+    """Builds each loss for a shape and times it against BCE-with-logits on the same inputs."""
+
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+
+    def inputs(self, batch_size: int, num_classes: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        logits = torch.randn(batch_size, num_classes, generator=gen).to(self.device).requires_grad_()
+        observed = spml_observed(batch_size, num_classes, gen).to(self.device)
+        full = multi_hot(batch_size, num_classes, gen).to(self.device)
+        index = torch.randperm(self.args.num_examples, generator=gen)[:batch_size].to(self.device)
+        train_observed = spml_observed(self.args.num_examples, num_classes, gen, dtype=torch.int8)
+        return logits, observed, full, index, train_observed
+
+    def build(self, name: str, num_classes: int, train_observed: torch.Tensor, **extra):
+        cls = spl_losses.get_loss_class(name)
+        kwargs, reason = constructor_kwargs(cls, num_classes, self.args.num_examples, train_observed, **extra)
+        if kwargs is None:
+            return None, reason
+        try:
+            loss = cls(**kwargs)
+        except TypeError as err:
+            if "observed_labels" not in kwargs:
+                return None, f"constructor failed: {err}"
+            kwargs["observed_labels"] = train_observed.float()  # a loss that wants float labels
+            try:
+                loss = cls(**kwargs)
+            except (TypeError, ValueError) as err2:
+                return None, f"constructor failed: {err2}"
+        except ValueError as err:
+            return None, f"constructor failed: {err}"
+        if isinstance(loss, torch.nn.Module):
+            loss = loss.to(self.device)
+        return loss, ""
+
+    def ratio(self, loss, logits, observed, full, index) -> Tuple[float, float, float, float]:
+        """(loss ms, bce-with-logits ms, ratio of minima, ratio of medians) for one forward+backward."""
+        targets = full if getattr(loss, "target_encoding", "observed") == "multi_hot" else observed
+        use_index = index if getattr(loss, "requires_index", False) else None
+        params = [p for p in loss.parameters()] if isinstance(loss, torch.nn.Module) else []
+        step = forward_backward(loss, logits, targets, use_index, params)
+        reference = forward_backward(F.binary_cross_entropy_with_logits, logits, full, None, [])
+        times, ref_times = paired_times(step, reference, self.device, self.args.repeats, self.args.warmup)
+        t, t_ref = min(times), min(ref_times)
+        return 1e3 * t, 1e3 * t_ref, t / t_ref, statistics.median(times) / statistics.median(ref_times)
+
+
+def is_stateless(loss) -> bool:
+    return not getattr(loss, "requires_index", False) and not getattr(loss, "needs_predictions", False)
+
+
+# ---------------------------------------------------------------------------- sections
+def ratio_table(bench: Bench, names: List[str]) -> Dict[str, Dict[Tuple[int, int], float]]:
+    results: Dict[str, Dict[Tuple[int, int], float]] = {}
+    skipped: Dict[str, str] = {}
+    bce_ms: Dict[Tuple[int, int], float] = {}
+    stateless: Dict[str, bool] = {}
+    medians: Dict[str, float] = {}  # ratio of medians at the last (largest) shape
+    for shape in SHAPES:
+        logits, observed, full, index, train_observed = bench.inputs(*shape)
+        for name in names:
+            if name in skipped:
+                continue
+            loss, reason = bench.build(name, shape[1], train_observed)
+            if loss is None:
+                skipped[name] = reason
+                continue
+            stateless[name] = is_stateless(loss)
+            try:
+                _, ref_ms, ratio, median_ratio = bench.ratio(loss, logits, observed, full, index)
+            except Exception as err:  # a loss that cannot run here is reported, not fatal
+                skipped[name] = f"{type(err).__name__}: {err}"
+                continue
+            results.setdefault(name, {})[shape] = ratio
+            medians[name] = median_ratio
+            bce_ms.setdefault(shape, ref_ms)
+    header = ["loss"] + [f"{b}x{c}" for b, c in SHAPES] + [f"{SHAPES[-1][0]}x{SHAPES[-1][1]} (medians)"]
+    print("\nforward+backward time / F.binary_cross_entropy_with_logits (ratio of minimum times)")
+    print(f"| {' | '.join(header)} | target at {SHAPES[-1][0]}x{SHAPES[-1][1]} |")
+    print("|" + "---|" * (len(header) + 1))
+    print("| bce_with_logits (ms) | " + " | ".join(f"{bce_ms.get(s, float('nan')):.3f}" for s in SHAPES) + " | | |")
+    for name, row in results.items():
+        cells = [f"{row[s]:.2f}" if s in row else "-" for s in SHAPES]
+        cells.append(f"{medians[name]:.2f}" if SHAPES[-1] in row else "-")
+        verdict = ""
+        if stateless.get(name) and SHAPES[-1] in row:
+            verdict = ("ok" if row[SHAPES[-1]] <= STATELESS_TARGET else "MISS") + f" (<= {STATELESS_TARGET:g}x)"
+        elif not stateless.get(name):
+            verdict = f"stateful (N={bench.args.num_examples})"
+        print(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
+    return results
+
+
+def check_cost_table(bench: Bench, names: List[str]) -> None:
+    shape = SHAPES[-1]
+    logits, observed, full, index, train_observed = bench.inputs(*shape)
+    print(f"\ninput checks at {shape[0]}x{shape[1]}: ratio to BCE-with-logits with check_inputs=True / False")
+    print("| loss | checks on | checks off |")
+    print("|---|---|---|")
+    for name in names:
+        row = []
+        for check in (True, False):
+            loss, reason = bench.build(name, shape[1], train_observed, check_inputs=check)
+            if loss is None:
+                row.append("n/a")
+                continue
+            try:
+                row.append(f"{bench.ratio(loss, logits, observed, full, index)[2]:.2f}")
+            except Exception as err:
+                row.append(f"error: {type(err).__name__}")
+        print(f"| {name} | {row[0]} | {row[1]} |")
+
+
+def role_dense_vs_sparse(bench: Bench) -> None:
+    shape = SHAPES[-1]
+    logits, observed, full, index, train_observed = bench.inputs(*shape)
+    n = bench.args.num_examples
+    print(f"\nrole at {shape[0]}x{shape[1]}, N={n}: estimator gradient dense vs sparse")
+    print("| role | ms | BCE-with-logits ms | ratio | ratio (medians) | target |")
+    print("|---|---|---|---|---|---|")
+    for sparse in (False, True):
+        loss = spl_losses.create_loss("role", num_classes=shape[1], num_examples=n, expected_num_pos=EXPECTED_NUM_POS,
+                                      observed_labels=train_observed, sparse=sparse, seed=0).to(bench.device)
+        ms, ref_ms, ratio, median_ratio = bench.ratio(loss, logits, observed, full, index)
+        target = (("ok" if ratio <= ROLE_SPARSE_TARGET else "MISS") + f" (<= {ROLE_SPARSE_TARGET:g}x)") if sparse else \
+            "none (dense Adam, cost grows with N)"
+        print(f"| {'sparse=True' if sparse else 'dense (default)'} | {ms:.3f} | {ref_ms:.3f} | {ratio:.2f} | {median_ratio:.2f} | {target} |")
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, in MB on Linux
+
+
+def memory_check(bench: Bench, steps: int = 5) -> None:
+    n, c = MEMORY_CHECK_SHAPE
+    batch_size = SHAPES[-1][0]
+    gen = torch.Generator().manual_seed(1)
+    train_observed = spml_observed(n, c, gen, dtype=torch.int8)
+    print(f"\nmemory: role sparse=True with N={n:,}, C={c:,} (estimator float32 = {n * c * 4 / 2 ** 20:.0f} MiB)")
+    rss_start = _rss_mb()
+    loss = spl_losses.create_loss("role", num_classes=c, num_examples=n, expected_num_pos=EXPECTED_NUM_POS,
+                                  observed_labels=train_observed, sparse=True, seed=0).to(bench.device)
+    del train_observed
+    estimator = loss.estimator.logits
+    ptr, nbytes = estimator.data_ptr(), estimator.untyped_storage().nbytes()
+    param_bytes = sum(p.untyped_storage().nbytes() for p in loss.parameters())
+    rss_built = _rss_mb()
+    logits = torch.randn(batch_size, c, generator=gen).to(bench.device).requires_grad_()
+    targets = spml_observed(batch_size, c, gen).to(bench.device)
+    optimizer = torch.optim.SparseAdam([estimator], lr=1e-3)
+    rss_after_first = None
+    for step in range(steps):
+        index = torch.randint(0, n, (batch_size,), generator=gen).to(bench.device)
+        optimizer.zero_grad(set_to_none=True)
+        logits.grad = None
+        loss(logits, targets, index=index).backward()
+        optimizer.step()
+        if step == 0:
+            rss_after_first = _rss_mb()  # SparseAdam's two moment buffers are allocated on the first step
+    rss_end = _rss_mb()
+    print(f"estimator dtype {estimator.dtype}, storage {nbytes / 2 ** 20:.0f} MiB, all loss parameters "
+          f"{param_bytes / 2 ** 20:.0f} MiB, same storage after {steps} steps: {estimator.data_ptr() == ptr}")
+    print(f"process RSS: start {rss_start:.0f} MiB, after building {rss_built:.0f} MiB "
+          f"(+{rss_built - rss_start:.0f}), after step 1 {rss_after_first:.0f} MiB "
+          f"(SparseAdam moments: 2 x {nbytes / 2 ** 20:.0f} MiB), after step {steps} {rss_end:.0f} MiB "
+          f"(+{rss_end - rss_after_first:.0f} over steps 2..{steps})")
+    ok = estimator.data_ptr() == ptr and param_bytes == nbytes and rss_end - rss_after_first < 0.25 * nbytes / 2 ** 20
+    print("estimator held once, not copied per step:", "ok" if ok else "MISS")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    names = spl_losses.list_losses(args.losses.split(",")) if args.losses else spl_losses.list_losses()
+    print(f"torch {torch.__version__}, device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"repeats {args.repeats}, N {args.num_examples}")
+    bench = Bench(args)
+    if "role" in names and not args.skip_memory_check:
+        memory_check(bench)  # first, so that the RSS readings start from a clean process
+    ratio_table(bench, names)
+    check_cost_table(bench, names)
+    if "role" in names:
+        role_dense_vs_sparse(bench)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
