@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--boostlu", type=_str2bool, default=False, nargs="?", const=True, help="BoostLU model wrapper")
     g.add_argument("--boostlu-alpha", type=float, default=5.0)
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="role", help="registered loss name (spl_losses.list_losses())")
+    g.add_argument("--loss", default="epr", help="registered loss name (spl_losses.list_losses())")
     g.add_argument("--expected-num-pos", type=float, default=None,
                    help="k of EPR/ROLE; default: the benchmark's value, else estimated from clean validation labels")
     for name, typ in LOSS_OPTION_FLAGS.items():
