@@ -138,3 +138,13 @@ def test_bf16_logits(name):
     reference = create_loss(name, **ALL[name])
     reference.set_epoch(1)
     assert value.item() == pytest.approx(reference(logits.detach().float(), TARGETS, index=INDEX).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_saturated_logits_give_finite_loss_and_gradient(name):
+    loss_fn = create_loss(name, **ALL[name])
+    loss_fn.set_epoch(1)
+    logits = torch.tensor([[100.0, -100.0, 40.0], [-40.0, 100.0, -100.0]], requires_grad=True)
+    value = loss_fn(logits, TARGETS, index=INDEX)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()

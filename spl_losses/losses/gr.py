@@ -105,18 +105,20 @@ class GeneralizedRobustLoss(SPLoss):
             # k is a constant while w = 0 (the first epoch with the default schedule)
             k = torch.sigmoid(torch.tensor(b)).item() if w == 0 else (p * w).add_(b).sigmoid_()
             v = (p - mu).square_().mul_(-0.5 / sigma ** 2).exp_()
-            p_q2 = p.pow(self.q2)
+            p_q2 = torch.log(p).mul_(self.q2).exp_()  # p^q2 (cheaper than pow on CPU)
             if self.q3 == 1.0:  # L2 = p
-                one_minus_p_q3, l2 = one_minus_p, p
+                l2 = p
             else:
                 one_minus_p_q3 = one_minus_p.pow(self.q3)
                 l2 = (1.0 - one_minus_p_q3).div_(self.q3)
-            l1 = (1.0 - p_q2).div_(self.q2)
-            loss = l1.sub_(l2).mul_(k).add_(l2).mul_(v)  # v·[k·L1 + (1-k)·L2]
+            # v·[k·L1 + (1-k)·L2] with L1 = (1 - p^q2)/q2
+            loss = (1.0 - p_q2).div_(self.q2).sub_(l2).mul_(k).add_(l2).mul_(v)
             grad = None
             if with_grad:  # dL1/dx = -p^q2·(1-p), dL2/dx = (1-p)^q3·p
-                d2 = one_minus_p_q3 * p
-                grad = p_q2.mul_(one_minus_p).add_(d2).mul_(k).neg_().add_(d2).mul_(v)
+                if self.q3 == 1.0:  # v·(1-p)·[(1-k)·p - k·p^q2]
+                    grad = p_q2.mul_(k).neg_().add_(p * (1.0 - k)).mul_(one_minus_p).mul_(v)
+                else:
+                    grad = p_q2.mul_(one_minus_p).mul_(k).neg_().add_(one_minus_p_q3.mul_(p).mul_(1.0 - k)).mul_(v)
 
             def observed_terms(idx):
                 t = targets[idx]
