@@ -222,10 +222,13 @@ class SPLCLoss(SPLoss):
             logits: (B, C) float32 logits.
             targets: (B, C) {-1, 0, 1} observed labels.
         """
+        return self._positives(targets, torch.sigmoid(logits.detach())).float()
+
+    def _positives(self, targets: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         positive = targets == 1
         if self.epoch >= self.change_epoch:
-            positive = positive | ((targets == 0) & (torch.sigmoid(logits.detach()) > self.tau))
-        return positive.float()
+            positive = positive | ((targets == 0) & (probs > self.tau))
+        return positive
 
     def compute(self, logits, targets, index=None):
         with_grad = needs_grad(logits)
@@ -236,10 +239,7 @@ class SPLCLoss(SPLoss):
             p_gamma = p.pow(self.gamma)
             loss = p_gamma * nlog_1mp  # target 0: p^gamma·(-log(1-p))
             grad = p_gamma.mul_(self.gamma * (1.0 - p) * nlog_1mp + p) if with_grad else None
-            positive = targets == 1
-            if self.epoch >= self.change_epoch:
-                positive = positive | ((targets == 0) & (p > self.tau))
-            overwrite_entries(loss, grad, positive,
+            overwrite_entries(loss, grad, self._positives(targets, p),
                               lambda idx: focal_margin_positive(x[idx], self.margin, self.gamma))
             value = loss.sum()
         return fused_loss(logits, value, grad, _reduction_scale(x.shape, self.reduction))
