@@ -16,6 +16,7 @@ from raw_trees import write_coco_tree, write_cub_tree, write_nus_tree, write_voc
 from spl_losses.data import build_dataset, get_dataset_info
 from spl_losses.data.coco2014 import coco_label_matrix, read_coco_columns
 from spl_losses.data.cub200 import read_cub200, read_cub_image_attribute_labels
+from spl_losses.data.nuswide import NUSWIDE_CONCEPTS81, read_nuswide
 from spl_losses.data.raw_files import find_missing_files
 
 datasets.disable_progress_bars()
@@ -276,6 +277,17 @@ def test_voc_accepts_voc2012_folder_as_root(trees, tmp_path):
     root, expected = trees["voc2012"]
     ds = build_dataset("voc2012", root=os.path.join(root, "VOCdevkit", "VOC2012"), cache_dir=str(tmp_path))
     assert len(ds["test"]) == len(expected.positives["test"])
+
+
+def test_nuswide_byte_paths_with_flickr_prefix_and_builtin_concepts(tmp_path):
+    root = str(tmp_path / "raw")
+    expected = write_nus_tree(root, num_train=6, num_val=3, write_concepts=False)
+    path = os.path.join(root, "formatted_val_images.npy")
+    np.save(path, np.array([b"Flickr/" + p.encode() for p in np.load(path).tolist()]))
+    benchmark = read_nuswide(root)
+    assert benchmark.class_names == NUSWIDE_CONCEPTS81
+    assert benchmark.splits["test"].image_paths == list(expected.positives["test"])
+    assert len(NUSWIDE_CONCEPTS81) == 81 and NUSWIDE_CONCEPTS81 == sorted(NUSWIDE_CONCEPTS81)
 
 
 def test_cub_attributes_file_inside_archive_folder(tmp_path):

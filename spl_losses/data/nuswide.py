@@ -124,6 +124,8 @@ def read_nuswide_split(root: str, prefix: str, check_images: bool = True) -> Den
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"{labels_file!r} must hold {{0, 1}} labels")
     image_dir = os.path.join(root, "Flickr")
+    if images.dtype.kind == "S":  # byte strings (arrays saved under Python 2 or with dtype "S")
+        images = np.char.decode(images, "utf-8")
     paths = [os.path.join(image_dir, _relative_to_flickr(p)) for p in images.tolist()]
     if check_images:
         require_dir(image_dir, "NUS-WIDE Flickr image")
