@@ -271,9 +271,9 @@ def memory_check(bench: Bench, steps: int = 5) -> None:
     n, c = MEMORY_CHECK_SHAPE
     batch_size = SHAPES[-1][0]
     gen = torch.Generator().manual_seed(1)
-    train_observed = spml_observed(n, c, gen, dtype=torch.int8)
     print(f"\nmemory: role sparse=True with N={n:,}, C={c:,} (estimator float32 = {n * c * 4 / 2 ** 20:.0f} MiB)")
     rss_start = _rss_mb()
+    train_observed = spml_observed(n, c, gen, dtype=torch.int8)
     loss = spl_losses.create_loss("role", num_classes=c, num_examples=n, expected_num_pos=EXPECTED_NUM_POS,
                                   observed_labels=train_observed, sparse=True, seed=0).to(bench.device)
     del train_observed

@@ -108,6 +108,9 @@ def _check_2d(name: str, labels, expected_shape=None) -> None:
         raise ValueError(f"{name} shape {tuple(labels.shape)} does not match logits shape {tuple(expected_shape)}")
 
 
+_CHECK_CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 temporaries at most
+
+
 def _value_range(labels: torch.Tensor, fractional: bool = False):
     """Min and max of ``labels`` (NaN anywhere makes them NaN), read back in one device sync.
 
@@ -118,9 +121,14 @@ def _value_range(labels: torch.Tensor, fractional: bool = False):
         return None
     if labels.dtype == torch.bool:
         labels = labels.to(torch.uint8)
-    stats = list(torch.aminmax(labels))
-    if fractional:
+    stats = [v.float() for v in torch.aminmax(labels)]
+    if fractional and labels.numel() <= _CHECK_CHUNK_ELEMENTS:
         stats += list(torch.aminmax(labels.frac()))
+    elif fractional:
+        # frac() makes a temporary: bound it for large label matrices (e.g. a whole training split)
+        rows_per_chunk = max(1, _CHECK_CHUNK_ELEMENTS // max(1, labels.shape[-1]))
+        chunk_stats = torch.stack([torch.stack(torch.aminmax(chunk.frac())) for chunk in labels.split(rows_per_chunk)])
+        stats += [chunk_stats[:, 0].min().float(), chunk_stats[:, 1].max().float()]
     return torch.stack(stats).tolist()
 
 

@@ -78,3 +78,18 @@ def test_check_multi_hot():
         check_multi_hot(torch.tensor([[1.5, 0.0]]))
     with pytest.raises(ValueError, match="NaN or inf"):
         check_multi_hot(torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_check_observed_labels_in_chunks(monkeypatch):
+    from spl_losses import labels as labels_module
+
+    monkeypatch.setattr(labels_module, "_CHECK_CHUNK_ELEMENTS", 6)  # 2 rows of 3 per chunk
+    labels = torch.zeros(7, 3)
+    labels[:, 0] = 1
+    check_observed_labels(labels)
+    labels[6, 2] = 0.5  # in the last, partial chunk
+    with pytest.raises(ValueError, match=r"found values \[0.5\]"):
+        check_observed_labels(labels)
+    labels[6, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_observed_labels(labels)
