@@ -68,7 +68,16 @@ class LabelEstimationLoss(SPLoss):
     The estimator is ``loss.estimator`` (a :class:`~spl_losses.losses.role.LabelEstimator`, as in
     ``role``): give its parameters their own optimizer group with 10× the learning rate. The training
     protocol (``set_epoch``, ``update_from_predictions``) is forwarded to the base loss, whose state
-    is part of this module's state dict. Every call needs the batch's ``index``.
+    is part of this module's state dict. Every call needs the batch's ``index``. As with ``role``,
+    the estimator's gradient is a dense (N, C) tensor unless ``sparse=True`` (then a step costs
+    O(B·C) whatever N; pair it with ``torch.optim.SparseAdam``).
+
+    Example::
+
+        loss_fn = spl_losses.create_loss("label_estimation", base_loss="em", base_kwargs=dict(alpha=0.1),
+                                         num_classes=80, num_examples=len(train), expected_num_pos=2.9)
+        optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": lr},
+                                      {"params": loss_fn.estimator.parameters(), "lr": 10 * lr}])
 
     Args:
         num_classes: C.
