@@ -463,8 +463,10 @@ def export(accelerator, args, data, outcome, out: str) -> None:
     shutil.rmtree(model_dir, ignore_errors=True)
     if outcome.model is not None:
         model = timm_model_of(outcome.model)
-        timm.models.save_for_hf(model, model_dir, model_config={"label_names": data.names},
-                                safe_serialization=True)
+        model_config = {"label_names": data.names}
+        if args.boostlu:  # the stock timm model is saved; logits at test time were BoostLU's (alpha below)
+            model_config["boostlu_alpha"] = args.boostlu_alpha
+        timm.models.save_for_hf(model, model_dir, model_config=model_config, safe_serialization=True)
     else:
         from spl_losses.models.linear_probe import LinearProbe
 

@@ -137,6 +137,16 @@ def test_features_dataset_trains_a_linear_probe(tmp_path):
     assert probe.label_names == names and probe.in_features == 3
 
 
+@pytest.mark.parametrize("extra", [["--cl", "--cl-coef", "0.5", "--loss", "an"], ["--boostlu", "--loss", "ll_r"]])
+def test_contrastive_and_boostlu_options_train_end_to_end(tmp_path, data_cache, extra):
+    out = tmp_path / "run"
+    results = recipe.main(tiny_flags(data_cache, out, "--epochs", "1", *extra, model="resnet10t") +
+                          ["--model-kwargs", "{channels: [16, 32, 64, 128], stem_width: 16}"])
+    assert 0 < results["test_map"] <= 100
+    model_config = json.load(open(out / "model" / "config.json"))
+    assert ("boostlu_alpha" in model_config) == ("--boostlu" in extra)
+
+
 # ----------------------------------------------------------------------------------------- resume, bf16, search
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, data_cache):
     flags = ["--train-mode", "end_to_end", "--loss", "role", "--epochs", "3"]

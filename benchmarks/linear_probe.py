@@ -1,0 +1,84 @@
+"""Speed of the linear_fixed_features train mode and of feature extraction.
+
+1. A 25-epoch linear run (the protocol's linear mode) on generated COCO-sized features
+   (65,665 x 2,048, 80 classes, one observed positive per row) for `an` and `role`, through the
+   recipe's own loop (spl_losses.training.linear_head.train_linear_epoch), with validation scoring
+   of 16,416 rows per epoch. Target: < 60 s per run on 2 CPU cores.
+2. Feature-extraction throughput (images/s) of the demo backbone (the recipe's DEMO_FLAGS model)
+   on 32 px images.
+
+    python benchmarks/linear_probe.py [--epochs 25] [--batch-size 16] [--threads 2]
+"""
+import argparse
+import time
+
+import torch
+from torch import nn
+
+import spl_losses
+from spl_losses.training.linear_head import predict_linear, train_linear_epoch
+from spl_losses.training.optim import build_optimizers, param_groups
+from spl_losses.training.sampling import epoch_permutation
+
+
+def linear_run(loss_name, features, targets, val_features, epochs, batch_size, sparse):
+    n, d = features.shape
+    c = targets.shape[1]
+    head = nn.Linear(d, c)
+    kwargs = dict(num_classes=c, num_examples=n, expected_num_pos=2.9, observed_labels=targets, seed=0,
+                  sparse=sparse) if loss_name == "role" else {}
+    loss = spl_losses.create_loss(loss_name, **kwargs)
+    state = [p for p in loss.parameters() if p.requires_grad]
+    groups = param_groups(1e-4, head=list(head.parameters()), loss_state=[] if sparse else state)
+    optimizers = build_optimizers(groups, "adam", sparse_groups=[{"params": state, "lr": 1e-3}] if sparse and state else None)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        loss.set_epoch(epoch)
+        train_linear_epoch(head, loss, optimizers, features, targets, epoch_permutation(n, 0, epoch), batch_size)
+        predict_linear(head, val_features)
+    return time.perf_counter() - start
+
+
+def extraction_throughput(num_images=512, batch_size=64):
+    import timm
+
+    from spl_losses.training.features import pooled_features
+
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10, channels=(32, 64, 128, 256),
+                              stem_width=16).eval()
+    images = torch.randn(batch_size, 3, 32, 32)
+    with torch.no_grad():
+        pooled_features(model, images)
+        start = time.perf_counter()
+        for _ in range(num_images // batch_size):
+            pooled_features(model, images)
+    return num_images / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[16, 8])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--losses", nargs="+", default=["an", "role"])
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    n, d, c, n_val = 65665, 2048, 80, 16416
+    features = torch.randn(n, d, generator=g).relu_()
+    val_features = torch.randn(n_val, d, generator=g).relu_()
+    targets = torch.zeros(n, c)
+    targets[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
+    print(f"torch threads: {torch.get_num_threads()}; features {n} x {d}, {c} classes, {args.epochs} epochs")
+    for bs in args.batch_size:
+        for name in args.losses:
+            for sparse in ([False, True] if name == "role" else [False]):
+                seconds = linear_run(name, features, targets, val_features, args.epochs, bs, sparse)
+                tag = f"{name}{' (sparse estimator, SparseAdam)' if sparse else ''}"
+                print(f"linear {tag:<36} batch {bs:>3}: {seconds:7.1f} s  ({seconds / args.epochs:.2f} s/epoch)",
+                      flush=True)
+    print(f"feature extraction, demo backbone (narrow resnet10t, 32 px): {extraction_throughput():.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
