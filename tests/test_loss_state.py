@@ -148,3 +148,11 @@ def test_saturated_logits_give_finite_loss_and_gradient(name):
     value = loss_fn(logits, TARGETS, index=INDEX)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+
+
+def test_double_backward_raises_instead_of_returning_zeros():
+    loss_fn = create_loss("hill")
+    logits = torch.tensor([[1.0, -0.5, 0.2]], requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_fn(logits, TARGETS[:1]), logits, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
