@@ -360,3 +360,49 @@ def test_nan_logit_at_an_ignored_entry_still_gives_nan():
     logits[0, 1] = float("nan")  # OBSERVED[0][1] is unobserved
     for name in ["iu", "epr"]:
         assert torch.isnan(make_loss(name)(logits, torch.tensor(OBSERVED, dtype=torch.float32))), name
+
+
+# ------------------------------------------------------------------ every registered loss
+def build_any_loss(name, num_classes=C, num_examples=8):
+    """Build any registered loss from the constructor arguments its signature names."""
+    import inspect
+
+    cls = spl_losses.get_loss_class(name)
+    known = {"num_classes": num_classes, "num_examples": num_examples, "expected_num_pos": 1.5}
+    params = inspect.signature(cls).parameters
+    missing = [p for p, v in params.items() if v.default is inspect.Parameter.empty
+               and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD) and p not in known]
+    if missing:
+        pytest.skip(f"{name} needs {missing}")
+    return cls(**{k: v for k, v in known.items() if k in params})
+
+
+@pytest.mark.parametrize("name", spl_losses.list_losses())
+def test_every_registered_loss_keeps_the_call_contract(name):
+    loss = build_any_loss(name)
+    multi_hot = getattr(loss, "target_encoding", "observed") == "multi_hot"
+    targets = torch.tensor(MULTI_HOT if multi_hot else OBSERVED, dtype=torch.float32)
+    index = torch.arange(B) if getattr(loss, "requires_index", False) else None
+
+    def run(logits, targets):
+        return loss(logits, targets) if index is None else loss(logits, targets, index=index)
+
+    # bf16 logits: a float32 scalar with a finite gradient
+    logits = torch.tensor(LOGITS).bfloat16().requires_grad_()
+    value = run(logits, targets)
+    assert value.dtype == torch.float32 and value.dim() == 0 and torch.isfinite(value)
+    value.backward()
+    assert torch.isfinite(logits.grad.float()).all()
+    # NaN logits never give a finite loss, whichever entry holds the NaN
+    for b, c in [(0, 0), (0, 1), (1, 2)]:
+        nan_logits = torch.zeros(B, C)
+        nan_logits[b, c] = float("nan")
+        assert torch.isnan(run(nan_logits, targets)), (b, c)
+    # bad targets and shapes are ValueErrors
+    for bad in [float("nan"), float("inf"), 2.0, -0.5]:
+        bad_targets = targets.clone()
+        bad_targets[1, 1] = bad
+        with pytest.raises(ValueError):
+            run(torch.zeros(B, C), bad_targets)
+    with pytest.raises(ValueError):
+        run(torch.zeros(B, C), torch.zeros(B, C + 1))
