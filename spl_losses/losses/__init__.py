@@ -11,3 +11,8 @@ from .assume_negative import (
 )
 from .epr import ExpectedPositiveRegularizedLoss, expected_positive_regularizer
 from .role import LabelEstimator, ROLELoss
+from .robust import AsymmetricAssumeNegativeLoss, HillLoss, SPLCLoss
+from .entropy import EM_APL_DATASET_DEFAULTS, EntropyMaximizationAPLLoss, EntropyMaximizationLoss
+from .large_loss import LargeLossPermanentCorrection, LargeLossRejection, LargeLossTemporaryCorrection
+from .gr import GeneralizedRobustLoss, GRSchedule
+from .label_estimation import LabelEstimationLoss, with_label_estimator
