@@ -1,0 +1,121 @@
+"""Unit tests of the reusable pieces of spl_losses.training (hand-computed expectations, invariants)."""
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from spl_losses.training.arguments import load_config_file, parse_args
+from spl_losses.training.evaluation import scatter_by_index
+from spl_losses.training.features import weights_fingerprint
+from spl_losses.training.linear_head import train_linear_epoch
+from spl_losses.training.loss_factory import build_loss, loss_parameters
+from spl_losses.training.progress import BestEpochTracker
+from spl_losses.training.run_files import check_output_dir
+from spl_losses.training.sampling import epoch_flip_mask, epoch_permutation
+from spl_losses.training.search import REFERENCE_GRID, grid_points, run_name, select_winner
+
+
+def test_scatter_by_index_places_rows_and_refuses_gaps_or_repeats():
+    values = torch.tensor([[10.0], [30.0], [20.0]])
+    assert scatter_by_index(values, torch.tensor([0, 2, 1]), 3).flatten().tolist() == [10.0, 20.0, 30.0]
+    with pytest.raises(RuntimeError, match="1 examples missing and 1 repeated"):
+        scatter_by_index(values, torch.tensor([0, 0, 1]), 3)
+    with pytest.raises(RuntimeError, match="exactly once"):
+        scatter_by_index(values[:2], torch.tensor([0, 1]), 3)
+
+
+def test_epoch_draws_depend_only_on_seed_and_epoch():
+    a = epoch_permutation(50, seed=3, epoch=1)
+    torch.manual_seed(123)  # the global RNG must not matter
+    assert torch.equal(a, epoch_permutation(50, seed=3, epoch=1))
+    assert sorted(a.tolist()) == list(range(50))
+    assert not torch.equal(a, epoch_permutation(50, seed=3, epoch=2))
+    assert not torch.equal(a, epoch_permutation(50, seed=4, epoch=1))
+    mask = epoch_flip_mask(10000, seed=0, epoch=0)
+    assert abs(mask.float().mean().item() - 0.5) < 0.03
+
+
+def test_best_epoch_tracker_keeps_the_first_best_and_ignores_nan():
+    t = BestEpochTracker()
+    assert t.update(0, 50.0) and not t.update(1, 50.0) and t.update(2, 60.0) and not t.update(3, float("nan"))
+    assert (t.best_epoch, t.best_val_map, t.epochs_done) == (2, 60.0, 4)
+    u = BestEpochTracker()
+    u.load_state_dict(t.state_dict())
+    assert u.state_dict() == t.state_dict()
+
+
+def test_search_grid_and_winner():
+    points = grid_points(REFERENCE_GRID)
+    assert len(points) == 8 and points[0] == {"batch_size": 8, "lr": 1e-2} and points[-1] == {"batch_size": 16, "lr": 1e-5}
+    assert run_name({"batch_size": 8, "lr": 0.001}) == "batch_size-8_lr-0.001"
+    with pytest.raises(ValueError, match="not a flag"):
+        grid_points({"nope": [1]}, allowed=["lr"])
+    runs = [{"name": "a", "val_map": 1.0}, {"name": "b", "val_map": float("nan")}, {"name": "c", "val_map": 3.0},
+            {"name": "d", "val_map": 3.0}]
+    assert select_winner(runs)["name"] == "c"
+
+
+def test_config_file_keys_must_be_flags_and_flags_override(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"lr": 0.5, "batch_size": 4, "search_grid": {"lr": [1, 2]}}))
+    args, extra = parse_args(["-c", str(good), "--lr", "0.25"])
+    assert args.lr == 0.25 and args.batch_size == 4 and extra == {"search_grid": {"lr": [1, 2]}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"learning_rate": 0.5}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config_file(str(bad))
+
+
+def test_output_dir_check_ignores_bookkeeping_keys(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 0.1, "resume": False, "output_dir": "x"}))
+    check_output_dir(str(tmp_path), {"lr": 0.1, "resume": True, "output_dir": "y"}, ["resume", "output_dir"])
+    with pytest.raises(ValueError, match="lr: 0.1 -> 0.2"):
+        check_output_dir(str(tmp_path), {"lr": 0.2}, ["resume", "output_dir"])
+
+
+def test_loss_factory_passes_only_what_the_loss_takes():
+    assert {"ls_coef", "eps", "stable"} <= loss_parameters("an_ls")  # through **kwargs to SPLoss
+    assert "expected_num_pos" in loss_parameters("role") and "expected_num_pos" not in loss_parameters("an")
+    observed = torch.zeros(4, 3)
+    observed[torch.arange(4), torch.tensor([0, 1, 2, 0])] = 1
+    role = build_loss("role", 3, 4, observed, expected_num_pos=1.5, seed=0)
+    assert role.estimator.logits.shape == (4, 3) and role.expected_num_pos == 1.5
+    with pytest.raises(ValueError, match="does not take"):
+        build_loss("an", 3, 4, options={"alpha": 0.1})
+    with pytest.raises(ValueError, match="needs expected_num_pos"):
+        build_loss("epr", 3, 4)
+
+
+def test_weights_fingerprint_ignores_the_classifier_only():
+    import timm
+
+    a = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    b = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.get_classifier().weight.add_(1.0)
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+    with torch.no_grad():
+        next(b.parameters()).add_(1.0)
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def test_linear_epoch_equals_a_hand_written_loop():
+    torch.manual_seed(0)
+    x, order = torch.randn(10, 4), torch.randperm(10)
+    targets = torch.zeros(10, 3)
+    targets[torch.arange(10), torch.arange(10) % 3] = 1
+    import spl_losses
+
+    heads = [nn.Linear(4, 3) for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    opt_a = torch.optim.SGD(heads[0].parameters(), lr=0.1)
+    mean_loss = train_linear_epoch(heads[0], spl_losses.create_loss("an"), [opt_a], x, targets, order, 4)
+    opt_b, loss_fn, losses = torch.optim.SGD(heads[1].parameters(), lr=0.1), spl_losses.create_loss("an"), []
+    for idx in (order[:4], order[4:8], order[8:]):  # last partial batch kept
+        opt_b.zero_grad()
+        loss = loss_fn(heads[1](x[idx]), targets[idx])
+        loss.backward()
+        opt_b.step()
+        losses.append(loss.item())
+    assert torch.allclose(heads[0].weight, heads[1].weight) and mean_loss == pytest.approx(sum(losses) / 3)
