@@ -370,3 +370,17 @@ def test_find_missing_files(tmp_path):
     (tmp_path / "a" / "x.jpg").write_bytes(b"")
     paths = [str(tmp_path / "a" / "y.jpg"), str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")]
     assert find_missing_files(paths) == [paths[0], paths[2]]
+
+
+@pytest.mark.parametrize("name, dropped", [("voc2012", True), ("cub200", False)])
+def test_card_states_how_rows_without_positive_were_handled(trees, tmp_path, name, dropped):
+    from spl_losses.data.builder import create_builder
+    from spl_losses.data.card import make_dataset_card
+
+    builder = create_builder(name, root=trees[name][0], cache_dir=str(tmp_path))
+    builder.download_and_prepare()
+    report = builder.build_report
+    assert report["drop_without_positive"] is dropped
+    text = str(make_dataset_card(builder.as_dataset(), name=name, report=report))
+    assert ("without any positive label are dropped" in text) is dropped
+    assert ("without any positive label are kept" in text) is not dropped

@@ -246,6 +246,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
             "val_fraction": self.config.val_fraction,
             "num_positives": self.config.num_positives,
             "num_negatives": self.config.num_negatives,
+            "drop_without_positive": self.config.drop_without_positive,
             "num_classes": len(self.info.features["labels"].feature.names),
             "splits": {p.name: p.report for p in prepared},
         }
@@ -391,7 +392,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
 def _code_hash(cls: type) -> str:
     """Hash of the source of the builder's module and of this base, so code changes invalidate caches."""
     texts = []
-    for module_name in {cls.__module__, __name__, sample_single_positive.__module__}:
+    for module_name in {cls.__module__, __name__, sample_single_positive.__module__, "spl_losses.data.raw_files"}:
         module = sys.modules.get(module_name)
         try:
             texts.append(inspect.getsource(module))

@@ -107,7 +107,8 @@ def make_dataset_card(
     for split, ds in dataset_dict.items():
         entry = report.get("splits", {}).get(split, {})
         dropped = entry.get("dropped_without_positive", "?") if report else "?"
-        split_rows.append(f"| {split} | {len(ds):,} | {dropped} |")
+        kept = entry.get("kept_without_positive", "?") if report else "?"
+        split_rows.append(f"| {split} | {len(ds):,} | {dropped} | {kept} |")
     seed = report.get("seed", "not recorded")
     split_seed = report.get("split_seed", 1200)
     val_pct = int(round(100 * float(report.get("val_fraction", 0.2))))
@@ -138,11 +139,14 @@ def make_dataset_card(
         "",
         "## Splits",
         "",
-        "| split | examples | dropped (no positive label) |",
-        "|---|---|---|",
+        "| split | examples | dropped (no positive label) | kept without a positive label |",
+        "|---|---|---|---|",
         *split_rows,
         "",
-        "Examples without any positive label are dropped, as in the reference protocol (Cole et al., CVPR 2021).",
+        ("Examples without any positive label are dropped, as in the reference protocol (Cole et al., CVPR 2021)."
+         if report.get("drop_without_positive", True) else
+         "Examples without any positive label are kept, with an all-zero label row and no observed positive, "
+         "as in the reference protocol for this dataset (Cole et al., CVPR 2021)."),
         "",
         "## Single-positive labels",
         "",
