@@ -40,6 +40,11 @@ MEMORY_CHECK_SHAPE = (100_000, 1_000)
 
 
 def parse_args(argv=None):
+    """Parse the command line.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement")
@@ -53,19 +58,41 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- inputs
 def spml_observed(num_rows: int, num_classes: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
-    """One observed positive per row, everything else unobserved (SPEC §1)."""
+    """One observed positive per row, everything else unobserved (SPEC §1).
+
+    Args:
+        num_rows: Number of rows.
+        num_classes: C.
+        generator: Random generator picking the positive class of each row.
+        dtype: Output dtype.
+    """
     labels = torch.zeros(num_rows, num_classes, dtype=dtype)
     labels[torch.arange(num_rows), torch.randint(0, num_classes, (num_rows,), generator=generator)] = 1
     return labels
 
 
 def multi_hot(num_rows: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Random full labels with about three positives per row.
+
+    Args:
+        num_rows: Number of rows.
+        num_classes: C.
+        generator: Random generator.
+    """
     return (torch.rand(num_rows, num_classes, generator=generator) < 3.0 / num_classes).float()
 
 
 def constructor_kwargs(cls, num_classes: int, num_examples: int, observed_labels: torch.Tensor,
                        **extra) -> Tuple[Optional[dict], str]:
-    """Keyword arguments for ``cls`` built from its signature, or ``(None, reason)`` if unknown ones are required."""
+    """Keyword arguments for ``cls`` built from its signature, or ``(None, reason)`` if unknown ones are required.
+
+    Args:
+        cls: The registered loss class (or factory).
+        num_classes: Passed as ``num_classes`` when the constructor takes it.
+        num_examples: Passed as ``num_examples`` when the constructor takes it.
+        observed_labels: (N, C) training labels, passed as ``observed_labels`` when taken.
+        **extra: Further keyword arguments passed as they are (``check_inputs``).
+    """
     known = {
         "num_classes": num_classes,
         "num_examples": num_examples,
@@ -95,7 +122,15 @@ def _sync(device: torch.device) -> None:
 
 def paired_times(step: Callable[[], None], reference: Callable[[], None], device: torch.device,
                  repeats: int, warmup: int) -> Tuple[List[float], List[float]]:
-    """Seconds of each repeat of ``step`` and of ``reference``, timed alternately."""
+    """Seconds of each repeat of ``step`` and of ``reference``, timed alternately.
+
+    Args:
+        step: The measured callable.
+        reference: The baseline callable.
+        device: Device to synchronise (CUDA) before and after each call.
+        repeats: Timed repeats of each.
+        warmup: Untimed repeats of each first.
+    """
     for _ in range(warmup):
         step()
         reference()
@@ -114,6 +149,16 @@ def paired_times(step: Callable[[], None], reference: Callable[[], None], device
 
 def forward_backward(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor,
                      index: Optional[torch.Tensor], params: List[torch.Tensor]) -> Callable[[], None]:
+    """A callable running one forward and backward pass of ``loss_fn``, gradients cleared first.
+
+    Args:
+        loss_fn: The loss.
+        logits: (B, C) logits that require grad.
+        targets: (B, C) targets.
+        index: (B,) example indices, or None for losses without per-example state.
+        params: The loss's own parameters (the ROLE estimator), whose gradients are cleared too.
+    """
+
     def step():
         logits.grad = None
         for p in params:
@@ -125,13 +170,24 @@ def forward_backward(loss_fn: Callable, logits: torch.Tensor, targets: torch.Ten
 
 
 class Bench:
-    """Builds each loss for a shape and times it against BCE-with-logits on the same inputs."""
+    """Builds each loss for a shape and times it against BCE-with-logits on the same inputs.
+
+    Args:
+        args: The parsed command line (``--num-examples``, ``--device``, ``--repeats``, ``--warmup``).
+    """
 
     def __init__(self, args):
         self.args = args
         self.device = torch.device(args.device)
 
     def inputs(self, batch_size: int, num_classes: int, seed: int = 0):
+        """Logits, SPML targets, full targets, example indices and (N, C) int8 training labels.
+
+        Args:
+            batch_size: B.
+            num_classes: C.
+            seed: Seed of the random inputs.
+        """
         gen = torch.Generator().manual_seed(seed)
         logits = torch.randn(batch_size, num_classes, generator=gen).to(self.device).requires_grad_()
         observed = spml_observed(batch_size, num_classes, gen).to(self.device)
@@ -141,6 +197,14 @@ class Bench:
         return logits, observed, full, index, train_observed
 
     def build(self, name: str, num_classes: int, train_observed: torch.Tensor, **extra):
+        """Build loss ``name`` from its signature: ``(loss, "")`` or ``(None, reason skipped)``.
+
+        Args:
+            name: Registered loss name.
+            num_classes: C.
+            train_observed: (N, C) training labels for constructors that take ``observed_labels``.
+            **extra: Further constructor arguments (``check_inputs``).
+        """
         cls = spl_losses.get_loss_class(name)
         kwargs, reason = constructor_kwargs(cls, num_classes, self.args.num_examples, train_observed, **extra)
         if kwargs is None:
@@ -162,7 +226,15 @@ class Bench:
         return loss, ""
 
     def ratio(self, loss, logits, observed, full, index) -> Tuple[float, float, float, float]:
-        """(loss ms, bce-with-logits ms, ratio of minima, ratio of medians) for one forward+backward."""
+        """(loss ms, bce-with-logits ms, ratio of minima, ratio of medians) for one forward+backward.
+
+        Args:
+            loss: The loss module.
+            logits: (B, C) logits that require grad.
+            observed: (B, C) SPML targets, for losses in the observed encoding.
+            full: (B, C) multi-hot targets, for full-label losses and the baseline.
+            index: (B,) example indices, used by losses that require them.
+        """
         targets = full if getattr(loss, "target_encoding", "observed") == "multi_hot" else observed
         use_index = index if getattr(loss, "requires_index", False) else None
         params = [p for p in loss.parameters()] if isinstance(loss, torch.nn.Module) else []
@@ -174,11 +246,22 @@ class Bench:
 
 
 def is_stateless(loss) -> bool:
+    """Whether ``loss`` keeps no per-example state (no ``index``, no per-epoch predictions).
+
+    Args:
+        loss: A loss module.
+    """
     return not getattr(loss, "requires_index", False) and not getattr(loss, "needs_predictions", False)
 
 
 # ---------------------------------------------------------------------------- sections
 def ratio_table(bench: Bench, names: List[str]) -> Dict[str, Dict[Tuple[int, int], float]]:
+    """Print the ratio table over ``SHAPES`` and return ``{loss: {shape: ratio}}``.
+
+    Args:
+        bench: The timing harness.
+        names: Registered loss names to time.
+    """
     results: Dict[str, Dict[Tuple[int, int], float]] = {}
     skipped: Dict[str, str] = {}
     bce_ms: Dict[Tuple[int, int], float] = {}
@@ -222,6 +305,12 @@ def ratio_table(bench: Bench, names: List[str]) -> Dict[str, Dict[Tuple[int, int
 
 
 def check_cost_table(bench: Bench, names: List[str]) -> None:
+    """Print each loss's ratio at the largest shape with ``check_inputs`` on and off.
+
+    Args:
+        bench: The timing harness.
+        names: Registered loss names to time.
+    """
     shape = SHAPES[-1]
     logits, observed, full, index, train_observed = bench.inputs(*shape)
     print(f"\ninput checks at {shape[0]}x{shape[1]}: ratio to BCE-with-logits with check_inputs=True / False")
@@ -242,6 +331,11 @@ def check_cost_table(bench: Bench, names: List[str]) -> None:
 
 
 def role_dense_vs_sparse(bench: Bench) -> None:
+    """Print ``role`` with a dense vs a sparse estimator gradient at N = ``--num-examples``.
+
+    Args:
+        bench: The timing harness.
+    """
     shape = SHAPES[-1]
     logits, observed, full, index, train_observed = bench.inputs(*shape)
     n = bench.args.num_examples
@@ -268,6 +362,12 @@ def _rss_mb() -> float:
 
 
 def memory_check(bench: Bench, steps: int = 5) -> None:
+    """Check that ROLE's estimator at N=100,000, C=1,000 is held once in float32 and not copied per step.
+
+    Args:
+        bench: The timing harness (for the device).
+        steps: Training steps (forward, backward, SparseAdam step) to run.
+    """
     n, c = MEMORY_CHECK_SHAPE
     batch_size = SHAPES[-1][0]
     gen = torch.Generator().manual_seed(1)
@@ -305,6 +405,11 @@ def memory_check(bench: Bench, steps: int = 5) -> None:
 
 
 def main(argv=None) -> int:
+    """Run the benchmark.
+
+    Args:
+        argv: Command-line arguments (default ``sys.argv[1:]``).
+    """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
