@@ -499,7 +499,7 @@ def run(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str, A
     if accelerator.is_main_process:
         write_config(out, config)
     if args.log_with:
-        accelerator.init_trackers(os.path.basename(os.path.abspath(out)) or "run",
+        accelerator.init_trackers("logs",
                                   config={k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
     if settings["expected_num_pos"] is not None:
         accelerator.print(f"k (expected positives) = {settings['expected_num_pos']:.3f} "
