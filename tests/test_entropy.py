@@ -175,3 +175,16 @@ def test_em_apl_closed_form_gradient_matches_autograd_of_the_formula(stable):
     expected.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(x.grad, ref.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_dataset_defaults_match_spec():
+    from spl_losses.losses.entropy import EM_APL_DATASET_DEFAULTS
+    expected = {"voc2012": (8, 1e-5, 0.2, 0.02, 5), "coco2014": (16, 1e-5, 0.1, 0.9, 5),
+                "nuswide": (16, 1e-5, 0.1, 0.2, 4), "cub200": (8, 1e-4, 0.01, 0.4, 3)}
+    for name, (bs, lr, alpha, beta, warmup) in expected.items():
+        d = EM_APL_DATASET_DEFAULTS[name]
+        assert (d["batch_size"], d["lr"], d["alpha"], d["beta"], d["warmup_epochs"]) == (bs, lr, alpha, beta, warmup)
+    loss = make_apl(**{k: v for k, v in EM_APL_DATASET_DEFAULTS["voc2012"].items() if k in ("alpha", "beta")})
+    assert (loss.alpha, loss.beta) == (0.2, 0.02)
+    default = create_loss("em_apl", num_classes=2, num_examples=8)  # defaults are COCO's
+    assert (default.alpha, default.beta, default.warmup_epochs, default.num_epochs, default.theta) == (0.1, 0.9, 5, 10, 0.9)

@@ -14,13 +14,13 @@ from .robust import _check_number, fused_loss, needs_grad, overwrite_entries
 
 __all__ = ["EntropyMaximizationLoss", "EntropyMaximizationAPLLoss", "EM_APL_DATASET_DEFAULTS"]
 
-#: The paper's per-dataset settings (SPEC §4): batch size, learning rate, alpha, beta, warmup_epochs
-#: (10 epochs in all, theta = 0.9). ``em`` uses the same alpha.
+#: The paper's per-dataset settings (SPEC §4), keyed by this package's dataset names: batch size,
+#: learning rate, alpha, beta, warmup_epochs (10 epochs in all, theta = 0.9). ``em`` uses the same alpha.
 EM_APL_DATASET_DEFAULTS: Dict[str, Dict[str, float]] = {
-    "voc": dict(batch_size=8, lr=1e-5, alpha=0.2, beta=0.02, warmup_epochs=5),
-    "coco": dict(batch_size=16, lr=1e-5, alpha=0.1, beta=0.9, warmup_epochs=5),
-    "nus": dict(batch_size=16, lr=1e-5, alpha=0.1, beta=0.2, warmup_epochs=4),
-    "cub": dict(batch_size=8, lr=1e-4, alpha=0.01, beta=0.4, warmup_epochs=3),
+    "voc2012": dict(batch_size=8, lr=1e-5, alpha=0.2, beta=0.02, warmup_epochs=5),
+    "coco2014": dict(batch_size=16, lr=1e-5, alpha=0.1, beta=0.9, warmup_epochs=5),
+    "nuswide": dict(batch_size=16, lr=1e-5, alpha=0.1, beta=0.2, warmup_epochs=4),
+    "cub200": dict(batch_size=8, lr=1e-4, alpha=0.01, beta=0.4, warmup_epochs=3),
 }
 
 
