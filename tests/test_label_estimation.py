@@ -124,3 +124,15 @@ def test_needs_index():
     loss = make()
     with pytest.raises(ValueError, match="index"):
         loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+
+
+def test_shared_arguments_reach_the_base_only_where_it_takes_them():
+    common = dict(num_classes=2, num_examples=4, expected_num_pos=1.0, num_epochs=4)
+    assert create_loss("label_estimation", base_loss="gr", **common).base_loss.num_epochs == 4
+    epr = create_loss("label_estimation", base_loss="epr", stable=True, **common).base_loss
+    assert epr.expected_num_pos == 1.0 and epr.stable and epr.num_classes == 2
+    hill = create_loss("label_estimation", base_loss="hill", base_kwargs=dict(lamb=2.0), **common).base_loss
+    assert hill.lamb == 2.0  # hill takes neither num_epochs nor eps/stable: they are not passed
+    with pytest.raises(ValueError, match="base_kwargs"):
+        with_label_estimator(create_loss("em", num_classes=2), num_examples=4, expected_num_pos=1.0,
+                             base_kwargs=dict(alpha=0.3))

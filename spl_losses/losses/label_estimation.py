@@ -20,7 +20,8 @@ from .role import LabelEstimator, ROLELoss
 __all__ = ["LabelEstimationLoss", "with_label_estimator"]
 
 #: Constructor arguments shared between the wrapper and the base loss it builds by name.
-_SHARED_ARGS = ("num_classes", "num_examples", "expected_num_pos", "observed_labels", "eps", "stable", "check_inputs")
+_SHARED_ARGS = ("num_classes", "num_examples", "expected_num_pos", "observed_labels", "num_epochs", "eps", "stable",
+                "check_inputs")
 
 
 def _build_base_loss(base_loss: Union[str, SPLoss], base_kwargs: Optional[Dict[str, Any]],
@@ -85,12 +86,13 @@ class LabelEstimationLoss(SPLoss):
         expected_num_pos: k, the expected number of positives per image (EPR regularizer of the estimator).
         base_loss: Registry name (``"em"``, ``"ll_r"``, ...) or an :class:`SPLoss` instance. Built by
             name, it receives ``num_classes``, ``num_examples``, ``expected_num_pos``, ``observed_labels``,
-            ``eps``, ``stable``, ``check_inputs`` where its constructor takes them.
+            ``num_epochs``, ``eps``, ``stable``, ``check_inputs`` where its constructor takes them.
         base_kwargs: Further constructor arguments of the base loss (only with a name).
         observed_labels: Optional (N, C) {-1, 0, 1} training labels to initialise the estimator.
         estimate_weight: w, weight of the classifier's BCE towards the estimates (0.5, ROLE's weighting).
         sparse: Give the estimator sparse gradients (pair with ``torch.optim.SparseAdam``).
         seed: Seed of the estimator's initialisation.
+        num_epochs: T, passed to a base loss with epoch schedules (``em_apl``, ``gr``); unused otherwise.
         eps: Epsilon of the reference log ``-log(p + eps)``.
         stable: Use the log-sigmoid form instead of the reference form.
         check_inputs: Validate inputs on every call.
@@ -109,6 +111,7 @@ class LabelEstimationLoss(SPLoss):
             estimate_weight: float = 0.5,
             sparse: bool = False,
             seed: Optional[int] = None,
+            num_epochs: Optional[int] = None,
             **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,7 +119,7 @@ class LabelEstimationLoss(SPLoss):
         self.expected_num_pos = _check_expected_num_pos(expected_num_pos)
         self.estimate_weight = _check_number("estimate_weight", estimate_weight, 0.0, 1.0)
         shared = dict(num_classes=num_classes, num_examples=num_examples, expected_num_pos=expected_num_pos,
-                      observed_labels=observed_labels, **kwargs)
+                      observed_labels=observed_labels, num_epochs=num_epochs, **kwargs)
         self.base_loss = _build_base_loss(base_loss, base_kwargs, shared)
         base_classes = getattr(self.base_loss, "num_classes", None)
         if base_classes is not None and base_classes != num_classes:
