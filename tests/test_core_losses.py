@@ -408,3 +408,12 @@ def test_every_registered_loss_keeps_the_call_contract(name):
             run(torch.zeros(B, C), bad_targets)
     with pytest.raises(ValueError):
         run(torch.zeros(B, C), torch.zeros(B, C + 1))
+
+
+def test_reference_form_is_first_order_only():
+    # the closed-form backward is once differentiable: a double backward raises, never returns zeros
+    logits = torch.tensor(LOGITS, requires_grad=True)
+    (grad,) = torch.autograd.grad(create_loss("an")(logits, torch.tensor(OBSERVED, dtype=torch.float32)),
+                                  logits, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
