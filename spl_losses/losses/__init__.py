@@ -16,3 +16,4 @@ from .entropy import EM_APL_DATASET_DEFAULTS, EntropyMaximizationAPLLoss, Entrop
 from .large_loss import LargeLossPermanentCorrection, LargeLossRejection, LargeLossTemporaryCorrection
 from .gr import GeneralizedRobustLoss, GRSchedule
 from .label_estimation import LabelEstimationLoss, with_label_estimator
+from .contrastive import ContrastiveAuxiliary, nt_xent_loss, pooled_features
