@@ -108,11 +108,15 @@ def get_loss_class(name: str) -> Callable[..., nn.Module]:
     return _loss_entrypoints[name]
 
 
-def create_loss(name: str, **kwargs) -> nn.Module:
+def create_loss(name: str, label_estimation: bool = False, **kwargs) -> nn.Module:
     """Create a registered loss.
 
     Args:
         name: Registry name, see :func:`list_losses`.
+        label_estimation: Wrap the loss with ROLE's online label estimator
+            (``spl_losses.losses.LabelEstimationLoss``); then ``num_classes``, ``num_examples`` and
+            ``expected_num_pos`` are required, the wrapper's own options (``estimate_weight``,
+            ``sparse``, ``seed``) go to it and every other argument to the loss ``name``.
         **kwargs: Constructor arguments of that loss (``num_classes``, ``expected_num_pos``, ...).
 
     Returns:
@@ -122,5 +126,17 @@ def create_loss(name: str, **kwargs) -> nn.Module:
 
         >>> import spl_losses
         >>> loss = spl_losses.create_loss("an")
+        >>> em_le = spl_losses.create_loss("em", label_estimation=True, num_classes=20, num_examples=4574,
+        ...                                expected_num_pos=1.5, alpha=0.2)
     """
-    return get_loss_class(name)(**kwargs)
+    cls = get_loss_class(name)
+    if not label_estimation:
+        return cls(**kwargs)
+    import inspect
+
+    wrapper_cls = get_loss_class("label_estimation")
+    wrapper_args = set(inspect.signature(wrapper_cls).parameters) - {"base_loss", "base_kwargs", "kwargs"}
+    wrapper_args |= {"eps", "stable", "check_inputs"}
+    wrapper_kwargs = {k: v for k, v in kwargs.items() if k in wrapper_args}
+    base_kwargs = {k: v for k, v in kwargs.items() if k not in wrapper_args}
+    return wrapper_cls(base_loss=name, base_kwargs=base_kwargs, **wrapper_kwargs)

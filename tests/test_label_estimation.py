@@ -136,3 +136,20 @@ def test_shared_arguments_reach_the_base_only_where_it_takes_them():
     with pytest.raises(ValueError, match="base_kwargs"):
         with_label_estimator(create_loss("em", num_classes=2), num_examples=4, expected_num_pos=1.0,
                              base_kwargs=dict(alpha=0.3))
+
+
+def test_create_loss_with_label_estimation_flag_routes_arguments():
+    loss = create_loss("em", label_estimation=True, num_classes=3, num_examples=5, expected_num_pos=1.0,
+                       alpha=0.3, estimate_weight=0.25, sparse=True, seed=1)
+    assert loss.loss_name == "label_estimation"
+    assert loss.base_loss.loss_name == "em"
+    assert loss.base_loss.alpha == 0.3
+    assert loss.estimate_weight == 0.25
+    assert loss.estimator.sparse and tuple(loss.estimator.logits.shape) == (5, 3)
+    # equals building the wrapper by hand with the same arguments
+    by_hand = create_loss("label_estimation", base_loss="em", base_kwargs={"alpha": 0.3}, num_classes=3,
+                          num_examples=5, expected_num_pos=1.0, estimate_weight=0.25, sparse=True, seed=1)
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    logits = torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3]])
+    index = torch.tensor([4, 0])
+    assert loss(logits, targets, index=index).item() == pytest.approx(by_hand(logits, targets, index=index).item())
