@@ -131,6 +131,9 @@ def validate(args, data) -> Dict[str, Any]:
                          "use --train-mode linear_fixed_features")
     if (args.cl or args.boostlu) and args.train_mode == "linear_fixed_features":
         raise ValueError("--cl and --boostlu change the network and are only meaningful with end_to_end or linear_init")
+    if args.sparse_estimator and args.train_mode == "end_to_end":
+        raise ValueError("--sparse-estimator applies to linear training (linear_fixed_features and the linear phase "
+                         "of linear_init); end_to_end trains the estimator with dense gradients")
     if args.batch_size <= 0 or args.epochs <= 0:
         raise ValueError(f"--batch-size and --epochs must be positive, got {args.batch_size} and {args.epochs}")
     options = {k: getattr(args, k) for k in LOSS_OPTION_FLAGS if getattr(args, k) is not None}

@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--sparse-estimator", type=_str2bool, default=False, nargs="?", const=True,
-                   help="sparse gradients + SparseAdam for per-example loss state (fast; differs from dense Adam)")
+                   help="linear training only: sparse gradients + SparseAdam for per-example loss state such as "
+                        "ROLE's estimator (O(B*C) per step instead of O(N*C); SparseAdam updates only the batch's rows, "
+                        "unlike the reference's dense Adam)")
     g.add_argument("--linear-epochs", type=int, default=25, help="linear_init: epochs of the linear phase")
     g.add_argument("--linear-lr", type=float, default=1e-3, help="linear_init: lr of the linear phase")
     g.add_argument("--linear-batch-size", type=int, default=8, help="linear_init: batch size of the linear phase")
