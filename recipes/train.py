@@ -303,6 +303,7 @@ def train_linear(accelerator, args, data, settings, out: str, phase: str, epochs
     """linear_fixed_features: cached pooled features, then a linear head trained on whole tensors."""
     device = accelerator.device
     show = not args.no_progress
+    accelerator.free_memory()  # forget objects prepared by an earlier run (a search) so checkpoints match
     set_seed(args.seed)
     model = None
     if data.kind == "features":
@@ -512,8 +513,16 @@ def run(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str, A
     elif args.train_mode == "end_to_end":
         outcome = train_end_to_end(accelerator, args, data, settings, out, "main")
     else:
-        phase_dir = os.path.join(out, "linear_phase")
-        linear = train_linear(accelerator, args, data, settings, phase_dir, "linear_phase", args.linear_epochs,
+        phase_dir = args.linear_phase_dir or os.path.join(out, "linear_phase")
+        phase_args = args
+        if args.linear_phase_dir:  # a shared phase: same settings (checked), continued or reused if finished
+            phase_config = {k: v for k, v in config.items() if k not in ("lr", "batch_size", "epochs", "head_lr_mult")}
+            check_output_dir(phase_dir, phase_config, RUN_IDENTITY_IGNORED)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_config(phase_dir, phase_config)
+            phase_args = argparse.Namespace(**{**vars(args), "resume": True})
+        linear = train_linear(accelerator, phase_args, data, settings, phase_dir, "linear_phase", args.linear_epochs,
                               args.linear_lr, args.linear_batch_size)
         if linear.stopped:
             return None
@@ -554,6 +563,8 @@ def run_search(args, extra: Dict[str, Any]) -> Dict[str, Any]:
     for point in points:
         run_dir = os.path.join(args.output_dir, run_name(point))
         run_args = argparse.Namespace(**{**vars(args), **point, "output_dir": run_dir, "search": False})
+        if args.train_mode == "linear_init" and not args.linear_phase_dir and not any(k.startswith("linear_") for k in point):
+            run_args.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # fixed: trained once
         if is_finished(run_dir):
             accelerator.print(f"[search] {run_name(point)}: finished, skipped")
         else:

@@ -236,6 +236,21 @@ def test_search_runs_the_grid_and_skips_finished_runs(tmp_path, data_cache):
     assert os.path.getmtime(out / "lr-0.001" / "results.json") == stamp
 
 
+def test_linear_init_search_trains_the_linear_phase_once(tmp_path, data_cache):
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({"search_grid": {"lr": [1e-3, 1e-2]}, "train_mode": "linear_init", "loss": "role",
+                                      "linear_epochs": 2, "linear_batch_size": 16}))
+    out = tmp_path / "search"
+    recipe.main(["-c", str(config), "--search", *tiny_flags(data_cache, out)])
+    phase_log = [json.loads(line) for line in open(out / "linear_phase" / "metrics.jsonl")]
+    assert [r["epoch"] for r in phase_log] == [0, 1]  # trained once, reused by the second run
+    assert not (out / "lr-0.001" / "linear_phase").exists()
+    standalone = recipe.main(tiny_flags(data_cache, tmp_path / "alone", "--train-mode", "linear_init", "--loss", "role",
+                                        "--linear-epochs", "2", "--linear-batch-size", "16",
+                                        "--lr", "1e-2"))
+    assert read(out / "lr-0.01")["test_map"] == standalone["test_map"]
+
+
 # ----------------------------------------------------------------------------------------- errors before work
 @pytest.mark.parametrize("extra,message", [
     (["--loss", "nope"], "Unknown loss 'nope'"),

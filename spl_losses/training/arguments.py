@@ -16,7 +16,7 @@ TRAIN_MODES = ("linear_fixed_features", "end_to_end", "linear_init")
 
 #: Keys of config.yaml that do not change what a run computes (ignored when comparing runs).
 RUN_IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "output_dir", "log_with", "workers", "config",
-                        "cache_dir", "search", "no_progress", "search_grid")
+                        "cache_dir", "search", "no_progress", "search_grid", "linear_phase_dir")
 
 #: Keys allowed in a YAML config that are not flags.
 CONFIG_ONLY_KEYS = ("search_grid",)
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--linear-epochs", type=int, default=25, help="linear_init: epochs of the linear phase")
     g.add_argument("--linear-lr", type=float, default=1e-3, help="linear_init: lr of the linear phase")
     g.add_argument("--linear-batch-size", type=int, default=8, help="linear_init: batch size of the linear phase")
+    g.add_argument("--linear-phase-dir", default=None,
+                   help="linear_init: folder of the linear phase (default OUTPUT_DIR/linear_phase); a finished phase "
+                        "with the same settings there is reused (--search shares one across its runs)")
     g.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("run")
