@@ -328,6 +328,7 @@ def _free_port():
 def _child(argv):
     from accelerate.state import AcceleratorState
 
+    os.environ["LOCAL_RANK"] = str(torch.distributed.get_rank())  # one machine: local rank = rank
     AcceleratorState._reset_state(reset_partial_state=True)
     torch.set_num_threads(1)
     recipe.main(argv)
