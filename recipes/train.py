@@ -349,7 +349,7 @@ def train_linear(accelerator, args, data, settings, out: str, phase: str, epochs
         loss_fn.set_epoch(epoch)
         order = epoch_permutation(data.num_train, args.seed, epoch).to(device)
         train_loss = train_linear_epoch(head, loss_fn, optimizers, x_train, y_train, order, batch_size,
-                                        autocast=accelerator.autocast)
+                                        autocast=accelerator.autocast if args.mixed_precision != "no" else None)
         if getattr(loss_fn, "needs_predictions", False):
             loss_fn.update_from_predictions(torch.sigmoid(predict_linear(head, x_train)))
         val_scores = predict_linear(head, x_val).cpu()

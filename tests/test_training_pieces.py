@@ -119,3 +119,26 @@ def test_linear_epoch_equals_a_hand_written_loop():
         opt_b.step()
         losses.append(loss.item())
     assert torch.allclose(heads[0].weight, heads[1].weight) and mean_loss == pytest.approx(sum(losses) / 3)
+
+
+def test_linear_fast_path_matches_autograd_path_for_role():
+    import contextlib
+
+    import spl_losses
+
+    torch.manual_seed(0)
+    x, order = torch.randn(12, 5), torch.randperm(12)
+    observed = torch.zeros(12, 3)
+    observed[torch.arange(12), torch.arange(12) % 3] = 1
+    results = []
+    for autocast in (None, contextlib.nullcontext):  # None: manual head gradients; else: autograd
+        torch.manual_seed(1)
+        head = nn.Linear(5, 3)
+        loss = spl_losses.create_loss("role", num_classes=3, num_examples=12, expected_num_pos=1.5,
+                                      observed_labels=observed, seed=0)
+        opt = torch.optim.Adam([{"params": head.parameters()}, {"params": loss.parameters(), "lr": 1e-2}], lr=1e-3)
+        for epoch in range(2):
+            train_linear_epoch(head, loss, [opt], x, observed, order, 5, autocast=autocast)
+        results.append((head.weight.detach().clone(), loss.estimator.logits.detach().clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
