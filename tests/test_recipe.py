@@ -286,6 +286,22 @@ def test_bce_on_single_positive_training_labels_is_refused(tmp_path):
                      "--val-set-variant", "observed", "--output-dir", str(tmp_path / "o2")])
 
 
+def test_dataset_without_observed_labels_is_refused(tmp_path):
+    import datasets
+
+    lf = datasets.List(datasets.ClassLabel(names=["a", "b"]))
+    feats = datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": lf,
+                               "index": datasets.Value("int64")})
+    split = datasets.Dataset.from_dict({"features": [[0.0, 1.0]] * 4, "labels": [[0], [1], [0, 1], [1]],
+                                        "index": [0, 1, 2, 3]}, features=feats)
+    path = tmp_path / "no_observed"
+    datasets.DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(str(path))
+    with pytest.raises(ValueError, match="observed_labels"):
+        recipe.main(["--dataset", str(path), "--loss", "an", "--train-mode", "linear_fixed_features",
+                     "--output-dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_output_dir_of_another_run_is_refused(tmp_path, data_cache):
     out = tmp_path / "run"
     out.mkdir()
