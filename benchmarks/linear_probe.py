@@ -10,6 +10,7 @@
     python benchmarks/linear_probe.py [--epochs 25] [--batch-size 16] [--threads 2]
 """
 import argparse
+import os
 import time
 
 import torch
@@ -31,12 +32,12 @@ def linear_run(loss_name, features, targets, val_features, epochs, batch_size, s
     state = [p for p in loss.parameters() if p.requires_grad]
     groups = param_groups(1e-4, head=list(head.parameters()), loss_state=[] if sparse else state)
     optimizers = build_optimizers(groups, "adam", sparse_groups=[{"params": state, "lr": 1e-3}] if sparse and state else None)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         loss.set_epoch(epoch)
         train_linear_epoch(head, loss, optimizers, features, targets, epoch_permutation(n, 0, epoch), batch_size)
         predict_linear(head, val_features)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def extraction_throughput(num_images=512, batch_size=64):
@@ -69,14 +70,17 @@ def main():
     val_features = torch.randn(n_val, d, generator=g).relu_()
     targets = torch.zeros(n, c)
     targets[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
-    print(f"torch threads: {torch.get_num_threads()}; features {n} x {d}, {c} classes, {args.epochs} epochs")
+    load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
+    print(f"torch threads: {torch.get_num_threads()}; load average {load}; features {n} x {d}, {c} classes, "
+          f"{args.epochs} epochs")
     for bs in args.batch_size:
         for name in args.losses:
             for sparse in ([False, True] if name == "role" else [False]):
-                seconds = linear_run(name, features, targets, val_features, args.epochs, bs, sparse)
+                wall, cpu = linear_run(name, features, targets, val_features, args.epochs, bs, sparse)
                 tag = f"{name}{' (sparse estimator, SparseAdam)' if sparse else ''}"
-                print(f"linear {tag:<36} batch {bs:>3}: {seconds:7.1f} s  ({seconds / args.epochs:.2f} s/epoch)",
-                      flush=True)
+                print(f"linear {tag:<36} batch {bs:>3}: {wall:7.1f} s wall, {cpu:7.1f} s CPU "
+                      f"({wall / args.epochs:.2f} s/epoch wall; 25 epochs ~ {25 * wall / args.epochs:.0f} s wall, "
+                      f"{25 * cpu / args.epochs:.0f} s CPU)", flush=True)
     print(f"feature extraction, demo backbone (narrow resnet10t, 32 px): {extraction_throughput():.0f} images/s")
 
 
