@@ -317,7 +317,8 @@ def train_linear(accelerator, args, data, settings, out: str, phase: str, epochs
         weights = weights_fingerprint(backbone)
         feats = {}
         for s in ("train", "validation", "test"):
-            path = feature_cache_path(cache_dir, args.model, weights, args.image_size, data.ds[s]._fingerprint)
+            path = feature_cache_path(cache_dir, args.model, weights, args.image_size, data.ds[s]._fingerprint,
+                                      precision=args.mixed_precision)
             feats[s] = extract_or_load_features(accelerator, backbone, data.ds[s], transform, path,
                                                 batch_size=max(batch_size, 64 * accelerator.num_processes),
                                                 workers=args.workers, show_progress=show, description=f"features {s}")

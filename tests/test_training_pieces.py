@@ -86,6 +86,19 @@ def test_loss_factory_passes_only_what_the_loss_takes():
         build_loss("epr", 3, 4)
 
 
+def test_feature_cache_path_separates_every_key_part():
+    from spl_losses.training.features import feature_cache_path
+
+    base = ("/c", "resnet50", "abc", 448, "fp1")
+    path = feature_cache_path(*base)
+    assert path.startswith("/c/resnet50-448px-") and path.endswith(".safetensors")
+    assert feature_cache_path(*base) == path
+    variants = [("/c", "resnet18", "abc", 448, "fp1"), ("/c", "resnet50", "abd", 448, "fp1"),
+                ("/c", "resnet50", "abc", 224, "fp1"), ("/c", "resnet50", "abc", 448, "fp2")]
+    assert len({feature_cache_path(*v) for v in variants} | {path}) == 5
+    assert feature_cache_path(*base, precision="bf16") != path
+
+
 def test_weights_fingerprint_ignores_the_classifier_only():
     import timm
 

@@ -1,8 +1,8 @@
 """Pooled backbone features, extracted once and cached on disk.
 
 The cache file name is a hash of the model name, a fingerprint of its weights (so pretrained,
-fine-tuned and randomly initialised backbones never share a cache), the image size and the
-dataset split's fingerprint. Files are safetensors holding one ``features`` tensor.
+fine-tuned and randomly initialised backbones never share a cache), the image size, the
+dataset split's fingerprint and the mixed-precision mode of the extraction. Files are safetensors holding one ``features`` tensor.
 """
 import hashlib
 import os
@@ -52,7 +52,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def feature_cache_path(cache_dir: str, model_name: str, weights_hash: str, image_size: int,
-                       dataset_fingerprint: str) -> str:
+                       dataset_fingerprint: str, precision: str = "no") -> str:
     """Path of the cache file for one (model, weights, image size, split) combination.
 
     Args:
@@ -61,8 +61,10 @@ def feature_cache_path(cache_dir: str, model_name: str, weights_hash: str, image
         weights_hash: :func:`weights_fingerprint` of the backbone.
         image_size: Input side in pixels.
         dataset_fingerprint: The split's ``datasets`` fingerprint.
+        precision: Mixed-precision mode of the extraction (``no``, ``bf16``, ``fp16``): features differ.
     """
-    key = hashlib.sha256(f"{model_name}|{weights_hash}|{image_size}|{dataset_fingerprint}".encode()).hexdigest()[:24]
+    key = f"{model_name}|{weights_hash}|{image_size}|{dataset_fingerprint}|{precision}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:24]
     safe_name = model_name.replace("/", "_").replace(":", "_")
     return os.path.join(cache_dir, f"{safe_name}-{image_size}px-{key}.safetensors")
 
