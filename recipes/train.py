@@ -16,7 +16,6 @@ export or LinearProbe, plus loss_state.safetensors), checkpoints/ (accelerate), 
 ``--batch-size`` is the global batch, split over processes (accelerate ``split_batches``).
 """
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -33,7 +32,6 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-import spl_losses
 from spl_losses import get_loss_class
 from spl_losses.training.arguments import (LOSS_OPTION_FLAGS, RUN_IDENTITY_IGNORED, build_parser, parse_args)
 from spl_losses.training.evaluation import evaluate_scores, predict_loader
@@ -44,7 +42,7 @@ from spl_losses.training.label_matrices import (check_index_column, dense_labels
                                                 has_full_labels, label_names)
 from spl_losses.training.linear_head import predict_linear, train_linear_epoch
 from spl_losses.training.loss_factory import build_loss, loss_takes, trainable_state_parameters
-from spl_losses.training.model_state import copy_linear_head, load_tensor_state, save_tensor_state, tensor_state
+from spl_losses.training.model_state import copy_linear_head, load_tensor_state, tensor_state
 from spl_losses.training.optim import build_optimizers, param_groups
 from spl_losses.training.progress import BestEpochTracker
 from spl_losses.training.run_files import (MetricsLog, check_output_dir, plot_val_map, read_json, write_config,
@@ -170,12 +168,10 @@ def create_model(args, num_classes: int) -> nn.Module:
 
 
 def timm_model_of(model: nn.Module) -> nn.Module:
-    """The stock timm model inside a wrapper (BoostLU) or the model itself."""
-    return getattr(model, "model", model) if args_is_wrapper(model) else model
+    """The stock timm model inside a BoostLU wrapper, or the model itself."""
+    from spl_losses.models import BoostLU
 
-
-def args_is_wrapper(model: nn.Module) -> bool:
-    return type(model).__name__ == "BoostLU"
+    return model.model if isinstance(model, BoostLU) else model
 
 
 # --------------------------------------------------------------------------------------------- run bookkeeping
@@ -395,8 +391,8 @@ def train_end_to_end(accelerator, args, data, settings, out: str, phase: str,
         two_views = create_two_view_transform(resolve_model_data_config(timm_model_of(model)),
                                               input_size=args.image_size)
     transform = protocol_transform(timm_model_of(model), args.image_size)
-    sampler = EpochPermutationSampler(data.num_train, args.seed)
-    train_loader = loader_for_split(data.ds["train"], transform, args.batch_size, sampler=sampler,
+    train_loader = loader_for_split(data.ds["train"], transform, args.batch_size,
+                                    sampler=EpochPermutationSampler(data.num_train, args.seed),
                                     workers=args.workers, two_view_transform=two_views)
     eval_bs = max(args.batch_size, 2 * accelerator.num_processes)
     val_loader = loader_for_split(data.ds["validation"], transform, eval_bs, workers=args.workers)

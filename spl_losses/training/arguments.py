@@ -5,7 +5,7 @@ flags given on the command line override them. A config key that is not a flag i
 ``search_grid`` (the grid of ``--search``).
 """
 import argparse
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 

@@ -4,7 +4,7 @@
 the last batch; the rows are then placed by the dataset's ``index`` column and the result is
 checked to hold every index exactly once.
 """
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 from torch import nn

@@ -6,7 +6,6 @@ dataset split's fingerprint and the mixed-precision mode of the extraction. File
 """
 import hashlib
 import os
-from typing import Optional
 
 import datasets
 import torch
