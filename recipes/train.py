@@ -109,9 +109,17 @@ def dataset_expected_num_pos(args, data) -> Tuple[Optional[float], str]:
     return (k, "estimated from clean validation labels") if k is not None else (None, "missing")
 
 
+def check_names(args) -> None:
+    """The loss and model names, before any data is loaded."""
+    get_loss_class(args.loss)  # unknown loss: the registry's message
+    if not timm.is_model(args.model):
+        close = timm.list_models(f"*{args.model.split('.')[0][:6]}*")[:8]
+        raise ValueError(f"unknown timm model {args.model!r}; similar names: {close}")
+
+
 def validate(args, data) -> Dict[str, Any]:
-    """Every check that can fail, before any work: returns the resolved loss settings."""
-    loss_cls = get_loss_class(args.loss)  # unknown loss: the registry's message
+    """Every check that needs the data, before any work: returns the resolved loss settings."""
+    loss_cls = get_loss_class(args.loss)
     multi_hot = getattr(loss_cls, "target_encoding", "observed") == "multi_hot"
     if multi_hot and data.train_full is None:
         raise ValueError(f"--loss {args.loss} trains on full labels, but the training labels of {args.dataset!r} are "
@@ -120,10 +128,6 @@ def validate(args, data) -> Dict[str, Any]:
     if args.val_set_variant == "clean" and data.val_full is None:
         raise ValueError(f"--val-set-variant clean needs full validation labels, which {args.dataset!r} lacks; "
                          "use --val-set-variant observed")
-    needs_backbone = data.kind == "image"
-    if needs_backbone and not timm.is_model(args.model):
-        close = timm.list_models(f"*{args.model.split('.')[0][:6]}*")[:8]
-        raise ValueError(f"unknown timm model {args.model!r}; similar names: {close}")
     if args.train_mode != "linear_fixed_features" and data.kind != "image":
         raise ValueError(f"--train-mode {args.train_mode} needs images, but {args.dataset!r} holds features; "
                          "use --train-mode linear_fixed_features")
@@ -489,10 +493,12 @@ def run(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str, A
     """Train one configuration into ``args.output_dir``; returns results (None when stopped early)."""
     accelerator = accelerator or make_accelerator(args)
     out = args.output_dir
-    data = load_data(args)
-    settings = validate(args, data)
+    check_names(args)  # cheap checks first: a dataset build can take long
     if args.train_mode != "linear_fixed_features":  # the linear head trains replicated on every process
         check_batch_split(accelerator, args.batch_size)
+    check_output_dir(out, resolved_config(args), RUN_IDENTITY_IGNORED + ("expected_num_pos",))
+    data = load_data(args)
+    settings = validate(args, data)
     config = resolved_config(args)
     config["expected_num_pos"] = settings["expected_num_pos"]
     check_output_dir(out, config, RUN_IDENTITY_IGNORED)
