@@ -12,7 +12,8 @@ estimator, handed over). Every epoch is validated; the best epoch by validation 
 scored on test. ``--search`` runs the batch-size x lr grid, one run after another, resumable.
 
 Outputs in ``--output-dir``: config.yaml, metrics.jsonl, results.json, val_map.png, model/ (timm
-export or LinearProbe, plus loss_state.safetensors), checkpoints/ (accelerate), best/.
+export or LinearProbe, plus loss_state.safetensors), checkpoints/ (accelerate save_state + the recipe's
+bookkeeping and best-epoch weights, last two epochs kept).
 ``--batch-size`` is the global batch, split over processes (accelerate ``split_batches``).
 """
 import argparse
@@ -187,7 +188,6 @@ class Run:
         self.tracker = BestEpochTracker()
         self.log = MetricsLog(os.path.join(out, "metrics.jsonl"))
         self.ckpt_root = os.path.join(out, "checkpoints")
-        self.best_dir = os.path.join(out, "best")
         self.best: Dict[str, Dict[str, torch.Tensor]] = {}
         self.start_epoch = 0
         self.epochs_this_call = 0
@@ -206,7 +206,6 @@ class Run:
         if ckpt is None:
             if acc.is_main_process:
                 shutil.rmtree(self.ckpt_root, ignore_errors=True)
-                shutil.rmtree(self.best_dir, ignore_errors=True)
                 os.makedirs(self.out, exist_ok=True)
                 self.log.keep_epochs_before(0)
             acc.wait_for_everyone()
@@ -219,8 +218,7 @@ class Run:
             opt.load_state_dict(opt_state)
         self.tracker.load_state_dict(state["tracker"])
         self.start_epoch = self.tracker.epochs_done
-        self.best = {name: load_file_state(os.path.join(self.best_dir, f"{name}.safetensors"))
-                     for name in modules if os.path.isfile(os.path.join(self.best_dir, f"{name}.safetensors"))}
+        self.best = state["best"]
         if acc.is_main_process:
             self.log.keep_epochs_before(self.start_epoch)
         acc.wait_for_everyone()
@@ -235,17 +233,17 @@ class Run:
                   "val_map_skip_empty": metrics["val_map_skip_empty"], "seconds": round(seconds, 3)}
         if self.tracker.update(epoch, metrics["val_map"]):
             self.best = {name: tensor_state(module) for name, module in modules.items()}
-            if acc.is_main_process:
-                for name, state in self.best.items():
-                    save_state_file(state, os.path.join(self.best_dir, f"{name}.safetensors"))
         record["best_epoch"] = self.tracker.best_epoch
+        if acc.is_main_process:  # logged first: a resumed run drops records past its checkpoint
+            self.log.append(record)
         ckpt = os.path.join(self.ckpt_root, f"epoch_{epoch:03d}")
         acc.save_state(ckpt, safe_serialization=False)
-        if acc.is_main_process:
-            self.log.append(record)
+        if acc.is_main_process:  # recipe_state.pt, written last and atomically, marks a complete checkpoint
+            tmp = os.path.join(ckpt, "recipe_state.pt.tmp")
             torch.save({"modules": {n: m.state_dict() for n, m in modules.items()},
                         "optimizers": [o.state_dict() for o in optimizers],
-                        "tracker": self.tracker.state_dict()}, os.path.join(ckpt, "recipe_state.pt"))
+                        "tracker": self.tracker.state_dict(), "best": self.best}, tmp)
+            os.replace(tmp, os.path.join(ckpt, "recipe_state.pt"))
             for old in sorted(os.listdir(self.ckpt_root))[:-2]:
                 shutil.rmtree(os.path.join(self.ckpt_root, old), ignore_errors=True)
         acc.wait_for_everyone()
@@ -275,19 +273,6 @@ class Run:
             plot_val_map(os.path.join(self.out, "val_map.png"), {self.phase: records},
                          title=f"{extra.get('loss')} / {extra.get('train_mode')}")
         return results
-
-
-def load_file_state(path: str) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path)
-
-
-def save_state_file(state: Dict[str, torch.Tensor], path: str) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file(state, path)
 
 
 def results_extra(args, data, settings, phase_args) -> Dict[str, Any]:
