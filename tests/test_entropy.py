@@ -61,9 +61,11 @@ def make_apl(**kwargs):
 
 def run_rounds(loss):
     loss.set_epoch(0)  # t = 1: still warm-up
+    assert loss.needs_predictions and not loss.predictions_due
     assert loss.update_from_predictions(PROBS_ROUND1) is None
     assert not loss.pseudo_mask.any()
     loss.set_epoch(1)  # t = 2 = T_w: first round
+    assert loss.predictions_due
     added = loss.update_from_predictions(PROBS_ROUND1)
     assert added.tolist() == [2, 1]
     assert loss.initial_unknown.tolist() == [6, 4]
@@ -188,3 +190,21 @@ def test_dataset_defaults_match_spec():
     assert (loss.alpha, loss.beta) == (0.2, 0.02)
     default = create_loss("em_apl", num_classes=2, num_examples=8)  # defaults are COCO's
     assert (default.alpha, default.beta, default.warmup_epochs, default.num_epochs, default.theta) == (0.1, 0.9, 5, 10, 0.9)
+
+
+def test_predictions_due_follows_the_warm_up_and_defaults_to_needs_predictions():
+    loss = make_apl(warmup_epochs=3, num_epochs=6)
+    due = []
+    for epoch in range(6):
+        loss.set_epoch(epoch)
+        due.append(loss.predictions_due)
+    assert due == [False, False, True, True, True, True]  # 1-based t >= T_w = 3
+    assert make_apl(warmup_epochs=0).predictions_due  # no warm-up: due from the first epoch
+    # stateless and other losses: the default is needs_predictions
+    assert create_loss("em", num_classes=2).predictions_due is False
+    em_apl_state = make_apl().state_dict()
+    restored = make_apl()
+    restored.set_epoch(0)
+    em_apl_state["_extra_state"] = {"epoch": 1}
+    restored.load_state_dict(em_apl_state)
+    assert restored.predictions_due  # the epoch travels with the state

@@ -10,7 +10,9 @@ Training-state protocol (one thing, the same for every loss; stateless losses in
   Losses with per-example state set ``requires_index = True`` and raise ValueError without it.
 - ``loss.update_from_predictions(probs)``: losses with ``needs_predictions = True`` want, after
   each epoch, the (N, C) sigmoid probabilities of the model on the whole training set, row i
-  being example ``index == i``.
+  being example ``index == i``. ``loss.predictions_due`` says whether the epoch just finished
+  (``self.epoch``, still set) wants them: ``needs_predictions`` by default, False while the update
+  would do nothing (e.g. ``em_apl``'s warm-up), so a loop can skip the training-set inference pass.
 - All state (epoch, label matrices, estimators) lives in the module's ``state_dict``, so saving
   the loss with the model (or with ``accelerate``'s checkpointing) and loading it continues training
   exactly.
@@ -23,7 +25,7 @@ Example loop::
         for batch in loader:
             loss = loss_fn(model(batch["image"]), batch["targets"], index=batch["index"])
             ...
-        if loss_fn.needs_predictions:
+        if loss_fn.predictions_due:  # needs_predictions, and this epoch's update would change the state
             loss_fn.update_from_predictions(predict_probs(model, train_set))  # (N, C)
 """
 from typing import Any, Dict, Optional, Tuple
@@ -134,6 +136,16 @@ class SPLoss(nn.Module):
         self.epoch = 0
 
     # ----------------------------------------------------------------- protocol
+    @property
+    def predictions_due(self) -> bool:
+        """Whether to call :meth:`update_from_predictions` after the epoch just finished (``self.epoch``).
+
+        ``needs_predictions`` unless a subclass knows this epoch's update would change nothing (then a
+        training loop can skip the full training-set inference pass). Read it after the epoch's batches,
+        before the next ``set_epoch``.
+        """
+        return bool(self.needs_predictions)
+
     def set_epoch(self, epoch: int) -> None:
         """Set the current epoch (0-based) for losses with epoch schedules.
 

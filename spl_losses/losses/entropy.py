@@ -218,6 +218,12 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
         # EM on entries still unknown; the soft-negative BCE on pseudo-labelled ones.
         return self.fused_mean(logits, targets, pseudo, soft)
 
+    @property
+    def predictions_due(self) -> bool:
+        """False during the warm-up (1-based epoch ``self.epoch + 1 < warmup_epochs``), where
+        :meth:`update_from_predictions` is a no-op: the training-set inference pass can be skipped."""
+        return self.epoch + 1 >= self.warmup_epochs
+
     @torch.no_grad()
     def update_from_predictions(self, probs: torch.Tensor) -> Optional[torch.Tensor]:
         """Add this round's soft negatives (a no-op before epoch ``warmup_epochs``, 1-based).
