@@ -15,7 +15,10 @@ Examples::
 Images are resized to a square of ``--image-size`` without cropping (the training protocol, SPEC §5) and
 normalised with the model's pretrained config; the default size is the training ``image_size`` recorded
 with the checkpoint (the run's config.yaml, or the training_config.yaml published beside the model), else
-the model's configured input size.
+the model's configured input size (recipes/train.py records the training preprocessing in config.json).
+
+A BoostLU run (``boostlu_alpha`` in the checkpoint's config.json) is scored with
+``spl_losses.models.BoostLU(model, alpha)``, as in training: plain timm loading gives the un-boosted logits.
 """
 import argparse
 import json
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import yaml
 
 SPLITS = ("train", "validation", "test")
 
@@ -36,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run directory, model folder, local-dir:PATH or hf-hub:ORG/NAME")
     parser.add_argument("--dataset", required=True, help="builder name, saved/Parquet folder or Hub dataset id")
     parser.add_argument("--data-dir", default=None, help="raw data root of a builder dataset")
+    parser.add_argument("--dataset-kwargs", default=None, type=yaml.safe_load,
+                        help="YAML/JSON mapping of extra builder options, as recipes/train.py's flag")
     parser.add_argument("--seed", type=int, default=1200, help="single-positive seed of the dataset")
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--labels", default="full", choices=("full", "observed"),
@@ -184,16 +190,19 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     from spl_losses.hub import load_exported_model
     from spl_losses.labels import indices_to_dense
     from spl_losses.metrics import compute_metrics
+    from spl_losses.models import BoostLU
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = load_exported_model(args.checkpoint)
-    split = load_spml_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)[args.split]
+    model = load_exported_model(args.checkpoint, apply_boostlu=True)
+    kwargs = dict(args.dataset_kwargs or {})
+    split = load_spml_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed, **kwargs)[args.split]
     class_names = list(split.features["labels"].feature.names)
     check_classes(model, class_names)
     if "image" in split.column_names and hasattr(model, "pretrained_cfg"):
-        transform = image_transform(model, args.image_size or run_image_size(args.checkpoint))
+        timm_model = model.model if isinstance(model, BoostLU) else model
+        transform = image_transform(timm_model, args.image_size or run_image_size(args.checkpoint))
     elif "features" in split.column_names and not hasattr(model, "pretrained_cfg"):
         transform = None
     else:
@@ -204,7 +213,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     targets = indices_to_dense(split[column], len(class_names))
     metrics = compute_metrics(logits, targets)
     return {"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split, "labels": args.labels,
-            "num_examples": len(split), "metrics": metrics}
+            "num_examples": len(split), "boostlu_alpha": model.alpha if isinstance(model, BoostLU)
+            else None, "metrics": metrics}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

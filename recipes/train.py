@@ -38,7 +38,7 @@ from spl_losses.training.arguments import (LOSS_OPTION_FLAGS, RUN_IDENTITY_IGNOR
 from spl_losses.training.evaluation import evaluate_scores, predict_loader
 from spl_losses.training.features import (default_cache_dir, extract_or_load_features, feature_cache_path,
                                           weights_fingerprint)
-from spl_losses.training.image_data import flip_images, loader_for_split, protocol_transform
+from spl_losses.training.image_data import flip_images, loader_for_split, protocol_data_config, protocol_transform
 from spl_losses.training.label_matrices import (check_index_column, dense_labels, estimate_expected_num_pos,
                                                 has_full_labels, label_names)
 from spl_losses.training.linear_head import predict_linear, train_linear_epoch
@@ -110,17 +110,81 @@ def dataset_expected_num_pos(args, data) -> Tuple[Optional[float], str]:
     return (k, "estimated from clean validation labels") if k is not None else (None, "missing")
 
 
+CHECKPOINT_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+def is_checkpoint_name(model: str) -> bool:
+    """``hf-hub:ORG/NAME`` or ``local-dir:PATH``: a published checkpoint that timm resolves."""
+    return model.startswith(CHECKPOINT_PREFIXES)
+
+
 def check_names(args) -> None:
     """The loss and model names, before any data is loaded."""
     get_loss_class(args.loss)  # unknown loss: the registry's message
+    if args.feature_backbone and not timm.is_model(args.feature_backbone):
+        raise ValueError(f"--feature-backbone {args.feature_backbone!r} is not a timm model name")
+    if is_checkpoint_name(args.model):
+        if args.model.startswith("local-dir:"):
+            folder = args.model[len("local-dir:"):]
+            if not os.path.isfile(os.path.join(folder, "config.json")):
+                raise ValueError(f"--model {args.model}: no config.json in {folder!r} (expected a model folder "
+                                 "saved by timm.models.save_for_hf, e.g. OUTPUT_DIR/model of recipes/train.py)")
+        return
     if not timm.is_model(args.model):
         close = timm.list_models(f"*{args.model.split('.')[0][:6]}*")[:8]
         raise ValueError(f"unknown timm model {args.model!r}; similar names: {close}")
 
 
+def check_checkpoint_classes(args, data) -> None:
+    """``--model hf-hub:/local-dir:`` with ``--pretrained``: the checkpoint's class count must be the dataset's
+    (timm would otherwise silently drop the trained classifier)."""
+    if not (is_checkpoint_name(args.model) and args.pretrained):
+        return
+    from spl_losses.hub import read_model_config
+
+    config = read_model_config(args.model)
+    classes = config.get("num_classes")
+    if classes is not None and int(classes) != data.num_classes:
+        raise ValueError(f"--model {args.model} predicts {classes} classes but {args.dataset!r} has "
+                         f"{data.num_classes}; continue training on a dataset with the checkpoint's classes, or "
+                         "start from a timm backbone name")
+    names = config.get("label_names")
+    if isinstance(names, list) and list(names) != list(data.names):
+        print(f"note: --model {args.model} has the same class count as {args.dataset!r} but other class names")
+
+
+def resolve_init_loss_state(args, probe_loss) -> Tuple[Optional[str], str]:
+    """Where the loss state starts from: ``(source or None, a line for the log)``.
+
+    An explicit ``--init-loss-state SOURCE`` must fit ``probe_loss`` (ValueError naming the shapes);
+    ``auto`` loads ``--model``'s state only when it is a checkpoint with ``--pretrained`` and the state fits.
+    """
+    from spl_losses.hub import has_loss_state, load_loss_state
+
+    choice = args.init_loss_state
+    if choice in (None, "", "none"):
+        return None, "loss state: fresh (--init-loss-state none)"
+    if choice != "auto":
+        try:
+            load_loss_state(probe_loss, choice)
+        except ValueError as err:
+            raise ValueError(f"--init-loss-state {choice}: {err}") from err
+        return choice, f"loss state: loaded from {choice}"
+    if not is_checkpoint_name(args.model) or not args.pretrained:
+        return None, None
+    if not has_loss_state(args.model):
+        return None, f"loss state: fresh ({args.model} holds no loss_state.safetensors)"
+    try:
+        load_loss_state(probe_loss, args.model)
+    except ValueError as err:
+        return None, f"loss state: fresh, the one in {args.model} does not fit ({err})"
+    return args.model, f"loss state: loaded from {args.model} (--init-loss-state none to start fresh)"
+
+
 def validate(args, data) -> Dict[str, Any]:
     """Every check that needs the data, before any work: returns the resolved loss settings."""
     loss_cls = get_loss_class(args.loss)
+    check_checkpoint_classes(args, data)
     multi_hot = getattr(loss_cls, "target_encoding", "observed") == "multi_hot"
     if multi_hot and data.train_full is None:
         raise ValueError(f"--loss {args.loss} trains on full labels, but the training labels of {args.dataset!r} are "
@@ -148,10 +212,21 @@ def validate(args, data) -> Dict[str, Any]:
             raise ValueError(f"--loss {args.loss} needs k, the expected number of positives per image: "
                              f"{args.dataset!r} is not a benchmark with a known k and has no clean validation "
                              "labels to estimate it from; pass --expected-num-pos")
-    # build once on CPU to surface bad options now
-    build_loss(args.loss, data.num_classes, data.num_train, data.train_observed, k, args.epochs, args.seed,
-               options=options)
-    return {"options": options, "expected_num_pos": k, "expected_num_pos_source": k_source, "multi_hot": multi_hot}
+    # build once on CPU to surface bad options now (and whether a loss state to start from fits it)
+    probe_loss = build_loss(args.loss, data.num_classes, data.num_train, data.train_observed, k, args.epochs,
+                            args.seed, options=options)
+    state_source, state_note = resolve_init_loss_state(args, probe_loss)
+    return {"options": options, "expected_num_pos": k, "expected_num_pos_source": k_source, "multi_hot": multi_hot,
+            "init_loss_state": state_source, "init_loss_state_note": state_note}
+
+
+def init_loss_state(loss_fn: nn.Module, settings: Dict[str, Any]) -> None:
+    """Load the loss state chosen by :func:`resolve_init_loss_state` (before training; ``--resume`` then
+    restores its checkpoint over it)."""
+    if settings.get("init_loss_state"):
+        from spl_losses.hub import load_loss_state
+
+        load_loss_state(loss_fn, settings["init_loss_state"])
 
 
 def check_batch_split(accelerator, *batch_sizes: int) -> None:
@@ -177,6 +252,12 @@ def timm_model_of(model: nn.Module) -> nn.Module:
     from spl_losses.models import BoostLU
 
     return model.model if isinstance(model, BoostLU) else model
+
+
+def predictions_due(loss_fn: nn.Module) -> bool:
+    """Whether the loss wants the training-set predictions after the epoch just finished (the loss protocol's
+    ``predictions_due``; ``needs_predictions`` for losses that predate it)."""
+    return bool(getattr(loss_fn, "predictions_due", getattr(loss_fn, "needs_predictions", False)))
 
 
 # --------------------------------------------------------------------------------------------- run bookkeeping
@@ -316,6 +397,7 @@ def train_linear(accelerator, args, data, settings, out: str, phase: str, epochs
     loss_fn = build_loss(args.loss, data.num_classes, data.num_train, data.train_observed,
                          settings["expected_num_pos"], epochs, args.seed, sparse=args.sparse_estimator,
                          options=settings["options"])
+    init_loss_state(loss_fn, settings)
     head, loss_fn = head.to(device), loss_fn.to(device)
     state_params = trainable_state_parameters(loss_fn)
     sparse = args.sparse_estimator and any(getattr(m, "sparse", False) for m in loss_fn.modules())
@@ -336,7 +418,7 @@ def train_linear(accelerator, args, data, settings, out: str, phase: str, epochs
         order = epoch_permutation(data.num_train, args.seed, epoch).to(device)
         train_loss = train_linear_epoch(head, loss_fn, optimizers, x_train, y_train, order, batch_size,
                                         autocast=accelerator.autocast if args.mixed_precision != "no" else None)
-        if getattr(loss_fn, "needs_predictions", False):
+        if predictions_due(loss_fn):
             loss_fn.update_from_predictions(torch.sigmoid(predict_linear(head, x_train)))
         val_scores = predict_linear(head, x_val).cpu()
         if run.end_epoch(epoch, train_loss, val_scores, val_labels, modules, optimizers, time.perf_counter() - start):
@@ -369,6 +451,8 @@ def train_end_to_end(accelerator, args, data, settings, out: str, phase: str,
         init_state = tensor_state(init.loss)
         if init_state:
             load_tensor_state(loss_fn, init_state)
+    else:
+        init_loss_state(loss_fn, settings)
     contrastive = None
     two_views = None
     if args.cl:
@@ -386,7 +470,6 @@ def train_end_to_end(accelerator, args, data, settings, out: str, phase: str,
     eval_bs = max(args.batch_size, 2 * accelerator.num_processes)
     val_loader = loader_for_split(data.ds["validation"], transform, eval_bs, workers=args.workers)
     test_loader = loader_for_split(data.ds["test"], transform, eval_bs, workers=args.workers)
-    needs_predictions = getattr(loss_fn, "needs_predictions", False)
     train_eval_loader = loader_for_split(data.ds["train"], transform, eval_bs, workers=args.workers)
 
     classifier = timm_model_of(model).get_classifier()
@@ -427,7 +510,7 @@ def train_end_to_end(accelerator, args, data, settings, out: str, phase: str,
             total += loss_value.detach()
             batches += 1
         train_loss = float(accelerator.reduce(total, "mean")) / max(batches, 1)
-        if needs_predictions:
+        if predictions_due(unwrapped.loss):
             probs = torch.sigmoid(predict_loader(unwrapped.model, train_eval_loader, accelerator, data.num_train,
                                                  show_progress=show, description="train predictions"))
             unwrapped.loss.update_from_predictions(probs.to(device))
@@ -456,12 +539,17 @@ def export(accelerator, args, data, outcome, out: str) -> None:
         model_config = {"label_names": data.names}
         if args.boostlu:  # the stock timm model is saved; logits at test time were BoostLU's (alpha below)
             model_config["boostlu_alpha"] = args.boostlu_alpha
-        timm.models.save_for_hf(model, model_dir, model_config=model_config, safe_serialization=True)
+        # the training preprocessing (squash to image_size, no crop), not timm's default for the architecture
+        timm.models.save_for_hf(model, model_dir, model_config=model_config, safe_serialization=True,
+                                data_config=protocol_data_config(model, args.image_size))
     else:
-        from spl_losses.models.linear_probe import LinearProbe
+        from spl_losses.models.linear_probe import LinearProbe, preprocessing_from_timm
 
+        preprocessing = None
+        if args.feature_backbone:  # the features came from this timm model: record what it expects
+            preprocessing = preprocessing_from_timm(timm.create_model(args.feature_backbone, pretrained=False))
         probe = LinearProbe(outcome.in_features, data.num_classes, label_names=data.names,
-                            backbone=getattr(args, "feature_backbone", None))
+                            backbone=args.feature_backbone, preprocessing=preprocessing)
         probe.fc.load_state_dict(outcome.head.state_dict())
         probe.save_pretrained(model_dir)
     from spl_losses.hub import save_loss_state
@@ -481,18 +569,21 @@ def run(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str, A
     check_names(args)  # cheap checks first: a dataset build can take long
     if args.train_mode != "linear_fixed_features":  # the linear head trains replicated on every process
         check_batch_split(accelerator, args.batch_size)
-    check_output_dir(out, resolved_config(args), RUN_IDENTITY_IGNORED + ("expected_num_pos",))
+    defaults = vars(build_parser().parse_args([]))
+    check_output_dir(out, resolved_config(args), RUN_IDENTITY_IGNORED + ("expected_num_pos",), defaults)
     data = load_data(args)
     settings = validate(args, data)
     config = resolved_config(args)
     config["expected_num_pos"] = settings["expected_num_pos"]
-    check_output_dir(out, config, RUN_IDENTITY_IGNORED)
+    check_output_dir(out, config, RUN_IDENTITY_IGNORED, defaults)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_config(out, config)
     if args.log_with:
         accelerator.init_trackers("logs",
                                   config={k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
+    if settings["init_loss_state_note"]:
+        accelerator.print(settings["init_loss_state_note"])
     if settings["expected_num_pos"] is not None:
         accelerator.print(f"k (expected positives) = {settings['expected_num_pos']:.3f} "
                           f"({settings['expected_num_pos_source']})")

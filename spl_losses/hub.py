@@ -14,7 +14,9 @@ A run directory of ``recipes/train.py`` (see the run-directory contract) holds `
   conventions, the method's citation, a usage snippet).
 - :func:`save_loss_state` / :func:`load_loss_state`: the loss's ``state_dict`` (ROLE estimator, LL-Cp /
   APL label matrices, epoch) in safetensors, to continue training.
-- :func:`load_exported_model`: a run dir, a model dir, ``local-dir:PATH`` or ``hf-hub:ORG/NAME`` -> module.
+- :func:`load_exported_model`: a run dir, a model dir, ``local-dir:PATH`` or ``hf-hub:ORG/NAME`` -> module
+  (``apply_boostlu=True`` wraps a BoostLU run's model in :class:`~spl_losses.models.BoostLU`, as it was
+  scored); :func:`read_model_config`: its config.json.
 
 Failures of a push (no token, the Hub unreachable, a token the Hub rejects, a repo that already holds
 something else) raise :class:`HubPushError` with a message saying what to do; the local export is
@@ -42,6 +44,8 @@ __all__ = [
     "save_loss_state",
     "load_loss_state",
     "load_exported_model",
+    "read_model_config",
+    "has_loss_state",
     "read_run",
 ]
 
@@ -278,19 +282,28 @@ def build_model_card(
 
     lines += ["## Usage", ""]
     size = config.get("image_size") or (model_config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
+    alpha = model_config.get("boostlu_alpha")
     if timm_export:
-        lines += ["```python", "import timm, torch", "from PIL import Image", "",
-                  f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
-                  "cfg = timm.data.resolve_data_config({}, model=model)",
-                  f"# as in training: resize to {size}x{size} without cropping, the model's normalisation",
-                  f"transform = timm.data.create_transform(input_size=(3, {size}, {size}), crop_pct=1.0, "
-                  'crop_mode="squash",',
-                  '                                        interpolation=cfg["interpolation"], mean=cfg["mean"], '
-                  'std=cfg["std"])',
+        lines += ["```python", "import timm, torch", "from PIL import Image"]
+        if alpha is not None:
+            lines += ["from spl_losses.models import BoostLU"]
+        lines += ["", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()']
+        if alpha is not None:
+            lines += [f"# trained and scored with BoostLU (alpha {alpha}): plain timm gives the un-boosted logits",
+                      f"model = BoostLU(model, alpha={alpha}).eval()"]
+        lines += [f"# the training preprocessing, recorded in config.json: squash to {size}x{size} (no crop), "
+                  "the model's normalisation",
+                  "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
                   'label_names = model.pretrained_cfg["label_names"]',
                   "with torch.no_grad():",
                   '    probs = torch.sigmoid(model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)))[0]',
                   "print({label_names[i]: round(float(p), 3) for i, p in enumerate(probs) if p > 0.5})", "```", ""]
+        if alpha is not None:
+            lines += [f"This model was trained with BoostLU (alpha {alpha}) and the results above were measured "
+                      "with it. The weights are those of the stock timm model, so "
+                      "`timm.create_model` alone loads it and gives the **un-boosted** logits; wrap it in "
+                      "`spl_losses.models.BoostLU` as above to reproduce the reported mAP "
+                      "(`recipes/evaluate.py` does so).", ""]
     else:
         lines += ["```python", "import torch", "from spl_losses.models import LinearProbe", "",
                   f'probe = LinearProbe.from_pretrained("{repo_id}").eval()',
@@ -564,16 +577,79 @@ def load_loss_state(loss: nn.Module, source: PathLike, token: Optional[str] = No
 
 
 # ---------------------------------------------------------------------------------------------- load
-def load_exported_model(checkpoint: PathLike, token: Optional[str] = None) -> nn.Module:
-    """Load an exported model: a timm model (``save_for_hf`` format) or a LinearProbe.
+def read_model_config(checkpoint: PathLike, token: Optional[str] = None) -> Dict[str, Any]:
+    """The config.json of an exported model (timm's ``save_for_hf`` or a LinearProbe's).
 
     Args:
         checkpoint: A run directory, its ``model/`` folder, ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
         token: Hub token for a private repo.
 
     Returns:
+        The parsed config.json (a timm export has ``architecture``, ``num_classes``, ``pretrained_cfg``,
+        ``label_names`` and, for a BoostLU run, ``boostlu_alpha``).
+    """
+    checkpoint = str(checkpoint)
+    if checkpoint.startswith(_HUB_PREFIX):
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(checkpoint[len(_HUB_PREFIX):], "config.json", token=token)
+    else:
+        if checkpoint.startswith(_LOCAL_PREFIX):
+            checkpoint = checkpoint[len(_LOCAL_PREFIX):]
+        path = _model_dir(Path(checkpoint)) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"no exported model at {checkpoint!r}: expected a run directory, a model folder with "
+                             "config.json, local-dir:PATH or hf-hub:ORG/NAME")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json of {checkpoint!r} must hold a mapping, got {type(config).__name__}")
+    return config
+
+
+def has_loss_state(checkpoint: PathLike, token: Optional[str] = None) -> bool:
+    """Whether a checkpoint holds a ``loss_state.safetensors`` (loadable with :func:`load_loss_state`).
+
+    Args:
+        checkpoint: A run directory, a model folder, ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
+        token: Hub token for a private repo.
+    """
+    checkpoint = str(checkpoint)
+    if checkpoint.startswith(_HUB_PREFIX):
+        from huggingface_hub import file_exists
+
+        return file_exists(checkpoint[len(_HUB_PREFIX):], LOSS_STATE_FILENAME, token=token)
+    try:
+        _resolve_loss_state_file(checkpoint, token)
+    except ValueError:
+        return False
+    return True
+
+
+def load_exported_model(checkpoint: PathLike, token: Optional[str] = None, apply_boostlu: bool = False) -> nn.Module:
+    """Load an exported model: a timm model (``save_for_hf`` format) or a LinearProbe.
+
+    Args:
+        checkpoint: A run directory, its ``model/`` folder, ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
+        token: Hub token for a private repo.
+        apply_boostlu: When the checkpoint's config.json has ``boostlu_alpha`` (a BoostLU run: the stock
+            timm model is saved, but its logits were BoostLU's when it was validated and tested), return
+            ``spl_losses.models.BoostLU(model, alpha)``; otherwise the plain model (un-boosted logits).
+
+    Returns:
         The model, in eval mode.
     """
+    model = _load_exported_model(checkpoint, token)
+    if apply_boostlu:
+        alpha = read_model_config(checkpoint, token).get("boostlu_alpha")
+        if alpha is not None:
+            from .models import BoostLU
+
+            model = BoostLU(model, alpha=float(alpha)).eval()
+    return model
+
+
+def _load_exported_model(checkpoint: PathLike, token: Optional[str] = None) -> nn.Module:
     import timm
 
     from .models.linear_probe import LinearProbe

@@ -236,8 +236,6 @@ def test_recipe_push_to_hub_then_fresh_process_load_online_and_offline(hub, tmp_
     torch.testing.assert_close(torch.load(tmp_path / "offline.pt")["logits"], expected)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="recipes/train.py validate() checks --model with timm.is_model, which rejects hf-hub: names")
 def test_recipe_continues_training_from_a_hub_checkpoint(hub, tmp_path):
     """``recipes/train.py --model hf-hub:ORG/NAME --pretrained true`` starts from the published weights
     (with a vanishing learning rate the exported parameters are the published ones)."""

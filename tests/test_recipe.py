@@ -82,6 +82,13 @@ def test_train_modes_leave_the_run_contract(tmp_path, data_cache, mode, loss):
 
     model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
     assert json.load(open(out / "model" / "config.json"))["label_names"] == saved["label_names"]
+    # the export records the training preprocessing (16 px squashed, no crop; test_resnet's own mean/std and
+    # interpolation), not timm's default for the architecture (160 px, crop 0.95, center)
+    data_config = timm.data.resolve_data_config({}, model=model)
+    assert data_config["input_size"] == (3, 16, 16)
+    assert data_config["crop_pct"] == 1.0 and data_config["crop_mode"] == "squash"
+    assert data_config["interpolation"] == "bilinear"
+    assert tuple(data_config["mean"]) == (0.5, 0.5, 0.5) and tuple(data_config["std"]) == (0.5, 0.5, 0.5)
     if loss == "role":
         from safetensors.torch import load_file
 
@@ -143,7 +150,8 @@ def test_features_dataset_trains_a_linear_probe(tmp_path):
     datasets.DatasetDict({"train": split(48), "validation": split(24), "test": split(24)}).save_to_disk(str(path))
     out = tmp_path / "run"
     recipe.main(["--dataset", str(path), "--train-mode", "linear_fixed_features", "--loss", "epr", "--epochs", "4",
-                 "--batch-size", "8", "--lr", "0.1", "--no-progress", "--output-dir", str(out)])
+                 "--batch-size", "8", "--lr", "0.1", "--no-progress", "--output-dir", str(out),
+                 "--feature-backbone", "test_resnet"])
     results = read(out)
     cfg = yaml.safe_load(open(out / "config.yaml"))
     # k for a non-benchmark dataset: mean positives per row of the clean validation labels
@@ -154,6 +162,11 @@ def test_features_dataset_trains_a_linear_probe(tmp_path):
 
     probe = LinearProbe.from_pretrained(str(out / "model"))
     assert probe.label_names == names and probe.in_features == 3
+    # --feature-backbone: the probe says which timm model makes its features and how it preprocesses images
+    # (test_resnet's pretrained config: 160 px, bilinear, crop 0.95 center, mean = std = 0.5)
+    assert probe.backbone == "test_resnet"
+    assert probe.preprocessing == {"input_size": [3, 160, 160], "interpolation": "bilinear", "mean": [0.5] * 3,
+                                   "std": [0.5] * 3, "crop_pct": 0.95, "crop_mode": "center"}
 
 
 @pytest.mark.parametrize("extra", [["--cl", "--cl-coef", "0.5", "--loss", "an"], ["--boostlu", "--loss", "ll_r"]])
@@ -164,6 +177,36 @@ def test_contrastive_and_boostlu_options_train_end_to_end(tmp_path, data_cache, 
     assert 0 < results["test_map"] <= 100
     model_config = json.load(open(out / "model" / "config.json"))
     assert ("boostlu_alpha" in model_config) == ("--boostlu" in extra)
+
+
+def test_em_apl_warm_up_epochs_skip_the_training_set_predictions(tmp_path, data_cache, monkeypatch):
+    """predictions_due: with 2 warm-up epochs of 3, only epochs 2 and 3 (1-based) predict the training set."""
+    calls = []
+    original = recipe.predict_linear
+
+    def counting(head, x):
+        calls.append(x.shape[0])
+        return original(head, x)
+
+    monkeypatch.setattr(recipe, "predict_linear", counting)
+    recipe.main(tiny_flags(data_cache, tmp_path / "apl", "--train-mode", "linear_fixed_features", "--loss", "em_apl",
+                           "--epochs", "3", "--warmup-epochs", "2"))
+    assert calls.count(64) == 2  # training set (64 rows): not in the first epoch
+    assert calls.count(30) == 3 and calls.count(31) == 1  # validation every epoch, test once
+
+
+def test_checkpoint_with_other_class_count_is_refused_before_training(tmp_path, data_cache):
+    import timm
+
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=4), tmp_path / "four", safe_serialization=True)
+    out = tmp_path / "run"
+    flags = tiny_flags(data_cache, out, "--loss", "an", model=f"local-dir:{tmp_path / 'four'}")
+    flags[flags.index("--pretrained") + 1] = "true"
+    with pytest.raises(ValueError, match=r"predicts 4 classes but 'digits_mosaic' has 10"):
+        recipe.main(flags)
+    assert not (out / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match="no config.json"):
+        recipe.main(tiny_flags(data_cache, out, "--loss", "an", model=f"local-dir:{tmp_path / 'nowhere'}"))
 
 
 # ----------------------------------------------------------------------------------------- resume, bf16, search

@@ -60,7 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--cache-dir", default=None, help="feature cache folder (default: ~/.cache/spl_losses/features)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet50", help="any timm model name")
+    g.add_argument("--model", default="resnet50",
+                   help="any timm model name, or a published checkpoint: hf-hub:ORG/NAME or local-dir:PATH (a model "
+                        "folder of recipes/train.py); with --pretrained its weights are the start (its class count "
+                        "must match the dataset's)")
+    g.add_argument("--init-loss-state", default="auto",
+                   help="start the loss's state (ROLE estimator, LL-Cp / APL matrices, epoch) from SOURCE's "
+                        "loss_state.safetensors: a run dir, model dir, .safetensors file or hf-hub:ORG/NAME (an error "
+                        "if it does not fit this loss and dataset); 'auto': from --model's checkpoint when it is "
+                        "hf-hub:/local-dir: with --pretrained and holds a state that fits (same loss, same (N, C)), "
+                        "else a fresh state (the log says which); 'none': always fresh")
+    g.add_argument("--feature-backbone", default=None,
+                   help="features datasets: the timm model the 'features' column came from; the exported LinearProbe "
+                        "records it with its timm preprocessing")
     g.add_argument("--pretrained", type=_str2bool, default=True, nargs="?", const=True)
     g.add_argument("--model-kwargs", default=None, type=yaml.safe_load, help="extra timm.create_model kwargs (YAML)")
     g.add_argument("--boostlu", type=_str2bool, default=False, nargs="?", const=True, help="BoostLU model wrapper")

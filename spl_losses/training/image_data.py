@@ -8,7 +8,24 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from timm.data import create_transform, resolve_model_data_config
 
-__all__ = ["protocol_transform", "loader_for_split", "flip_images"]
+__all__ = ["protocol_data_config", "protocol_transform", "loader_for_split", "flip_images"]
+
+
+def protocol_data_config(model: torch.nn.Module, image_size: int) -> Dict[str, Any]:
+    """The protocol's preprocessing as a timm data config: squash to ``image_size`` × ``image_size``
+    (``crop_pct`` 1.0, ``crop_mode`` "squash"), the model's interpolation, mean and std.
+
+    Passed to ``timm.models.save_for_hf(..., data_config=...)`` so an exported model's ``pretrained_cfg``
+    records the preprocessing it was trained with.
+
+    Args:
+        model: The timm model (its pretrained config gives mean, std and interpolation).
+        image_size: Side in pixels (448 in the protocol).
+    """
+    cfg = resolve_model_data_config(model)
+    return {"input_size": (3, image_size, image_size), "crop_pct": 1.0, "crop_mode": "squash",
+            "interpolation": cfg.get("interpolation", "bilinear"), "mean": tuple(cfg["mean"]),
+            "std": tuple(cfg["std"])}
 
 
 def protocol_transform(model: torch.nn.Module, image_size: int):
@@ -18,10 +35,7 @@ def protocol_transform(model: torch.nn.Module, image_size: int):
         model: The timm model (its pretrained config gives mean, std and interpolation).
         image_size: Side in pixels (448 in the protocol).
     """
-    cfg = resolve_model_data_config(model)
-    return create_transform(input_size=(3, image_size, image_size), is_training=False, crop_pct=1.0,
-                            crop_mode="squash", interpolation=cfg.get("interpolation", "bilinear"),
-                            mean=cfg["mean"], std=cfg["std"])
+    return create_transform(is_training=False, **protocol_data_config(model, image_size))
 
 
 class _ApplyTransform:

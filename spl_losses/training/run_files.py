@@ -2,7 +2,7 @@
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 
@@ -20,13 +20,16 @@ def run_identity(config: Mapping[str, Any], ignored: Sequence[str]) -> Dict[str,
     return {k: v for k, v in config.items() if k not in ignored}
 
 
-def check_output_dir(output_dir: str, config: Mapping[str, Any], ignored: Sequence[str]) -> None:
+def check_output_dir(output_dir: str, config: Mapping[str, Any], ignored: Sequence[str],
+                     defaults: Optional[Mapping[str, Any]] = None) -> None:
     """Refuse an output directory whose config.yaml describes a different run.
 
     Args:
         output_dir: The run directory.
         config: This run's resolved arguments.
         ignored: Keys left out of the comparison.
+        defaults: Flag defaults: a key missing from an older config.yaml (a flag added since) counts as its
+            default, so adding a flag does not orphan earlier runs.
 
     Raises:
         ValueError: naming the keys that differ.
@@ -36,6 +39,7 @@ def check_output_dir(output_dir: str, config: Mapping[str, Any], ignored: Sequen
         return
     with open(path) as f:
         previous = yaml.safe_load(f) or {}
+    previous = {**{k: v for k, v in (defaults or {}).items() if k in config}, **previous}
     old, new = run_identity(previous, ignored), run_identity(dict(config), ignored)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
