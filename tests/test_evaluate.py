@@ -144,3 +144,45 @@ def test_evaluate_refuses_other_classes(tmp_path):
     probe.save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="class names differ"):
         evaluate_recipe.main(["--checkpoint", str(tmp_path / "model"), "--dataset", str(tmp_path / "data")])
+
+
+def test_evaluate_reproduces_the_test_map_of_a_boostlu_run(tmp_path):
+    """A BoostLU run exports the stock timm model (+ boostlu_alpha); evaluate.py scores it with BoostLU, as
+    the recipe did, and reproduces results.json's test mAP; the plain timm model's logits would not."""
+    import timm
+    from accelerate.state import AcceleratorState
+
+    spec = importlib.util.spec_from_file_location("spl_train_recipe_for_evaluate", ROOT / "recipes" / "train.py")
+    train_recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_recipe)
+    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 24, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    out = tmp_path / "run"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        results = train_recipe.main([
+            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", "resnet10t", "--pretrained", "false",
+            "--model-kwargs", "{channels: [16, 32, 64, 128], stem_width: 16}", "--image-size", "64",
+            "--batch-size", "16", "--lr", "1e-3", "--epochs", "1", "--no-progress", "--loss", "ll_r", "--boostlu",
+            "--boostlu-alpha", "4.0", "--output-dir", str(out)])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert json.loads((out / "model" / "config.json").read_text())["boostlu_alpha"] == 4.0
+    result = evaluate_recipe.main(["--checkpoint", str(out), "--dataset", "digits_mosaic", "--dataset-kwargs",
+                                   kwargs, "--split", "test"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert result["boostlu_alpha"] == 4.0
+    assert result["metrics"]["map"] == pytest.approx(results["test_map"], abs=1e-4)
+    assert result["metrics"]["map_skip_empty"] == pytest.approx(results["test_map_skip_empty"], abs=1e-4)
+    # the un-boosted logits of plain timm loading rank differently (64 px: a 2x2 feature map, where BoostLU is
+    # not a monotone function of the plain logit as it is on a 1x1 map)
+    from spl_losses.data import load_spml_dataset
+    from spl_losses.labels import indices_to_dense
+    from spl_losses.metrics import compute_metrics
+
+    plain = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    test = load_spml_dataset("digits_mosaic", seed=1200, **yaml.safe_load(kwargs))["test"]
+    logits = evaluate_recipe.predict(plain, test, __import__("accelerate").Accelerator(), 8,
+                                     evaluate_recipe.image_transform(plain, 64))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    plain_map = compute_metrics(logits, indices_to_dense(test["labels"], 10))["map"]
+    assert plain_map != pytest.approx(results["test_map"], abs=1e-4)

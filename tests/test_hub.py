@@ -281,11 +281,17 @@ def test_push_run_updates_own_repo_and_loads_loss_state(hub, tmp_path):
         torch.testing.assert_close(loaded(batch), model(batch))
 
 
-def test_model_card_usage_snippet_runs_against_the_hub(hub, tmp_path, monkeypatch):
+@pytest.mark.parametrize("boostlu_alpha", [None, 3.0])
+def test_model_card_usage_snippet_runs_against_the_hub(hub, tmp_path, monkeypatch, boostlu_alpha):
     from PIL import Image
 
+    from spl_losses.models import BoostLU
+
     repo_id = _unique("snippet")
-    make_timm_run(tmp_path / "run")
+    model, _ = make_timm_run(tmp_path / "run")
+    if boostlu_alpha is not None:  # a BoostLU run: the stock timm model + boostlu_alpha in config.json
+        config_path = tmp_path / "run" / "model" / "config.json"
+        config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), boostlu_alpha=boostlu_alpha)))
     push_run_to_hub(tmp_path / "run", repo_id)
     card = hub.repo_files(repo_id)["README.md"].decode()
     start = card.index("```python", card.index("## Usage")) + len("```python")
@@ -295,6 +301,18 @@ def test_model_card_usage_snippet_runs_against_the_hub(hub, tmp_path, monkeypatc
     namespace = {}
     exec(compile(snippet, "model-card-usage", "exec"), namespace)
     assert namespace["label_names"] == LABEL_NAMES and namespace["probs"].shape == (len(LABEL_NAMES),)
+    if boostlu_alpha is None:
+        assert not isinstance(namespace["model"], BoostLU) and "BoostLU" not in card
+    else:  # the snippet gives the boosted logits the card's mAP was measured with, and says plain timm does not
+        assert isinstance(namespace["model"], BoostLU) and namespace["model"].alpha == boostlu_alpha
+        assert "un-boosted" in card
+        batch = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert not torch.allclose(BoostLU(model, alpha=boostlu_alpha)(batch), model(batch))
+            torch.testing.assert_close(namespace["model"](batch), BoostLU(model, alpha=boostlu_alpha)(batch))
+            torch.testing.assert_close(load_exported_model(f"hf-hub:{repo_id}", apply_boostlu=True)(batch),
+                                       BoostLU(model, alpha=boostlu_alpha)(batch))
+            torch.testing.assert_close(load_exported_model(f"hf-hub:{repo_id}")(batch), model(batch))
 
 
 def test_push_and_load_linear_probe(hub, tmp_path):
@@ -520,3 +538,62 @@ def test_real_hub_round_trip(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_TOKEN=os.environ["HF_TOKEN_REAL"], HF_HOME=str(tmp_path / "hf_home"))
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+
+
+# ------------------------------------------------------------------------------------------ continuing a run
+def _digits_run_with_role_state(run_dir: Path, num_examples: int):
+    """A published-run folder for digits_mosaic (10 classes): a tiny timm model and a ROLE state of known
+    estimator logits (a ramp) for ``num_examples`` training rows."""
+    import timm
+
+    digits = [str(d) for d in range(10)]
+    torch.manual_seed(4)
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=10), run_dir / "model",
+                            model_config={"label_names": digits}, safe_serialization=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, dataset="digits_mosaic")))
+    (run_dir / "results.json").write_text(json.dumps(dict(RESULTS, dataset="digits_mosaic", label_names=digits)))
+    loss = spl_losses.create_loss("role", num_classes=10, num_examples=num_examples, expected_num_pos=3.439)
+    ramp = torch.linspace(-3, 3, num_examples * 10).reshape(num_examples, 10)
+    with torch.no_grad():
+        loss.estimator.logits.copy_(ramp)
+    save_loss_state(loss, run_dir / "model")
+    return ramp
+
+
+def _continue(tmp_path, out: Path, model: str, *extra):
+    from accelerate.state import AcceleratorState
+
+    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 16, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        return _load_train_recipe().main([
+            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", model, "--pretrained", "true",
+            "--image-size", "16", "--batch-size", "16", "--lr", "1e-12", "--epochs", "1", "--no-progress",
+            "--train-mode", "end_to_end", "--loss", "role", "--output-dir", str(out), *extra])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_recipe_continues_with_the_published_loss_state(hub, tmp_path, capsys):
+    """--model hf-hub:... loads the published ROLE estimator by default ('auto'; with a vanishing lr the
+    exported state is the published one); --init-loss-state none starts fresh; an explicit state of
+    another (N, C) is a ValueError naming both shapes, raised before training."""
+    from safetensors.torch import load_file
+
+    repo_id = _unique("continue-role")
+    ramp = _digits_run_with_role_state(tmp_path / "pushed", num_examples=32)
+    push_run_to_hub(tmp_path / "pushed", repo_id)
+    _continue(tmp_path, tmp_path / "auto", f"hf-hub:{repo_id}")
+    assert f"loss state: loaded from hf-hub:{repo_id}" in capsys.readouterr().out
+    continued = load_file(tmp_path / "auto" / "model" / LOSS_STATE_FILENAME)["estimator.logits"]
+    torch.testing.assert_close(continued, ramp, atol=1e-6, rtol=0)
+
+    _continue(tmp_path, tmp_path / "fresh", f"hf-hub:{repo_id}", "--init-loss-state", "none")
+    assert "loss state: fresh" in capsys.readouterr().out
+    fresh = load_file(tmp_path / "fresh" / "model" / LOSS_STATE_FILENAME)["estimator.logits"]
+    assert (fresh - ramp).abs().max() > 0.5
+
+    _digits_run_with_role_state(tmp_path / "other", num_examples=31)
+    with pytest.raises(ValueError, match=r"--init-loss-state .*saved \(31, 10\), expected \(32, 10\)"):
+        _continue(tmp_path, tmp_path / "mismatch", f"hf-hub:{repo_id}", "--init-loss-state", str(tmp_path / "other"))
+    assert not (tmp_path / "mismatch" / "metrics.jsonl").exists()
