@@ -155,3 +155,34 @@ def test_linear_fast_path_matches_autograd_path_for_role():
         results.append((head.weight.detach().clone(), loss.estimator.logits.detach().clone()))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_output_dir_check_counts_flags_added_since_as_their_default(tmp_path):
+    with open(tmp_path / "config.yaml", "w") as f:
+        yaml.safe_dump({"loss": "an", "lr": 0.1}, f)  # written before the flag init_loss_state existed
+    defaults = {"loss": "epr", "lr": 1e-5, "init_loss_state": "auto"}
+    check_output_dir(str(tmp_path), {"loss": "an", "lr": 0.1, "init_loss_state": "auto"}, (), defaults)
+    with pytest.raises(ValueError, match="init_loss_state: 'auto' -> 'none'"):
+        check_output_dir(str(tmp_path), {"loss": "an", "lr": 0.1, "init_loss_state": "none"}, (), defaults)
+    with pytest.raises(ValueError, match="lr: 0.1 -> 1e-05"):  # keys present in the old file are compared as written
+        check_output_dir(str(tmp_path), {"loss": "an", "lr": 1e-5, "init_loss_state": "auto"}, (), defaults)
+
+
+def test_protocol_data_config_squashes_to_the_training_size():
+    import timm
+    from PIL import Image
+
+    from spl_losses.training.image_data import protocol_data_config, protocol_transform
+
+    model = timm.create_model("test_resnet", pretrained=False)  # timm default: 160 px, crop 0.95, center
+    config = protocol_data_config(model, 24)
+    assert config == {"input_size": (3, 24, 24), "crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bilinear",
+                      "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    # squash, not crop: a 40x10 image whose left quarter is black keeps it (a center crop would drop it);
+    # white normalises to (1 - 0.5) / 0.5 = 1, black to -1
+    image = Image.new("RGB", (40, 10), (255, 255, 255))
+    image.paste((0, 0, 0), (0, 0, 10, 10))
+    out = protocol_transform(model, 24)(image)
+    assert out.shape == (3, 24, 24)
+    assert torch.allclose(out[:, :, :4], -torch.ones(3, 24, 4), atol=1e-5)
+    assert torch.allclose(out[:, :, 8:], torch.ones(3, 24, 16), atol=1e-5)
