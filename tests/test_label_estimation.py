@@ -153,3 +153,15 @@ def test_create_loss_with_label_estimation_flag_routes_arguments():
     logits = torch.tensor([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3]])
     index = torch.tensor([4, 0])
     assert loss(logits, targets, index=index).item() == pytest.approx(by_hand(logits, targets, index=index).item())
+
+
+def test_predictions_due_follows_the_base_loss_warmup():
+    loss = create_loss("em", label_estimation=True, num_classes=2, num_examples=4, expected_num_pos=1.0)
+    assert not loss.needs_predictions and not loss.predictions_due
+    loss = create_loss("em_apl", label_estimation=True, num_classes=2, num_examples=4, expected_num_pos=1.0,
+                       warmup_epochs=3, num_epochs=5)
+    due = []
+    for epoch in range(5):
+        loss.set_epoch(epoch)
+        due.append(loss.predictions_due)
+    assert due == [False, False, True, True, True]  # rounds after 1-based epochs 3, 4, 5

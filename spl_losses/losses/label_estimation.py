@@ -131,6 +131,11 @@ class LabelEstimationLoss(SPLoss):
         """Whether the base loss wants ``update_from_predictions`` after each epoch."""
         return self.base_loss.needs_predictions
 
+    @property
+    def predictions_due(self) -> bool:
+        """Whether the base loss's ``update_from_predictions`` would do anything after this epoch."""
+        return self.base_loss.predictions_due
+
     def set_epoch(self, epoch: int) -> None:
         """Set the current epoch (0-based) here and in the base loss.
 
