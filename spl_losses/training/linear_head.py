@@ -62,6 +62,11 @@ def train_linear_epoch(
     weight, bias = head.weight, head.bias
     grad_weight = torch.zeros_like(weight) if manual_head else None
     grad_bias = torch.zeros_like(bias) if manual_head and bias is not None else None
+    # On the fast path the head's gradients are overwritten every step, so only the other parameters
+    # (a loss's trainable state) need their gradients cleared: a list walk instead of zero_grad calls.
+    head_params = {id(weight), id(bias)}
+    other_params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]
+                    if id(p) not in head_params]
     head.train()
     total = torch.zeros((), device=features.device)
     num_batches = 0
@@ -73,12 +78,14 @@ def train_linear_epoch(
                 with torch.no_grad():
                     logits = torch.addmm(bias, x, weight.t()) if bias is not None else x.mm(weight.t())
                 logits.requires_grad_()
+                for p in other_params:
+                    p.grad = None
             else:
                 with autocast():
                     logits = F.linear(x, weight, bias) if type(head) is nn.Linear else head(x)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
             loss = loss_fn(logits, y, index=idx) if requires_index else loss_fn(logits, y)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
             loss.backward()
             if manual_head:
                 grad_logits = logits.grad
