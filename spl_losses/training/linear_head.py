@@ -60,6 +60,9 @@ def train_linear_epoch(
                    and features.dtype == torch.float32)
     autocast = autocast or contextlib.nullcontext
     weight, bias = head.weight, head.bias
+    # detached views share storage with the parameters, so they see the optimizer's in-place updates
+    weight_t = weight.detach().t() if manual_head else None
+    bias_data = bias.detach() if manual_head and bias is not None else None
     grad_weight = torch.zeros_like(weight) if manual_head else None
     grad_bias = torch.zeros_like(bias) if manual_head and bias is not None else None
     # On the fast path the head's gradients are overwritten every step, so only the other parameters
@@ -75,8 +78,7 @@ def train_linear_epoch(
             x = features.index_select(0, idx)
             y = targets.index_select(0, idx)
             if manual_head:
-                with torch.no_grad():
-                    logits = torch.addmm(bias, x, weight.t()) if bias is not None else x.mm(weight.t())
+                logits = torch.addmm(bias_data, x, weight_t) if bias is not None else x.mm(weight_t)
                 logits.requires_grad_()
                 for p in other_params:
                     p.grad = None
