@@ -7,7 +7,11 @@
 2. Feature-extraction throughput (images/s) of the demo backbone (the recipe's DEMO_FLAGS model)
    on 32 px images.
 
-    python benchmarks/linear_probe.py [--epochs 25] [--batch-size 16] [--threads 2]
+    python benchmarks/linear_probe.py [--epochs 25] [--batch-size 16 8] [--threads 2]
+        [--losses an role] [--estimator both|dense|sparse] [--dense-epochs 1] [--no-extraction]
+
+Shorter runs (``--epochs 2``) are extrapolated to 25 epochs; ``--dense-epochs`` shortens only the ROLE
+runs with the dense estimator (dense Adam over all N x C estimator entries every step, ~10x slower).
 """
 import argparse
 import os
@@ -20,6 +24,11 @@ import spl_losses
 from spl_losses.training.linear_head import predict_linear, train_linear_epoch
 from spl_losses.training.optim import build_optimizers, param_groups
 from spl_losses.training.sampling import epoch_permutation
+
+
+def load_average():
+    """The 1-minute load average (other processes competing for the cores), or '?'."""
+    return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
 
 def linear_run(loss_name, features, targets, val_features, epochs, batch_size, sparse):
@@ -62,7 +71,12 @@ def main():
     p.add_argument("--batch-size", type=int, nargs="+", default=[16, 8])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--losses", nargs="+", default=["an", "role"])
+    p.add_argument("--estimator", choices=["both", "dense", "sparse"], default="both",
+                   help="ROLE estimator runs: dense (Adam) and/or sparse (SparseAdam)")
+    p.add_argument("--dense-epochs", type=int, default=None, help="epochs of dense-estimator ROLE runs (default --epochs)")
+    p.add_argument("--no-extraction", action="store_true", help="skip the feature-extraction throughput")
     args = p.parse_args()
+    estimator_runs = {"both": [False, True], "dense": [False], "sparse": [True]}[args.estimator]
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     n, d, c, n_val = 65665, 2048, 80, 16416
@@ -70,17 +84,20 @@ def main():
     val_features = torch.randn(n_val, d, generator=g).relu_()
     targets = torch.zeros(n, c)
     targets[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
-    load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
+    load = load_average()
     print(f"torch threads: {torch.get_num_threads()}; load average {load}; features {n} x {d}, {c} classes, "
           f"{args.epochs} epochs")
     for bs in args.batch_size:
         for name in args.losses:
-            for sparse in ([False, True] if name == "role" else [False]):
-                wall, cpu = linear_run(name, features, targets, val_features, args.epochs, bs, sparse)
-                tag = f"{name}{' (sparse estimator, SparseAdam)' if sparse else ''}"
-                print(f"linear {tag:<36} batch {bs:>3}: {wall:7.1f} s wall, {cpu:7.1f} s CPU "
-                      f"({wall / args.epochs:.2f} s/epoch wall; 25 epochs ~ {25 * wall / args.epochs:.0f} s wall, "
-                      f"{25 * cpu / args.epochs:.0f} s CPU)", flush=True)
+            for sparse in (estimator_runs if name == "role" else [False]):
+                epochs = args.epochs if sparse or name != "role" or args.dense_epochs is None else args.dense_epochs
+                wall, cpu = linear_run(name, features, targets, val_features, epochs, bs, sparse)
+                tag = f"{name}{(' (sparse estimator, SparseAdam)' if sparse else ' (dense estimator, Adam)') if name == 'role' else ''}"
+                print(f"linear {tag:<36} batch {bs:>3}: {wall:7.1f} s wall, {cpu:7.1f} s CPU in {epochs} epochs "
+                      f"({wall / epochs:.2f} s/epoch wall; 25 epochs ~ {25 * wall / epochs:.0f} s wall, "
+                      f"{25 * cpu / epochs:.0f} s CPU; load average now {load_average()})", flush=True)
+    if args.no_extraction:
+        return
     print(f"feature extraction, demo backbone (narrow resnet10t, 32 px): {extraction_throughput():.0f} images/s")
 
 
