@@ -2,6 +2,13 @@
 
 No DataLoader and no per-example Python: a batch is an index slice of the epoch's permutation, and
 its features and targets are gathered from the (N, D) / (N, C) tensors with one indexing op.
+
+Where a step's time goes (COCO-sized features, D = 2,048, C = 80, batch 16, one CPU thread, measured
+with torch.profiler and timers): the two head matmuls ~170 us (MKL at ~60 GFLOP/s for these shapes),
+fused Adam ~120 us (kernel ~80 us), the loss forward + backward ~140 us (``an``; ``role`` about twice
+that, plus ~150-300 us of SparseAdam with a sparse estimator), the feature gather ~25 us. Gathering
+rows per step costs about what one permuted copy of the features per epoch costs, so rows are
+gathered per step.
 """
 import contextlib
 from typing import Callable, ContextManager, Optional, Sequence
