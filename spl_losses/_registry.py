@@ -73,7 +73,17 @@ def list_losses(filter: Union[str, List[str]] = "") -> List[str]:
         The sorted names that match any pattern.
     """
     _load_entry_points()
-    names = sorted(_loss_entrypoints)
+    return filter_names(_loss_entrypoints, filter)
+
+
+def filter_names(names, filter: Union[str, List[str]] = "") -> List[str]:
+    """Return ``names`` sorted, keeping those that match a wildcard pattern (shared by the registries).
+
+    Args:
+        names: Iterable of registered names.
+        filter: A wildcard pattern or a list of patterns; empty keeps everything.
+    """
+    names = sorted(names)
     if filter:
         patterns = [filter] if isinstance(filter, str) else list(filter)
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

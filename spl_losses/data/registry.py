@@ -4,9 +4,10 @@ Builders register themselves with ``@register_dataset("name")`` when their modul
 (``spl_losses.data`` imports them all). ``build_dataset`` lives in :mod:`spl_losses.data.builder`.
 """
 import difflib
-import fnmatch
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Union
+
+from .._registry import filter_names
 
 __all__ = ["register_dataset", "list_datasets", "is_dataset", "get_dataset_class", "get_dataset_info", "DatasetInfo"]
 
@@ -46,11 +47,7 @@ def list_datasets(filter: Union[str, List[str]] = "") -> List[str]:
     Returns:
         The sorted names that match any pattern.
     """
-    names = sorted(_dataset_builders)
-    if filter:
-        patterns = [filter] if isinstance(filter, str) else list(filter)
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    return names
+    return filter_names(_dataset_builders, filter)
 
 
 def is_dataset(name: str) -> bool:
