@@ -8,6 +8,7 @@ from .registry import DatasetInfo, get_dataset_class, get_dataset_info, is_datas
 from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_single_positive, split_train_validation
 from .builder import RawSplit, SPMLBuilder, SPMLConfig, build_dataset, create_builder
 from .loading import check_spml_dataset, load_spml_dataset
+from .fingerprint import dataset_fingerprint
 
 # builder modules register themselves on import
 from . import digits_mosaic, generic
