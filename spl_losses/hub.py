@@ -41,6 +41,7 @@ __all__ = [
     "build_model_card",
     "write_model_card",
     "push_run_to_hub",
+    "check_push_access",
     "save_loss_state",
     "load_loss_state",
     "load_exported_model",
@@ -392,6 +393,54 @@ def _remote_conflict(api, repo_id: str) -> Optional[List[str]]:
         if MODEL_CARD_TAG in tags:
             return None
     return sorted(content)
+
+
+def check_push_access(repo_id: str, token: Optional[str] = None, endpoint: Optional[str] = None,
+                      repo_type: str = "model") -> str:
+    """Check, before any work, that a push to ``repo_id`` can succeed: a token exists and the Hub accepts it.
+
+    One ``whoami`` request, no retries: a missing token, an unreachable endpoint or a rejected token
+    fails in seconds, before a training run or a dataset build spends hours.
+
+    Args:
+        repo_id: ``ORG/NAME``.
+        token: A Hub token; None uses the saved login / ``HF_TOKEN``.
+        endpoint: The Hub endpoint (default: ``HF_ENDPOINT`` or huggingface.co).
+        repo_type: ``"model"`` or ``"dataset"`` (named in messages).
+
+    Returns:
+        The user name the token belongs to.
+
+    Raises:
+        ValueError: ``repo_id`` is not ``ORG/NAME``.
+        HubPushError: no token, the Hub unreachable, or the token rejected.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"the Hub {repo_type} repo must be 'ORG/NAME', got {repo_id!r}")
+    token = token or get_token()
+    if not token:
+        raise HubPushError(f"no Hugging Face token to push the {repo_type} {repo_id!r}: log in with "
+                           "`hf auth login` or set HF_TOKEN (checked before any work was done)")
+    api = HfApi(endpoint=endpoint, token=token, library_name="spl_losses")
+    try:
+        info = api.whoami(token=token)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status in (401, 403):
+            raise HubPushError(f"the Hub at {api.endpoint} rejected the token (HTTP {status}); cannot push the "
+                               f"{repo_type} {repo_id!r} (checked before any work was done)") from err
+        raise HubPushError(f"the Hub at {api.endpoint} answered HTTP {status} to a token check; cannot push the "
+                           f"{repo_type} {repo_id!r}: {err}") from err
+    except Exception as err:
+        if _is_network_error(err):
+            raise HubPushError(f"could not reach the Hub at {api.endpoint} ({type(err).__name__}: {err}) to push "
+                               f"the {repo_type} {repo_id!r}: check the network or HF_ENDPOINT (checked before "
+                               "any work was done)") from err
+        raise
+    return str(info.get("name", "")) if isinstance(info, dict) else ""
 
 
 def push_run_to_hub(

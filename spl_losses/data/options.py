@@ -1,0 +1,45 @@
+"""``KEY=VALUE`` builder options, parsed the same way by the data CLI and the training recipe."""
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+import yaml
+
+__all__ = ["parse_dataset_options"]
+
+
+def parse_dataset_options(options: Optional[Union[Sequence[str], Mapping[str, Any]]],
+                          flag: str = "--dataset-option") -> Dict[str, Any]:
+    """Parse builder options given as ``KEY=VALUE`` strings (values read as YAML) or as a mapping.
+
+    ``num_train=2000`` gives ``{"num_train": 2000}``; ``listing=data/all.csv`` a string; dashes in keys
+    become underscores. A YAML config may give the same options as a mapping.
+
+    Args:
+        options: The repeated flag's values, a mapping, or None.
+        flag: The flag's name, for messages.
+
+    Returns:
+        The options as a dict.
+
+    Raises:
+        ValueError: an item is not ``KEY=VALUE`` or a key is empty.
+    """
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        items = list(options.items())
+    elif isinstance(options, str):
+        raise ValueError(f"{flag} expects KEY=VALUE items (repeat the flag), got the string {options!r}")
+    else:
+        items = []
+        for item in options:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+            key, value = item.split("=", 1)
+            items.append((key, yaml.safe_load(value)))
+    parsed = {}
+    for key, value in items:
+        key = str(key).strip().replace("-", "_")
+        if not key:
+            raise ValueError(f"{flag}: empty option name in {options!r}")
+        parsed[key] = value
+    return parsed
