@@ -1,0 +1,245 @@
+"""The model card and the training record of a run of ``recipes/train.py``.
+
+:func:`build_model_card` makes the card from the run's ``config.yaml`` and ``results.json``: what was
+trained (backbone, loss, train mode, dataset and its single-positive seed, hyperparameters), the
+results as ``model-index`` metadata (mAP on validation and test in both conventions), the method's
+citation and a usage snippet. :func:`write_training_record` copies the run's config and results beside
+the model, so a published repo records how it was trained.
+"""
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from ..checkpoints import LOSS_STATE_FILENAME, TRAINING_CONFIG_FILENAME, TRAINING_RESULTS_FILENAME
+from .citations import citations_for_loss
+
+__all__ = ["MODEL_CARD_TAG", "read_run", "build_model_card", "write_model_card", "write_training_record"]
+
+#: Tag of every model card this package writes: a repo whose card has it is "ours" and may be updated.
+MODEL_CARD_TAG = "spl_losses"
+PathLike = Union[str, os.PathLike]
+_DATASET_NAMES = {"voc2012": "PASCAL VOC 2012", "coco2014": "MS-COCO 2014", "nuswide": "NUS-WIDE",
+                  "cub200": "CUB-200-2011"}
+
+
+def read_run(run_dir: PathLike) -> Dict[str, Any]:
+    """Read and check a run directory of ``recipes/train.py``.
+
+    Args:
+        run_dir: The ``--output-dir`` of a training run.
+
+    Returns:
+        ``{"config": dict, "results": dict, "model_dir": Path, "model_config": dict}``.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {str(run_dir)!r} does not exist")
+    expected = ["config.yaml", "results.json", "model/config.json"]
+    missing = [name for name in expected if not (run_dir / name).is_file()]
+    model_dir = run_dir / "model"
+    if not (model_dir / "model.safetensors").is_file():
+        missing.append("model/model.safetensors")
+    if missing:
+        raise ValueError(f"run directory {str(run_dir)!r} is incomplete: missing {missing} "
+                         "(expected the output of recipes/train.py --output-dir)")
+    with open(run_dir / "config.yaml", encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    with open(run_dir / "results.json", encoding="utf-8") as f:
+        results = json.load(f)
+    with open(model_dir / "config.json", encoding="utf-8") as f:
+        model_config = json.load(f)
+    if not isinstance(config, dict) or not isinstance(results, dict):
+        raise ValueError(f"config.yaml and results.json of {str(run_dir)!r} must each hold a mapping")
+    return {"config": config, "results": results, "model_dir": model_dir, "model_config": model_config}
+
+
+def _is_timm_export(model_config: Dict[str, Any]) -> bool:
+    return "architecture" in model_config
+
+
+def _number(value) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def build_model_card(
+        config: Dict[str, Any],
+        results: Dict[str, Any],
+        repo_id: str,
+        model_config: Optional[Dict[str, Any]] = None,
+        license: Optional[str] = None,
+):
+    """Build the model card of a run.
+
+    Args:
+        config: The run's resolved arguments (config.yaml).
+        results: The run's results.json.
+        repo_id: ``ORG/NAME`` the model is published as (used in the usage snippet and model-index).
+        model_config: The exported model's config.json (tells a timm model from a LinearProbe).
+        license: Optional license id for the card's metadata.
+
+    Returns:
+        A ``huggingface_hub.ModelCard``; its metadata's ``model-index`` holds mAP on validation and test
+        in both conventions (``map``: classes without positives count as AP 0, as Cole et al.;
+        ``map_skip_empty``: such classes are left out).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    model_config = model_config or {}
+    timm_export = _is_timm_export(model_config)
+    dataset = str(results.get("dataset") or config.get("dataset") or "unknown")
+    model = str(results.get("model") or config.get("model") or model_config.get("architecture") or "unknown")
+    loss = str(results.get("loss") or config.get("loss") or "unknown")
+    train_mode = str(results.get("train_mode") or config.get("train_mode") or "unknown")
+    seed = results.get("observed_seed", config.get("observed_seed"))
+    dataset_name = _DATASET_NAMES.get(dataset, dataset)
+    name = repo_id.split("/")[-1]
+
+    dataset_args = {"single_positive_seed": seed} if seed is not None else None
+    eval_results = []
+    for split, prefix in (("validation", "val"), ("test", "test")):
+        for metric_type, metric_name in (
+                ("map", f"mAP ({split}; classes without positives count as AP 0, as Cole et al.)"),
+                ("map_skip_empty", f"mAP ({split}; classes without positives skipped)")):
+            suffix = "" if metric_type == "map" else "_skip_empty"
+            value = _number(results.get(f"{prefix}_map{suffix}"))
+            if value is None:
+                continue
+            eval_results.append(EvalResult(
+                task_type="image-classification", task_name="Multi-label image classification (single positive labels)",
+                dataset_type=dataset, dataset_name=dataset_name, dataset_split=split, dataset_args=dataset_args,
+                metric_type=metric_type, metric_name=metric_name, metric_value=round(value, 4)))
+
+    tags = ["image-classification", "multi-label-classification", "single-positive-multi-label",
+            MODEL_CARD_TAG, f"loss-{loss}"]
+    if timm_export:
+        tags.insert(1, "timm")
+    card_data = ModelCardData(
+        library_name="timm" if timm_export else "spl_losses",
+        pipeline_tag="image-classification" if timm_export else None,
+        license=license,
+        tags=tags,
+        datasets=[dataset] if "/" in dataset else None,
+        metrics=["map"],
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+
+    label_names = model_config.get("label_names") or results.get("label_names") or []
+    lines = [f"# {name}", ""]
+    kind = f"`{model}`" + (" (timm)" if timm_export else " (a linear probe on fixed features)")
+    lines += [f"{kind} trained for multi-label classification of **{dataset_name}** ({len(label_names)} classes) "
+              f"from **single positive labels**: each training image carries one positive label, every other "
+              f"class is unobserved. Trained with the `{loss}` loss of the `spl_losses` package "
+              f"in the `{train_mode}` mode.", ""]
+    lines += ["## Training", "", "| | |", "|---|---|",
+              f"| Backbone | `{model}` |", f"| Loss | `{loss}` |", f"| Train mode | `{train_mode}` |",
+              f"| Dataset | `{dataset}` |",
+              f"| Single-positive seed | {seed if seed is not None else 'unknown'} |"]
+    if "best_epoch" in results:
+        lines.append(f"| Best epoch (by validation mAP) | {results['best_epoch']} |")
+    if config.get("val_set_variant"):
+        lines.append(f"| Validation labels | `{config['val_set_variant']}` |")
+    lines += ["", "All resolved training arguments:", "", "```yaml"]
+    lines += [yaml.safe_dump(config, sort_keys=True, default_flow_style=False).rstrip(), "```", ""]
+
+    lines += ["## Results", "", "mAP in percent, against the full labels. Two conventions: *AP 0* counts a class "
+              "without positives in the evaluated split as AP 0 (the reference of Cole et al.); "
+              "*skip* leaves such classes out.", "",
+              "| Split | mAP (AP 0) | mAP (skip) |", "|---|---|---|"]
+    for split, prefix in (("validation", "val"), ("test", "test")):
+        zero, skip = _number(results.get(f"{prefix}_map")), _number(results.get(f"{prefix}_map_skip_empty"))
+        lines.append(f"| {split} | {'-' if zero is None else f'{zero:.2f}'} | {'-' if skip is None else f'{skip:.2f}'} |")
+    test_metrics = results.get("test_metrics") or {}
+    others = {k: v for k, v in test_metrics.items() if k not in ("map", "map_skip_empty") and _number(v) is not None}
+    if others:
+        lines += ["", "Other test metrics (percent): " + ", ".join(f"{k} {float(v):.2f}" for k, v in others.items())]
+    lines.append("")
+
+    lines += ["## Usage", ""]
+    size = config.get("image_size") or (model_config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
+    alpha = model_config.get("boostlu_alpha")
+    if timm_export:
+        lines += ["```python", "import timm, torch", "from PIL import Image"]
+        if alpha is not None:
+            lines += ["from spl_losses.models import BoostLU"]
+        lines += ["", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()']
+        if alpha is not None:
+            lines += [f"# trained and scored with BoostLU (alpha {alpha}): plain timm gives the un-boosted logits",
+                      f"model = BoostLU(model, alpha={alpha}).eval()"]
+        lines += [f"# the training preprocessing, recorded in config.json: squash to {size}x{size} (no crop), "
+                  "the model's normalisation",
+                  "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+                  'label_names = model.pretrained_cfg["label_names"]',
+                  "with torch.no_grad():",
+                  '    probs = torch.sigmoid(model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)))[0]',
+                  "print({label_names[i]: round(float(p), 3) for i, p in enumerate(probs) if p > 0.5})", "```", ""]
+        if alpha is not None:
+            lines += [f"This model was trained with BoostLU (alpha {alpha}) and the results above were measured "
+                      "with it. The weights are those of the stock timm model, so "
+                      "`timm.create_model` alone loads it and gives the **un-boosted** logits; wrap it in "
+                      "`spl_losses.models.BoostLU` as above to reproduce the reported mAP "
+                      "(`recipes/evaluate.py` does so).", ""]
+    else:
+        lines += ["```python", "import torch", "from spl_losses.models import LinearProbe", "",
+                  f'probe = LinearProbe.from_pretrained("{repo_id}").eval()',
+                  "# probe.backbone and probe.preprocessing say how to compute the (B, in_features) features",
+                  "probs = torch.sigmoid(probe(features))", "```", ""]
+    lines += ["Evaluate or continue training with spl_losses:", "", "```bash",
+              f"python recipes/evaluate.py --checkpoint hf-hub:{repo_id} --dataset {dataset} --split test",
+              f"python recipes/train.py --model hf-hub:{repo_id} --dataset {dataset} --loss {loss} ...", "```", ""]
+    lines += ["## Citation", "", "```bibtex",
+              "\n\n".join(citations_for_loss(loss, boostlu=bool(config.get("boostlu")))), "```", ""]
+    return ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
+                                   body="\n".join(lines))
+
+
+def write_model_card(run_dir: PathLike, repo_id: str, license: Optional[str] = None) -> Path:
+    """Write the run's model card to ``run_dir/model/README.md``.
+
+    Args:
+        run_dir: A run directory of ``recipes/train.py``.
+        repo_id: ``ORG/NAME`` the model is (to be) published as.
+        license: Optional license id for the card's metadata.
+
+    Returns:
+        The README.md path.
+    """
+    run = read_run(run_dir)
+    card = build_model_card(run["config"], run["results"], repo_id, model_config=run["model_config"], license=license)
+    text = str(card)
+    if (run["model_dir"] / LOSS_STATE_FILENAME).is_file():
+        text = text.replace("## Citation", "## Loss state\n\n"
+                            f"`{LOSS_STATE_FILENAME}` holds the loss's state at the end of training (e.g. ROLE's label "
+                            "estimates, LL-Cp / APL label matrices). Load it to continue training:\n\n```python\n"
+                            "from spl_losses.hub import load_loss_state\n"
+                            f'load_loss_state(loss_fn, "hf-hub:{repo_id}")\n```\n\n## Citation', 1)
+    path = run["model_dir"] / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_training_record(run_dir: PathLike) -> List[Path]:
+    """Copy the run's config.yaml and results.json into ``model/`` as ``training_config.yaml`` and
+    ``training_results.json``, so the published repo records how it was trained (machine-readable; e.g.
+    ``recipes/evaluate.py`` reads the training image size from it).
+
+    Args:
+        run_dir: A run directory of ``recipes/train.py``.
+
+    Returns:
+        The two files written.
+    """
+    run_dir = Path(run_dir)
+    read_run(run_dir)  # checks the run directory
+    written = []
+    for source, target in (("config.yaml", TRAINING_CONFIG_FILENAME), ("results.json", TRAINING_RESULTS_FILENAME)):
+        shutil.copyfile(run_dir / source, run_dir / "model" / target)
+        written.append(run_dir / "model" / target)
+    return written
