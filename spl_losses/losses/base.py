@@ -163,11 +163,21 @@ class SPLoss(nn.Module):
             probs: (N, C) sigmoid probabilities, row i for the example with ``index == i``.
         """
 
-    def get_extra_state(self) -> Dict[str, Any]:
-        return {"epoch": self.epoch}
+    def get_extra_state(self) -> torch.Tensor:
+        """The epoch, as a 0-dim int64 tensor (so every state dict is tensors only: safetensors-storable)."""
+        return torch.tensor(self.epoch, dtype=torch.int64)
 
-    def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.epoch = int(state.get("epoch", 0))
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the epoch from :meth:`get_extra_state` (or a ``{"epoch": n}`` mapping of older files).
+
+        Args:
+            state: A 0-dim integer tensor, an int, or a mapping with ``"epoch"``.
+        """
+        epoch = state.get("epoch", 0) if isinstance(state, dict) else state
+        epoch = int(epoch.item()) if isinstance(epoch, torch.Tensor) else epoch
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"a loss state's epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = epoch
 
     # ----------------------------------------------------------------- helpers
     def neg_log_terms(self, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
