@@ -1,13 +1,21 @@
-"""Evaluation metrics of SPEC §7: mAP (two conventions), per-class AP, precision/recall@k, top-k hit rate.
+"""Evaluation metrics of multi-label classification against full labels.
+
+- mAP in percent, in two conventions for a class without positives in the evaluated set: AP 0 (Cole
+  et al.'s reference) or left out; per-class AP (sklearn's definition);
+- per-image precision@k, recall@k and top-k hit rate (reported by Cole et al.);
+- the per-class and overall precision, recall and F1 of thresholded predictions (CP, CR, CF1, OP, OR,
+  OF1) that multi-label papers report, at a probability threshold and for each image's top-k classes.
 
 Every function takes scores and full (multi-hot) labels as numpy arrays or torch tensors of shape
-(N, C). Scores may be logits or probabilities (only their order matters).
+(N, C). For the ranking metrics scores may be logits or probabilities (only their order matters); the
+thresholded ones say which they expect.
 """
 import warnings
-from typing import Dict, Iterable, Union
+from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.metrics import average_precision_score
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "precision_at_k",
     "recall_at_k",
     "top_k_hit_rate",
+    "precision_recall_f1",
     "compute_metrics",
 ]
 
@@ -140,16 +149,63 @@ def top_k_hit_rate(scores: ArrayLike, labels: ArrayLike, k: int) -> float:
     return float(100.0 * (hits > 0).mean())
 
 
-def compute_metrics(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1, 3, 5)) -> Dict[str, float]:
-    """All metrics of SPEC §7 in one dict.
+def precision_recall_f1(probs: ArrayLike, labels: ArrayLike, threshold: float = 0.5,
+                        top_k: Optional[int] = None) -> Dict[str, float]:
+    """Per-class (CP, CR, CF1) and overall (OP, OR, OF1) precision, recall and F1 of thresholded predictions.
+
+    A class is predicted for an image when its probability is at least ``threshold``; with ``top_k``, only
+    among the image's ``top_k`` highest-scoring classes (the "top-3" protocol of multi-label papers such
+    as ML-GCN). CP and CR average the per-class precision and recall (a class never predicted has
+    precision 0, a class without positives recall 0); OP and OR pool all (image, class) pairs; each F1 is
+    the harmonic mean of its precision and recall.
 
     Args:
-        scores: (N, C) scores.
+        probs: (N, C) probabilities (sigmoid of the logits).
         labels: (N, C) full multi-hot labels.
-        ks: The k values for precision@k, recall@k and top-k hit rate.
+        threshold: Probability threshold.
+        top_k: Predict only among each image's top-k classes (None: all classes).
 
     Returns:
-        ``{"map": ..., "map_skip_empty": ..., "precision@1": ..., "recall@1": ..., "top1_hit": ...}``.
+        ``{"CP", "CR", "CF1", "OP", "OR", "OF1"}`` in percent.
+    """
+    probs, labels = _prepare(probs, labels)
+    predicted = probs >= threshold
+    if top_k is not None:
+        in_top = np.zeros_like(predicted)
+        np.put_along_axis(in_top, _top_k(probs, top_k), True, axis=1)
+        predicted &= in_top
+    true_pos = (predicted & (labels == 1)).sum(axis=0).astype(np.float64)
+    num_predicted, num_positive = predicted.sum(axis=0), labels.sum(axis=0)
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+    def f1(p, r):
+        return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
+
+    cp, cr = float(ratio(true_pos, num_predicted).mean()), float(ratio(true_pos, num_positive).mean())
+    op = float(ratio(true_pos.sum(), np.float64(num_predicted.sum())))
+    o_r = float(ratio(true_pos.sum(), np.float64(num_positive.sum())))
+    return {k: 100.0 * v for k, v in (("CP", cp), ("CR", cr), ("CF1", f1(cp, cr)), ("OP", op), ("OR", o_r),
+                                      ("OF1", f1(op, o_r)))}
+
+
+def compute_metrics(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1, 3, 5),
+                    threshold: Optional[float] = 0.5, top_k_prf: Optional[int] = 3,
+                    scores_are_logits: bool = True) -> Dict[str, float]:
+    """All metrics of this module in one dict.
+
+    Args:
+        scores: (N, C) scores (logits, or probabilities with ``scores_are_logits=False``).
+        labels: (N, C) full multi-hot labels.
+        ks: The k values for precision@k, recall@k and top-k hit rate.
+        threshold: Probability threshold of CP ... OF1 (None leaves them out).
+        top_k_prf: Also CP ... OF1 among each image's top-k classes, keys suffixed ``_top{k}`` (None: not).
+        scores_are_logits: Whether ``scores`` are logits (the thresholded metrics take their sigmoid).
+
+    Returns:
+        ``{"map": ..., "map_skip_empty": ..., "precision@1": ..., "recall@1": ..., "top1_hit": ..., "CP": ...,
+        "CF1_top3": ...}``.
     """
     scores, labels = _prepare(scores, labels)
     ap = per_class_average_precision(scores, labels)
@@ -161,4 +217,10 @@ def compute_metrics(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1
         out[f"precision@{k}"] = precision_at_k(scores, labels, k)
         out[f"recall@{k}"] = recall_at_k(scores, labels, k)
         out[f"top{k}_hit"] = top_k_hit_rate(scores, labels, k)
+    if threshold is not None:
+        probs = expit(scores) if scores_are_logits else scores
+        out.update(precision_recall_f1(probs, labels, threshold))
+        if top_k_prf is not None:
+            out.update({f"{k}_top{top_k_prf}": v for k, v in
+                        precision_recall_f1(probs, labels, threshold, top_k=top_k_prf).items()})
     return out

@@ -86,8 +86,9 @@ def test_numpy_and_torch_inputs_agree():
 
 def test_compute_metrics_keys_and_values():
     out = metrics.compute_metrics(SCORES, LABELS, ks=(1, 3))
+    prf = {"CP", "CR", "CF1", "OP", "OR", "OF1"}
     assert set(out) == {"map", "map_skip_empty", "precision@1", "recall@1", "top1_hit",
-                        "precision@3", "recall@3", "top3_hit"}
+                        "precision@3", "recall@3", "top3_hit"} | prf | {f"{k}_top3" for k in prf}
     assert out["precision@1"] == pytest.approx(100 / 3)
     assert out["map_skip_empty"] > out["map"]  # class 1 has no positive
 
