@@ -1,151 +1,355 @@
-"""The recipe's command line: argparse flags with an optional YAML config (timm's convention).
+"""The recipe's command line: one table of flags, read from argparse and from a YAML config alike.
 
-``-c/--config FILE.yaml`` sets parser defaults from the file's keys (flag names with underscores);
-flags given on the command line override them. A config key that is not a flag is an error, except
-``search_grid`` (the grid of ``--search``).
+``-c/--config FILE.yaml`` sets the flags' values from the file's keys (flag names with underscores);
+flags given on the command line override them (timm's convention). Every value, from the command
+line or the file, goes through the same type and range check, so ``epochs: 1.7`` or
+``train_mode: end2end`` in a config is refused as ``--epochs 1.7`` would be. Keys that are not flags
+are refused, except the config-only keys ``search_grid`` (the grid of ``--search``) and ``losses``
+(several losses to compare, one run each).
 """
 import argparse
-from typing import Any, Dict, Optional, Sequence, Tuple
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["build_parser", "parse_args", "load_config_file", "RUN_IDENTITY_IGNORED", "CONFIG_ONLY_KEYS",
-           "TRAIN_MODES", "LOSS_OPTION_FLAGS"]
+__all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser",
+           "parse_args", "load_config_file", "flag_defaults", "loss_options"]
 
 TRAIN_MODES = ("linear_fixed_features", "end_to_end", "linear_init")
-
-#: Keys of config.yaml that do not change what a run computes (ignored when comparing runs).
-RUN_IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "output_dir", "log_with", "workers", "config",
-                        "cache_dir", "search", "no_progress", "search_grid", "linear_phase_dir")
-
-#: Keys allowed in a YAML config that are not flags.
-CONFIG_ONLY_KEYS = ("search_grid",)
-
-#: Loss-option flags: passed to the loss constructor when set (None = the loss's default).
-LOSS_OPTION_FLAGS = {
-    "ls_coef": float, "alpha": float, "beta": float, "delta_rel": float, "warmup_epochs": int,
-    "theta": float, "gamma": float, "margin": float, "tau": float, "lamb": float, "change_epoch": int,
-}
+#: Keys a YAML config may hold that are not flags.
+CONFIG_ONLY_KEYS = ("search_grid", "losses")
 
 
-def _str2bool(value: str) -> bool:
+# ------------------------------------------------------------------------------------------ value types
+def _fail(expected: str, value: Any):
+    raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+
+
+def boolean(value: Any) -> bool:
+    """``true/false, yes/no, on/off, 1/0`` (or a YAML bool)."""
     if isinstance(value, bool):
         return value
-    if value.lower() in ("1", "true", "yes", "on"):
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
         return True
-    if value.lower() in ("0", "false", "no", "off"):
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+    _fail("a boolean (true/false)", value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or isinstance(value, float):
+        _fail("an integer", value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        _fail("an integer", value)
+
+
+def _real(value: Any) -> float:
+    if isinstance(value, bool):
+        _fail("a number", value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        _fail("a number", value)
+    if not math.isfinite(number):
+        _fail("a finite number", value)
+    return number
+
+
+def positive_int(value: Any) -> int:
+    """An integer > 0."""
+    number = _integer(value)
+    return number if number > 0 else _fail("an integer > 0", value)
+
+
+def non_negative_int(value: Any) -> int:
+    """An integer >= 0."""
+    number = _integer(value)
+    return number if number >= 0 else _fail("an integer >= 0", value)
+
+
+def positive_float(value: Any) -> float:
+    """A finite number > 0."""
+    number = _real(value)
+    return number if number > 0 else _fail("a number > 0", value)
+
+
+def non_negative_float(value: Any) -> float:
+    """A finite number >= 0."""
+    number = _real(value)
+    return number if number >= 0 else _fail("a number >= 0", value)
+
+
+def finite_float(value: Any) -> float:
+    """Any finite number."""
+    return _real(value)
+
+
+def probability(value: Any) -> float:
+    """A number in [0, 1]."""
+    number = _real(value)
+    return number if 0.0 <= number <= 1.0 else _fail("a number in [0, 1]", value)
+
+
+def mapping(value: Any) -> Dict[str, Any]:
+    """A YAML/JSON mapping (``'{num_train: 64}'``) or an already parsed dict."""
+    parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    if parsed is None:
+        return {}
+    return dict(parsed) if isinstance(parsed, dict) else _fail("a mapping such as '{key: value}'", value)
+
+
+def text(value: Any) -> str:
+    """A non-empty string."""
+    return value if isinstance(value, str) and value else _fail("a non-empty string", value)
+
+
+# ------------------------------------------------------------------------------------------ the flag table
+@dataclass(frozen=True)
+class Flag:
+    """One flag of the recipe: how argparse reads it and how a config value is checked.
+
+    Args:
+        name: The long option, e.g. ``"--batch-size"``; the config key is ``batch_size``.
+        default: The default value.
+        help: Help text (``--help`` adds the default).
+        type: Converter and check of one value (raises ``argparse.ArgumentTypeError``).
+        choices: Allowed values, if restricted.
+        group: ``--help`` section.
+        switch: A boolean with a ``--no-`` form: ``--pretrained``, ``--no-pretrained``, ``--pretrained false``.
+        repeat: Repeatable (values collected in a list), e.g. ``--dataset-option KEY=VALUE``.
+        loss_option: The loss constructor argument this flag sets (loss options are passed only when set).
+    """
+
+    name: str
+    default: Any
+    help: str
+    type: Callable[[Any], Any] = text
+    choices: Optional[Tuple[Any, ...]] = None
+    group: str = "run"
+    switch: bool = False
+    repeat: bool = False
+    loss_option: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.name[2:].replace("-", "_")
+
+    def convert(self, value: Any) -> Any:
+        """Check one value (from a config file or a default) and return it converted."""
+        if value is None:
+            return None
+        if self.repeat:  # KEY=VALUE items; a config may give a mapping (values kept exactly, as JSON)
+            if isinstance(value, dict):
+                value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return [self.type(v) for v in items]
+        converted = (boolean if self.switch else self.type)(value)
+        if self.choices is not None and converted not in self.choices:
+            raise argparse.ArgumentTypeError(f"expected one of {list(self.choices)}, got {value!r}")
+        return converted
+
+
+def _loss_option(name: str, help_text: str, kind=finite_float, argument: Optional[str] = None) -> Flag:
+    return Flag(name, None, f"loss option ({help_text}); unset: the loss's default", kind, group="loss",
+                loss_option=argument or name[2:].replace("-", "_"))
+
+
+FLAGS: Tuple[Flag, ...] = (
+    # data
+    Flag("--dataset", None, "registered builder name, folder saved with save_to_disk, Parquet folder or Hub dataset "
+         "id (required unless the config sets it)", group="data"),
+    Flag("--data-dir", None, "raw data root of a registered builder", group="data"),
+    Flag("--dataset-option", [], "builder option KEY=VALUE, value read as YAML (repeatable), e.g. num_train=2000; "
+         "a config may give a mapping", group="data", repeat=True),
+    Flag("--observed-seed", 1200, "seed of the dataset's single positives", non_negative_int, group="data"),
+    Flag("--val-set-variant", "clean", "validate against full labels (clean) or the single positives (observed)",
+         choices=("clean", "observed"), group="data"),
+    Flag("--image-size", 448, "input side in pixels (images are squashed to a square, no crop)", positive_int,
+         group="data"),
+    Flag("--workers", 0, "DataLoader worker processes per training process", non_negative_int, group="data"),
+    Flag("--cache-dir", None, "feature cache folder (default: $SPL_LOSSES_CACHE/features or "
+         "~/.cache/spl_losses/features)", group="data"),
+    # model
+    Flag("--model", "resnet50", "a timm model name, or a published checkpoint hf-hub:ORG/NAME / local-dir:PATH "
+         "(a model folder of this recipe); with --pretrained its weights are the start (its classes must be the "
+         "dataset's)", group="model"),
+    Flag("--pretrained", True, "start from pretrained weights", group="model", switch=True),
+    Flag("--model-kwargs", {}, "extra timm.create_model arguments (YAML mapping)", mapping, group="model"),
+    Flag("--boostlu", False, "wrap the model with BoostLU (Kim et al., CVPR 2023)", group="model", switch=True),
+    Flag("--boostlu-alpha", 5.0, "BoostLU's boost of the positive class activations", positive_float, group="model"),
+    Flag("--feature-backbone", None, "features datasets: the timm model the 'features' column came from (recorded "
+         "with the exported LinearProbe, with its preprocessing)", group="model"),
+    Flag("--init-loss-state", "auto", "start the loss state (ROLE estimator, LL-Cp / APL matrices) from SOURCE's "
+         "loss_state.safetensors (run dir, model dir, file or hf-hub:ORG/NAME); 'auto': from --model's checkpoint "
+         "when it holds a state that fits; 'none': fresh", group="model"),
+    # loss
+    Flag("--loss", "epr", "registered loss name (spl_losses.list_losses())", group="loss"),
+    Flag("--expected-num-pos", None, "k of EPR/ROLE-like losses; unset: the benchmark's value, else the mean number "
+         "of positives of the clean validation labels", positive_float, group="loss"),
+    _loss_option("--ls-coef", "label smoothing of an_ls/bce_ls", probability),
+    _loss_option("--alpha", "EM's entropy weight"),
+    _loss_option("--beta", "APL's soft-negative weight"),
+    _loss_option("--apl-warmup-epochs", "EM+APL's warm-up epochs before pseudo-labelling", non_negative_int,
+                 argument="warmup_epochs"),
+    _loss_option("--theta", "APL's share of unknowns pseudo-labelled", probability),
+    _loss_option("--delta-rel", "large-loss rate increment", probability),
+    _loss_option("--gamma", "focusing exponent of hill/splc", non_negative_float),
+    _loss_option("--margin", "logit margin of hill/splc"),
+    _loss_option("--tau", "SPLC's correction threshold", probability),
+    _loss_option("--lamb", "Hill's lambda"),
+    _loss_option("--change-epoch", "SPLC's first correcting epoch (0-based)", non_negative_int),
+    Flag("--loss-kwargs", {}, "further loss constructor arguments (YAML mapping)", mapping, group="loss"),
+    Flag("--cl", False, "add the contrastive auxiliary loss (NT-Xent over two views)", group="loss", switch=True),
+    Flag("--cl-coef", 0.1, "weight of the contrastive term", non_negative_float, group="loss"),
+    Flag("--cl-supervised", False, "contrastive positives also share an observed class", group="loss", switch=True),
+    # optimisation
+    Flag("--train-mode", "end_to_end", "linear_fixed_features (a linear head on cached features), end_to_end, or "
+         "linear_init (the linear mode, then fine-tuning with the loss state handed over)", choices=TRAIN_MODES,
+         group="training"),
+    Flag("--epochs", 10, "training epochs", positive_int, group="training"),
+    Flag("--batch-size", 8, "global batch size (split over processes)", positive_int, group="training"),
+    Flag("--lr", 1e-5, "learning rate", positive_float, group="training"),
+    Flag("--opt", "adam", "optimizer name of timm.optim.create_optimizer_v2 (adam, adamw, sgd, ...)",
+         group="training"),
+    Flag("--momentum", 0.9, "SGD momentum", non_negative_float, group="training"),
+    Flag("--weight-decay", 0.0, "weight decay", non_negative_float, group="training"),
+    Flag("--lr-mult", 10.0, "learning-rate multiplier of the loss's trainable state (ROLE's estimator: 10)",
+         positive_float, group="training"),
+    Flag("--head-lr-mult", 1.0, "learning-rate multiplier of the classifier head", positive_float, group="training"),
+    Flag("--sched", "none", "learning-rate schedule of timm.scheduler ('none': constant, as the protocol)",
+         choices=("none", "cosine", "step", "multistep", "poly", "tanh"), group="training"),
+    Flag("--warmup-epochs", 0, "learning-rate warm-up epochs (linear from --warmup-lr)", non_negative_int,
+         group="training"),
+    Flag("--warmup-lr", 1e-6, "learning rate at the start of the warm-up", positive_float, group="training"),
+    Flag("--min-lr", 0.0, "lowest learning rate of cosine/poly/tanh schedules", non_negative_float, group="training"),
+    Flag("--decay-epochs", 30, "step schedule: epochs between decays", positive_int, group="training"),
+    Flag("--decay-rate", 0.1, "step schedules: learning-rate factor per decay", positive_float, group="training"),
+    Flag("--clip-grad", None, "clip the gradient norm to this value", positive_float, group="training"),
+    Flag("--grad-accum-steps", 1, "batches accumulated per optimizer step", positive_int, group="training"),
+    Flag("--early-stop-patience", None, "stop after this many epochs without a better validation mAP",
+         positive_int, group="training"),
+    Flag("--early-stop-max-drop", None, "stop when validation mAP falls more than this many points below the best",
+         positive_float, group="training"),
+    Flag("--sparse-estimator", False, "linear training: SparseAdam for per-example loss state (O(B*C) per step; not "
+         "the reference's dense Adam)", group="training", switch=True),
+    Flag("--linear-epochs", 25, "linear_init: epochs of the linear phase", positive_int, group="training"),
+    Flag("--linear-lr", 1e-3, "linear_init: learning rate of the linear phase", positive_float, group="training"),
+    Flag("--linear-batch-size", 8, "linear_init: batch size of the linear phase", positive_int, group="training"),
+    Flag("--linear-phase-dir", None, "linear_init: folder of the linear phase (default OUTPUT_DIR/linear_phase); "
+         "a finished phase with the same settings there is reused", group="training"),
+    Flag("--mixed-precision", "no", "mixed precision of accelerate", choices=("no", "fp16", "bf16"),
+         group="training"),
+    Flag("--seed", 0, "seed of initialisation, data order and flips", non_negative_int, group="training"),
+    # run
+    Flag("--output-dir", "output/run", "run folder (config.yaml, metrics, results, model/, checkpoints/)"),
+    Flag("--resume", False, "continue from the last checkpoint in OUTPUT_DIR/checkpoints", switch=True),
+    Flag("--stop-after", None, "stop after this many epochs of this invocation (continue with --resume)",
+         positive_int),
+    Flag("--keep-checkpoints", 2, "checkpoints kept (the newest; the best epoch's weights are kept besides)",
+         positive_int),
+    Flag("--search", False, "run the hyperparameter grid (search_grid of the config, else batch size {8, 16} x "
+         "lr {1e-2, 1e-3, 1e-4, 1e-5})", switch=True),
+    Flag("--log-with", None, "accelerate tracker (tensorboard, wandb, mlflow, ...)"),
+    Flag("--log-interval", 50, "optimizer steps between the training loss and learning rate sent to the tracker",
+         positive_int),
+    Flag("--progress", True, "show progress bars", switch=True),
+    Flag("--push-to-hub", None, "ORG/NAME: upload the exported model with its model card"),
+    Flag("--private", False, "create the Hub repository as private", switch=True),
+)
+
+FLAG_NAMES = tuple(flag.dest for flag in FLAGS)
+_BY_DEST = {flag.dest: flag for flag in FLAGS}
+#: Loss-option flags: dest -> the loss constructor argument they set.
+LOSS_OPTION_FLAGS: Dict[str, str] = {flag.dest: flag.loss_option for flag in FLAGS if flag.loss_option}
+
+
+class _SwitchAction(argparse.Action):
+    """``--x`` (True), ``--x VALUE`` (true/false) and ``--no-x`` (False)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+        else:
+            setattr(namespace, self.dest, True if values is None else boolean(values))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The recipe's argument parser (every flag; defaults follow SPEC §5 where it sets one).
+    """The recipe's argument parser: every flag of :data:`FLAGS`, with its help and default.
 
     Returns:
         An ``argparse.ArgumentParser``.
     """
-    p = argparse.ArgumentParser(
-        description="Train a timm model with a single-positive multi-label loss (SPEC §5 protocol).",
+    parser = argparse.ArgumentParser(
+        description="Train a timm model with a single-positive multi-label loss (Cole et al., CVPR 2021 protocol).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-c", "--config", default=None, help="YAML file whose keys are flag names (underscores)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits_mosaic",
-                   help="registered builder name, folder saved with save_to_disk, folder of Parquet files, or Hub id")
-    g.add_argument("--data-dir", default=None, help="raw data root of a registered builder")
-    g.add_argument("--dataset-kwargs", default=None, type=yaml.safe_load,
-                   help="YAML/JSON mapping of extra builder options, e.g. '{num_train: 64}'")
-    g.add_argument("--observed-seed", type=int, default=1200, help="seed of the dataset's single positives")
-    g.add_argument("--val-set-variant", default="clean", choices=("clean", "observed"))
-    g.add_argument("--image-size", type=int, default=448)
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    g.add_argument("--cache-dir", default=None, help="feature cache folder (default: ~/.cache/spl_losses/features)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet50",
-                   help="any timm model name, or a published checkpoint: hf-hub:ORG/NAME or local-dir:PATH (a model "
-                        "folder of recipes/train.py); with --pretrained its weights are the start (its class count "
-                        "must match the dataset's)")
-    g.add_argument("--init-loss-state", default="auto",
-                   help="start the loss's state (ROLE estimator, LL-Cp / APL matrices, epoch) from SOURCE's "
-                        "loss_state.safetensors: a run dir, model dir, .safetensors file or hf-hub:ORG/NAME (an error "
-                        "if it does not fit this loss and dataset); 'auto': from --model's checkpoint when it is "
-                        "hf-hub:/local-dir: with --pretrained and holds a state that fits (same loss, same (N, C)), "
-                        "else a fresh state (the log says which); 'none': always fresh")
-    g.add_argument("--feature-backbone", default=None,
-                   help="features datasets: the timm model the 'features' column came from; the exported LinearProbe "
-                        "records it with its timm preprocessing")
-    g.add_argument("--pretrained", type=_str2bool, default=True, nargs="?", const=True)
-    g.add_argument("--model-kwargs", default=None, type=yaml.safe_load, help="extra timm.create_model kwargs (YAML)")
-    g.add_argument("--boostlu", type=_str2bool, default=False, nargs="?", const=True, help="BoostLU model wrapper")
-    g.add_argument("--boostlu-alpha", type=float, default=5.0)
-    g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="epr", help="registered loss name (spl_losses.list_losses())")
-    g.add_argument("--expected-num-pos", type=float, default=None,
-                   help="k of EPR/ROLE; default: the benchmark's value, else estimated from clean validation labels")
-    for name, typ in LOSS_OPTION_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
-                       help=f"loss option {name} (when the loss takes it)")
-    g.add_argument("--loss-kwargs", default=None, type=yaml.safe_load, help="further loss kwargs (YAML mapping)")
-    g.add_argument("--cl", type=_str2bool, default=False, nargs="?", const=True, help="contrastive auxiliary loss")
-    g.add_argument("--cl-coef", type=float, default=0.1)
-    g.add_argument("--cl-supervised", type=_str2bool, default=False, nargs="?", const=True)
-    g = p.add_argument_group("training")
-    g.add_argument("--train-mode", default="end_to_end", choices=TRAIN_MODES)
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=8, help="global batch size (split over processes)")
-    g.add_argument("--lr", type=float, default=1e-5)
-    g.add_argument("--lr-mult", type=float, default=10.0,
-                   help="learning-rate multiplier of the loss's trainable state (ROLE estimator; 10 in the reference)")
-    g.add_argument("--head-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the classifier head")
-    g.add_argument("--opt", default="adam", choices=("adam", "sgd"))
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--sparse-estimator", type=_str2bool, default=False, nargs="?", const=True,
-                   help="linear training only: sparse gradients + SparseAdam for per-example loss state such as "
-                        "ROLE's estimator (O(B*C) per step instead of O(N*C); SparseAdam updates only the batch's rows, "
-                        "unlike the reference's dense Adam)")
-    g.add_argument("--linear-epochs", type=int, default=25, help="linear_init: epochs of the linear phase")
-    g.add_argument("--linear-lr", type=float, default=1e-3, help="linear_init: lr of the linear phase")
-    g.add_argument("--linear-batch-size", type=int, default=8, help="linear_init: batch size of the linear phase")
-    g.add_argument("--linear-phase-dir", default=None,
-                   help="linear_init: folder of the linear phase (default OUTPUT_DIR/linear_phase); a finished phase "
-                        "with the same settings there is reused (--search shares one across its runs)")
-    g.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("run")
-    g.add_argument("--output-dir", default="output/run")
-    g.add_argument("--resume", type=_str2bool, default=False, nargs="?", const=True,
-                   help="continue from the last checkpoint in OUTPUT_DIR/checkpoints")
-    g.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this many epochs of this invocation (splits a run; continue with --resume)")
-    g.add_argument("--search", type=_str2bool, default=False, nargs="?", const=True,
-                   help="run the batch-size x lr grid (search_grid in the config, else SPEC §5's)")
-    g.add_argument("--log-with", default=None, help="accelerate tracker, e.g. tensorboard")
-    g.add_argument("--no-progress", type=_str2bool, default=False, nargs="?", const=True)
-    g.add_argument("--push-to-hub", default=None, help="ORG/NAME: upload the exported model with spl_losses.hub")
-    return p
+    parser.add_argument("-c", "--config", default=None, help="YAML file whose keys are flag names (underscores)")
+    groups = {}
+    for flag in FLAGS:
+        group = groups.get(flag.group) or groups.setdefault(flag.group, parser.add_argument_group(flag.group))
+        if flag.switch:
+            group.add_argument(flag.name, "--no-" + flag.name[2:], dest=flag.dest, default=flag.default, nargs="?",
+                               action=_SwitchAction, metavar="BOOL", help=flag.help)
+        elif flag.repeat:
+            group.add_argument(flag.name, dest=flag.dest, default=list(flag.default), action="append",
+                               type=flag.type, metavar="KEY=VALUE", help=flag.help)
+        else:
+            group.add_argument(flag.name, dest=flag.dest, default=flag.default, type=flag.type, choices=flag.choices,
+                               help=flag.help)
+    return parser
 
 
-def load_config_file(path: str, parser: Optional[argparse.ArgumentParser] = None) -> Dict[str, Any]:
-    """Read a YAML config and check that every key is a flag (or a config-only key).
+def flag_defaults() -> Dict[str, Any]:
+    """Every flag's default, by config key."""
+    return {flag.dest: flag.default for flag in FLAGS}
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """Read a YAML config: every key must be a flag (or config-only), every value pass the flag's check.
 
     Args:
         path: YAML file.
-        parser: The parser whose flags are the allowed keys (default :func:`build_parser`).
 
     Returns:
-        The mapping.
+        The checked, converted mapping (config-only keys included, unconverted).
+
+    Raises:
+        ValueError: naming the file, the key and what was expected.
     """
-    parser = parser or build_parser()
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config {path} must hold a mapping of flag names to values, got {type(cfg).__name__}")
-    known = {a.dest for a in parser._actions} | set(CONFIG_ONLY_KEYS)
-    unknown = sorted(set(cfg) - known)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise ValueError(f"cannot read config {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {path} is not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"config {path} must hold a mapping of flag names to values, got {type(config).__name__}")
+    unknown = sorted(str(k) for k in config if k not in _BY_DEST and k not in CONFIG_ONLY_KEYS)
     if unknown:
-        raise ValueError(f"config {path} has keys that are not flags: {unknown}; "
-                         f"use flag names with underscores (e.g. batch_size)")
-    return cfg
+        raise ValueError(f"config {path} has keys that are not flags: {unknown}; use flag names with underscores "
+                         f"(e.g. batch_size)")
+    checked = {}
+    for key, value in config.items():
+        if key in CONFIG_ONLY_KEYS:
+            checked[key] = value
+            continue
+        try:
+            checked[key] = _BY_DEST[key].convert(value)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"config {path}: {key}: {err}") from None
+    if "losses" in checked:
+        losses = checked["losses"]
+        if isinstance(losses, str) or not isinstance(losses, list) or not losses \
+                or not all(isinstance(n, str) for n in losses):
+            raise ValueError(f"config {path}: losses must be a non-empty list of loss names, got {losses!r}")
+    return checked
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Dict[str, Any]]:
@@ -155,7 +359,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         argv: Arguments (default ``sys.argv[1:]``).
 
     Returns:
-        ``(args, extra)``: the namespace and the config-only keys (``search_grid``).
+        ``(args, extra)``: the namespace (``args.config`` is the config path) and the config-only keys.
     """
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("-c", "--config", default=None)
@@ -163,9 +367,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     parser = build_parser()
     extra: Dict[str, Any] = {}
     if known.config:
-        cfg = load_config_file(known.config, parser)
-        extra = {k: cfg.pop(k) for k in CONFIG_ONLY_KEYS if k in cfg}
-        parser.set_defaults(**cfg)
+        config = load_config_file(known.config)
+        extra = {k: config.pop(k) for k in CONFIG_ONLY_KEYS if k in config}
+        parser.set_defaults(**config)
     args = parser.parse_args(remaining)
     args.config = known.config
     return args, extra
+
+
+def loss_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The loss constructor arguments set by loss-option flags and ``--loss-kwargs``.
+
+    Args:
+        args: Parsed arguments.
+    """
+    options = {argument: getattr(args, dest) for dest, argument in LOSS_OPTION_FLAGS.items()
+               if getattr(args, dest) is not None}
+    options.update(args.loss_kwargs or {})
+    return options
+
+

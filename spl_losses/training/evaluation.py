@@ -1,17 +1,15 @@
-"""Prediction over a split across processes, scoring every example exactly once, and its metrics.
+"""Prediction over a split across processes, scoring every example exactly once.
 
 ``accelerate``'s ``gather_for_metrics`` drops the samples a distributed sampler repeats to even out
 the last batch; the rows are then placed by the dataset's ``index`` column and the result is
 checked to hold every index exactly once.
 """
-from typing import Callable, Dict
+from typing import Any, Callable, Dict
 
 import torch
 from torch import nn
 
-from ..metrics import compute_metrics
-
-__all__ = ["predict_loader", "scatter_by_index", "evaluate_scores"]
+__all__ = ["predict_loader", "scatter_by_index", "features_loader"]
 
 
 def scatter_by_index(values: torch.Tensor, index: torch.Tensor, num_examples: int) -> torch.Tensor:
@@ -77,12 +75,21 @@ def predict_loader(
     return scatter_by_index(torch.cat(outputs), torch.cat(indices), num_examples)
 
 
-def evaluate_scores(scores: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> Dict[str, float]:
-    """SPEC §7 metrics of scores against multi-hot labels, keys optionally prefixed (``val_map``).
+class _FeatureRows:
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return {"features": [torch.as_tensor(f, dtype=torch.float32) for f in batch["features"]],
+                "index": batch["index"]}
+
+
+def features_loader(split, batch_size: int, workers: int = 0):
+    """A DataLoader yielding ``{"features": (B, D), "index": (B,)}`` of a features split, in order.
 
     Args:
-        scores: (N, C) logits or probabilities.
-        labels: (N, C) multi-hot labels (full labels, or observed positives with unobserved as 0).
-        prefix: Prepended to every key.
+        split: A split with ``features`` and ``index`` columns.
+        batch_size: Batch size.
+        workers: Worker processes.
     """
-    return {prefix + k: v for k, v in compute_metrics(scores, labels).items()}
+    from torch.utils.data import DataLoader
+
+    view = split.select_columns(["features", "index"]).with_transform(_FeatureRows())
+    return DataLoader(view, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..data.fingerprint import default_cache_root
 from .evaluation import predict_loader
 from .image_data import loader_for_split
 
@@ -20,10 +21,8 @@ __all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "po
 
 
 def default_cache_dir() -> str:
-    """``$SPL_LOSSES_CACHE`` or ``~/.cache/spl_losses``, plus ``/features``."""
-    root = os.environ.get("SPL_LOSSES_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "spl_losses")
-    return os.path.join(root, "features")
+    """``$SPL_LOSSES_CACHE/features`` (default ``~/.cache/spl_losses/features``)."""
+    return os.path.join(default_cache_root(), "features")
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -59,7 +58,7 @@ def feature_cache_path(cache_dir: str, model_name: str, weights_hash: str, image
         model_name: timm model name.
         weights_hash: :func:`weights_fingerprint` of the backbone.
         image_size: Input side in pixels.
-        dataset_fingerprint: The split's ``datasets`` fingerprint.
+        dataset_fingerprint: The split's content fingerprint (``spl_losses.data.dataset_fingerprint``).
         precision: Mixed-precision mode of the extraction (``no``, ``bf16``, ``fp16``): features differ.
     """
     key = f"{model_name}|{weights_hash}|{image_size}|{dataset_fingerprint}|{precision}"

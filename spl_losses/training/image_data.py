@@ -1,6 +1,10 @@
-"""Image pipeline of the protocol (SPEC §5): resize to a square (no crop), ImageNet-style normalisation
-from the model's pretrained config, horizontal flips applied per batch from a (seed, epoch) mask.
+"""Image pipeline of the protocol (Cole et al.): resize to a square (no crop), normalisation from the model's
+pretrained config, horizontal flips applied per batch from a (seed, epoch) mask.
+
+Images are decoded here, not by ``datasets``, so that an image that cannot be decoded stops the run
+with an error naming its row and file (the last checkpoint stays intact).
 """
+import io
 from typing import Any, Dict, Optional
 
 import datasets
@@ -38,13 +42,36 @@ def protocol_transform(model: torch.nn.Module, image_size: int):
     return create_transform(is_training=False, **protocol_data_config(model, image_size))
 
 
+def decode_image(entry: Dict[str, Any], index: int, split: str = "train"):
+    """Decode one undecoded ``datasets.Image`` entry (``{"bytes", "path"}``) to an RGB PIL image.
+
+    Args:
+        entry: The stored image: encoded bytes, or a file path.
+        index: The row's ``index``, named in errors.
+        split: The split's name, named in errors.
+
+    Raises:
+        ValueError: the image cannot be read or decoded (naming the split, row and file).
+    """
+    from PIL import Image
+
+    data, path = entry.get("bytes"), entry.get("path")
+    try:
+        with Image.open(io.BytesIO(data) if data else path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for unreadable or truncated files
+        where = f"file {path!r}" if path else "its embedded bytes"
+        raise ValueError(f"{split} row {index}: the image ({where}) cannot be decoded: {err}") from None
+
+
 class _ApplyTransform:
-    def __init__(self, transform, two_view_transform=None):
+    def __init__(self, transform, two_view_transform=None, split: str = "train"):
         self.transform = transform
         self.two_view_transform = two_view_transform
+        self.split = split
 
     def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        images = [img.convert("RGB") for img in batch["image"]]
+        images = [decode_image(entry, int(index), self.split) for entry, index in zip(batch["image"], batch["index"])]
         out = {"pixel_values": [self.transform(img) for img in images], "index": batch["index"]}
         if self.two_view_transform is not None:
             views = [self.two_view_transform(img) for img in images]
@@ -74,7 +101,9 @@ def loader_for_split(
     """
     if "image" not in split.column_names:
         raise ValueError(f"expected an 'image' column for image training, got columns {split.column_names}")
-    view = split.select_columns(["image", "index"]).with_transform(_ApplyTransform(transform, two_view_transform))
+    name = str(split.split) if split.split is not None else "dataset"
+    view = (split.select_columns(["image", "index"]).cast_column("image", datasets.Image(decode=False))
+            .with_transform(_ApplyTransform(transform, two_view_transform, name)))
     return DataLoader(view, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
                       num_workers=workers, persistent_workers=False)
 

@@ -29,6 +29,8 @@ def train_linear_epoch(
         order: torch.Tensor,
         batch_size: int,
         autocast: Optional[Callable[[], ContextManager]] = None,
+        scheduler=None,
+        first_update: int = 0,
 ) -> float:
     """Run one epoch of mini-batch training of ``head`` on feature tensors.
 
@@ -47,6 +49,8 @@ def train_linear_epoch(
         batch_size: Examples per step; the last batch may be smaller (nothing is dropped).
         autocast: Optional zero-argument callable returning an autocast context; pass it only under
             mixed precision (None enables the fast float32 path for ``nn.Linear`` heads).
+        scheduler: Optional timm scheduler, stepped after every update with ``step_update(num_updates)``.
+        first_update: Updates done before this epoch (the scheduler's step count).
 
     Returns:
         The mean training loss over the epoch's batches (one device sync at the end).
@@ -107,6 +111,8 @@ def train_linear_epoch(
                 opt.step()
             total += loss.detach()
             num_batches += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates=first_update + num_batches)
     finally:
         if had_check is not None:
             loss_fn.check_inputs = had_check

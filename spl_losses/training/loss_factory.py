@@ -102,3 +102,44 @@ def trainable_state_parameters(loss: nn.Module):
         loss: The loss module.
     """
     return [p for p in loss.parameters() if p.requires_grad]
+
+
+def build_run_loss(settings, data, epochs: int, sparse: bool = False) -> nn.Module:
+    """The loss of one phase of a run, built once (on the CPU; the phase moves it).
+
+    Args:
+        settings: The run's :class:`~spl_losses.training.settings.RunSettings`.
+        data: The run's :class:`~spl_losses.training.data.RunData`.
+        epochs: Epochs of the phase (losses with epoch schedules).
+        sparse: Sparse gradients for per-example state (``--sparse-estimator``).
+    """
+    return build_loss(settings.loss, data.num_classes, data.num_train, data.train_observed,
+                      settings.expected_num_pos, epochs, settings.seed, sparse=sparse,
+                      options=dict(settings.loss_options))
+
+
+@torch.no_grad()
+def hand_off_loss_state(source: nn.Module, target: nn.Module) -> None:
+    """Start ``target``'s state from ``source``'s (linear_init: linear phase -> fine-tuning).
+
+    Label estimators are handed over as ROLE's reference does, through their probabilities
+    (``init_from_estimates``, which clips them before the inverse sigmoid); every other tensor of the
+    state is copied exactly.
+
+    Args:
+        source: The linear phase's loss.
+        target: The fine-tuning loss (built for the same data).
+    """
+    from ..losses import LabelEstimator
+
+    estimators = {name for name, module in target.named_modules() if isinstance(module, LabelEstimator)}
+    logit_keys = {f"{name}.logits" if name else "logits" for name in estimators}
+    result = target.load_state_dict({k: v for k, v in source.state_dict().items() if k not in logit_keys},
+                                    strict=False)
+    missing = sorted(set(result.missing_keys) - logit_keys)
+    if missing or result.unexpected_keys:
+        raise ValueError(f"cannot hand the loss state over: missing {missing[:5]}, unexpected "
+                         f"{list(result.unexpected_keys)[:5]}")
+    sources = dict(source.named_modules())
+    for name in estimators:
+        target.get_submodule(name).init_from_estimates(sources[name].estimates())

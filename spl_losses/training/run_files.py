@@ -1,63 +1,12 @@
-"""The files of a run directory: config.yaml, metrics.jsonl, results.json and the val-mAP plot."""
+"""The files of a run folder a person reads: metrics.jsonl, results.json and the validation-mAP plot.
+
+Epochs are numbered from 1 in all of them."""
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-import yaml
-
-__all__ = ["run_identity", "check_output_dir", "write_config", "read_jsonl", "MetricsLog", "write_json",
-           "read_json", "plot_val_map"]
-
-
-def run_identity(config: Mapping[str, Any], ignored: Sequence[str]) -> Dict[str, Any]:
-    """The config entries that decide what a run computes (``ignored`` keys removed).
-
-    Args:
-        config: The resolved arguments.
-        ignored: Keys that do not change the result (output dir, resume, logging, ...).
-    """
-    return {k: v for k, v in config.items() if k not in ignored}
-
-
-def check_output_dir(output_dir: str, config: Mapping[str, Any], ignored: Sequence[str],
-                     defaults: Optional[Mapping[str, Any]] = None) -> None:
-    """Refuse an output directory whose config.yaml describes a different run.
-
-    Args:
-        output_dir: The run directory.
-        config: This run's resolved arguments.
-        ignored: Keys left out of the comparison.
-        defaults: Flag defaults: a key missing from an older config.yaml (a flag added since) counts as its
-            default, so adding a flag does not orphan earlier runs.
-
-    Raises:
-        ValueError: naming the keys that differ.
-    """
-    path = os.path.join(output_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        previous = yaml.safe_load(f) or {}
-    previous = {**{k: v for k, v in (defaults or {}).items() if k in config}, **previous}
-    old, new = run_identity(previous, ignored), run_identity(dict(config), ignored)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
-        raise ValueError(f"output dir {output_dir} holds a different run (config.yaml differs in {details}); "
-                         f"choose another --output-dir or delete it")
-
-
-def write_config(output_dir: str, config: Mapping[str, Any]) -> None:
-    """Write the resolved arguments to ``output_dir/config.yaml``.
-
-    Args:
-        output_dir: The run directory.
-        config: Plain-data mapping.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(dict(config), f, sort_keys=True)
+__all__ = ["read_jsonl", "MetricsLog", "write_json", "read_json", "plot_val_map"]
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
@@ -73,7 +22,7 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
 
 
 class MetricsLog:
-    """Per-epoch metrics as JSON lines (``epoch`` is 0-based), rewritable on resume.
+    """Per-epoch metrics as JSON lines (``epoch`` is 1-based), rewritable on resume.
 
     Args:
         path: The ``metrics.jsonl`` file.
@@ -82,13 +31,13 @@ class MetricsLog:
     def __init__(self, path: str):
         self.path = path
 
-    def keep_epochs_before(self, epoch: int) -> None:
-        """Drop records of ``epoch`` and later (a resumed run re-logs them).
+    def keep_epochs_up_to(self, epoch: int) -> None:
+        """Drop records after ``epoch`` (a resumed run re-logs them; 0 drops everything).
 
         Args:
-            epoch: First epoch to drop.
+            epoch: Last epoch to keep (1-based).
         """
-        kept = [r for r in read_jsonl(self.path) if r.get("epoch", -1) < epoch]
+        kept = [r for r in read_jsonl(self.path) if r.get("epoch", epoch + 1) <= epoch]
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "w") as f:
             for record in kept:
@@ -140,29 +89,37 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], title: str = "") -> None:
-    """Plot validation mAP per epoch (one line per run) to a PNG.
+def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], title: str = "",
+                 best: Optional[Mapping[str, int]] = None) -> None:
+    """Plot validation mAP per epoch (one line per run) to a PNG, marking each run's best epoch.
 
     Args:
         path: PNG file.
-        curves: Run label -> metric records with ``epoch`` and ``val_map``.
-        title: Plot title.
+        curves: Run label -> metric records with ``epoch`` (1-based) and ``val_map``.
+        title: Plot title (say which dataset).
+        best: Run label -> its best epoch (1-based), marked with a star.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, records in curves.items():
         records = [r for r in records if r.get("val_map") is not None]
-        ax.plot([r["epoch"] + 1 for r in records], [r["val_map"] for r in records], marker="o", label=label)
+        line, = ax.plot([r["epoch"] for r in records], [r["val_map"] for r in records], marker="o", label=label)
+        best_epoch = (best or {}).get(label)
+        marked = [r for r in records if r["epoch"] == best_epoch]
+        if marked:
+            ax.plot([best_epoch], [marked[0]["val_map"]], marker="*", markersize=16, color=line.get_color(),
+                    linestyle="none", label=f"{label}: best epoch {best_epoch}" if len(curves) == 1 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation mAP")
+    ax.set_ylabel("validation mAP (%)")
     if title:
         ax.set_title(title)
-    if len(curves) > 1:
-        ax.legend(fontsize="small")
+    ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

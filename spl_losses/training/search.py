@@ -1,11 +1,11 @@
-"""Bookkeeping of the hyperparameter grid search (SPEC §5): run names, skipping, the winner."""
+"""Bookkeeping of the hyperparameter grid search: run names, skipping, the winner."""
 import itertools
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 __all__ = ["REFERENCE_GRID", "grid_points", "run_name", "is_finished", "select_winner"]
 
-#: SPEC §5: batch size {8, 16} x learning rate {1e-2, 1e-3, 1e-4, 1e-5}.
+#: The grid of Cole et al.'s protocol: batch size {8, 16} x learning rate {1e-2, 1e-3, 1e-4, 1e-5}.
 REFERENCE_GRID: Dict[str, List[Any]] = {"batch_size": [8, 16], "lr": [1e-2, 1e-3, 1e-4, 1e-5]}
 
 

@@ -1,8 +1,10 @@
-"""The module a training step differentiates: model + loss (+ contrastive term) in one ``nn.Module``.
+"""The modules a training step differentiates and a checkpoint saves, each as one ``nn.Module``.
 
-Wrapping them together lets ``accelerate`` prepare one module, so distributed data parallel also
-all-reduces the gradients of the loss's trainable state (ROLE's label estimator) and of the
-contrastive projection head, keeping every process's copy identical.
+:class:`TrainStep` holds model + loss (+ contrastive term): ``accelerate`` prepares one module, so
+distributed data parallel also all-reduces the gradients of the loss's trainable state (ROLE's label
+estimator) and of the contrastive projection head, keeping every process's copy identical.
+:class:`LinearStep` holds a linear head and its loss (the linear mode trains on feature tensors
+directly; the module is what its checkpoints save).
 """
 from typing import Optional
 
@@ -11,7 +13,7 @@ from torch import nn
 
 from ..losses.contrastive import pooled_features
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "LinearStep"]
 
 
 class TrainStep(nn.Module):
@@ -49,6 +51,29 @@ class TrainStep(nn.Module):
         if self.contrastive is not None:
             if view1 is None or view2 is None:
                 raise ValueError("the contrastive term needs view1 and view2")
-            value = self.contrastive.combine(value, pooled_features(self.model, view1),
-                                             pooled_features(self.model, view2), targets)
+            # both views through the backbone as one batch of 2B, as the original does (BatchNorm sees both)
+            first, second = pooled_features(self.model, torch.cat([view1, view2])).chunk(2)
+            value = self.contrastive.combine(value, first, second, targets)
         return value
+
+
+class LinearStep(nn.Module):
+    """A linear head and its loss as one module (what a linear phase's checkpoints save).
+
+    Args:
+        head: The ``nn.Linear`` head.
+        loss: The loss (its state: ROLE's estimator, label matrices).
+    """
+
+    def __init__(self, head: nn.Linear, loss: nn.Module):
+        super().__init__()
+        self.head = head
+        self.loss = loss
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the head.
+
+        Args:
+            features: (B, D) features.
+        """
+        return self.head(features)

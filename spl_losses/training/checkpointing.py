@@ -1,0 +1,158 @@
+"""Checkpoints of a training phase: accelerate's ``save_state`` / ``load_state`` plus JSON bookkeeping.
+
+``OUT/checkpoints/epoch_003/`` (1-based) holds what ``accelerator.save_state(safe_serialization=True)``
+writes for the prepared objects (``model.safetensors`` with the model and the loss's state once,
+``optimizer.bin``, the RNG states; accelerate reads these back with ``torch.load(weights_only=True)``,
+which refuses pickled code) and ``recipe_state.json``: epochs done, the best epoch, the dataset's
+fingerprints and the name of the best epoch's weights file. ``recipe_state.json`` is written last and
+atomically: a folder without it is an interrupted save and is never read. Nothing goes through
+``register_for_checkpointing`` (accelerate unpickles those without restriction).
+
+The best epoch's weights are one safetensors file, ``OUT/checkpoints/best_epoch_002.safetensors``.
+Rotation keeps the newest ``keep`` checkpoints and the best-weights file they name, and deletes only
+folders this module created (they carry a ``.spl_losses_checkpoint`` marker), never anything else.
+"""
+import json
+import os
+import shutil
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["PhaseCheckpoints", "STATE_FILENAME"]
+
+STATE_FILENAME = "recipe_state.json"
+_MARKER = ".spl_losses_checkpoint"
+_PREFIX = "epoch_"
+_BEST_PREFIX = "best_epoch_"
+FORMAT_VERSION = 1
+
+
+def _tensor_state(module: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+class PhaseCheckpoints:
+    """Save, find, check and load the checkpoints of one phase in ``run_dir/checkpoints``.
+
+    Args:
+        accelerator: The ``accelerate.Accelerator`` whose prepared objects are saved.
+        run_dir: The phase's run folder.
+        fingerprints: The dataset's split fingerprints (recorded; checked on load).
+        keep: Checkpoints kept (the newest).
+    """
+
+    def __init__(self, accelerator, run_dir: str, fingerprints: Mapping[str, str], keep: int = 2):
+        self.accelerator = accelerator
+        self.root = os.path.join(run_dir, "checkpoints")
+        self.fingerprints = dict(fingerprints)
+        self.keep = int(keep)
+        self.best_weights: Optional[str] = None  # file name of the best epoch's weights, on every process
+
+    def _own(self, name: str) -> bool:
+        return name.startswith(_PREFIX) and os.path.isfile(os.path.join(self.root, name, _MARKER))
+
+    def latest(self) -> Optional[str]:
+        """The newest complete checkpoint folder, or None."""
+        if not os.path.isdir(self.root):
+            return None
+        done = sorted(n for n in os.listdir(self.root)
+                      if self._own(n) and os.path.isfile(os.path.join(self.root, n, STATE_FILENAME)))
+        return os.path.join(self.root, done[-1]) if done else None
+
+    def save(self, epoch: int, state: Dict[str, Any], module: nn.Module, is_best: bool) -> Dict[str, Any]:
+        """Checkpoint the end of ``epoch`` (1-based).
+
+        Args:
+            epoch: The epoch just finished.
+            state: JSON-able bookkeeping (tracker state, ...); the dataset fingerprints are added.
+            module: The unwrapped module whose tensors are the best weights when ``is_best``.
+            is_best: Whether this epoch is the best so far (the same on every process).
+
+        Returns:
+            The checkpoint's bookkeeping, as :meth:`load` returns it.
+        """
+        acc = self.accelerator
+        folder = os.path.join(self.root, f"{_PREFIX}{epoch:03d}")
+        if is_best:
+            self.best_weights = f"{_BEST_PREFIX}{epoch:03d}.safetensors"
+        record = {**state, "format": FORMAT_VERSION, "epoch": epoch, "fingerprints": self.fingerprints,
+                  "best_weights": self.best_weights}
+        if acc.is_main_process:
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, _MARKER), "w").close()
+        acc.wait_for_everyone()
+        acc.save_state(folder, safe_serialization=True)
+        if acc.is_main_process:
+            if is_best:
+                tmp = os.path.join(self.root, f".{self.best_weights}.tmp")
+                save_file(_tensor_state(module), tmp)
+                os.replace(tmp, os.path.join(self.root, self.best_weights))
+            tmp = os.path.join(folder, f".{STATE_FILENAME}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2)
+            os.replace(tmp, os.path.join(folder, STATE_FILENAME))
+            self._rotate()
+        acc.wait_for_everyone()
+        return record
+
+    def _rotate(self) -> None:
+        names = sorted(n for n in os.listdir(self.root) if self._own(n))
+        complete = [n for n in names if os.path.isfile(os.path.join(self.root, n, STATE_FILENAME))]
+        kept = set(complete[-self.keep:])
+        for name in names:
+            if name not in kept:
+                shutil.rmtree(os.path.join(self.root, name))
+        needed = {self.read_state(os.path.join(self.root, n)).get("best_weights") for n in kept}
+        for name in os.listdir(self.root):
+            if name.startswith(_BEST_PREFIX) and name.endswith(".safetensors") and name not in needed:
+                os.remove(os.path.join(self.root, name))
+
+    def read_state(self, folder: str) -> Dict[str, Any]:
+        """The bookkeeping of a checkpoint folder, checked.
+
+        Args:
+            folder: A checkpoint folder.
+
+        Raises:
+            ValueError: unreadable, of another format, or of another dataset (naming the split).
+        """
+        path = os.path.join(folder, STATE_FILENAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read checkpoint state {path}: {err}") from err
+        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path} is not a checkpoint of this version of recipes/train.py")
+        return state
+
+    def load(self, folder: str) -> Dict[str, Any]:
+        """Restore the prepared objects from ``folder`` and return its bookkeeping.
+
+        Args:
+            folder: A checkpoint folder (see :meth:`latest`).
+
+        Raises:
+            ValueError: the dataset changed since the checkpoint (its split fingerprints differ).
+        """
+        state = self.read_state(folder)
+        saved = state.get("fingerprints") or {}
+        changed = sorted(s for s in set(saved) | set(self.fingerprints) if saved.get(s) != self.fingerprints.get(s))
+        if changed:
+            raise ValueError(f"cannot resume from {folder}: the dataset changed since it was saved (split(s) "
+                             f"{changed} differ); resume with the same data, or start a new --output-dir")
+        self.accelerator.load_state(folder)
+        self.best_weights = state.get("best_weights")
+        return state
+
+    def load_best(self, module: nn.Module) -> None:
+        """Load the best epoch's weights into ``module`` (all keys must match).
+
+        Args:
+            module: The unwrapped module.
+        """
+        if self.best_weights:
+            module.load_state_dict(load_file(os.path.join(self.root, self.best_weights)), strict=True)

@@ -1,0 +1,251 @@
+"""One run's settings, resolved once: the checked flags plus everything derived from them and the data.
+
+``check_args`` makes the checks that need no data (names of the loss, model and trackers, a push's
+token and endpoint) so they fail in seconds; ``resolve_settings`` makes every check that needs the
+data and returns a frozen :class:`RunSettings`: the flags as attributes (``settings.lr``), the resolved
+k of EPR-like losses, the loss's options, where its state starts from, and the phases to train. The
+run's ``config.yaml`` is :meth:`RunSettings.to_config`.
+"""
+import argparse
+import dataclasses
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import timm
+import torch
+
+from .._registry import get_loss_class
+from ..checkpoints import check_checkpoint_classes, load_loss_state, parse_checkpoint, read_model_config
+from ..data.options import parse_dataset_options
+from .arguments import FLAGS, loss_options
+from .data import RunData
+from .label_matrices import estimate_expected_num_pos
+from .loss_factory import build_loss, loss_parameters
+
+__all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]
+
+#: accelerate trackers and the module each needs installed.
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                   "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                   "trackio": "trackio"}
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    """One training phase of a run.
+
+    Args:
+        name: ``"main"`` or ``"linear_phase"`` (the first phase of ``linear_init``).
+        mode: ``"linear"`` (a linear head on fixed features) or ``"end_to_end"``.
+        output_dir: The phase's run folder.
+        epochs: Epochs of the phase.
+        lr: Learning rate.
+        batch_size: Global batch size.
+        head_lr_mult: Learning-rate multiplier of the classifier.
+        resume: Continue from the phase's last checkpoint (a shared linear phase always does).
+        config: What the phase folder's ``config.yaml`` records.
+    """
+
+    name: str
+    mode: str
+    output_dir: str
+    epochs: int
+    lr: float
+    batch_size: int
+    head_lr_mult: float
+    resume: bool
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _to_config(self) -> Dict[str, Any]:
+    """The flags as resolved for this run (``expected_num_pos`` resolved): what ``config.yaml`` records."""
+    return {f.dest: getattr(self, f.dest) for f in FLAGS}
+
+
+#: The flags (as attributes, checked) plus the derived settings below.
+RunSettings = make_dataclass(
+    "RunSettings",
+    [(flag.dest, Any) for flag in FLAGS] + [
+        ("config", Optional[str]),
+        ("expected_num_pos_source", Optional[str]),
+        ("dataset_options", Mapping[str, Any]),
+        ("loss_options", Mapping[str, Any]),
+        ("targets", str),
+        ("init_loss_state_source", Optional[str]),
+        ("init_loss_state_note", Optional[str]),
+        ("phases", Tuple[PhaseSettings, ...]),
+        ("num_processes", int),
+    ],
+    frozen=True, namespace={"to_config": _to_config, "__module__": __name__},
+)
+RunSettings.__doc__ = """A run's settings, computed once by :func:`resolve_settings` (frozen).
+
+Every flag of the recipe is an attribute (``settings.lr``, ``settings.model``); besides:
+
+Args:
+    config: The YAML config the flags were read with, if any.
+    expected_num_pos_source: Where k came from (``flag``, ``benchmark``, ``estimated ...``), or None.
+    dataset_options: The builder options (``--dataset-option``).
+    loss_options: Loss constructor arguments set by the user.
+    targets: ``"full"`` (multi-hot training labels, full-label losses) or ``"observed"``.
+    init_loss_state_source: Where the loss state starts from, or None (fresh).
+    init_loss_state_note: A line for the log about it, or None.
+    phases: The phases to train, in order.
+    num_processes: Processes of the run.
+"""
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The checks that need no data: loss, model and tracker names, a push's token and endpoint.
+
+    Args:
+        args: Parsed arguments.
+
+    Raises:
+        ValueError: naming the flag and what was expected.
+    """
+    if not args.dataset:
+        raise ValueError("no dataset: pass --dataset NAME_OR_PATH, or a config that sets it (-c FILE.yaml; the demo "
+                         "is -c recipes/configs/demo.yaml)")
+    get_loss_class(args.loss)  # unknown loss: the registry's message, with the closest name
+    if args.feature_backbone and not timm.is_model(args.feature_backbone):
+        raise ValueError(f"--feature-backbone {args.feature_backbone!r} is not a timm model name")
+    if args.model.startswith(("hf-hub:", "local-dir:")):
+        parse_checkpoint(args.model)
+    elif not timm.is_model(args.model):
+        close = timm.list_models(f"*{args.model.split('.')[0][:6]}*")[:8]
+        raise ValueError(f"unknown timm model {args.model!r}; similar names: {close}")
+    if args.log_with:
+        module = TRACKER_MODULES.get(args.log_with)
+        if module is None:
+            raise ValueError(f"--log-with {args.log_with!r} is not an accelerate tracker; known: {sorted(TRACKER_MODULES)}")
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"--log-with {args.log_with}: the package {module!r} is not installed "
+                             f"(pip install {module}), so nothing would be logged")
+    if args.push_to_hub:
+        from ..hub import check_push_access
+
+        check_push_access(args.push_to_hub, repo_type="model")
+    parse_dataset_options(args.dataset_option)
+
+
+def _expected_num_pos(args, data: RunData) -> Tuple[Optional[float], Optional[str]]:
+    """k of EPR/ROLE-like losses: the flag, else the benchmark's value, else clean validation labels."""
+    if args.expected_num_pos is not None:
+        return float(args.expected_num_pos), "flag"
+    from ..data import get_dataset_info, is_dataset
+
+    if is_dataset(args.dataset) and get_dataset_info(args.dataset).expected_num_pos is not None:
+        return float(get_dataset_info(args.dataset).expected_num_pos), "benchmark"
+    k = estimate_expected_num_pos(data.val_full)
+    return (k, "estimated from the clean validation labels") if k is not None else (None, None)
+
+
+def _load_into_probe(probe: torch.nn.Module, source: str) -> None:
+    """Check that a saved loss state fits a loss built on the meta device (names, shapes, values)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+        load_loss_state(probe, source)
+
+
+def _init_loss_state(args, probe: torch.nn.Module) -> Tuple[Optional[str], Optional[str]]:
+    """Where the loss state starts from (``--init-loss-state``), checked against the loss's shapes now."""
+    choice = args.init_loss_state
+    if choice in (None, "", "none"):
+        return None, "loss state: fresh (--init-loss-state none)"
+    if choice != "auto":
+        try:
+            _load_into_probe(probe, choice)
+        except ValueError as err:
+            raise ValueError(f"--init-loss-state {choice}: {err}") from err
+        return choice, f"loss state: loaded from {choice}"
+    if not args.model.startswith(("hf-hub:", "local-dir:")) or not args.pretrained:
+        return None, None
+    source = parse_checkpoint(args.model)
+    if source.file("loss_state.safetensors", required=False) is None:
+        return None, f"loss state: fresh ({args.model} holds no loss_state.safetensors)"
+    try:
+        _load_into_probe(probe, args.model)
+    except ValueError as err:
+        return None, f"loss state: fresh, the one in {args.model} does not fit ({err})"
+    return args.model, f"loss state: loaded from {args.model} (--init-loss-state none to start fresh)"
+
+
+def _phases(args) -> Tuple[PhaseSettings, ...]:
+    main_mode = "linear" if args.train_mode == "linear_fixed_features" else "end_to_end"
+    main = PhaseSettings("main", main_mode, args.output_dir, args.epochs, args.lr, args.batch_size,
+                         args.head_lr_mult, args.resume)
+    if args.train_mode != "linear_init":
+        return (main,)
+    shared = args.linear_phase_dir is not None
+    phase_dir = args.linear_phase_dir or os.path.join(args.output_dir, "linear_phase")
+    linear = PhaseSettings("linear_phase", "linear", phase_dir, args.linear_epochs, args.linear_lr,
+                           args.linear_batch_size, 1.0, args.resume or shared)
+    return linear, main
+
+
+def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int = 1) -> "RunSettings":
+    """Every check that needs the data, then the frozen settings of the run.
+
+    Args:
+        args: Parsed arguments (checked by :func:`check_args`).
+        data: The loaded data.
+        num_processes: Processes of the run (the global batch is split over them).
+
+    Returns:
+        The :class:`RunSettings`.
+
+    Raises:
+        ValueError: naming the flag and what was expected.
+    """
+    loss_cls = get_loss_class(args.loss)
+    if args.model.startswith(("hf-hub:", "local-dir:")) and args.pretrained:
+        check_checkpoint_classes(read_model_config(args.model), data.class_names, f"--model {args.model}")
+    targets = "full" if getattr(loss_cls, "target_encoding", "observed") == "multi_hot" else "observed"
+    if targets == "full" and data.train_full is None:
+        raise ValueError(f"--loss {args.loss} trains on full labels, but the training labels of {args.dataset!r} are "
+                         "single positives; use a dataset with full labels, or '--loss an' (its single-positive "
+                         "equivalent)")
+    if args.val_set_variant == "clean" and data.val_full is None:
+        raise ValueError(f"--val-set-variant clean needs full validation labels, which {args.dataset!r} lacks; "
+                         "use --val-set-variant observed")
+    if args.train_mode != "linear_fixed_features" and data.kind != "image":
+        raise ValueError(f"--train-mode {args.train_mode} needs images, but {args.dataset!r} holds features; use "
+                         "--train-mode linear_fixed_features")
+    if (args.cl or args.boostlu) and args.train_mode == "linear_fixed_features":
+        raise ValueError("--cl and --boostlu change the network: use them with end_to_end or linear_init")
+    if args.sparse_estimator and args.train_mode == "end_to_end":
+        raise ValueError("--sparse-estimator applies to linear training (linear_fixed_features and the linear phase "
+                         "of linear_init)")
+    phases = _phases(args)
+    for phase in phases:
+        if phase.mode == "end_to_end" and phase.batch_size % num_processes:
+            raise ValueError(f"batch size {phase.batch_size} must be divisible by the number of processes "
+                             f"({num_processes}): it is the global batch, split over them")
+    options = loss_options(args)
+    k, k_source = None, None
+    if "expected_num_pos" in loss_parameters(args.loss):
+        k, k_source = _expected_num_pos(args, data)
+        if k is None:
+            raise ValueError(f"--loss {args.loss} needs k, the expected number of positives per image: "
+                             f"{args.dataset!r} is not a benchmark with a known k and has no clean validation labels "
+                             "to estimate it from; pass --expected-num-pos")
+    with torch.device("meta"):  # builds nothing: checks the loss's options, gives its state's shapes
+        probe = build_loss(args.loss, data.num_classes, data.num_train, None, k, phases[0].epochs, None,
+                           options=options)
+    source, note = _init_loss_state(args, probe)
+    flags = {flag.dest: getattr(args, flag.dest) for flag in FLAGS}
+    flags["expected_num_pos"] = k
+    settings = RunSettings(
+        **flags, config=getattr(args, "config", None), expected_num_pos_source=k_source,
+        dataset_options=parse_dataset_options(args.dataset_option), loss_options=options, targets=targets,
+        init_loss_state_source=source, init_loss_state_note=note, phases=phases, num_processes=num_processes)
+    if phases[0].name == "linear_phase":
+        shared = {k: v for k, v in settings.to_config().items()
+                  if k not in ("lr", "batch_size", "epochs", "head_lr_mult", "output_dir")}
+        phases = (dataclasses.replace(phases[0], config=shared), phases[1])
+        settings = dataclasses.replace(settings, phases=phases)
+    return settings
