@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_flags import digits as digits_flags
 import torch
 import yaml
 from sklearn.metrics import average_precision_score
@@ -119,11 +120,13 @@ def test_evaluate_timm_checkpoint_on_images(hub, tmp_path):
     # published: the training image size travels with the model (training_config.yaml), not the timm default
     push_run_to_hub(tmp_path / "run", "org/eval-timm")
     assert model.pretrained_cfg["input_size"][-1] != 32
-    assert evaluate_recipe.run_image_size("hf-hub:org/eval-timm") == 32
+    from spl_losses.checkpoints import read_training_config
+
+    assert read_training_config("hf-hub:org/eval-timm")["image_size"] == 32
     hub_metrics = evaluate_recipe.main(["--checkpoint", "hf-hub:org/eval-timm", "--dataset", str(tmp_path / "data")])
     assert hub_metrics["metrics"] == pytest.approx(metrics)
     hub.add_repo("org/no-training-record", {"config.json": b"{}"})
-    assert evaluate_recipe.run_image_size("hf-hub:org/no-training-record") is None
+    assert read_training_config("hf-hub:org/no-training-record") is None
 
 
 def test_evaluate_hub_checkpoint(hub, tmp_path):
@@ -142,7 +145,7 @@ def test_evaluate_refuses_other_classes(tmp_path):
     _features_dataset(tmp_path / "data", features)
     probe = LinearProbe(4, 3, label_names=["a", "x", "c"])
     probe.save_pretrained(tmp_path / "model")
-    with pytest.raises(ValueError, match="class names differ"):
+    with pytest.raises(ValueError, match="other class names"):
         evaluate_recipe.main(["--checkpoint", str(tmp_path / "model"), "--dataset", str(tmp_path / "data")])
 
 
@@ -155,20 +158,20 @@ def test_evaluate_reproduces_the_test_map_of_a_boostlu_run(tmp_path):
     spec = importlib.util.spec_from_file_location("spl_train_recipe_for_evaluate", ROOT / "recipes" / "train.py")
     train_recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_recipe)
-    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 24, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    data_flags = digits_flags(tmp_path / "data", num_test=24)
     out = tmp_path / "run"
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         results = train_recipe.main([
-            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", "resnet10t", "--pretrained", "false",
+            *data_flags, "--model", "resnet10t", "--pretrained", "false",
             "--model-kwargs", "{channels: [16, 32, 64, 128], stem_width: 16}", "--image-size", "64",
             "--batch-size", "16", "--lr", "1e-3", "--epochs", "1", "--no-progress", "--loss", "ll_r", "--boostlu",
             "--boostlu-alpha", "4.0", "--output-dir", str(out)])
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert json.loads((out / "model" / "config.json").read_text())["boostlu_alpha"] == 4.0
-    result = evaluate_recipe.main(["--checkpoint", str(out), "--dataset", "digits_mosaic", "--dataset-kwargs",
-                                   kwargs, "--split", "test"])
+    # no --dataset: the run's recorded dataset and options
+    result = evaluate_recipe.main(["--checkpoint", str(out), "--split", "test"])
     AcceleratorState._reset_state(reset_partial_state=True)
     assert result["boostlu_alpha"] == 4.0
     assert result["metrics"]["map"] == pytest.approx(results["test_map"], abs=1e-4)
@@ -178,11 +181,14 @@ def test_evaluate_reproduces_the_test_map_of_a_boostlu_run(tmp_path):
     from spl_losses.data import load_spml_dataset
     from spl_losses.labels import indices_to_dense
     from spl_losses.metrics import compute_metrics
+    from spl_losses.training.evaluation import predict_loader
+    from spl_losses.training.image_data import loader_for_split, protocol_transform
 
     plain = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
-    test = load_spml_dataset("digits_mosaic", seed=1200, **yaml.safe_load(kwargs))["test"]
-    logits = evaluate_recipe.predict(plain, test, __import__("accelerate").Accelerator(), 8,
-                                     evaluate_recipe.image_transform(plain, 64))
+    test = load_spml_dataset("digits_mosaic", seed=1200, num_train=32, num_validation=16, num_test=24, image_size=16,
+                             cache_dir=str(tmp_path / "data"))["test"]
+    logits = predict_loader(plain, loader_for_split(test, protocol_transform(plain, 64), 8),
+                            __import__("accelerate").Accelerator(), len(test))
     AcceleratorState._reset_state(reset_partial_state=True)
     plain_map = compute_metrics(logits, indices_to_dense(test["labels"], 10))["map"]
     assert plain_map != pytest.approx(results["test_map"], abs=1e-4)

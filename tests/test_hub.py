@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_flags import digits as digits_flags
 import torch
 import yaml
 
@@ -193,11 +194,11 @@ def test_recipe_push_to_hub_then_fresh_process_load_online_and_offline(hub, tmp_
 
     repo_id = _unique("recipe-role")
     out = tmp_path / "run"
-    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 16, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    data_flags = digits_flags(tmp_path / "data")
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         results = _load_train_recipe().main([
-            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", "test_resnet", "--pretrained",
+            *data_flags, "--model", "test_resnet", "--pretrained",
             "false", "--image-size", "16", "--batch-size", "16", "--lr", "1e-3", "--epochs", "1", "--no-progress",
             "--train-mode", "end_to_end", "--loss", "role", "--output-dir", str(out), "--push-to-hub", repo_id])
     finally:
@@ -253,11 +254,11 @@ def test_recipe_continues_training_from_a_hub_checkpoint(hub, tmp_path):
     (tmp_path / "pushed" / "results.json").write_text(json.dumps(dict(RESULTS, dataset="digits_mosaic",
                                                                       label_names=digits)))
     push_run_to_hub(tmp_path / "pushed", repo_id)
-    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 16, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    data_flags = digits_flags(tmp_path / "data")
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         _load_train_recipe().main([
-            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", f"hf-hub:{repo_id}",
+            *data_flags, "--model", f"hf-hub:{repo_id}",
             "--pretrained", "true", "--image-size", "16", "--batch-size", "16", "--lr", "1e-12", "--epochs", "1",
             "--no-progress", "--train-mode", "end_to_end", "--loss", "an", "--output-dir", str(tmp_path / "out")])
     finally:
@@ -563,11 +564,11 @@ def _digits_run_with_role_state(run_dir: Path, num_examples: int):
 def _continue(tmp_path, out: Path, model: str, *extra):
     from accelerate.state import AcceleratorState
 
-    kwargs = f"{{num_train: 32, num_validation: 16, num_test: 16, image_size: 16, cache_dir: {tmp_path / 'data'}}}"
+    data_flags = digits_flags(tmp_path / "data")
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         return _load_train_recipe().main([
-            "--dataset", "digits_mosaic", "--dataset-kwargs", kwargs, "--model", model, "--pretrained", "true",
+            *data_flags, "--model", model, "--pretrained", "true",
             "--image-size", "16", "--batch-size", "16", "--lr", "1e-12", "--epochs", "1", "--no-progress",
             "--train-mode", "end_to_end", "--loss", "role", "--output-dir", str(out), *extra])
     finally:

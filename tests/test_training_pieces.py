@@ -10,7 +10,7 @@ from spl_losses.training.features import weights_fingerprint
 from spl_losses.training.linear_head import train_linear_epoch
 from spl_losses.training.loss_factory import build_loss, loss_parameters
 from spl_losses.training.progress import BestEpochTracker
-from spl_losses.training.run_files import check_output_dir
+from spl_losses.training.run_dir import RunDir, RunDirBusyError
 from spl_losses.training.sampling import epoch_flip_mask, epoch_permutation
 from spl_losses.training.search import REFERENCE_GRID, grid_points, run_name, select_winner
 
@@ -37,8 +37,8 @@ def test_epoch_draws_depend_only_on_seed_and_epoch():
 
 def test_best_epoch_tracker_keeps_the_first_best_and_ignores_nan():
     t = BestEpochTracker()
-    assert t.update(0, 50.0) and not t.update(1, 50.0) and t.update(2, 60.0) and not t.update(3, float("nan"))
-    assert (t.best_epoch, t.best_val_map, t.epochs_done) == (2, 60.0, 4)
+    assert t.update(1, 50.0) and not t.update(2, 50.0) and t.update(3, 60.0) and not t.update(4, float("nan"))
+    assert (t.best_epoch, t.best_val_map, t.epochs_done) == (3, 60.0, 4)
     u = BestEpochTracker()
     u.load_state_dict(t.state_dict())
     assert u.state_dict() == t.state_dict()
@@ -68,9 +68,50 @@ def test_config_file_keys_must_be_flags_and_flags_override(tmp_path):
 
 def test_output_dir_check_ignores_bookkeeping_keys(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 0.1, "resume": False, "output_dir": "x"}))
-    check_output_dir(str(tmp_path), {"lr": 0.1, "resume": True, "output_dir": "y"}, ["resume", "output_dir"])
+    RunDir(str(tmp_path)).check({"lr": 0.1, "resume": True, "output_dir": "y"}, {}, resume=False)
     with pytest.raises(ValueError, match="lr: 0.1 -> 0.2"):
-        check_output_dir(str(tmp_path), {"lr": 0.2}, ["resume", "output_dir"])
+        RunDir(str(tmp_path)).check({"lr": 0.2}, {}, resume=False)
+
+
+def test_output_dir_of_other_files_is_refused_and_untouched(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no run.*notes.txt"):
+        RunDir(str(tmp_path)).check({"lr": 0.1}, {}, resume=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    RunDir(str(tmp_path / "new")).check({"lr": 0.1}, {}, resume=False)  # a missing folder is fine
+
+
+def test_unfinished_run_with_checkpoints_needs_resume(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 0.1}))
+    (tmp_path / "checkpoints" / "epoch_001").mkdir(parents=True)
+    with pytest.raises(ValueError, match="--resume"):
+        RunDir(str(tmp_path)).check({"lr": 0.1}, {}, resume=False)
+    RunDir(str(tmp_path)).check({"lr": 0.1}, {}, resume=True)
+
+
+def test_run_dir_lock_refuses_a_second_holder(tmp_path):
+    first, second = RunDir(str(tmp_path)), RunDir(str(tmp_path))
+    first.acquire()
+    try:
+        with pytest.raises(RunDirBusyError, match="in use by another run"):
+            second.acquire()
+    finally:
+        first.release()
+    second.acquire()  # released: free again
+    second.release()
+
+
+def test_early_stopping_rules():
+    from spl_losses.training.progress import EarlyStopping
+
+    t, patience, drop = BestEpochTracker(), EarlyStopping(patience=1), EarlyStopping(max_drop=2.0)
+    t.update(1, 50.0)
+    assert patience.should_stop(t, 50.0) is None and drop.should_stop(t, 50.0) is None
+    t.update(2, 49.0)  # no improvement: EM's rule stops; a 1-point drop is within 2
+    assert "patience 1" in patience.should_stop(t, 49.0) and drop.should_stop(t, 49.0) is None
+    t.update(3, 47.5)
+    assert "2.50 points below" in drop.should_stop(t, 47.5)
+    assert EarlyStopping().should_stop(t, 0.0) is None and not EarlyStopping().enabled
 
 
 def test_loss_factory_passes_only_what_the_loss_takes():
@@ -161,11 +202,12 @@ def test_output_dir_check_counts_flags_added_since_as_their_default(tmp_path):
     with open(tmp_path / "config.yaml", "w") as f:
         yaml.safe_dump({"loss": "an", "lr": 0.1}, f)  # written before the flag init_loss_state existed
     defaults = {"loss": "epr", "lr": 1e-5, "init_loss_state": "auto"}
-    check_output_dir(str(tmp_path), {"loss": "an", "lr": 0.1, "init_loss_state": "auto"}, (), defaults)
+    run = RunDir(str(tmp_path))
+    run.check({"loss": "an", "lr": 0.1, "init_loss_state": "auto"}, defaults, resume=False)
     with pytest.raises(ValueError, match="init_loss_state: 'auto' -> 'none'"):
-        check_output_dir(str(tmp_path), {"loss": "an", "lr": 0.1, "init_loss_state": "none"}, (), defaults)
+        run.check({"loss": "an", "lr": 0.1, "init_loss_state": "none"}, defaults, resume=False)
     with pytest.raises(ValueError, match="lr: 0.1 -> 1e-05"):  # keys present in the old file are compared as written
-        check_output_dir(str(tmp_path), {"loss": "an", "lr": 1e-5, "init_loss_state": "auto"}, (), defaults)
+        run.check({"loss": "an", "lr": 1e-5, "init_loss_state": "auto"}, defaults, resume=False)
 
 
 def test_protocol_data_config_squashes_to_the_training_size():
