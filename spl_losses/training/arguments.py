@@ -60,39 +60,22 @@ def _real(value: Any) -> float:
     return number
 
 
-def positive_int(value: Any) -> int:
-    """An integer > 0."""
-    number = _integer(value)
-    return number if number > 0 else _fail("an integer > 0", value)
+def _bounded(convert: Callable[[Any], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[Any], Any]:
+    """A value type: ``convert``, then refuse what ``accept`` rejects (saying what was ``expected``)."""
+    def check(value: Any) -> Any:
+        converted = convert(value)
+        return converted if accept(converted) else _fail(expected, value)
+
+    check.__doc__ = f"{expected[0].upper()}{expected[1:]}."
+    return check
 
 
-def non_negative_int(value: Any) -> int:
-    """An integer >= 0."""
-    number = _integer(value)
-    return number if number >= 0 else _fail("an integer >= 0", value)
-
-
-def positive_float(value: Any) -> float:
-    """A finite number > 0."""
-    number = _real(value)
-    return number if number > 0 else _fail("a number > 0", value)
-
-
-def non_negative_float(value: Any) -> float:
-    """A finite number >= 0."""
-    number = _real(value)
-    return number if number >= 0 else _fail("a number >= 0", value)
-
-
-def finite_float(value: Any) -> float:
-    """Any finite number."""
-    return _real(value)
-
-
-def probability(value: Any) -> float:
-    """A number in [0, 1]."""
-    number = _real(value)
-    return number if 0.0 <= number <= 1.0 else _fail("a number in [0, 1]", value)
+positive_int = _bounded(_integer, lambda n: n > 0, "an integer > 0")
+non_negative_int = _bounded(_integer, lambda n: n >= 0, "an integer >= 0")
+positive_float = _bounded(_real, lambda x: x > 0, "a number > 0")
+non_negative_float = _bounded(_real, lambda x: x >= 0, "a number >= 0")
+finite_float = _bounded(_real, lambda x: True, "a finite number")
+probability = _bounded(_real, lambda x: 0.0 <= x <= 1.0, "a number in [0, 1]")
 
 
 def mapping(value: Any) -> Dict[str, Any]:

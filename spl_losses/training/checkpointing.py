@@ -5,16 +5,19 @@ writes for the prepared objects (``model.safetensors`` with the model and the lo
 ``optimizer.bin``, the RNG states; accelerate reads these back with ``torch.load(weights_only=True)``,
 which refuses pickled code) and ``recipe_state.json``: epochs done, the best epoch, the dataset's
 fingerprints and the name of the best epoch's weights file. ``recipe_state.json`` is written last and
-atomically: a folder without it is an interrupted save and is never read. Nothing goes through
-``register_for_checkpointing`` (accelerate unpickles those without restriction).
+atomically: a folder without it is an interrupted save and is never read. It lists every file of the
+checkpoint with its SHA-256: a checkpoint whose files changed, or gained or lost one, is refused before
+anything is loaded. Nothing goes through ``register_for_checkpointing`` (accelerate unpickles those
+without restriction).
 
 The best epoch's weights are one safetensors file, ``OUT/checkpoints/best_epoch_002.safetensors``.
-Rotation keeps the newest ``keep`` checkpoints and the best-weights file they name, and deletes only
-folders this module created (they carry a ``.spl_losses_checkpoint`` marker), never anything else.
+Rotation keeps the newest ``keep`` checkpoints and the best-weights file they name. It deletes only
+files this module or accelerate wrote, in folders this module created (they carry a
+``.spl_losses_checkpoint`` marker); a folder still holding anything else is left in place.
 """
+import hashlib
 import json
 import os
-import shutil
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -28,6 +31,17 @@ _MARKER = ".spl_losses_checkpoint"
 _PREFIX = "epoch_"
 _BEST_PREFIX = "best_epoch_"
 FORMAT_VERSION = 1
+#: What ``accelerator.save_state`` writes (deleted from an interrupted save's folder).
+_ACCELERATE_FILES = ("model", "optimizer", "scheduler", "sampler", "random_states", "scaler", "dl_state_dict",
+                     "custom_checkpoint")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _tensor_state(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -85,7 +99,10 @@ class PhaseCheckpoints:
             open(os.path.join(folder, _MARKER), "w").close()
         acc.wait_for_everyone()
         acc.save_state(folder, safe_serialization=True)
+        acc.wait_for_everyone()  # every process's files (RNG states) are written
         if acc.is_main_process:
+            record["files"] = {name: _sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+                               if name not in (_MARKER, STATE_FILENAME) and not name.startswith(".")}
             if is_best:
                 tmp = os.path.join(self.root, f".{self.best_weights}.tmp")
                 save_file(_tensor_state(module), tmp)
@@ -104,11 +121,29 @@ class PhaseCheckpoints:
         kept = set(complete[-self.keep:])
         for name in names:
             if name not in kept:
-                shutil.rmtree(os.path.join(self.root, name))
+                self._remove(os.path.join(self.root, name))
         needed = {self.read_state(os.path.join(self.root, n)).get("best_weights") for n in kept}
         for name in os.listdir(self.root):
             if name.startswith(_BEST_PREFIX) and name.endswith(".safetensors") and name not in needed:
                 os.remove(os.path.join(self.root, name))
+
+    @staticmethod
+    def _remove(folder: str) -> None:
+        """Delete a checkpoint folder's own files (those its manifest lists, or accelerate's names in an
+        interrupted save), then the folder if nothing else is left in it."""
+        listed = None
+        if os.path.isfile(os.path.join(folder, STATE_FILENAME)):
+            try:
+                with open(os.path.join(folder, STATE_FILENAME), encoding="utf-8") as f:
+                    listed = set(json.load(f).get("files", {}))
+            except (OSError, ValueError, AttributeError):
+                listed = None
+        for name in os.listdir(folder):
+            ours = name in listed if listed is not None else name.startswith(_ACCELERATE_FILES)
+            if ours or name in (_MARKER, STATE_FILENAME) or name.startswith(f".{STATE_FILENAME}"):
+                os.remove(os.path.join(folder, name))
+        if not os.listdir(folder):
+            os.rmdir(folder)
 
     def read_state(self, folder: str) -> Dict[str, Any]:
         """The bookkeeping of a checkpoint folder, checked.
@@ -139,6 +174,7 @@ class PhaseCheckpoints:
             ValueError: the dataset changed since the checkpoint (its split fingerprints differ).
         """
         state = self.read_state(folder)
+        self._verify_files(folder, state)
         saved = state.get("fingerprints") or {}
         changed = sorted(s for s in set(saved) | set(self.fingerprints) if saved.get(s) != self.fingerprints.get(s))
         if changed:
@@ -147,6 +183,19 @@ class PhaseCheckpoints:
         self.accelerator.load_state(folder)
         self.best_weights = state.get("best_weights")
         return state
+
+    @staticmethod
+    def _verify_files(folder: str, state: Dict[str, Any]) -> None:
+        """Refuse a checkpoint whose files are not exactly those saved (a file changed, added or missing)."""
+        listed = state.get("files")
+        if not isinstance(listed, dict):
+            raise ValueError(f"{folder}/{STATE_FILENAME} lists no files: not a complete checkpoint")
+        present = {n for n in os.listdir(folder) if n not in (_MARKER, STATE_FILENAME) and not n.startswith(".")}
+        extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
+        changed = sorted(n for n in set(listed) & present if _sha256(os.path.join(folder, n)) != listed[n])
+        if extra or missing or changed:
+            raise ValueError(f"cannot resume from {folder}: its files are not those it was saved with (changed: "
+                             f"{changed}, added: {extra}, missing: {missing}); nothing was loaded")
 
     def load_best(self, module: nn.Module) -> None:
         """Load the best epoch's weights into ``module`` (all keys must match).
