@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC §7: mAP (two conventions), per-class AP, precision/recall@k, top-k hit rate.
+"""Evaluation metrics of Cole et al. (2021): mAP (two conventions), per-class AP, precision/recall@k, top-k hit rate.
 
 Every function takes scores and full (multi-hot) labels as numpy arrays or torch tensors of shape
 (N, C). Scores may be logits or probabilities (only their order matters).
@@ -105,9 +105,9 @@ def precision_at_k(scores: ArrayLike, labels: ArrayLike, k: int) -> float:
     """Per-image precision of the top-k predicted classes, averaged over images, in percent.
 
     Args:
-        scores: (N, C) scores.
+        scores: (N, C) scores (logits or probabilities).
         labels: (N, C) full multi-hot labels.
-        k: Number of top-scored classes per image.
+        k: How many top-scored classes count as predicted.
     """
     hits, _, kk = _hits_at_k(scores, labels, k)
     return float(100.0 * (hits / kk).mean())
@@ -132,16 +132,16 @@ def top_k_hit_rate(scores: ArrayLike, labels: ArrayLike, k: int) -> float:
     """Share of images with at least one true label among the top-k predictions, in percent.
 
     Args:
-        scores: (N, C) scores.
-        labels: (N, C) full multi-hot labels.
-        k: Number of top-scored classes per image.
+        scores: (N, C) image scores; only their order per image matters.
+        labels: (N, C) multi-hot ground truth.
+        k: The number of predictions per image.
     """
     hits, _, _ = _hits_at_k(scores, labels, k)
     return float(100.0 * (hits > 0).mean())
 
 
 def compute_metrics(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1, 3, 5)) -> Dict[str, float]:
-    """All metrics of SPEC §7 in one dict.
+    """mAP (both conventions), precision@k, recall@k and the top-k hit rate in one dict.
 
     Args:
         scores: (N, C) scores.

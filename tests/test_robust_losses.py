@@ -45,8 +45,9 @@ def test_hill_default_is_sum_and_options_named_after_paper():
 
 
 def splc_entry(x, t, margin=1.0, gamma=2.0):
-    if t == 1:
-        p = sigmoid(x - margin)
+    """t: 1 observed positive (margin-shifted), "c" corrected unknown (unshifted), 0 negative."""
+    if t in (1, "c"):
+        p = sigmoid(x - (margin if t == 1 else 0.0))
         return -((1.0 - p) ** gamma) * math.log(p)
     p = sigmoid(x)
     return -(p ** gamma) * math.log(1.0 - p)
