@@ -69,8 +69,8 @@ def test_splc_corrects_confident_unknowns_from_change_epoch():
     # the observed negative with a confident logit 3.0 is never corrected.
     logits = torch.tensor([[0.0, 2.0, 0.2], [1.5, -0.5, 3.0]])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, -1.0]])
-    expected = (splc_entry(0.0, 1) + splc_entry(2.0, 1) + splc_entry(0.2, 0)
-                + splc_entry(1.5, 1) + splc_entry(-0.5, 1) + splc_entry(3.0, 0))
+    expected = (splc_entry(0.0, 1) + splc_entry(2.0, "c") + splc_entry(0.2, 0)
+                + splc_entry(1.5, "c") + splc_entry(-0.5, 1) + splc_entry(3.0, 0))
     assert loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
     assert loss.corrected_targets(logits, targets).tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
     # nothing is stored: a batch at a lower probability is not corrected
@@ -142,8 +142,9 @@ def hill_formula(x, t, lamb=1.5, margin=1.0, gamma=2.0):
 
 
 def splc_formula(x, t, tau=0.6, margin=1.0, gamma=2.0):
+    shift = margin * (t == 1).float()  # the margin on observed positives only, not on corrected entries
     t = ((t == 1) | ((t == 0) & (torch.sigmoid(x) > tau))).float()
-    p = torch.sigmoid(x - margin * t)
+    p = torch.sigmoid(x - shift)
     return -(t * (1 - p) ** gamma * torch.log(p) + (1 - t) * p ** gamma * torch.log(1 - p)).sum()
 
 

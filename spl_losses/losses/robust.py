@@ -148,7 +148,7 @@ class SPLCLoss(SPLoss):
             grad = p_gamma.mul_(self.gamma * (1.0 - p) * nlog_1mp + p) if with_grad else None
 
             def positive_terms(idx):  # the margin only on observed positives, not on corrected entries
-                return focal_margin_positive(x[idx], self.margin, self.gamma)
+                return focal_margin_positive(x[idx], self.margin * (targets[idx] == 1), self.gamma)
 
             overwrite_entries(loss, grad, self._positives(targets, p), positive_terms)
             value = loss.sum()

@@ -1,0 +1,85 @@
+"""Reference-exact behaviour: each loss against an explicit port, written here, of its original formula.
+
+The ports restate the originals' arithmetic in float64 with autograd (no package code), so both
+the value and the gradient of the package's float32 loss are compared, within 1e-5 relative:
+
+- SPLC: ``losses.py`` (class ``SPLC``) of Zhang et al.'s robust-loss-mlml repository;
+- ASL: ``AsymmetricLoss`` of Alibaba-MIIL/ASL as its ``train.py`` builds it;
+- LL-R / LL-Ct: ``losses.py`` and the per-epoch ``clean_rate`` update of ``train.py`` in LargeLossMatters;
+- ROLE hand-off: ``inverse_sigmoid`` of Cole et al.'s ``models.py`` and ``loss_role`` of its ``losses.py``.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spl_losses import create_loss
+
+B, C = 16, 20  # VOC 2012 at the reference batch size: B·C = 320
+RTOL = 1e-5
+
+
+def spml_batch(seed, scale=2.0, shift=0.0, batch_size=B, num_classes=C):
+    """Logits and single-positive {0, 1} targets (one positive per row, the rest unknown)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch_size, num_classes, generator=gen) * scale + shift
+    targets = torch.zeros(batch_size, num_classes)
+    targets[torch.arange(batch_size), torch.randint(0, num_classes, (batch_size,), generator=gen)] = 1.0
+    return logits, targets
+
+
+def port_value_and_grad(port, logits, *args, **kwargs):
+    """Value and gradient of a float64 port, by autograd."""
+    x = logits.double().requires_grad_(True)
+    value = port(x, *args, **kwargs)
+    (grad,) = torch.autograd.grad(value, x)
+    return value.item(), grad
+
+
+def package_value_and_grad(loss, logits, targets, **call):
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, targets, **call)
+    value.backward()
+    return value.item(), x.grad.double()
+
+
+def assert_matches(value, grad, expected_value, expected_grad):
+    assert value == pytest.approx(expected_value, rel=RTOL)
+    scale = expected_grad.abs().max().item()
+    assert (grad - expected_grad).abs().max().item() <= RTOL * scale
+
+
+# --------------------------------------------------------------------------------------------- SPLC
+def splc_original(x, targets, epoch, tau=0.6, change_epoch=1, margin=1.0, gamma=2.0):
+    """Zhang et al.'s SPLC: shift the observed positives' logits by the margin, then (from
+    change_epoch) turn entries whose probability from those logits exceeds tau into targets 1,
+    then a focal BCE on the shifted logits (unknowns were never shifted), summed."""
+    observed = targets == 1
+    z = x - margin * observed.double()
+    t = targets.double()
+    if epoch >= change_epoch:
+        t = torch.where(torch.sigmoid(z) > tau, torch.ones_like(t), t)
+    p = torch.sigmoid(z)
+    focal = torch.where(t == 1, 1 - p, p) ** gamma  # not detached in the original
+    bce = torch.where(t == 1, -torch.nn.functional.logsigmoid(z), -torch.nn.functional.logsigmoid(-z))
+    return (focal * bce).sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("epoch", [0, 1, 3])
+def test_splc_matches_the_original(seed, epoch):
+    logits, targets = spml_batch(seed)
+    loss = create_loss("splc")
+    loss.set_epoch(epoch)
+    value, grad = package_value_and_grad(loss, logits, targets)
+    assert_matches(value, grad, *port_value_and_grad(splc_original, logits, targets, epoch))
+
+
+def test_splc_corrected_entries_are_scored_without_the_margin():
+    loss = create_loss("splc", gamma=0.0)  # plain BCE terms: -log sigmoid(x - shift)
+    loss.set_epoch(1)
+    logits = torch.tensor([[0.5, 2.0]])  # the unknown entry, p = 0.88 > 0.6, is corrected
+    value = loss(logits, torch.tensor([[1.0, 0.0]])).item()
+    expected = math.log1p(math.exp(-(0.5 - 1.0))) + math.log1p(math.exp(-2.0))
+    assert value == pytest.approx(expected, rel=1e-6)
