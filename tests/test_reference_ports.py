@@ -83,3 +83,37 @@ def test_splc_corrected_entries_are_scored_without_the_margin():
     value = loss(logits, torch.tensor([[1.0, 0.0]])).item()
     expected = math.log1p(math.exp(-(0.5 - 1.0))) + math.log1p(math.exp(-2.0))
     assert value == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- ASL
+def asl_original(x, targets, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
+    """Ridnik et al.'s AsymmetricLoss as its train.py builds it: asymmetric clipping of the negative
+    probability, focusing weight computed without gradient, summed (unknowns are negatives)."""
+    y = targets.double()
+    p = torch.sigmoid(x)
+    p_neg = torch.clamp(1 - p + clip, max=1.0)
+    log_likelihood = y * torch.log(p.clamp(min=eps)) + (1 - y) * torch.log(p_neg.clamp(min=eps))
+    with torch.no_grad():
+        base = 1 - (p * y + p_neg * (1 - y))
+        weight = base ** (gamma_pos * y + gamma_neg * (1 - y))
+    return -(log_likelihood * weight).sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_asl_defaults_match_the_papers_training_script(seed):
+    logits, targets = spml_batch(seed, shift=-1.0)
+    loss = create_loss("asl")
+    assert (loss.asl.gamma_pos, loss.asl.gamma_neg, loss.asl.clip, loss.reduction) == (0.0, 4.0, 0.05, "sum")
+    assert loss.asl.disable_torch_grad_focal_loss
+    value, grad = package_value_and_grad(loss, logits, targets)
+    assert_matches(value, grad, *port_value_and_grad(asl_original, logits, targets))
+
+
+def test_asl_keeps_timms_options():
+    logits, targets = spml_batch(5, shift=-1.0)
+    loss = create_loss("asl", gamma_pos=1.0, disable_torch_grad_focal_loss=False, reduction="batchmean")
+    # with the focusing weight differentiable the gradient differs from the detached one
+    _, grad_detached = package_value_and_grad(create_loss("asl", gamma_pos=1.0), logits, targets)
+    value, grad = package_value_and_grad(loss, logits, targets)
+    assert not torch.allclose(grad, grad_detached)
+    assert value == pytest.approx(create_loss("asl", gamma_pos=1.0)(logits, targets).item() / B, rel=1e-6)

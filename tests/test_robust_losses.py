@@ -77,7 +77,7 @@ def test_splc_corrects_confident_unknowns_from_change_epoch():
     assert loss.corrected_targets(logits - 5.0, targets).tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 
-def asl_entry(x, t, gamma_neg=4.0, gamma_pos=1.0, clip=0.05, eps=1e-8):
+def asl_entry(x, t, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
     p = sigmoid(x)
     if t == 1:
         return -((1.0 - p) ** gamma_pos) * math.log(max(p, eps))

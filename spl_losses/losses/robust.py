@@ -189,8 +189,8 @@ class AsymmetricAssumeNegativeLoss(SPLoss):
     paper = "Ridnik et al., ICCV 2021"
     unbounded_terms = "with eps=0 the log of a probability is -inf at an infinite logit"
 
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: Optional[float] = 0.05,
-                 eps: float = 1e-8, disable_torch_grad_focal_loss: bool = False, smoothing: float = 0.0,
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: Optional[float] = 0.05,
+                 eps: float = 1e-8, disable_torch_grad_focal_loss: bool = True, smoothing: float = 0.0,
                  weight: Optional[torch.Tensor] = None, pos_weight: Optional[Union[torch.Tensor, float]] = None,
                  reduction: str = "sum", num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(eps=eps, check_inputs=check_inputs)
