@@ -117,3 +117,56 @@ def test_asl_keeps_timms_options():
     value, grad = package_value_and_grad(loss, logits, targets)
     assert not torch.allclose(grad, grad_detached)
     assert value == pytest.approx(create_loss("asl", gamma_pos=1.0)(logits, targets).item() / B, rel=1e-6)
+
+
+# -------------------------------------------------------------------------------------- LL-R, LL-Ct
+def original_clean_rate(epoch, delta_rel):
+    """train.py of LargeLossMatters: clean_rate starts at 1 and loses delta_rel after each epoch."""
+    clean_rate = 1
+    for _ in range(1, epoch):  # epochs 1 .. epoch-1 have finished
+        clean_rate -= delta_rel
+    return clean_rate
+
+
+def large_loss_original(x, targets, epoch, delta_rel, scheme):
+    """losses.py of LargeLossMatters: BCE-with-logits against assume-negative targets; after the
+    first epoch the unobserved entries whose loss reaches the k-th largest unobserved loss,
+    k = ceil(B·C·(1 - clean_rate)), are rejected (LL-R) or scored for target 1 (LL-Ct); mean."""
+    y = targets.double()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none")
+    clean_rate = original_clean_rate(epoch, delta_rel)
+    if clean_rate == 1:
+        return loss.mean()
+    k = math.ceil(x.numel() * (1 - clean_rate))
+    unobserved_loss = (targets == 0).double() * loss
+    threshold = torch.topk(unobserved_loss.flatten(), k).values[-1]
+    taken = unobserved_loss >= threshold
+    if scheme == "LL-Ct":
+        replacement = torch.nn.functional.binary_cross_entropy_with_logits(x, 1 - y, reduction="none")
+    else:
+        replacement = torch.zeros_like(loss)
+    return torch.where(taken, replacement, loss).mean()
+
+
+def test_rejection_count_accumulates_clean_rate_like_the_original():
+    # VOC at B = 16: epoch 6 with delta 0.005 takes ceil(320 * 0.025000000000000022) = 9, not 8
+    assert math.ceil(B * C * (1 - original_clean_rate(6, 0.005))) == 9
+    logits, targets = spml_batch(0)
+    logits = logits.clone().requires_grad_(True)
+    loss = create_loss("ll_r")
+    loss.set_epoch(5)
+    loss(logits, targets).backward()
+    rejected = ((logits.grad == 0) & (targets == 0)).sum().item()
+    assert rejected == 9
+
+
+@pytest.mark.parametrize("name,scheme,delta_rel", [("ll_r", "LL-R", 0.005), ("ll_ct", "LL-Ct", 0.002)])
+@pytest.mark.parametrize("epoch", [1, 2, 6, 10])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_large_loss_matches_the_original(name, scheme, delta_rel, epoch, seed):
+    logits, targets = spml_batch(seed)
+    loss = create_loss(name, delta_rel=delta_rel)
+    loss.set_epoch(epoch - 1)
+    value, grad = package_value_and_grad(loss, logits, targets)
+    expected = port_value_and_grad(large_loss_original, logits, targets, epoch, delta_rel, scheme)
+    assert_matches(value, grad, *expected)

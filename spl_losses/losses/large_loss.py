@@ -57,7 +57,7 @@ def num_large_losses(num_entries: int, rate: float) -> int:
         num_entries: B·C.
         rate: Fraction of the entries.
     """
-    return min(num_entries, max(0, math.ceil(round(num_entries * rate, 6))))
+    return min(num_entries, max(0, math.ceil(num_entries * rate)))
 
 
 def select_large_losses(loss_matrix: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
@@ -126,7 +126,7 @@ class _LargeLoss(SPLoss):
     def rate(self) -> float:
         """The fraction of the batch's B·C entries taken this epoch: the original's ``1 - clean_rate``,
         about ``(t - 1)·delta_rel`` at 1-based epoch t (see :func:`clean_rate`)."""
-        return min(1.0, self.epoch * self.delta_rel)
+        return 1.0 - clean_rate(self.epoch, self.delta_rel)
 
     def compute(self, logits, targets, index=None):
         return self.large_loss_step(logits, targets == 1, targets == 0)[0]
