@@ -170,3 +170,54 @@ def test_large_loss_matches_the_original(name, scheme, delta_rel, epoch, seed):
     value, grad = package_value_and_grad(loss, logits, targets)
     expected = port_value_and_grad(large_loss_original, logits, targets, epoch, delta_rel, scheme)
     assert_matches(value, grad, *expected)
+
+
+# ------------------------------------------------------------------------------------ ROLE hand-off
+def inverse_sigmoid_original(p):
+    """models.py of Cole et al.: clip to [1e-5, 1 - 1e-5], then log(p / (1 - p)), in float32 numpy."""
+    epsilon = 1e-5
+    p = np.maximum(np.minimum(p, 1 - epsilon), epsilon)
+    return np.log(p / (1 - p))
+
+
+def role_original(x, estimator_logits, targets, expected_num_pos):
+    """loss_role of Cole et al.: both sides' positive, cross and EPR terms, mean over B·C plus the
+    regularisers; each side sees the other detached."""
+    nlog = lambda v: -torch.log(v + 1e-5)  # noqa: E731
+    preds, estimates = torch.sigmoid(x), torch.sigmoid(estimator_logits)
+    pos = (targets == 1).double()
+    num_classes = x.shape[1]
+
+    def reg(v):
+        return (v.sum(1).mean(0) - expected_num_pos) ** 2 / num_classes ** 2
+
+    est_d, preds_d = estimates.detach(), preds.detach()
+    cross_1 = est_d * nlog(preds) + (1 - est_d) * nlog(1 - preds)
+    cross_2 = preds_d * nlog(estimates) + (1 - preds_d) * nlog(1 - estimates)
+    matrix = 0.5 * (pos * nlog(preds) + pos * nlog(estimates)) + 0.5 * (cross_1 + cross_2)
+    return (matrix / x.numel()).sum() + 0.5 * (reg(preds) + reg(estimates))
+
+
+def test_handoff_clips_like_the_original_and_role_matches_after_it():
+    num_examples, k = 40, 1.5
+    gen = torch.Generator().manual_seed(0)
+    # a trained linear-phase estimate: many entries saturated beyond 1 - 1e-5 or below 1e-5
+    linear_phase = torch.sigmoid(torch.randn(num_examples, C, generator=gen) * 9.0)
+    loss = create_loss("role", num_classes=C, num_examples=num_examples, expected_num_pos=k, seed=0)
+    loss.estimator.init_from_estimates(linear_phase)
+    expected_logits = torch.from_numpy(inverse_sigmoid_original(linear_phase.numpy()))
+    torch.testing.assert_close(loss.estimator.logits.detach(), expected_logits, rtol=RTOL, atol=1e-6)
+    assert loss.estimator.logits.abs().max().item() == pytest.approx(math.log((1 - 1e-5) / 1e-5), rel=1e-5)
+
+    logits, targets = spml_batch(3)
+    index = torch.randperm(num_examples, generator=gen)[:B]
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, targets, index=index)
+    value.backward()
+    ref_x = logits.double().requires_grad_(True)
+    ref_est = expected_logits.double().requires_grad_(True)
+    ref_value = role_original(ref_x, ref_est[index], targets, k)
+    ref_value.backward()
+    assert value.item() == pytest.approx(ref_value.item(), rel=RTOL)
+    for got, ref in ((x.grad, ref_x.grad), (loss.estimator.logits.grad, ref_est.grad)):
+        assert (got.double() - ref).abs().max().item() <= RTOL * ref.abs().max().item()

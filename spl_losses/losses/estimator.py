@@ -16,7 +16,7 @@ _UNOBSERVED_INIT = math.log(0.6 / 0.4)  # logit(0.6): unobserved estimates start
 _POSITIVE_INIT = math.log(0.995 / 0.005)  # logit(0.995)
 _NEGATIVE_INIT = -_POSITIVE_INIT  # logit(0.005)
 #: Cole et al. clip handed-off estimates to [1e-5, 1 - 1e-5] before the inverse sigmoid.
-HANDOFF_CLAMP = 1e-6
+HANDOFF_CLAMP = 1e-5
 
 
 class LabelEstimator(nn.Module):
