@@ -140,8 +140,9 @@ def weighted_bce_mean(
     This is Cole et al.'s reduction (the mean over all entries, zeros included; a regulariser added
     unscaled), computed with few elementwise passes: the reference form ``-log(v + eps)`` has a
     closed-form backward (once differentiable) and each weighted sum is one dot product; the stable
-    form needs a single softplus (``-log(1-p) = -log p + x``). With ``exclusive=True`` the reference
-    form needs a single log. The weights are constants: no gradient flows into them.
+    form takes ``softplus(-x)`` and ``softplus(x)`` (not ``softplus(-x) + x``, whose sum over entries
+    cancels catastrophically for large logits). With ``exclusive=True`` the reference form needs a
+    single log. The weights are constants: no gradient flows into them.
 
     Args:
         logits: (B, C) float32 logits.
@@ -160,7 +161,7 @@ def weighted_bce_mean(
     if stable:
         x = logits.reshape(-1)
         a, b = a.reshape(-1), b.reshape(-1)
-        total = (torch.dot(a + b, F.softplus(-x)) + torch.dot(b, x)) / x.numel()
+        total = (torch.dot(a, F.softplus(-x)) + torch.dot(b, F.softplus(x))) / x.numel()
         if expected_num_pos is not None:
             p_grad = torch.sigmoid(logits)
             return total + expected_positive_regularizer(p_grad, expected_num_pos), p_grad.detach()

@@ -115,6 +115,11 @@ class LabelEstimationLoss(EstimatorLoss):
         self.estimator = LabelEstimator(num_examples, num_classes, observed_labels, sparse=sparse, seed=seed)
 
     @property
+    def unbounded_terms(self) -> str:
+        """The base loss's unbounded terms, and the stable form's."""
+        return f"base loss {self.base_loss.loss_name!r}: {self.base_loss.unbounded_terms}; {SPLoss.unbounded_terms}"
+
+    @property
     def needs_predictions(self) -> bool:
         """Whether the base loss wants ``update_from_predictions`` after each epoch."""
         return self.base_loss.needs_predictions
