@@ -58,7 +58,7 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- inputs
 def spml_observed(num_rows: int, num_classes: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
-    """One observed positive per row, everything else unobserved (SPEC §1).
+    """One observed positive per row, everything else unobserved (the single-positive setting).
 
     Args:
         num_rows: Number of rows.
