@@ -10,9 +10,9 @@ LL-R + BoostLU 89.29 / 72.89 / 49.59 / 19.80. Reference training: Adam, lr 1e-5 
 
 Differences from the original code (``losses.py`` of the LargeLossMatters repository): it selects
 every unobserved entry whose loss reaches the k-th largest value, so ties at that value can take
-more than k entries, and once k exceeds the number of unobserved entries with a positive loss its
-threshold is 0 and observed entries are taken too; here exactly ``min(k, #unobserved)`` unobserved
-entries are taken (ties broken by ``torch.topk``). Both are measure-zero events for real logits.
+more than k entries, and once k exceeds the number of unobserved entries its threshold is 0 and
+observed entries are taken too; here exactly ``min(k, #unobserved)`` unobserved entries are taken
+(ties broken by ``torch.topk``). Neither happens without exact ties or a rate near 1.
 """
 import math
 from typing import Optional, Tuple
