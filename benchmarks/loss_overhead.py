@@ -20,7 +20,6 @@ Usage::
     python benchmarks/loss_overhead.py --threads 1 --repeats 30
 """
 import argparse
-import inspect
 import os
 import statistics
 import sys
@@ -58,7 +57,7 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- inputs
 def spml_observed(num_rows: int, num_classes: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
-    """One observed positive per row, everything else unobserved (SPEC §1).
+    """One observed positive per row, everything else unobserved (the single-positive setting).
 
     Args:
         num_rows: Number of rows.
@@ -82,16 +81,16 @@ def multi_hot(num_rows: int, num_classes: int, generator: torch.Generator) -> to
     return (torch.rand(num_rows, num_classes, generator=generator) < 3.0 / num_classes).float()
 
 
-def constructor_kwargs(cls, num_classes: int, num_examples: int, observed_labels: torch.Tensor,
+def constructor_kwargs(name: str, num_classes: int, num_examples: int, observed_labels: torch.Tensor,
                        **extra) -> Tuple[Optional[dict], str]:
-    """Keyword arguments for ``cls`` built from its signature, or ``(None, reason)`` if unknown ones are required.
+    """Keyword arguments for loss ``name`` (``spl_losses.loss_kwargs``), or ``(None, reason)``.
 
     Args:
-        cls: The registered loss class (or factory).
+        name: Registered loss name.
         num_classes: Passed as ``num_classes`` when the constructor takes it.
         num_examples: Passed as ``num_examples`` when the constructor takes it.
         observed_labels: (N, C) training labels, passed as ``observed_labels`` when taken.
-        **extra: Further keyword arguments passed as they are (``check_inputs``).
+        **extra: Further keyword arguments the constructor must take (``check_inputs``).
     """
     known = {
         "num_classes": num_classes,
@@ -100,18 +99,9 @@ def constructor_kwargs(cls, num_classes: int, num_examples: int, observed_labels
         "observed_labels": observed_labels,
     }
     try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError) as err:
-        return None, f"no inspectable signature ({err})"
-    kwargs = dict(extra)
-    for name, param in params.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if name in known:
-            kwargs[name] = known[name]
-        elif param.default is inspect.Parameter.empty and name not in kwargs:
-            return None, f"constructor needs {name!r}"
-    return kwargs, ""
+        return spl_losses.loss_kwargs(name, available=known, options=extra), ""
+    except ValueError as err:
+        return None, str(err)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -206,7 +196,7 @@ class Bench:
             **extra: Further constructor arguments (``check_inputs``).
         """
         cls = spl_losses.get_loss_class(name)
-        kwargs, reason = constructor_kwargs(cls, num_classes, self.args.num_examples, train_observed, **extra)
+        kwargs, reason = constructor_kwargs(name, num_classes, self.args.num_examples, train_observed, **extra)
         if kwargs is None:
             return None, reason
         try:

@@ -4,15 +4,22 @@ Losses register themselves with the ``@register_loss("name")`` decorator when th
 imported. Other distributions add losses through the entry-point group ``spl_losses.losses``: each
 entry point names a loss class (or factory) and is registered under the entry point's name the
 first time the registry is queried.
+
+Constructor arguments are routed in one place: :func:`loss_parameters` names what a loss's
+constructor takes and :func:`loss_kwargs` picks, from the arguments a caller has available, those
+it takes (used by ``create_loss(..., label_estimation=True)``, the label-estimation wrapper and the
+training recipe).
 """
 import difflib
 import fnmatch
+import inspect
 from importlib.metadata import entry_points
-from typing import Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Union
 
 from torch import nn
 
-__all__ = ["register_loss", "create_loss", "list_losses", "is_loss", "get_loss_class", "ENTRY_POINT_GROUP"]
+__all__ = ["register_loss", "create_loss", "list_losses", "is_loss", "get_loss_class", "loss_parameters",
+           "loss_kwargs", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "spl_losses.losses"
 
@@ -118,6 +125,62 @@ def get_loss_class(name: str) -> Callable[..., nn.Module]:
     return _loss_entrypoints[name]
 
 
+def loss_parameters(name: str) -> Set[str]:
+    """Names of the constructor arguments of loss ``name``.
+
+    A constructor that takes ``**kwargs`` passes them to its base classes: their arguments are
+    followed up the method resolution order until a constructor without ``**kwargs``.
+
+    Args:
+        name: Registered loss name.
+
+    Returns:
+        The set of argument names (``self``, ``*args`` and ``**kwargs`` excluded).
+    """
+    cls = get_loss_class(name)
+    params: Set[str] = set()
+    for klass in (cls.__mro__ if isinstance(cls, type) else (cls,)):
+        init = klass.__init__ if isinstance(klass, type) else klass
+        if init is object.__init__ or init is nn.Module.__init__:
+            continue
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):
+            continue
+        params |= {n for n, p in signature.parameters.items()
+                   if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            break
+    return params
+
+
+def loss_kwargs(name: str, available: Optional[Mapping[str, Any]] = None,
+                options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Route arguments to loss ``name``'s constructor.
+
+    Args:
+        name: Registered loss name.
+        available: Arguments the caller can offer to any loss (``num_classes``, ``num_examples``,
+            ``observed_labels``, ...): those the constructor takes and whose value is not None are kept.
+        options: Arguments the user asked for: all of them go to the constructor and override
+            ``available``; one it does not take is an error.
+
+    Returns:
+        The keyword arguments for ``get_loss_class(name)(**kwargs)``.
+
+    Raises:
+        ValueError: an option the constructor does not take; the message lists what it takes.
+    """
+    params = loss_parameters(name)
+    options = dict(options or {})
+    unknown = sorted(set(options) - params)
+    if unknown:
+        raise ValueError(f"loss {name!r} does not take option(s) {unknown}; it takes {sorted(params)}")
+    kwargs = {key: value for key, value in (available or {}).items() if key in params and value is not None}
+    kwargs.update(options)
+    return kwargs
+
+
 def create_loss(name: str, label_estimation: bool = False, **kwargs) -> nn.Module:
     """Create a registered loss.
 
@@ -125,8 +188,9 @@ def create_loss(name: str, label_estimation: bool = False, **kwargs) -> nn.Modul
         name: Registry name, see :func:`list_losses`.
         label_estimation: Wrap the loss with ROLE's online label estimator
             (``spl_losses.losses.LabelEstimationLoss``); then ``num_classes``, ``num_examples`` and
-            ``expected_num_pos`` are required, the wrapper's own options (``estimate_weight``,
-            ``sparse``, ``seed``) go to it and every other argument to the loss ``name``.
+            ``expected_num_pos`` are required, the wrapper's own arguments go to it (shared ones such
+            as ``num_classes`` or ``eps`` also reach the loss ``name`` where it takes them) and every
+            other argument to the loss ``name``, which must take it.
         **kwargs: Constructor arguments of that loss (``num_classes``, ``expected_num_pos``, ...).
 
     Returns:
@@ -142,11 +206,8 @@ def create_loss(name: str, label_estimation: bool = False, **kwargs) -> nn.Modul
     cls = get_loss_class(name)
     if not label_estimation:
         return cls(**kwargs)
-    import inspect
-
-    wrapper_cls = get_loss_class("label_estimation")
-    wrapper_args = set(inspect.signature(wrapper_cls).parameters) - {"base_loss", "base_kwargs", "kwargs"}
-    wrapper_args |= {"eps", "stable", "check_inputs"}
+    wrapper = "label_estimation"
+    wrapper_args = loss_parameters(wrapper) - {"base_loss", "base_kwargs"}
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in wrapper_args}
     base_kwargs = {k: v for k, v in kwargs.items() if k not in wrapper_args}
-    return wrapper_cls(base_loss=name, base_kwargs=base_kwargs, **wrapper_kwargs)
+    return get_loss_class(wrapper)(base_loss=name, base_kwargs=base_kwargs, **wrapper_kwargs)

@@ -1,4 +1,4 @@
-"""Label encodings of SPEC §1 and the conversions between them.
+"""Label encodings of single-positive multi-label learning and the conversions between them.
 
 - Full ("clean") labels: multi-hot {0, 1}.
 - Observed labels: {-1, 0, +1}: observed negative, unobserved, observed positive.

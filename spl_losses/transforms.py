@@ -1,6 +1,6 @@
 """Image transforms for the contrastive auxiliary loss: SimCLR-style views built with timm.
 
-The augmentations of SPEC §4 (RandomResizedCrop with scale 0.2-1, horizontal flip, colour jitter
+The SimCLR-style augmentations of the contrastive auxiliary loss (RandomResizedCrop with scale 0.2-1, horizontal flip, colour jitter
 (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, Gaussian blur p 0.5, then tensor conversion and
 normalisation) are all options of ``timm.data.create_transform``; this module only picks them and
 applies the result twice.
@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 
 __all__ = ["TwoViewTransform", "contrastive_view_transform", "create_two_view_transform"]
 
-#: SPEC §4's augmentations, as ``timm.data.create_transform`` arguments.
+#: The contrastive views' augmentations, as ``timm.data.create_transform`` arguments.
 CONTRASTIVE_AUGMENTATION = dict(
     scale=(0.2, 1.0),
     hflip=0.5,
@@ -33,7 +33,7 @@ def contrastive_view_transform(
         interpolation: str = "bilinear",
         **overrides: Any,
 ) -> Callable:
-    """One SimCLR-style view transform (SPEC §4), from ``timm.data.create_transform``.
+    """One SimCLR-style view transform, from ``timm.data.create_transform``.
 
     Args:
         input_size: Output size: an int, (H, W), or timm's (3, H, W).
@@ -101,7 +101,7 @@ def create_two_view_transform(
         plain_transform: Optional[Callable] = None,
         **overrides: Any,
 ) -> TwoViewTransform:
-    """The two-view transform of SPEC §4 for a model.
+    """The two-view transform of the contrastive auxiliary loss, for a model.
 
     Args:
         data_config: timm's data config of the model (``timm.data.resolve_data_config(model=model)``);

@@ -1,6 +1,6 @@
-"""The Cole et al. losses against values worked out by hand from SPEC §2-3, and their input checks.
+"""The Cole et al. losses against values worked out by hand from the paper's formulas, and their input checks.
 
-Expected values are computed here entry by entry with ``math`` from the formulas of SPEC §3
+Expected values are computed here entry by entry with ``math`` from the formulas of Cole et al. (2021)
 (``nlog(v) = -log(v + 1e-5)``, reduction ``sum / (B·C)`` plus the unscaled regularizer), never with
 the package's own helpers.
 """

@@ -1,4 +1,4 @@
-"""Label encodings (SPEC §1): index lists <-> dense tensors, and the encoding checks."""
+"""Label encodings: index lists <-> dense tensors, and the encoding checks."""
 import numpy as np
 import pytest
 import torch

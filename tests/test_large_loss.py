@@ -6,7 +6,7 @@ import torch
 
 import spl_losses.losses.large_loss  # noqa: F401  (registers the losses)
 from spl_losses import create_loss
-from spl_losses.losses.large_loss import num_large_losses
+from spl_losses.losses.large_loss import clean_rate, num_large_losses
 
 
 def sp(x):
@@ -20,8 +20,12 @@ TARGETS = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
 # sp(0.5), sp(-1), sp(2) unknown
 
 
-def test_num_large_losses_rounding():
-    assert num_large_losses(256 * 1000, 0.005) == 1280  # 1280.0000000000002 in float
+def test_num_large_losses_follows_the_originals_float_arithmetic():
+    # the original's rate is 1 - clean_rate, clean_rate losing delta_rel once per epoch in float
+    assert clean_rate(0, 0.005) == 1.0
+    assert 1 - clean_rate(1, 0.005) == 1 - (1 - 0.005)  # 0.0050000000000000044, not 0.005
+    assert num_large_losses(256 * 1000, 1 - clean_rate(1, 0.005)) == 1281
+    assert num_large_losses(320, 1 - clean_rate(5, 0.005)) == 9  # ceil(8.000000000000007)
     assert num_large_losses(6, 0.1) == 1
     assert num_large_losses(6, 0.2) == 2
     assert num_large_losses(40, 0.001) == 1

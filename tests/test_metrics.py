@@ -1,4 +1,4 @@
-"""spl_losses.metrics against sklearn and hand-computed cases (SPEC §7)."""
+"""spl_losses.metrics against sklearn and hand-computed cases (the metrics of Cole et al., 2021)."""
 import numpy as np
 import pytest
 import torch

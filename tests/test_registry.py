@@ -123,3 +123,45 @@ def test_broken_entry_point_warns_and_does_not_break_the_registry(tmp_path, monk
         names = list_losses()
     assert "broken_plugin_loss" not in names
     assert set(CORE) <= set(names)
+
+
+# ----------------------------------------------------------------------------- constructor arguments
+def test_loss_parameters_follow_kwargs_up_the_classes():
+    assert spl_losses.loss_parameters is _registry.loss_parameters
+    # epr's **kwargs reach SPLoss; hill's constructor takes no **kwargs, so SPLoss's eps is not offered
+    assert _registry.loss_parameters("epr") == {"expected_num_pos", "num_classes", "eps", "stable", "check_inputs"}
+    assert _registry.loss_parameters("hill") == {"lamb", "margin", "gamma", "reduction", "num_classes",
+                                                 "check_inputs"}
+
+
+def test_loss_kwargs_keeps_what_the_loss_takes_and_refuses_unknown_options():
+    available = {"num_classes": 5, "num_examples": 10, "eps": 1e-5, "observed_labels": None}
+    assert _registry.loss_kwargs("hill", available, {"gamma": 1.0}) == {"num_classes": 5, "gamma": 1.0}
+    assert _registry.loss_kwargs("an", available) == {"eps": 1e-5}
+    # an option overrides an available value; None values on offer are dropped
+    assert _registry.loss_kwargs("wan", available, {"num_classes": 7}) == {"num_classes": 7, "eps": 1e-5}
+    with pytest.raises(ValueError, match=r"loss 'hill' does not take option\(s\) \['alpha'\]; it takes \['check_inputs'"):
+        _registry.loss_kwargs("hill", available, {"alpha": 0.1})
+
+
+def test_create_loss_with_label_estimation_routes_arguments():
+    common = dict(num_classes=4, num_examples=10, expected_num_pos=1.0, seed=0)
+    loss = create_loss("em", label_estimation=True, alpha=0.2, eps=1e-6, **common)
+    assert loss.base_loss.alpha == 0.2 and loss.base_loss.num_classes == 4 and loss.base_loss.eps == 1e-6
+    assert loss.eps == 1e-6 and loss.num_examples == 10
+    with pytest.raises(ValueError, match=r"loss 'hill' does not take option\(s\) \['alpha'\]"):
+        create_loss("hill", label_estimation=True, alpha=0.2, **common)
+
+
+# ------------------------------------------------------------------------------------------ citations
+def test_every_registered_loss_cites_its_paper():
+    for name in list_losses():
+        cls = get_loss_class(name)
+        assert cls.citation.lstrip().startswith("@") and cls.citation.rstrip().endswith("}"), name
+        assert cls.paper, name
+    cole = {"an", "an_ls", "bce", "bce_ls", "epr", "iu", "role", "wan", "label_estimation"}
+    for name in cole:
+        assert "Multi-Label Learning from Single Positive Labels" in get_loss_class(name).citation
+    assert "Large Loss Matters" in get_loss_class("ll_cp").citation
+    assert "Asymmetric Loss" in get_loss_class("asl").citation
+    assert "Bridging the Gap" in spl_losses.BoostLU.citation

@@ -45,8 +45,9 @@ def test_hill_default_is_sum_and_options_named_after_paper():
 
 
 def splc_entry(x, t, margin=1.0, gamma=2.0):
-    if t == 1:
-        p = sigmoid(x - margin)
+    """t: 1 observed positive (margin-shifted), "c" corrected unknown (unshifted), 0 negative."""
+    if t in (1, "c"):
+        p = sigmoid(x - (margin if t == 1 else 0.0))
         return -((1.0 - p) ** gamma) * math.log(p)
     p = sigmoid(x)
     return -(p ** gamma) * math.log(1.0 - p)
@@ -68,15 +69,15 @@ def test_splc_corrects_confident_unknowns_from_change_epoch():
     # the observed negative with a confident logit 3.0 is never corrected.
     logits = torch.tensor([[0.0, 2.0, 0.2], [1.5, -0.5, 3.0]])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, -1.0]])
-    expected = (splc_entry(0.0, 1) + splc_entry(2.0, 1) + splc_entry(0.2, 0)
-                + splc_entry(1.5, 1) + splc_entry(-0.5, 1) + splc_entry(3.0, 0))
+    expected = (splc_entry(0.0, 1) + splc_entry(2.0, "c") + splc_entry(0.2, 0)
+                + splc_entry(1.5, "c") + splc_entry(-0.5, 1) + splc_entry(3.0, 0))
     assert loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
     assert loss.corrected_targets(logits, targets).tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
     # nothing is stored: a batch at a lower probability is not corrected
     assert loss.corrected_targets(logits - 5.0, targets).tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 
 
-def asl_entry(x, t, gamma_neg=4.0, gamma_pos=1.0, clip=0.05, eps=1e-8):
+def asl_entry(x, t, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
     p = sigmoid(x)
     if t == 1:
         return -((1.0 - p) ** gamma_pos) * math.log(max(p, eps))
@@ -141,8 +142,9 @@ def hill_formula(x, t, lamb=1.5, margin=1.0, gamma=2.0):
 
 
 def splc_formula(x, t, tau=0.6, margin=1.0, gamma=2.0):
+    shift = margin * (t == 1).float()  # the margin on observed positives only, not on corrected entries
     t = ((t == 1) | ((t == 0) & (torch.sigmoid(x) > tau))).float()
-    p = torch.sigmoid(x - margin * t)
+    p = torch.sigmoid(x - shift)
     return -(t * (1 - p) ** gamma * torch.log(p) + (1 - t) * p ** gamma * torch.log(1 - p)).sum()
 
 

@@ -1,4 +1,4 @@
-"""ROLE and its LabelEstimator (SPEC §3): value, gradient routing, initialisation, state, optimizers."""
+"""ROLE and its LabelEstimator (Cole et al., 2021): value, gradient routing, initialisation, state, optimizers."""
 import math
 
 import pytest
@@ -78,7 +78,7 @@ def test_gradient_routing_stable_form_matches_hand_derivation():
 
 
 def _side(v, other, pos, neg, k):
-    """One side's terms of SPEC §3 (reference form) with the other side held constant."""
+    """One side's terms of ROLE (reference form) with the other side held constant."""
     nl_v, nl_1mv = -torch.log(v + EPS), -torch.log(1 - v + EPS)
     per_entry = pos * nl_v + neg * nl_1mv + other * nl_v + (1 - other) * nl_1mv
     reg = (v.sum(1).mean() - k) ** 2 / v.shape[1] ** 2

@@ -1,5 +1,6 @@
 """Every loss of the package; importing this module registers them."""
-from .base import REFERENCE_EPS, SPLoss, neg_log
+from ._functional import REFERENCE_EPS, expected_positive_regularizer, neg_log
+from .base import SPLoss
 from .assume_negative import (
     AssumeNegativeLabelSmoothingLoss,
     AssumeNegativeLoss,
@@ -9,8 +10,9 @@ from .assume_negative import (
     WeakAssumeNegativeLoss,
     WeightedBCELoss,
 )
-from .epr import ExpectedPositiveRegularizedLoss, expected_positive_regularizer
-from .role import LabelEstimator, ROLELoss
+from .epr import ExpectedPositiveRegularizedLoss
+from .estimator import EstimatorLoss, LabelEstimator
+from .role import ROLELoss
 from .robust import AsymmetricAssumeNegativeLoss, HillLoss, SPLCLoss
 from .entropy import EM_APL_DATASET_DEFAULTS, EntropyMaximizationAPLLoss, EntropyMaximizationLoss
 from .large_loss import LargeLossPermanentCorrection, LargeLossRejection, LargeLossTemporaryCorrection

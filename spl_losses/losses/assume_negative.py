@@ -1,41 +1,21 @@
 """Losses of Cole et al. (CVPR 2021) that are a weighted binary cross-entropy per entry.
 
 Each entry's loss is ``a * -log(p) + b * -log(1 - p)`` with weights ``(a, b)`` read off the target,
-reduced as ``sum / (B * C)`` (SPEC §2). Observed negatives (-1) get ``-log(1 - p)``.
+reduced as in Cole et al.: ``sum / (B * C)``, the mean over all entries including those whose loss
+is zero. Observed negatives (-1) get ``-log(1 - p)``.
 """
 from typing import Optional, Tuple
 
 import torch
 
 from .._registry import register_loss
+from ._checks import check_num_classes, check_number
+from ._citations import COLE_2021
+from ._functional import positive_mask
 from .base import SPLoss
 
-__all__ = ["positive_mask", "WeightedBCELoss", "FullBCELoss", "FullBCELabelSmoothingLoss", "AssumeNegativeLoss",
+__all__ = ["WeightedBCELoss", "FullBCELoss", "FullBCELabelSmoothingLoss", "AssumeNegativeLoss",
            "AssumeNegativeLabelSmoothingLoss", "WeakAssumeNegativeLoss", "IgnoreUnobservedLoss"]
-
-
-def positive_mask(targets: torch.Tensor) -> torch.Tensor:
-    """1.0 at observed positives, 0.0 elsewhere, for float {-1, 0, 1} targets.
-
-    ``clamp_min(0)`` is one arithmetic pass; ``(targets == 1).float()`` costs two slower ones. The
-    observed negatives are then ``positive_mask(t) - t`` and all observed entries ``t.abs()``.
-
-    Args:
-        targets: (B, C) float targets in the observed encoding.
-    """
-    return targets.clamp_min(0.0)
-
-
-def _check_ls_coef(ls_coef: float) -> float:
-    if not isinstance(ls_coef, (int, float)) or not 0.0 <= ls_coef < 1.0:
-        raise ValueError(f"ls_coef must be a number in [0, 1), got {ls_coef!r}")
-    return float(ls_coef)
-
-
-def _check_num_classes(num_classes: Optional[int], minimum: int = 1) -> Optional[int]:
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < minimum):
-        raise ValueError(f"num_classes must be an int >= {minimum}, got {num_classes!r}")
-    return num_classes
 
 
 class WeightedBCELoss(SPLoss):
@@ -47,6 +27,8 @@ class WeightedBCELoss(SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    paper = "Cole et al., CVPR 2021"
+    citation = COLE_2021
     #: True when no entry ever gets both weights > 0 (hard {-1, 0, 1} targets): one log instead of two.
     exclusive_weights: bool = False
 
@@ -61,6 +43,17 @@ class WeightedBCELoss(SPLoss):
     def compute(self, logits, targets, index=None):
         a, b = self.weights(targets)
         return self.weighted_bce_mean(logits, a, b, exclusive=self.exclusive_weights)[0]
+
+
+class _LabelSmoothingBCELoss(WeightedBCELoss):
+    """Base of the label-smoothing losses: holds the smoothing coefficient ``ls_coef`` in [0, 1)."""
+
+    def __init__(self, ls_coef: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.ls_coef = check_number("ls_coef", ls_coef, 0.0, 1.0, strict_maximum=True)
+
+    def extra_repr(self) -> str:
+        return f"ls_coef={self.ls_coef}, " + super().extra_repr()
 
 
 @register_loss("bce")
@@ -84,23 +77,19 @@ class FullBCELoss(WeightedBCELoss):
 
 
 @register_loss("bce_ls")
-class FullBCELabelSmoothingLoss(WeightedBCELoss):
+class FullBCELabelSmoothingLoss(_LabelSmoothingBCELoss):
     """Binary cross-entropy on full labels with label smoothing (Cole et al., CVPR 2021).
 
     A positive costs ``(1-ls)·nlog(p) + ls·nlog(1-p)``, a negative ``(1-ls)·nlog(1-p) + ls·nlog(p)``.
 
     Args:
-        ls_coef: Smoothing coefficient (0.1 in the paper).
+        ls_coef: Smoothing coefficient, in [0, 1) (0.1 in the paper).
         eps: Epsilon of the reference log ``-log(p + eps)``.
         stable: Use the log-sigmoid form instead of the reference form.
         check_inputs: Validate inputs on every call.
     """
 
     target_encoding = "multi_hot"
-
-    def __init__(self, ls_coef: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.ls_coef = _check_ls_coef(ls_coef)
 
     def weights(self, targets):
         a = targets * (1.0 - self.ls_coef) + (1.0 - targets) * self.ls_coef
@@ -128,22 +117,18 @@ class AssumeNegativeLoss(WeightedBCELoss):
 
 
 @register_loss("an_ls")
-class AssumeNegativeLabelSmoothingLoss(WeightedBCELoss):
+class AssumeNegativeLabelSmoothingLoss(_LabelSmoothingBCELoss):
     """Assume negative with label smoothing (AN-LS, Cole et al., CVPR 2021).
 
     Observed positive: ``(1-ls)·nlog(p) + ls·nlog(1-p)``; unobserved: ``(1-ls)·nlog(1-p) + ls·nlog(p)``;
     observed negative: ``nlog(1-p)``. Published mAP (VOC / COCO / NUS / CUB): 86.7 / 66.9 / 44.9 / 17.9.
 
     Args:
-        ls_coef: Smoothing coefficient (0.1 in the paper).
+        ls_coef: The smoothing coefficient ls, in [0, 1) (0.1 in the paper).
         eps: Epsilon of the reference log ``-log(p + eps)``.
         stable: Use the log-sigmoid form instead of the reference form.
         check_inputs: Validate inputs on every call.
     """
-
-    def __init__(self, ls_coef: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.ls_coef = _check_ls_coef(ls_coef)
 
     def weights(self, targets):
         pos = positive_mask(targets)
@@ -169,7 +154,7 @@ class WeakAssumeNegativeLoss(WeightedBCELoss):
 
     def __init__(self, num_classes: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = _check_num_classes(num_classes, minimum=2)
+        self.num_classes = check_num_classes(num_classes, minimum=2)
 
     def weights(self, targets):
         num_classes = targets.shape[1]
@@ -190,9 +175,9 @@ class IgnoreUnobservedLoss(WeightedBCELoss):
     Cole et al., CVPR 2021).
 
     Args:
-        eps: Epsilon of the reference log ``-log(p + eps)``.
-        stable: Use the log-sigmoid form instead of the reference form.
-        check_inputs: Validate inputs on every call.
+        eps: The epsilon inside the reference log ``-log(p + eps)``.
+        stable: Compute ``-log p`` as ``softplus(-x)`` (log-sigmoid form) instead.
+        check_inputs: Check the targets' encoding and shape on every call.
     """
 
     exclusive_weights = True

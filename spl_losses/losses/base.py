@@ -1,4 +1,4 @@
-"""The common base of every loss: input checks, float32 compute and the training-state protocol.
+"""The common base of every loss: input checks, float32 compute, hostile inputs and the training-state protocol.
 
 Every loss is called as ``loss(logits, targets, index=None)`` and returns a scalar.
 
@@ -17,6 +17,17 @@ Training-state protocol (one thing, the same for every loss; stateless losses in
   the loss with the model (or with ``accelerate``'s checkpointing) and loading it continues training
   exactly.
 
+Hostile inputs, the same rule for every loss:
+
+- An empty batch (B = 0) gives exactly 0 with a zero gradient, still connected to the logits (and
+  to a label estimator), so ``backward()`` works.
+- With ``check_inputs`` (the default), infinite logits give the loss's limit where it is finite
+  (e.g. the reference log ``-log(p + 1e-5)`` is bounded) and a ValueError naming the loss and the
+  unbounded term otherwise. Without ``check_inputs`` they give whatever the arithmetic gives.
+- NaN logits give a NaN loss.
+- Losses with per-example state accept an index repeated within a batch when its targets agree;
+  with ``check_inputs`` conflicting targets are a ValueError naming the index.
+
 Example loop::
 
     loss_fn = spl_losses.create_loss("em_apl", num_classes=C, num_examples=N)
@@ -28,93 +39,35 @@ Example loop::
         if loss_fn.predictions_due:  # needs_predictions, and this epoch's update would change the state
             loss_fn.update_from_predictions(predict_probs(model, train_set))  # (N, C)
 """
+import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..labels import check_multi_hot, check_observed_labels
+from ._checks import check_number
+from ._functional import REFERENCE_EPS, weighted_bce_mean
 
-__all__ = ["SPLoss", "neg_log", "REFERENCE_EPS"]
+__all__ = ["SPLoss"]
 
-REFERENCE_EPS = 1e-5
-
-
-def neg_log(p: torch.Tensor, eps: float = REFERENCE_EPS) -> torch.Tensor:
-    """The reference implementation's log: ``-log(p + eps)``.
-
-    Args:
-        p: Probabilities.
-        eps: Added inside the log (1e-5 in the reference).
-    """
-    return -torch.log(p + eps)
-
-
-class _WeightedNegLogMean(torch.autograd.Function):
-    """``mean(a·(-log(p + eps)) + b·(-log(1 - p + eps)))`` [+ the EPR regularizer of p], p = sigmoid(x).
-
-    A hand-written forward and backward: autograd's generic graph of the same expression (sigmoid,
-    logs, products, regularizer) allocates about a dozen (B, C) temporaries for the backward pass;
-    the closed form ``dL/dx = [(b / (1 - p + eps) - a / (p + eps)) / (B·C) + r]·p·(1 - p)`` takes
-    one. ``r = 2·(mean_b sum_c p - k) / (C²·B)`` is the regularizer's gradient, the same for every
-    entry. With ``exclusive`` (never ``a > 0`` and ``b > 0`` at one entry) a single log is needed:
-    each entry reads ``q = p`` where ``a > 0`` and ``q = 1 - p`` elsewhere, and
-    ``b / (1 - p + eps) - a / (p + eps) = (b - a) / (q + eps)``. Only ``logits`` gets a gradient;
-    ``probs`` must be ``sigmoid(logits)`` (detached), ``a`` and ``b`` are constants.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, probs, a, b, eps: float, exclusive: bool, expected_num_pos: Optional[float]):
-        batch_size, num_classes = probs.shape
-        p, a, b = probs.reshape(-1), a.reshape(-1), b.reshape(-1)
-        if exclusive:
-            # lerp with weight exactly 0 or 1 returns its start / end exactly: q is p or 1 - p
-            q_eps = torch.lerp(torch.rsub(p, 1.0), p, torch.sign(a)).add_(eps)
-            total = -torch.dot(a + b, torch.log(q_eps))
-            ctx.save_for_backward(probs, a, b, q_eps)
-        else:
-            p_eps = p + eps
-            one_minus_p_eps = torch.rsub(p, 1.0).add_(eps)
-            total = -(torch.dot(a, torch.log(p_eps)) + torch.dot(b, torch.log(one_minus_p_eps)))
-            ctx.save_for_backward(probs, a, b, p_eps, one_minus_p_eps)
-        total = total / p.numel()
-        ctx.reg_grad = None
-        if expected_num_pos is not None:
-            excess = p.sum() / batch_size - expected_num_pos
-            total = total + excess ** 2 / num_classes ** 2
-            ctx.reg_grad = 2.0 * excess / (num_classes ** 2 * batch_size)
-        ctx.exclusive = exclusive
-        return total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total):
-        if ctx.exclusive:
-            probs, a, b, q_eps = ctx.saved_tensors
-            grad = torch.sub(b, a).div_(q_eps)
-        else:
-            probs, a, b, p_eps, one_minus_p_eps = ctx.saved_tensors
-            grad = torch.div(b, one_minus_p_eps).addcdiv_(a, p_eps, value=-1.0)
-        grad.mul_(grad_total / grad.numel())
-        if ctx.reg_grad is not None:
-            grad.add_(ctx.reg_grad * grad_total)
-        p = probs.reshape(-1)
-        grad.mul_(p).addcmul_(grad, p, value=-1.0)  # times sigmoid'(x) = p·(1 - p), in place
-        return grad.view_as(probs), None, None, None, None, None, None
+#: Infinite logits are evaluated clamped to these magnitudes: every bounded term of every loss has
+#: reached its float32 limit well before 1e4 (sigmoid saturates by |x| = 104), unbounded ones grow.
+_NEAR_INFINITY, _FAR_INFINITY = 1e4, 2e4
 
 
 class SPLoss(nn.Module):
     """Base class of the project's losses.
 
-    Subclasses implement :meth:`compute` on float32 logits and targets that have been checked.
+    Subclasses implement :meth:`compute` on float32 logits and targets that have been checked, for
+    a batch of at least one example.
 
     Args:
-        eps: Epsilon inside the log of the reference form ``-log(p + eps)``.
+        eps: Epsilon inside the log of the reference form ``-log(p + eps)`` (finite, >= 0).
         stable: Use the numerically stable log-sigmoid form (``softplus(-x)`` for ``-log p``)
             instead of the reference form. Results differ from the reference in the 4th decimal.
-        check_inputs: Check shapes, encodings and index ranges on every call (a device sync on GPU).
-            Turn off only for inputs known to be valid.
+        check_inputs: Check shapes, encodings, index ranges and infinite logits on every call (a
+            device sync on GPU). Turn off only for inputs known to be valid.
     """
 
     #: "observed" for the {-1, 0, 1} encoding, "multi_hot" for full labels in {0, 1}.
@@ -125,12 +78,16 @@ class SPLoss(nn.Module):
     needs_predictions: bool = False
     #: Set by ``register_loss``.
     loss_name: str = ""
+    #: Short name of the method and its paper, and the paper's BibTeX entry.
+    paper: str = ""
+    citation: str = ""
+    #: Which terms can be infinite at an infinite logit (the explanation of the ValueError).
+    unbounded_terms: str = ("with stable=True, -log p = softplus(-x) is infinite for a positive whose logit is -inf "
+                            "and -log(1 - p) for a negative at +inf (the reference form -log(p + eps) stays finite)")
 
     def __init__(self, eps: float = REFERENCE_EPS, stable: bool = False, check_inputs: bool = True):
         super().__init__()
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"eps must be a non-negative number, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_number("eps", eps, minimum=0.0)
         self.stable = bool(stable)
         self.check_inputs = bool(check_inputs)
         self.epoch = 0
@@ -152,7 +109,7 @@ class SPLoss(nn.Module):
         Args:
             epoch: 0-based epoch number.
         """
-        if not isinstance(epoch, int) or epoch < 0:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int (0-based), got {epoch!r}")
         self.epoch = epoch
 
@@ -180,69 +137,35 @@ class SPLoss(nn.Module):
         self.epoch = epoch
 
     # ----------------------------------------------------------------- helpers
-    def neg_log_terms(self, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(-log p, -log(1 - p), p)`` for float32 logits, in the reference or stable form.
-
-        Args:
-            logits: float32 logits.
-        """
-        p = torch.sigmoid(logits)
-        if self.stable:
-            return F.softplus(-logits), F.softplus(logits), p
-        return neg_log(p, self.eps), neg_log(1.0 - p, self.eps), p
-
-    def weighted_bce_mean(
-            self,
-            logits: torch.Tensor,
-            pos_weight: torch.Tensor,
-            neg_weight: torch.Tensor,
-            probs: Optional[torch.Tensor] = None,
-            exclusive: bool = False,
-            expected_num_pos: Optional[float] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(mean(a·(-log p) + b·(-log(1-p))) [+ EPR regularizer], p)`` with few elementwise passes.
-
-        The same value as combining :meth:`neg_log_terms` by hand and reducing as SPEC §2, but the
-        reference form has a closed-form backward (once differentiable) and each weighted sum is
-        one dot product; the stable form needs a single softplus (``-log(1-p) = -log p + x``). With
-        ``exclusive=True`` the reference form needs a single log: each entry then takes
-        ``-log(q + eps)`` with ``q`` = p where ``a > 0`` and ``1 - p`` elsewhere. The weights are
-        constants: no gradient flows into them.
+    def weighted_bce_mean(self, logits: torch.Tensor, pos_weight: torch.Tensor, neg_weight: torch.Tensor,
+                          probs: Optional[torch.Tensor] = None, exclusive: bool = False,
+                          expected_num_pos: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:func:`~spl_losses.losses._functional.weighted_bce_mean` with this loss's ``eps`` and ``stable``.
 
         Args:
             logits: (B, C) float32 logits.
             pos_weight: a >= 0, the (B, C) weight of ``-log p``.
             neg_weight: b >= 0, the (B, C) weight of ``-log(1 - p)``.
-            probs: ``torch.sigmoid(logits).detach()`` if the caller has it already (saves a pass).
-            exclusive: Promise that no entry has both ``a > 0`` and ``b > 0`` (hard targets);
-                the result is then the same but computed with one log instead of two.
-            expected_num_pos: k; when given, the EPR regularizer ``(mean_b sum_c p - k)² / C²``
-                is added, unscaled (SPEC §3).
+            probs: ``torch.sigmoid(logits).detach()`` if the caller has it already.
+            exclusive: Promise that no entry has both ``a > 0`` and ``b > 0``.
+            expected_num_pos: k; when given, the EPR regulariser ``(mean_b sum_c p - k)^2 / C^2`` is added.
 
         Returns:
-            The scalar loss and ``p = sigmoid(logits)``, detached (for stop-gradient uses).
+            The scalar loss and ``p = sigmoid(logits)``, detached.
         """
-        a, b = pos_weight.detach(), neg_weight.detach()
-        if self.stable:
-            x = logits.reshape(-1)
-            a, b = a.reshape(-1), b.reshape(-1)
-            total = (torch.dot(a + b, F.softplus(-x)) + torch.dot(b, x)) / x.numel()
-            if expected_num_pos is not None:
-                p_grad = torch.sigmoid(logits)
-                total = total + (p_grad.sum(dim=1).mean() - expected_num_pos) ** 2 / logits.shape[1] ** 2
-                return total, p_grad.detach()
-            return total, (torch.sigmoid(logits.detach()) if probs is None else probs.detach())
-        p = torch.sigmoid(logits.detach()) if probs is None else probs.detach()
-        total = _WeightedNegLogMean.apply(logits, p, a, b, self.eps, bool(exclusive), expected_num_pos)
-        return total, p
+        return weighted_bce_mean(logits, pos_weight, neg_weight, eps=self.eps, stable=self.stable, probs=probs,
+                                 exclusive=exclusive, expected_num_pos=expected_num_pos)
 
-    def check_index(self, index: Optional[torch.Tensor], batch_size: int, num_examples: int) -> torch.Tensor:
+    def check_index(self, index: Optional[torch.Tensor], batch_size: int, num_examples: int,
+                    targets: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Check an example-index tensor and return it as int64.
 
         Args:
             index: (B,) integer example indices.
             batch_size: B.
             num_examples: N; indices must lie in [0, N).
+            targets: The batch's (B, C) targets; with ``check_inputs``, an index repeated with
+                different targets is an error.
         """
         if index is None:
             raise ValueError(
@@ -254,11 +177,17 @@ class SPLoss(nn.Module):
             raise ValueError(f"index must have shape ({batch_size},), got {tuple(index.shape)}")
         if index.is_floating_point() or index.dtype == torch.bool:
             raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
+        index = index.long()
         if self.check_inputs and index.numel():
-            lo, hi = torch.stack(list(torch.aminmax(index))).tolist()
+            # one sort gives the range and the repeated entries, read back in one device sync
+            sorted_index, order = torch.sort(index)
+            repeated = sorted_index[1:] == sorted_index[:-1]
+            lo, hi, num_repeated = torch.stack([sorted_index[0], sorted_index[-1], repeated.sum()]).tolist()
             if lo < 0 or hi >= num_examples:
                 raise ValueError(f"index out of range: values in [{lo}, {hi}], expected [0, {num_examples - 1}]")
-        return index.long()
+            if num_repeated and targets is not None:
+                _check_repeated_rows_agree(sorted_index, order, repeated, targets)
+        return index
 
     # ----------------------------------------------------------------- call
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor] = None):
@@ -291,11 +220,82 @@ class SPLoss(nn.Module):
         if torch.is_autocast_enabled(logits.device.type):
             # matmul-like ops (dot) would run in half precision under autocast: compute in float32
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                return self.compute(logits32, targets32, index)
-        return self.compute(logits32, targets32, index)
+                return self._compute_any(logits32, targets32, index)
+        return self._compute_any(logits32, targets32, index)
+
+    def _compute_any(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        if logits.shape[0] == 0:
+            return self.empty_batch_loss(logits, index)
+        if self.check_inputs:
+            # min and max are one cheap pass (isfinite().all() costs ~20 times more on CPU); a NaN makes
+            # both NaN, and NaN logits go on to give a NaN loss
+            lo, hi = torch.stack(torch.aminmax(logits.detach())).tolist()
+            if math.isinf(lo) or math.isinf(hi):
+                return self._compute_at_infinity(logits, targets, index)
+        return self.compute(logits, targets, index)
+
+    def _compute_at_infinity(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]):
+        """The loss at infinite logits: its limit where finite, else a ValueError.
+
+        The loss is evaluated with the infinite logits clamped to ``±1e4`` and to ``±2e4``, without
+        side effects (no gradient, every submodule in eval mode so no state is written). Equal values
+        mean a finite limit, returned from the logits clamped to ``±1e4``: the gradient at an infinite
+        logit is 0, the limit of every bounded term's gradient.
+        """
+        modes = [(module, module.training) for module in self.modules()]
+        try:
+            for module, _ in modes:
+                module.training = False
+            with torch.no_grad():
+                near = self.compute(logits.clamp(-_NEAR_INFINITY, _NEAR_INFINITY), targets, index)
+                far = self.compute(logits.clamp(-_FAR_INFINITY, _FAR_INFINITY), targets, index)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        if not (bool(torch.isfinite(near)) and bool(torch.isclose(near, far, rtol=1e-4, atol=0.0))):
+            raise ValueError(
+                f"loss {self.loss_name or type(self).__name__!r} is infinite for these logits: {self.unbounded_terms}. "
+                "Infinite logits usually come from an overflow (e.g. in float16); fix the model or clip its logits")
+        return self.compute(logits.clamp(-_NEAR_INFINITY, _NEAR_INFINITY), targets, index)
+
+    def empty_batch_loss(self, logits: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The loss of an empty batch: exactly 0, with a zero gradient connected to ``logits``.
+
+        Losses with trainable state (a label estimator) extend it so that the state is connected too.
+
+        Args:
+            logits: (0, C) float32 logits.
+            index: (0,) example indices (checked when the loss requires them).
+        """
+        if self.requires_index:
+            self.check_index(index, 0, getattr(self, "num_examples"))
+        return logits.sum()
 
     def compute(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The loss of a checked, non-empty float32 batch (implemented by each loss).
+
+        Args:
+            logits: (B, C) float32 logits, B >= 1.
+            targets: (B, C) float32 targets.
+            index: (B,) example indices or None.
+        """
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, stable={self.stable}"
+
+
+def _check_repeated_rows_agree(sorted_index: torch.Tensor, order: torch.Tensor, repeated: torch.Tensor,
+                               targets: torch.Tensor) -> None:
+    """Raise ValueError when an example index appears twice in a batch with different targets.
+
+    ``sorted_index, order = torch.sort(index)``; ``repeated[i]`` says that sorted entries i and i + 1 are equal.
+    """
+    pairs = repeated.nonzero().squeeze(1)
+    first, second = order[pairs].to(targets.device), order[pairs + 1].to(targets.device)
+    conflicting = (targets[first] != targets[second]).any(dim=1).nonzero().squeeze(1)
+    if conflicting.numel():
+        example = int(sorted_index[pairs[conflicting[0].to(pairs.device)]])
+        raise ValueError(
+            f"index {example} appears more than once in the batch with different targets; an example's "
+            "observed labels are fixed, so its rows must agree (check the sampler and the index column)")

@@ -1,4 +1,4 @@
-"""The contrastive auxiliary loss (SPEC §4): a projection head plus NT-Xent over two views.
+"""A contrastive auxiliary loss for SPML training: a projection head plus NT-Xent over two views.
 
 ``total = main_loss + cl_coef * L_cl``, where ``L_cl`` is SimCLR's NT-Xent over two augmented
 views of every image, computed on the L2-normalised output of a projection head
@@ -19,6 +19,8 @@ from timm.layers import Mlp
 from torch import nn
 
 from ..labels import check_observed_labels
+from ._checks import check_number, check_positive_int
+from ._citations import CHEN_2020, KHOSLA_2020
 
 __all__ = ["ContrastiveAuxiliary", "nt_xent_loss", "pooled_features"]
 
@@ -27,9 +29,7 @@ DEFAULT_PROJECTION_DIM = 128
 
 
 def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number (SPEC: 0.07), got {temperature!r}")
-    return float(temperature)
+    return check_number("temperature", temperature, minimum=0.0, strict_minimum=True)
 
 
 def nt_xent_loss(
@@ -56,7 +56,7 @@ def nt_xent_loss(
         embeddings_view1: (B, D) embeddings of the first views.
         embeddings_view2: (B, D) embeddings of the second views, row i the same image as row i of
             the first.
-        temperature: Softmax temperature (0.07 in SPEC).
+        temperature: Softmax temperature, finite and > 0 (0.07).
         targets: Optional (B, C) observed labels in {-1, 0, 1} for the supervised variant.
 
     Returns:
@@ -120,7 +120,7 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 class ContrastiveAuxiliary(nn.Module):
-    """Projection head + NT-Xent: the contrastive auxiliary loss of SPEC §4.
+    """Projection head + NT-Xent: a contrastive auxiliary loss for SPML training.
 
     NT-Xent is SimCLR's loss (Chen et al., "A Simple Framework for Contrastive Learning of Visual
     Representations", ICML 2020); the supervised variant follows SupCon (Khosla et al., NeurIPS
@@ -149,10 +149,13 @@ class ContrastiveAuxiliary(nn.Module):
         hidden_dim: Hidden size of the projection head (default ``num_features``).
         projection_dim: Embedding size (128).
         temperature: NT-Xent temperature (0.07).
-        cl_coef: Weight of the contrastive term in :meth:`combine`. SPEC gives no default; 1.0.
+        cl_coef: Weight of the contrastive term in :meth:`combine` (finite, >= 0; 1.0, no published value).
         supervised: Use the supervised variant (positives = same observed positive class); then
             ``targets`` must be passed to ``forward``.
     """
+
+    paper = "Chen et al., ICML 2020 (SimCLR); Khosla et al., NeurIPS 2020 (SupCon)"
+    citation = CHEN_2020 + "\n" + KHOSLA_2020
 
     def __init__(
             self,
@@ -166,12 +169,9 @@ class ContrastiveAuxiliary(nn.Module):
         super().__init__()
         hidden_dim = num_features if hidden_dim is None else hidden_dim
         for name, value in (("num_features", num_features), ("hidden_dim", hidden_dim), ("projection_dim", projection_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(cl_coef, bool) or not isinstance(cl_coef, (int, float)) or cl_coef < 0:
-            raise ValueError(f"cl_coef must be a non-negative number, got {cl_coef!r}")
+            check_positive_int(name, value)
         self.temperature = _check_temperature(temperature)
-        self.cl_coef = float(cl_coef)
+        self.cl_coef = check_number("cl_coef", cl_coef, minimum=0.0)
         self.supervised = bool(supervised)
         self.num_features = num_features
         self.projection = Mlp(num_features, hidden_features=hidden_dim, out_features=projection_dim, act_layer=nn.ReLU)

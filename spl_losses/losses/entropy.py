@@ -8,13 +8,14 @@ import torch.nn.functional as F
 
 from .._registry import register_loss
 from ..labels import check_observed_labels
-from .assume_negative import _check_num_classes
+from ._checks import check_non_negative_int, check_num_classes, check_number, check_positive_int
+from ._citations import ZHOU_2022
+from ._functional import fused_loss, needs_grad, nlog_terms_and_grads, overwrite_entries
 from .base import SPLoss
-from .robust import _check_number, fused_loss, needs_grad, overwrite_entries
 
 __all__ = ["EntropyMaximizationLoss", "EntropyMaximizationAPLLoss", "EM_APL_DATASET_DEFAULTS"]
 
-#: The paper's per-dataset settings (SPEC §4), keyed by this package's dataset names: batch size,
+#: The paper's per-dataset settings (Zhou et al., 2022), keyed by this package's dataset names: batch size,
 #: learning rate, alpha, beta, warmup_epochs (10 epochs in all, theta = 0.9). ``em`` uses the same alpha.
 EM_APL_DATASET_DEFAULTS: Dict[str, Dict[str, float]] = {
     "voc2012": dict(batch_size=8, lr=1e-5, alpha=0.2, beta=0.02, warmup_epochs=5),
@@ -22,31 +23,6 @@ EM_APL_DATASET_DEFAULTS: Dict[str, Dict[str, float]] = {
     "nuswide": dict(batch_size=16, lr=1e-5, alpha=0.1, beta=0.2, warmup_epochs=4),
     "cub200": dict(batch_size=8, lr=1e-4, alpha=0.01, beta=0.4, warmup_epochs=3),
 }
-
-
-def nlog_terms_and_grads(x: torch.Tensor, stable: bool, eps: float):
-    """Return ``(p, a, b, da, db)``: ``a = -log p``, ``b = -log(1-p)`` (reference ``-log(v + eps)``
-    or stable log-sigmoid form) and their derivatives in the logit ``x``. In the stable form ``db``
-    is ``p`` itself: do not modify the results in place.
-
-    Args:
-        x: Logits.
-        stable: Use the log-sigmoid form.
-        eps: Epsilon of the reference form.
-    """
-    p = torch.sigmoid(x)
-    if stable:
-        a = F.softplus(-x)
-        return p, a, a + x, p - 1.0, p
-    one_minus_p = 1.0 - p
-    pq = p * one_minus_p
-    return p, -torch.log(p + eps), -torch.log(one_minus_p + eps), -pq / (p + eps), pq / (one_minus_p + eps)
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @register_loss("em")
@@ -67,10 +43,13 @@ class EntropyMaximizationLoss(SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    paper = "Zhou et al., ECCV 2022"
+    citation = ZHOU_2022
+
     def __init__(self, alpha: float = 0.1, num_classes: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
-        self.alpha = _check_number("alpha", alpha, minimum=0.0)
-        self.num_classes = _check_num_classes(num_classes)
+        self.alpha = check_number("alpha", alpha, minimum=0.0)
+        self.num_classes = check_num_classes(num_classes)
 
     def compute(self, logits, targets, index=None):
         return self.fused_mean(logits, targets)
@@ -177,16 +156,14 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
             theta: float = 0.9,
             **kwargs,
     ):
-        super().__init__(alpha=alpha, num_classes=_check_positive_int("num_classes", num_classes), **kwargs)
-        self.num_examples = _check_positive_int("num_examples", num_examples)
-        self.beta = _check_number("beta", beta, minimum=0.0)
-        self.theta = _check_number("theta", theta, 0.0, 1.0)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be a non-negative int, got {warmup_epochs!r}")
-        self.num_epochs = _check_positive_int("num_epochs", num_epochs)
+        super().__init__(alpha=alpha, num_classes=check_positive_int("num_classes", num_classes), **kwargs)
+        self.num_examples = check_positive_int("num_examples", num_examples)
+        self.beta = check_number("beta", beta, minimum=0.0)
+        self.theta = check_number("theta", theta, 0.0, 1.0)
+        self.warmup_epochs = check_non_negative_int("warmup_epochs", warmup_epochs)
+        self.num_epochs = check_positive_int("num_epochs", num_epochs)
         if num_epochs <= warmup_epochs:
             raise ValueError(f"num_epochs ({num_epochs}) must exceed warmup_epochs ({warmup_epochs})")
-        self.warmup_epochs = warmup_epochs
         shape = (num_examples, num_classes)
         self.register_buffer("observed_mask", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("pseudo_mask", torch.zeros(shape, dtype=torch.bool))
@@ -208,7 +185,7 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
         return torch.where(self.initial_unknown < 0, torch.full_like(counts, -1), counts)
 
     def compute(self, logits, targets, index=None):
-        index = self.check_index(index, logits.shape[0], self.num_examples)
+        index = self.check_index(index, logits.shape[0], self.num_examples, targets)
         rows = index.to(self.pseudo_mask.device)
         if self.training and not self._labels_given:
             with torch.no_grad():

@@ -5,10 +5,10 @@ from typing import NamedTuple, Optional
 import torch
 
 from .._registry import register_loss
-from .assume_negative import _check_num_classes
+from ._checks import check_num_classes, check_number, check_positive_int
+from ._citations import CHEN_2024
+from ._functional import fused_loss, needs_grad, overwrite_entries
 from .base import SPLoss
-from .entropy import _check_positive_int
-from .robust import _check_number, fused_loss, needs_grad, overwrite_entries
 
 __all__ = ["GeneralizedRobustLoss", "GRSchedule"]
 
@@ -56,6 +56,9 @@ class GeneralizedRobustLoss(SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    paper = "Chen et al., IJCAI 2024"
+    citation = CHEN_2024
+
     def __init__(
             self,
             num_epochs: int = 10,
@@ -73,15 +76,15 @@ class GeneralizedRobustLoss(SPLoss):
             check_inputs: bool = True,
     ):
         super().__init__(check_inputs=check_inputs)
-        self.num_epochs = _check_positive_int("num_epochs", num_epochs)
-        self.w0, self.wT = _check_number("w0", w0), _check_number("wT", wT)
-        self.b0, self.bT = _check_number("b0", b0), _check_number("bT", bT)
-        self.mu0, self.muT = _check_number("mu0", mu0), _check_number("muT", muT)
-        self.sigma0 = _check_number("sigma0", sigma0, minimum=0.0, strict_minimum=True)
-        self.sigmaT = _check_number("sigmaT", sigmaT, minimum=0.0, strict_minimum=True)
-        self.q2 = _check_number("q2", q2, minimum=0.0, strict_minimum=True)
-        self.q3 = _check_number("q3", q3, minimum=0.0, strict_minimum=True)
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_epochs = check_positive_int("num_epochs", num_epochs)
+        self.w0, self.wT = check_number("w0", w0), check_number("wT", wT)
+        self.b0, self.bT = check_number("b0", b0), check_number("bT", bT)
+        self.mu0, self.muT = check_number("mu0", mu0), check_number("muT", muT)
+        self.sigma0 = check_number("sigma0", sigma0, minimum=0.0, strict_minimum=True)
+        self.sigmaT = check_number("sigmaT", sigmaT, minimum=0.0, strict_minimum=True)
+        self.q2 = check_number("q2", q2, minimum=0.0, strict_minimum=True)
+        self.q3 = check_number("q3", q3, minimum=0.0, strict_minimum=True)
+        self.num_classes = check_num_classes(num_classes)
 
     def schedule(self) -> GRSchedule:
         """Return (w, b, mu, sigma) for the current epoch."""

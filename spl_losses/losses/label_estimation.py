@@ -1,42 +1,27 @@
 """ROLE's online label estimator (Cole et al., CVPR 2021) combined with any registered SPML loss.
 
 Users of the original asked to pair the label estimator with other losses; no public
-implementation does this. ``create_loss("label_estimation", base_loss="em", ...)`` or
-:func:`with_label_estimator` builds it.
+implementation does this. ``create_loss("label_estimation", base_loss="em", ...)``,
+``create_loss("em", label_estimation=True, ...)`` or :func:`with_label_estimator` builds it.
 """
-import inspect
 from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .._registry import get_loss_class, register_loss
-from .assume_negative import _check_num_classes
+from .._registry import get_loss_class, loss_kwargs, register_loss
+from ._checks import check_expected_num_pos, check_num_classes, check_number
+from ._citations import COLE_2021
+from ._functional import epr_value_and_grad, fused_loss, needs_grad, nlog_terms_and_grads
 from .base import SPLoss
-from .entropy import nlog_terms_and_grads
-from .epr import _check_expected_num_pos
-from .robust import _check_number, fused_loss, needs_grad
-from .role import LabelEstimator, ROLELoss
+from .estimator import EstimatorLoss, LabelEstimator
 
 __all__ = ["LabelEstimationLoss", "with_label_estimator"]
-
-#: Constructor arguments shared between the wrapper and the base loss it builds by name.
-_SHARED_ARGS = ("num_classes", "num_examples", "expected_num_pos", "observed_labels", "num_epochs", "eps", "stable",
-                "check_inputs")
 
 
 def _build_base_loss(base_loss: Union[str, SPLoss], base_kwargs: Optional[Dict[str, Any]],
                      shared: Dict[str, Any]) -> SPLoss:
     if isinstance(base_loss, str):
-        cls = get_loss_class(base_loss)
-        kwargs = dict(base_kwargs or {})
-        params = inspect.signature(cls).parameters
-        takes_var_kwargs = any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in params.values())
-        for name, value in shared.items():
-            if name in kwargs or value is None:
-                continue
-            if name in params or (takes_var_kwargs and name in ("eps", "stable", "check_inputs")):
-                kwargs[name] = value
-        base_loss = cls(**kwargs)
+        base_loss = get_loss_class(base_loss)(**loss_kwargs(base_loss, available=shared, options=base_kwargs))
     elif base_kwargs:
         raise ValueError("base_kwargs is only used when base_loss is a registry name, not a loss instance")
     if not isinstance(base_loss, SPLoss):
@@ -44,13 +29,13 @@ def _build_base_loss(base_loss: Union[str, SPLoss], base_kwargs: Optional[Dict[s
     if base_loss.target_encoding != "observed":
         raise ValueError(f"base_loss {base_loss.loss_name!r} takes full multi-hot labels; label estimation "
                          "needs a single-positive loss on {-1, 0, 1} targets")
-    if isinstance(base_loss, (ROLELoss, LabelEstimationLoss)):
+    if isinstance(base_loss, EstimatorLoss):
         raise ValueError(f"base_loss {base_loss.loss_name!r} already has a label estimator")
     return base_loss
 
 
 @register_loss("label_estimation")
-class LabelEstimationLoss(SPLoss):
+class LabelEstimationLoss(EstimatorLoss):
     """A registered SPML loss plus ROLE's online label estimator (Cole et al., CVPR 2021).
 
     With ``y_hat = sigmoid(estimator[index])``, ``sg`` stop-gradient, ``w = estimate_weight``, and
@@ -66,7 +51,7 @@ class LabelEstimationLoss(SPLoss):
     exactly ROLE (published mAP VOC / COCO / NUS / CUB 87.9 / 66.3 / 43.1 / 15.0 end-to-end,
     88.2 / 69.0 / 51.0 / 16.8 linear-init); no published number exists for other base losses.
 
-    The estimator is ``loss.estimator`` (a :class:`~spl_losses.losses.role.LabelEstimator`, as in
+    The estimator is ``loss.estimator`` (a :class:`~spl_losses.losses.LabelEstimator`, as in
     ``role``): give its parameters their own optimizer group with 10× the learning rate. The training
     protocol (``set_epoch``, ``update_from_predictions``) is forwarded to the base loss, whose state
     is part of this module's state dict. Every call needs the batch's ``index``. As with ``role``,
@@ -81,24 +66,27 @@ class LabelEstimationLoss(SPLoss):
                                       {"params": loss_fn.estimator.parameters(), "lr": 10 * lr}])
 
     Args:
-        num_classes: C.
-        num_examples: N, the training-set size.
+        num_classes: C, the number of classes (estimator columns).
+        num_examples: N, the number of training examples (estimator rows).
         expected_num_pos: k, the expected number of positives per image (EPR regularizer of the estimator).
         base_loss: Registry name (``"em"``, ``"ll_r"``, ...) or an :class:`SPLoss` instance. Built by
             name, it receives ``num_classes``, ``num_examples``, ``expected_num_pos``, ``observed_labels``,
-            ``num_epochs``, ``eps``, ``stable``, ``check_inputs`` where its constructor takes them.
-        base_kwargs: Further constructor arguments of the base loss (only with a name).
-        observed_labels: Optional (N, C) {-1, 0, 1} training labels to initialise the estimator.
+            ``num_epochs``, ``eps``, ``stable``, ``check_inputs`` where its constructor takes them
+            (:func:`spl_losses.loss_kwargs`).
+        base_kwargs: Further constructor arguments of the base loss (only with a name); one it does
+            not take is an error.
+        observed_labels: Optional (N, C) {-1, 0, 1} training labels; they initialise the estimator.
         estimate_weight: w, weight of the classifier's BCE towards the estimates (0.5, ROLE's weighting).
-        sparse: Give the estimator sparse gradients (pair with ``torch.optim.SparseAdam``).
-        seed: Seed of the estimator's initialisation.
+        sparse: Sparse estimator gradients (then use ``torch.optim.SparseAdam`` for the estimator).
+        seed: Seed of the estimator's random initialisation (None: torch's global generator).
         num_epochs: T, passed to a base loss with epoch schedules (``em_apl``, ``gr``); unused otherwise.
-        eps: Epsilon of the reference log ``-log(p + eps)``.
-        stable: Use the log-sigmoid form instead of the reference form.
+        eps: Epsilon of the reference log ``-log(p + eps)``, here and in the base loss.
+        stable: Use the log-sigmoid form, here and in the base loss.
         check_inputs: Validate inputs on every call.
     """
 
-    requires_index = True
+    citation = COLE_2021
+    paper = "Cole et al., CVPR 2021 (label estimator)"
 
     def __init__(
             self,
@@ -115,9 +103,9 @@ class LabelEstimationLoss(SPLoss):
             **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_classes = _check_num_classes(num_classes)
-        self.expected_num_pos = _check_expected_num_pos(expected_num_pos)
-        self.estimate_weight = _check_number("estimate_weight", estimate_weight, 0.0, 1.0)
+        self.num_classes = check_num_classes(num_classes)
+        self.expected_num_pos = check_expected_num_pos(expected_num_pos)
+        self.estimate_weight = check_number("estimate_weight", estimate_weight, 0.0, 1.0)
         shared = dict(num_classes=num_classes, num_examples=num_examples, expected_num_pos=expected_num_pos,
                       observed_labels=observed_labels, num_epochs=num_epochs, **kwargs)
         self.base_loss = _build_base_loss(base_loss, base_kwargs, shared)
@@ -125,6 +113,11 @@ class LabelEstimationLoss(SPLoss):
         if base_classes is not None and base_classes != num_classes:
             raise ValueError(f"base_loss was built for num_classes={base_classes}, expected {num_classes}")
         self.estimator = LabelEstimator(num_examples, num_classes, observed_labels, sparse=sparse, seed=seed)
+
+    @property
+    def unbounded_terms(self) -> str:
+        """The base loss's unbounded terms, and the stable form's."""
+        return f"base loss {self.base_loss.loss_name!r}: {self.base_loss.unbounded_terms}; {SPLoss.unbounded_terms}"
 
     @property
     def needs_predictions(self) -> bool:
@@ -154,10 +147,8 @@ class LabelEstimationLoss(SPLoss):
         return self.base_loss.update_from_predictions(probs)
 
     def compute(self, logits, targets, index=None):
-        index = self.check_index(index, logits.shape[0], self.estimator.num_examples)
+        estimator_logits = self.batch_estimator_logits(logits, targets, index)
         base_value = self.base_loss.compute(logits, targets, index if self.base_loss.requires_index else None)
-        estimator_logits = self.estimator(index.to(self.estimator.logits.device)).to(logits.device)
-        batch_size, num_classes = logits.shape
         n = logits.numel()
         logits_need_grad, estimator_needs_grad = needs_grad(logits), needs_grad(estimator_logits)
         with torch.no_grad():  # values with closed-form gradients; each side gets only its own terms
@@ -166,16 +157,15 @@ class LabelEstimationLoss(SPLoss):
             # classifier: bce(p; sg(q)) = q·a + (1-q)·b
             follow_value = (a - b).mul_(q).add_(b).sum()
             follow_grad = (da - db).mul_(q).add_(db) if logits_need_grad else None
-            # estimator: pos(q) + bce(q; sg(p)) + epr_reg(q)
+            # estimator: 0.5·[pos(q) + bce(q; sg(p)) + epr_reg(q)]
             weight_a = p + (targets == 1).float()
             weight_b = (1.0 - p).add_((targets == -1).float())
-            excess = q.sum(dim=1).mean() - self.expected_num_pos
-            estimator_value = (weight_a * a_q).add_(weight_b * b_q).sum().mul_(0.5 / n) \
-                + 0.5 * excess ** 2 / num_classes ** 2
+            reg_value, reg_grad = epr_value_and_grad(q, self.expected_num_pos)
+            estimator_value = (weight_a * a_q).add_(weight_b * b_q).sum().mul_(0.5 / n) + 0.5 * reg_value
             estimator_grad = None
             if estimator_needs_grad:
-                reg_grad = q.mul(1.0 - q).mul_(excess / (num_classes ** 2 * batch_size))
-                estimator_grad = (weight_a.mul_(da_q)).add_(weight_b.mul_(db_q)).mul_(0.5 / n).add_(reg_grad)
+                estimator_grad = (weight_a.mul_(da_q)).add_(weight_b.mul_(db_q)).mul_(0.5 / n) \
+                    .add_(q.mul(1.0 - q).mul_(0.5 * reg_grad))
         w = self.estimate_weight
         return ((1.0 - w) * base_value + fused_loss(logits, follow_value, follow_grad, w / n)
                 + fused_loss(estimator_logits, estimator_value, estimator_grad, 1.0))

@@ -7,6 +7,12 @@ false negatives and rejected (LL-R), corrected for this step (LL-Ct) or correcte
 Published mAP (VOC / COCO / NUS / CUB, end-to-end): LL-R 89.2 / 71.0 / 47.4 / 19.5,
 LL-Ct 89.0 / 70.5 / 48.0 / 20.4, LL-Cp 88.4 / 70.7 / 48.3 / 20.1; with BoostLU (a model wrapper),
 LL-R + BoostLU 89.29 / 72.89 / 49.59 / 19.80. Reference training: Adam, lr 1e-5 (head ×10), bs 16, 10 epochs.
+
+Differences from the original code (``losses.py`` of the LargeLossMatters repository): it selects
+every unobserved entry whose loss reaches the k-th largest value, so ties at that value can take
+more than k entries, and once k exceeds the number of unobserved entries its threshold is 0 and
+observed entries are taken too; here exactly ``min(k, #unobserved)`` unobserved entries are taken
+(ties broken by ``torch.topk``). Neither happens without exact ties or a rate near 1.
 """
 import math
 from typing import Optional, Tuple
@@ -15,26 +21,43 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import register_loss
-from .assume_negative import _check_num_classes
+from ._checks import check_num_classes, check_number, check_positive_int
+from ._citations import KIM_2022
+from ._functional import fused_loss, needs_grad
 from .base import SPLoss
-from .entropy import _check_positive_int
-from .robust import _check_number, fused_loss, needs_grad
 
 __all__ = ["LargeLossRejection", "LargeLossTemporaryCorrection", "LargeLossPermanentCorrection",
-           "num_large_losses", "select_large_losses"]
+           "num_large_losses", "select_large_losses", "clean_rate"]
+
+
+def clean_rate(epoch: int, delta_rel: float) -> float:
+    """The original's ``clean_rate`` during 0-based epoch ``epoch``: 1, minus ``delta_rel`` once per finished epoch.
+
+    The subtraction is repeated in floating point exactly as the original training loop does, so
+    ``1 - clean_rate`` can exceed ``epoch·delta_rel`` by a rounding error (``1 - 0.975`` after five
+    subtractions of 0.005 is ``0.025000000000000022``).
+
+    Args:
+        epoch: 0-based epoch (the paper's t - 1).
+        delta_rel: Δ_rel, the per-epoch increment of the rejected fraction.
+    """
+    rate = 1.0
+    for _ in range(epoch):
+        rate -= delta_rel
+    return rate
 
 
 def num_large_losses(num_entries: int, rate: float) -> int:
-    """``ceil(num_entries · rate)``, the number of entries to reject or correct in a batch.
+    """``ceil(num_entries · rate)``, the number of entries to reject or correct in a batch, within [0, num_entries].
 
-    The product is rounded to 6 decimals first so that float error (``256·1000·0.005`` is
-    ``1280.0000000000002``) does not add one.
+    No rounding is applied, as in the original: with B·C = 320, Δ_rel = 0.005 and the sixth epoch,
+    ``rate = 1 - clean_rate(5, 0.005)`` gives ``ceil(8.000000000000007) = 9``.
 
     Args:
         num_entries: B·C.
-        rate: Fraction in [0, 1].
+        rate: Fraction of the entries.
     """
-    return min(num_entries, math.ceil(round(num_entries * rate, 6)))
+    return min(num_entries, max(0, math.ceil(num_entries * rate)))
 
 
 def select_large_losses(loss_matrix: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
@@ -88,26 +111,36 @@ class _LargeLoss(SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    paper = "Kim et al., CVPR 2022"
+    citation = KIM_2022
+    unbounded_terms = ("BCE-with-logits is infinite for an observed positive at logit -inf, and for an assumed "
+                       "negative at +inf that is not rejected or corrected this step")
+    #: Correct the selected entries to target 1 (LL-Ct, LL-Cp) instead of rejecting them (LL-R).
+    corrects: bool = False
+
     def __init__(self, delta_rel: float, num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(check_inputs=check_inputs)
-        self.delta_rel = _check_number("delta_rel", delta_rel, 0.0, 1.0)
-        self.num_classes = _check_num_classes(num_classes)
+        self.delta_rel = check_number("delta_rel", delta_rel, 0.0, 1.0)
+        self.num_classes = check_num_classes(num_classes)
 
     def rate(self) -> float:
-        """The fraction of the batch's B·C entries taken this epoch: ``(t - 1)·delta_rel``, t 1-based."""
-        return min(1.0, self.epoch * self.delta_rel)
+        """The fraction of the batch's B·C entries taken this epoch: the original's ``1 - clean_rate``,
+        about ``(t - 1)·delta_rel`` at 1-based epoch t (see :func:`clean_rate`)."""
+        return 1.0 - clean_rate(self.epoch, self.delta_rel)
 
-    def large_loss_step(self, logits: torch.Tensor, positive: torch.Tensor, candidates: torch.Tensor,
-                        correct: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """BCE-with-logits against ``positive``, mean over B·C, after rejecting (``correct=False``) or
-        correcting to target 1 (``correct=True``) the ``ceil(B·C·rate)`` largest losses among
-        ``candidates``. Returns the loss (with its closed-form gradient) and the selected flat indices.
+    def compute(self, logits, targets, index=None):
+        return self.large_loss_step(logits, targets == 1, targets == 0)[0]
+
+    def large_loss_step(self, logits: torch.Tensor, positive: torch.Tensor,
+                        candidates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """BCE-with-logits against ``positive``, mean over B·C, after rejecting (LL-R) or correcting to
+        target 1 (``corrects``) the ``ceil(B·C·rate)`` largest losses among ``candidates``. Returns the
+        loss (with its closed-form gradient) and the selected flat indices.
 
         Args:
             logits: (B, C) float32 logits.
             positive: (B, C) bool targets.
             candidates: (B, C) bool mask of the entries that may be selected.
-            correct: Correct the selected entries instead of rejecting them.
         """
         with_grad = needs_grad(logits)
         with torch.no_grad():
@@ -117,8 +150,10 @@ class _LargeLoss(SPLoss):
             grad = torch.sigmoid(x).sub_(y) if with_grad else None
             selected = select_large_losses(loss, candidates, num_large_losses(loss.numel(), self.rate()))
             flat_loss = loss.view(-1)
-            if correct:  # the selected are unobserved (target 0): the target-1 loss is softplus(x) - x
-                flat_loss[selected] -= x.view(-1)[selected]
+            if self.corrects:  # the selected are unobserved (target 0): score them for target 1
+                chosen = x.view(-1)[selected]
+                flat_loss[selected] = F.binary_cross_entropy_with_logits(chosen, torch.ones_like(chosen),
+                                                                         reduction="none")
                 if grad is not None:
                     grad.view(-1)[selected] -= 1.0
             else:
@@ -126,7 +161,7 @@ class _LargeLoss(SPLoss):
                 if grad is not None:
                     grad.view(-1)[selected] = 0.0
             value = loss.sum()
-            if not correct:  # a rejected NaN must not hide: 0·sum is NaN for non-finite logits
+            if not self.corrects:  # a rejected NaN must not hide: 0·sum is NaN for non-finite logits
                 value += 0.0 * x.sum()
         return fused_loss(logits, value, grad, 1.0 / x.numel()), selected
 
@@ -139,7 +174,8 @@ class LargeLossRejection(_LargeLoss):
     """Large-loss rejection (LL-R, Kim et al., CVPR 2022).
 
     BCE-with-logits against assume-negative targets, mean over B·C. At epoch t (1-based; ``set_epoch(t-1)``)
-    the ``ceil(B·C·(t-1)·delta_rel)`` largest losses among the batch's unobserved entries are set to 0.
+    the ``ceil(B·C·rate)`` largest losses among the batch's unobserved entries are set to 0, with
+    ``rate = 1 - clean_rate`` accumulated in floating point as the original does (about ``(t-1)·delta_rel``).
     Published mAP (VOC / COCO / NUS / CUB): 89.2 / 71.0 / 47.4 / 19.5; with BoostLU 89.29 / 72.89 / 49.59 / 19.80.
 
     Args:
@@ -151,9 +187,6 @@ class LargeLossRejection(_LargeLoss):
     def __init__(self, delta_rel: float = 0.005, num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(delta_rel, num_classes, check_inputs)
 
-    def compute(self, logits, targets, index=None):
-        return self.large_loss_step(logits, targets == 1, targets == 0, correct=False)[0]
-
 
 @register_loss("ll_ct")
 class LargeLossTemporaryCorrection(_LargeLoss):
@@ -163,16 +196,15 @@ class LargeLossTemporaryCorrection(_LargeLoss):
     Published mAP (VOC / COCO / NUS / CUB): 89.0 / 70.5 / 48.0 / 20.4.
 
     Args:
-        delta_rel: Δ_rel, correction-rate increment per epoch (0.002).
-        num_classes: C; checked against the logits when given.
-        check_inputs: Validate inputs on every call.
+        delta_rel: Δ_rel, the correction-rate increment per epoch (default 0.002).
+        num_classes: C, compared with the logits' second dimension when given.
+        check_inputs: Check the inputs on every call.
     """
+
+    corrects = True
 
     def __init__(self, delta_rel: float = 0.002, num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(delta_rel, num_classes, check_inputs)
-
-    def compute(self, logits, targets, index=None):
-        return self.large_loss_step(logits, targets == 1, targets == 0, correct=True)[0]
 
 
 @register_loss("ll_cp")
@@ -188,6 +220,10 @@ class LargeLossPermanentCorrection(_LargeLoss):
     process flips only the entries of its own batches.
     Published mAP (VOC / COCO / NUS / CUB): 88.4 / 70.7 / 48.3 / 20.1.
 
+    The LargeLossMatters code never runs LL-Cp: it tests ``P['mod_scheme'] is 'LL-Cp'``, which is
+    False for the string argparse reads, so its LL-Cp runs train as LL-Ct. This loss follows the
+    paper and the authors' BoostLU repository (Kim et al., CVPR 2023), whose LL-Cp works as above.
+
     Args:
         num_classes: C.
         num_examples: N, the training-set size.
@@ -196,10 +232,11 @@ class LargeLossPermanentCorrection(_LargeLoss):
     """
 
     requires_index = True
+    corrects = True
 
     def __init__(self, num_classes: int, num_examples: int, delta_rel: float = 0.001, check_inputs: bool = True):
-        super().__init__(delta_rel, _check_positive_int("num_classes", num_classes), check_inputs)
-        self.num_examples = _check_positive_int("num_examples", num_examples)
+        super().__init__(delta_rel, check_positive_int("num_classes", num_classes), check_inputs)
+        self.num_examples = check_positive_int("num_examples", num_examples)
         self.register_buffer("corrected", torch.zeros(num_examples, num_classes, dtype=torch.bool))
 
     def rate(self) -> float:
@@ -207,11 +244,11 @@ class LargeLossPermanentCorrection(_LargeLoss):
         return self.delta_rel if self.epoch >= 1 else 0.0
 
     def compute(self, logits, targets, index=None):
-        index = self.check_index(index, logits.shape[0], self.num_examples)
+        index = self.check_index(index, logits.shape[0], self.num_examples, targets)
         rows = index.to(self.corrected.device)
         flipped = self.corrected[rows].to(logits.device) & (targets == 0)
         positive = (targets == 1) | flipped
-        loss, selected = self.large_loss_step(logits, positive, (targets == 0) & ~flipped, correct=True)
+        loss, selected = self.large_loss_step(logits, positive, (targets == 0) & ~flipped)
         if self.training and selected.numel():
             num_classes = logits.shape[1]
             selected = selected.to(self.corrected.device)

@@ -9,129 +9,19 @@ Their original implementations sum the loss over the batch and classes; each tak
 - ``"mean"``: sum / (B·C), the reduction of Cole et al. used by the rest of this package;
 - ``"batchmean"``: sum / B (timm's default for ``AsymmetricLossMultiLabel``).
 """
-import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from timm.loss import AsymmetricLossMultiLabel
-from torch.autograd.function import once_differentiable
 
 from .._registry import register_loss
-from .assume_negative import _check_num_classes
+from ._checks import check_num_classes, check_non_negative_int, check_number, check_reduction
+from ._citations import RIDNIK_2021, ZHANG_2021
+from ._functional import focal_margin_positive, fused_loss, needs_grad, overwrite_entries, reduction_scale
 from .base import SPLoss
 
-__all__ = ["HillLoss", "SPLCLoss", "AsymmetricAssumeNegativeLoss", "REDUCTIONS", "fused_loss", "needs_grad",
-           "overwrite_entries", "focal_margin_positive"]
-
-REDUCTIONS = ("sum", "mean", "batchmean")
-
-
-def _check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
-def _check_number(name: str, value, minimum: float = -math.inf, maximum: float = math.inf,
-                  strict_minimum: bool = False) -> float:
-    """Return ``value`` as a float after checking it is a real number in the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    too_small = value <= minimum if strict_minimum else value < minimum
-    if too_small or value > maximum:
-        low = "(" if strict_minimum else "["
-        raise ValueError(f"{name} must lie in {low}{minimum}, {maximum}], got {value!r}")
-    return float(value)
-
-
-def _reduction_scale(shape, reduction: str) -> float:
-    """The factor that turns the sum over a (B, C) loss matrix into the requested reduction."""
-    if reduction == "sum":
-        return 1.0
-    if reduction == "mean":
-        return 1.0 / (shape[0] * shape[1])
-    return 1.0 / shape[0]
-
-
-class _GivenGradient(torch.autograd.Function):
-    """A scalar ``scale·value`` whose gradient with respect to ``logits`` is ``scale·grad``.
-
-    The losses below compute their value and their closed-form gradient together, without building
-    an autograd graph: about half the elementwise passes of autograd, which matters at (256, 1000).
-    First-order only: a double backward (``create_graph=True``) raises instead of returning zeros.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, value, grad, scale):
-        ctx.save_for_backward(grad)
-        ctx.scale = scale
-        return value * scale
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * (grad_output * ctx.scale), None, None, None
-
-
-def fused_loss(logits: torch.Tensor, value: torch.Tensor, grad: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """Return ``scale·value`` with gradient ``scale·grad`` towards ``logits`` (first-order only).
-
-    Args:
-        logits: (B, C) float32 logits the loss was computed from.
-        value: 0-dim tensor, the loss summed over entries, computed without autograd.
-        grad: (B, C) derivative of ``value`` with respect to each logit, or None when no gradient is needed.
-        scale: Reduction factor (1, 1/B or 1/(B·C)).
-    """
-    if grad is None or not logits.requires_grad:
-        return value * scale
-    return _GivenGradient.apply(logits, value, grad, scale)
-
-
-def needs_grad(logits: torch.Tensor) -> bool:
-    """Whether a gradient towards ``logits`` will be asked for.
-
-    Args:
-        logits: The loss's input logits.
-    """
-    return logits.requires_grad and torch.is_grad_enabled()
-
-
-def overwrite_entries(loss: torch.Tensor, grad: Optional[torch.Tensor], mask: torch.Tensor, terms) -> None:
-    """Replace the entries ``mask`` of ``loss`` (and ``grad``) by ``terms(idx)`` computed on those entries only.
-
-    Most entries of a single-positive batch are unknown: the dense formula is computed for every
-    entry and the few others (observed, corrected, pseudo-labelled) are recomputed and overwritten.
-
-    Args:
-        loss: (B, C) per-entry loss, modified in place.
-        grad: (B, C) per-entry gradient or None, modified in place.
-        mask: (B, C) bool, the entries to replace.
-        terms: Function of the index tuple ``mask.nonzero(as_tuple=True)`` returning ``(loss, grad)`` vectors.
-    """
-    idx = mask.nonzero(as_tuple=True)
-    if idx[0].numel() == 0:
-        return
-    values, grads = terms(idx)
-    loss[idx] = values
-    if grad is not None:
-        grad[idx] = grads
-
-
-def focal_margin_positive(x: torch.Tensor, margin: float, gamma: float):
-    """``(1 - q)^gamma·(-log q)`` with ``q = sigmoid(x - margin)``, and its derivative in ``x``.
-
-    Args:
-        x: Logits of positive entries.
-        margin: Logit margin m.
-        gamma: Focusing exponent.
-    """
-    z = x - margin
-    q = torch.sigmoid(z)
-    nlog_q = F.softplus(-z)
-    weight = (1.0 - q).pow(gamma)
-    return weight * nlog_q, -weight * ((1.0 - q) + gamma * q * nlog_q)
+__all__ = ["HillLoss", "SPLCLoss", "AsymmetricAssumeNegativeLoss"]
 
 
 @register_loss("hill")
@@ -145,7 +35,7 @@ class HillLoss(SPLoss):
     - unknown or observed negative: ``(lamb - p) · p^2`` (the Hill-shaped loss, which down-weights
       confident "negatives" that are likely missing positives).
 
-    SPEC §4 lists no published SPML number for Hill on the benchmark.
+    No SPML result on the benchmark of Cole et al. has been published for Hill.
 
     Args:
         lamb: λ of the negative term (1.5).
@@ -156,14 +46,18 @@ class HillLoss(SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    paper = "Zhang et al., 2021 (Hill)"
+    citation = ZHANG_2021
+    unbounded_terms = "the positive term (1 - p_m)^gamma·(-log p_m) is infinite for an observed positive at logit -inf"
+
     def __init__(self, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0, reduction: str = "sum",
                  num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(check_inputs=check_inputs)
-        self.lamb = _check_number("lamb", lamb)
-        self.margin = _check_number("margin", margin)
-        self.gamma = _check_number("gamma", gamma, minimum=0.0)
-        self.reduction = _check_reduction(reduction)
-        self.num_classes = _check_num_classes(num_classes)
+        self.lamb = check_number("lamb", lamb)
+        self.margin = check_number("margin", margin)
+        self.gamma = check_number("gamma", gamma, minimum=0.0)
+        self.reduction = check_reduction(reduction)
+        self.num_classes = check_num_classes(num_classes)
 
     def compute(self, logits, targets, index=None):
         with_grad = needs_grad(logits)
@@ -176,7 +70,7 @@ class HillLoss(SPLoss):
             overwrite_entries(loss, grad, targets == 1,
                               lambda idx: focal_margin_positive(x[idx], self.margin, self.gamma))
             value = loss.sum()
-        return fused_loss(logits, value, grad, _reduction_scale(x.shape, self.reduction))
+        return fused_loss(logits, value, grad, reduction_scale(x.shape, self.reduction))
 
     def extra_repr(self) -> str:
         return f"lamb={self.lamb}, margin={self.margin}, gamma={self.gamma}, reduction={self.reduction!r}"
@@ -187,36 +81,46 @@ class SPLCLoss(SPLoss):
     """Self-paced loss correction (SPLC, Zhang et al., "Simple and Robust Loss Design for Multi-Label
     Learning with Missing Labels", 2021): a focal-margin BCE whose confident unknowns become positives.
 
-    From epoch ``change_epoch`` on, every unknown entry with ``p > tau`` gets target 1 for the current
-    batch (nothing is stored). Then, with target ``t`` and ``p = sigmoid(x - margin·t)`` (margin on
-    positives only)::
+    With ``p = sigmoid(x)`` and the margin-shifted ``p_m = sigmoid(x - margin)``, per entry:
 
-        L = -[t·(1 - p)^gamma·log p + (1 - t)·p^gamma·log(1 - p)]
+    - observed positive: ``(1 - p_m)^gamma·(-log p_m)`` (the margin applies to observed positives only);
+    - unknown entry with ``p > tau``, from epoch ``change_epoch`` on: corrected to positive for the
+      current batch (nothing is stored) and scored ``(1 - p)^gamma·(-log p)``, without the margin;
+    - any other entry: ``p^gamma·(-log(1 - p))``.
 
-    Observed negatives (-1) are never corrected. SPEC §4 lists no published SPML number for SPLC.
+    This is the original implementation's order (``losses.py``, class ``SPLC``): the margin shifts
+    the observed positives' logits, then the correction reads the unshifted probabilities of the
+    unknown entries and scores them unshifted. Observed negatives (-1), which the original's {0, 1}
+    targets do not have, are never corrected. No SPML result on the benchmark of Cole et al. has
+    been published for SPLC.
 
     Args:
         tau: τ, probability threshold above which an unknown entry is corrected to positive (0.6).
         change_epoch: First epoch, 0-based like :meth:`set_epoch`, with corrections (1: from the
             second epoch on, the original's convention).
-        margin: m, logit margin on positives (1.0).
+        margin: m, logit margin of the observed positives (1.0).
         gamma: γ, focusing exponent (2.0).
-        reduction: ``"sum"`` (default, the original), ``"mean"`` (sum / (B·C)) or ``"batchmean"`` (sum / B).
-        num_classes: C; checked against the logits when given.
-        check_inputs: Validate inputs on every call.
+        reduction: How the per-entry losses are combined: ``"sum"`` (the original's, default),
+            ``"mean"`` over the B·C entries or ``"batchmean"`` (sum / B).
+        num_classes: C, compared with the logits' second dimension when given.
+        check_inputs: Check the targets' encoding and shape on every call.
     """
+
+    citation = ZHANG_2021
+    paper = "Zhang et al., 2021 (SPLC)"
+    unbounded_terms = ("the positive term (1 - p)^gamma·(-log p) is infinite for a positive at logit -inf, and the "
+                       "negative term p^gamma·(-log(1 - p)) for an uncorrected negative at +inf (an observed negative, "
+                       "or an unknown entry before change_epoch)")
 
     def __init__(self, tau: float = 0.6, change_epoch: int = 1, margin: float = 1.0, gamma: float = 2.0,
                  reduction: str = "sum", num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(check_inputs=check_inputs)
-        self.tau = _check_number("tau", tau, 0.0, 1.0)
-        if isinstance(change_epoch, bool) or not isinstance(change_epoch, int) or change_epoch < 0:
-            raise ValueError(f"change_epoch must be a non-negative int (0-based epoch), got {change_epoch!r}")
-        self.change_epoch = change_epoch
-        self.margin = _check_number("margin", margin)
-        self.gamma = _check_number("gamma", gamma, minimum=0.0)
-        self.reduction = _check_reduction(reduction)
-        self.num_classes = _check_num_classes(num_classes)
+        self.tau = check_number("tau", tau, 0.0, 1.0)
+        self.change_epoch = check_non_negative_int("change_epoch", change_epoch)
+        self.margin = check_number("margin", margin)
+        self.gamma = check_number("gamma", gamma, minimum=0.0)
+        self.reduction = check_reduction(reduction)
+        self.num_classes = check_num_classes(num_classes)
 
     def corrected_targets(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Return the batch's {0, 1} targets after this epoch's correction.
@@ -242,10 +146,13 @@ class SPLCLoss(SPLoss):
             p_gamma = p.pow(self.gamma)
             loss = p_gamma * nlog_1mp  # target 0: p^gamma·(-log(1-p))
             grad = p_gamma.mul_(self.gamma * (1.0 - p) * nlog_1mp + p) if with_grad else None
-            overwrite_entries(loss, grad, self._positives(targets, p),
-                              lambda idx: focal_margin_positive(x[idx], self.margin, self.gamma))
+
+            def positive_terms(idx):  # the margin only on observed positives, not on corrected entries
+                return focal_margin_positive(x[idx], self.margin * (targets[idx] == 1), self.gamma)
+
+            overwrite_entries(loss, grad, self._positives(targets, p), positive_terms)
             value = loss.sum()
-        return fused_loss(logits, value, grad, _reduction_scale(x.shape, self.reduction))
+        return fused_loss(logits, value, grad, reduction_scale(x.shape, self.reduction))
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, change_epoch={self.change_epoch}, margin={self.margin}, gamma={self.gamma}, "
@@ -257,32 +164,48 @@ class AsymmetricAssumeNegativeLoss(SPLoss):
     """Asymmetric loss (ASL, Ridnik et al., ICCV 2021) with unknown labels treated as negatives.
 
     A thin adapter around :class:`timm.loss.AsymmetricLossMultiLabel` (not a re-implementation): the
-    {-1, 0, 1} targets become multi-hot ``targets == 1`` and the rest is timm's loss, with timm's
-    defaults (``gamma_neg=4``, ``gamma_pos=1``, ``clip=0.05``, ``eps=1e-8``). timm's own default
-    reduction is ``"batchmean"`` (sum / B); this adapter defaults to ``"sum"``, the original ASL
-    reduction. SPEC §4 lists ASL as a baseline with no published SPML number.
+    {-1, 0, 1} targets become multi-hot ``targets == 1`` and the rest is timm's loss. The defaults
+    are the paper's recommended setting, used by its training script: ``gamma_pos=0``,
+    ``gamma_neg=4``, ``clip=0.05``, the focusing weight detached from the graph
+    (``disable_torch_grad_focal_loss=True``) and the sum over entries. (timm's own defaults differ:
+    ``gamma_pos=1``, a focusing weight with gradient and ``"batchmean"``.) No SPML result on the
+    benchmark of Cole et al. has been published for ASL.
 
     Args:
-        gamma_neg: Focusing exponent of negatives.
-        gamma_pos: Focusing exponent of positives.
+        gamma_neg: Focusing exponent of negatives (4).
+        gamma_pos: Focusing exponent of positives (0).
         clip: Probability margin added to negatives (asymmetric clipping); None or 0 disables it.
         eps: Probabilities are clamped to at least ``eps`` before the log (timm's ``eps``).
+        disable_torch_grad_focal_loss: Treat the focusing weight as a constant in the backward pass.
+        smoothing: timm's label smoothing of the multi-hot targets towards 0.5 (0: none).
+        weight: Optional (C,) per-class weight (timm's ``weight``).
+        pos_weight: Optional weight of the positive term, a number or (C,) (timm's ``pos_weight``).
         reduction: ``"sum"`` (default, the original), ``"mean"`` (sum / (B·C)) or ``"batchmean"`` (sum / B).
         num_classes: C; checked against the logits when given.
         check_inputs: Validate inputs on every call.
     """
 
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: Optional[float] = 0.05,
-                 eps: float = 1e-8, reduction: str = "sum", num_classes: Optional[int] = None,
-                 check_inputs: bool = True):
+    citation = RIDNIK_2021
+    paper = "Ridnik et al., ICCV 2021"
+    unbounded_terms = "with eps=0 the log of a probability is -inf at an infinite logit"
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: Optional[float] = 0.05,
+                 eps: float = 1e-8, disable_torch_grad_focal_loss: bool = True, smoothing: float = 0.0,
+                 weight: Optional[torch.Tensor] = None, pos_weight: Optional[Union[torch.Tensor, float]] = None,
+                 reduction: str = "sum", num_classes: Optional[int] = None, check_inputs: bool = True):
         super().__init__(eps=eps, check_inputs=check_inputs)
-        _check_number("gamma_neg", gamma_neg, minimum=0.0)
-        _check_number("gamma_pos", gamma_pos, minimum=0.0)
+        check_number("gamma_neg", gamma_neg, minimum=0.0)
+        check_number("gamma_pos", gamma_pos, minimum=0.0)
         if clip is not None:
-            _check_number("clip", clip, 0.0, 1.0)
-        self.num_classes = _check_num_classes(num_classes)
-        self.asl = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps,
-                                            reduction=_check_reduction(reduction))
+            check_number("clip", clip, 0.0, 1.0)
+        check_number("smoothing", smoothing, 0.0, 1.0, strict_maximum=True)
+        if isinstance(pos_weight, (int, float)):
+            check_number("pos_weight", pos_weight)
+        self.num_classes = check_num_classes(num_classes)
+        self.asl = AsymmetricLossMultiLabel(
+            gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps,
+            disable_torch_grad_focal_loss=bool(disable_torch_grad_focal_loss), smoothing=smoothing,
+            reduction=check_reduction(reduction), weight=weight, pos_weight=pos_weight)
 
     @property
     def reduction(self) -> str:
@@ -294,4 +217,4 @@ class AsymmetricAssumeNegativeLoss(SPLoss):
     def extra_repr(self) -> str:
         a = self.asl
         return (f"gamma_neg={a.gamma_neg}, gamma_pos={a.gamma_pos}, clip={a.clip}, eps={a.eps}, "
-                f"reduction={a.reduction!r}")
+                f"disable_torch_grad_focal_loss={a.disable_torch_grad_focal_loss}, reduction={a.reduction!r}")

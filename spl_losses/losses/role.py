@@ -1,131 +1,19 @@
-"""Regularized online label estimation (ROLE) of Cole et al. (CVPR 2021), and its label estimator."""
-import math
+"""Regularized online label estimation (ROLE) of Cole et al. (CVPR 2021)."""
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .._registry import register_loss
-from ..labels import check_observed_labels
-from .assume_negative import _check_num_classes, positive_mask
-from .base import SPLoss
-from .epr import _check_expected_num_pos
+from ._checks import check_expected_num_pos, check_num_classes
+from ._citations import COLE_2021
+from ._functional import positive_mask
+from .estimator import EstimatorLoss, LabelEstimator
 
-__all__ = ["LabelEstimator", "ROLELoss"]
-
-_UNOBSERVED_INIT = math.log(0.6 / 0.4)  # logit(0.6): unobserved estimates start in (0.4, 0.6)
-_POSITIVE_INIT = math.log(0.995 / 0.005)  # logit(0.995)
-_NEGATIVE_INIT = -_POSITIVE_INIT  # logit(0.005)
-
-
-class LabelEstimator(nn.Module):
-    """One free logit per (training example, class): ``y_hat = sigmoid(logits[index])``.
-
-    The estimator is held once, in float32, as the parameter ``logits`` of shape (N, C). Train it in
-    its own optimizer parameter group with 10× the model's learning rate (the reference uses Adam)::
-
-        optimizer = torch.optim.Adam([
-            {"params": model.parameters(), "lr": lr},
-            {"params": loss_fn.estimator.parameters(), "lr": 10 * lr},
-        ])
-
-    By default the gradient is dense, as the reference's Adam expects: every backward pass
-    materialises an (N, C) float32 gradient (400 MB at N = 100,000, C = 1,000), so its cost grows
-    with N. With ``sparse=True`` the gradient is a sparse tensor holding only the batch's rows, so a
-    step costs O(B·C); ``torch.optim.Adam`` rejects sparse gradients, so give the estimator its own
-    optimizer and step both::
-
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        estimator_optimizer = torch.optim.SparseAdam(loss_fn.estimator.parameters(), lr=10 * lr)
-
-    (SparseAdam updates its moments only for the rows seen, which differs slightly from dense Adam,
-    whose moments decay for every row on every step.) Keep the estimator in float32: cast the model,
-    not the loss, to half precision; the loss reads the estimator in float32 either way.
-
-    Args:
-        num_examples: N, the number of training examples.
-        num_classes: C, the number of classes.
-        observed_labels: Optional (N, C) {-1, 0, 1} observed labels to initialise from (SPEC §3).
-            Without them every entry is initialised as unobserved.
-        sparse: Produce sparse gradients (see above).
-        seed: Seed of the uniform initialisation of unobserved entries; None uses torch's global RNG.
-    """
-
-    def __init__(
-            self,
-            num_examples: int,
-            num_classes: int,
-            observed_labels: Optional[torch.Tensor] = None,
-            sparse: bool = False,
-            seed: Optional[int] = None,
-    ):
-        super().__init__()
-        for name, value in (("num_examples", num_examples), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.num_examples = num_examples
-        self.num_classes = num_classes
-        self.sparse = bool(sparse)
-        self.logits = nn.Parameter(torch.empty(num_examples, num_classes, dtype=torch.float32))
-        self.init_from_observed(observed_labels, seed=seed)
-
-    @torch.no_grad()
-    def init_from_observed(self, observed_labels: Optional[torch.Tensor] = None, seed: Optional[int] = None) -> None:
-        """(Re)initialise per SPEC §3: unobserved uniform in (-logit(0.6), logit(0.6)), observed
-        positives at logit(0.995), observed negatives at logit(0.005).
-
-        Args:
-            observed_labels: (N, C) {-1, 0, 1} tensor, or None (everything unobserved).
-            seed: Seed of the uniform draw; None uses torch's global RNG.
-        """
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.logits.device).manual_seed(int(seed))
-        self.logits.uniform_(-_UNOBSERVED_INIT, _UNOBSERVED_INIT, generator=generator)
-        if observed_labels is None:
-            return
-        observed_labels = torch.as_tensor(observed_labels)
-        check_observed_labels(observed_labels, self.logits.shape, name="observed_labels")
-        observed_labels = observed_labels.to(self.logits.device)
-        self.logits.masked_fill_(observed_labels == 1, _POSITIVE_INIT)
-        self.logits.masked_fill_(observed_labels == -1, _NEGATIVE_INIT)
-
-    @torch.no_grad()
-    def init_from_estimates(self, estimates: torch.Tensor, clamp: float = 1e-6) -> None:
-        """Initialise from an earlier estimate, e.g. hand-off from linear training to fine-tuning.
-
-        Args:
-            estimates: (N, C) probabilities, as returned by :meth:`estimates` (or an estimator's
-                ``logits`` via ``load_state_dict`` for an exact copy).
-            clamp: Probabilities are clamped to [clamp, 1 - clamp] before taking the logit.
-        """
-        estimates = torch.as_tensor(estimates)
-        if tuple(estimates.shape) != tuple(self.logits.shape):
-            raise ValueError(f"estimates have shape {tuple(estimates.shape)}, expected {tuple(self.logits.shape)}")
-        if not bool(torch.isfinite(estimates).all()) or bool(((estimates < 0) | (estimates > 1)).any()):
-            raise ValueError("estimates must be finite probabilities in [0, 1]")
-        self.logits.copy_(torch.logit(estimates.float().clamp(clamp, 1.0 - clamp)))
-
-    @torch.no_grad()
-    def estimates(self) -> torch.Tensor:
-        """Return the current (N, C) label estimates ``sigmoid(logits)`` (a detached copy)."""
-        return torch.sigmoid(self.logits.detach())
-
-    def forward(self, index: torch.Tensor) -> torch.Tensor:
-        """Return the (B, C) estimator logits of the examples ``index``.
-
-        Args:
-            index: (B,) int64 example indices.
-        """
-        return F.embedding(index, self.logits, sparse=self.sparse)
-
-    def extra_repr(self) -> str:
-        return f"num_examples={self.num_examples}, num_classes={self.num_classes}, sparse={self.sparse}"
+__all__ = ["ROLELoss", "LabelEstimator"]
 
 
 @register_loss("role")
-class ROLELoss(SPLoss):
+class ROLELoss(EstimatorLoss):
     """Regularized online label estimation (ROLE, Cole et al., CVPR 2021).
 
     Per entry, with ``y_hat`` the estimator's probabilities and ``sg`` stop-gradient::
@@ -154,7 +42,8 @@ class ROLELoss(SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
-    requires_index = True
+    paper = "Cole et al., CVPR 2021"
+    citation = COLE_2021
 
     def __init__(
             self,
@@ -167,13 +56,12 @@ class ROLELoss(SPLoss):
             **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_classes = _check_num_classes(num_classes)
-        self.expected_num_pos = _check_expected_num_pos(expected_num_pos)
+        self.num_classes = check_num_classes(num_classes)
+        self.expected_num_pos = check_expected_num_pos(expected_num_pos)
         self.estimator = LabelEstimator(num_examples, num_classes, observed_labels, sparse=sparse, seed=seed)
 
     def compute(self, logits, targets, index=None):
-        index = self.check_index(index, logits.shape[0], self.estimator.num_examples)
-        estimator_logits = self.estimator(index.to(self.estimator.logits.device)).to(logits.device, torch.float32)
+        estimator_logits = self.batch_estimator_logits(logits, targets, index)
         # Each side's per-entry loss is a weighted BCE whose weights hold the other side's
         # stop-gradient probabilities: pos(v) + neg(v) + bce(v; sg(u)) =
         #   (pos + sg(u))·nlog(v) + (neg + 1 - sg(u))·nlog(1 - v)

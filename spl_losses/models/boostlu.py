@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses._checks import check_number
+from ..losses._citations import KIM_2023
+
 __all__ = ["BoostLU", "create_boostlu_model"]
 
 # Pool types of timm's SelectAdaptivePool2d that are a plain spatial mean.
@@ -71,11 +74,14 @@ class BoostLU(nn.Module):
 
     Args:
         model: A timm model (see above). It becomes the submodule ``model``.
-        alpha: Factor applied to the positive part of the CAM (the paper's α, default 5). Must be > 0;
-            1 gives the plain model's logits.
+        alpha: Factor applied to the positive part of the CAM (the paper's α, default 5). Must be
+            finite and > 0; 1 gives the plain model's logits.
         check_head: Verify at construction that the head is average pool + linear. Turn off only for
             a model known to qualify (e.g. one on the meta device).
     """
+
+    paper = "Kim et al., CVPR 2023"
+    citation = KIM_2023
 
     def __init__(self, model: nn.Module, alpha: float = 5.0, check_head: bool = True):
         super().__init__()
@@ -86,10 +92,9 @@ class BoostLU(nn.Module):
             raise TypeError(
                 f"BoostLU needs a timm model with forward_features, forward_head and get_classifier; "
                 f"{type(model).__name__} lacks {', '.join(missing)}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be a positive number (the paper uses 5), got {alpha!r}")
+        alpha = check_number("alpha", alpha, minimum=0.0, strict_minimum=True)
         self.model = model
-        self.alpha = float(alpha)
+        self.alpha = alpha
         self.training = model.training  # start in the wrapped model's mode (set directly: no recursion)
         if check_head:
             self.check_model()

@@ -18,6 +18,8 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..losses._checks import check_positive_int
+
 __all__ = ["LinearProbe", "preprocessing_from_timm", "PREPROCESSING_KEYS"]
 
 #: The timm data-config fields that describe the preprocessing a backbone expects.
@@ -43,12 +45,6 @@ def preprocessing_from_timm(model: nn.Module) -> Dict[str, Any]:
             value = config[key]
             out[key] = list(value) if isinstance(value, tuple) else value
     return out
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class LinearProbe(
@@ -77,8 +73,8 @@ class LinearProbe(
             preprocessing: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
-        self.in_features = _check_positive_int("in_features", in_features)
-        self.num_classes = _check_positive_int("num_classes", num_classes)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         if label_names is not None:
             if isinstance(label_names, str) or not isinstance(label_names, Sequence):
                 raise TypeError(f"label_names must be a list of str, got {type(label_names).__name__}")
