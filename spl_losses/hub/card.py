@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from ..checkpoints import LOSS_STATE_FILENAME, TRAINING_CONFIG_FILENAME, TRAINING_RESULTS_FILENAME
-from .citations import citations_for_loss
 
 __all__ = ["MODEL_CARD_TAG", "read_run", "build_model_card", "write_model_card", "write_training_record"]
 
@@ -25,6 +24,26 @@ MODEL_CARD_TAG = "spl_losses"
 PathLike = Union[str, os.PathLike]
 _DATASET_NAMES = {"voc2012": "PASCAL VOC 2012", "coco2014": "MS-COCO 2014", "nuswide": "NUS-WIDE",
                   "cub200": "CUB-200-2011"}
+
+
+def citations_for_run(loss: Optional[str], boostlu: bool = False) -> List[str]:
+    """BibTeX entries to cite for a run: the method's paper (the loss class's ``citation``), BoostLU's when
+    used, and Cole et al. (the benchmark) last.
+
+    Args:
+        loss: The loss's registry name.
+        boostlu: Whether the run used BoostLU.
+    """
+    from .._registry import get_loss_class, is_loss
+    from ..losses._citations import COLE_2021
+    from ..models import BoostLU
+
+    entries = []
+    for entry in (getattr(get_loss_class(loss), "citation", None) if loss and is_loss(loss) else None,
+                  BoostLU.citation if boostlu else None, COLE_2021):
+        if entry and entry not in entries:
+            entries.append(entry)
+    return entries
 
 
 def read_run(run_dir: PathLike) -> Dict[str, Any]:
@@ -195,7 +214,7 @@ def build_model_card(
               f"python recipes/evaluate.py --checkpoint hf-hub:{repo_id} --dataset {dataset} --split test",
               f"python recipes/train.py --model hf-hub:{repo_id} --dataset {dataset} --loss {loss} ...", "```", ""]
     lines += ["## Citation", "", "```bibtex",
-              "\n\n".join(citations_for_loss(loss, boostlu=bool(config.get("boostlu")))), "```", ""]
+              "\n\n".join(citations_for_run(loss, boostlu=bool(config.get("boostlu")))), "```", ""]
     return ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
                                    body="\n".join(lines))
 

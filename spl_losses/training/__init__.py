@@ -26,7 +26,7 @@ from .data import RunData, load_data
 from .evaluation import features_loader, predict_loader, scatter_by_index
 from .features import extract_or_load_features, feature_cache_path, pooled_features, weights_fingerprint
 from .linear_head import predict_linear, train_linear_epoch
-from .loss_factory import build_loss, build_run_loss, hand_off_loss_state, loss_parameters, loss_takes
+from .loss_factory import build_loss, build_run_loss, hand_off_loss_state, loss_parameters
 from .phases import PhaseOutcome, train_end_to_end_phase, train_linear_phase
 from .progress import BestEpochTracker, EarlyStopping
 from .sampling import EpochPermutationSampler, epoch_flip_mask, epoch_permutation
