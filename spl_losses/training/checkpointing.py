@@ -6,8 +6,8 @@ writes for the prepared objects (``model.safetensors`` with the model and the lo
 which refuses pickled code) and ``recipe_state.json``: epochs done, the best epoch, the dataset's
 fingerprints and the name of the best epoch's weights file. ``recipe_state.json`` is written last and
 atomically: a folder without it is an interrupted save and is never read. It lists every file of the
-checkpoint with its SHA-256: a checkpoint whose files changed, or gained or lost one, is refused before
-anything is loaded. Nothing goes through ``register_for_checkpointing`` (accelerate unpickles those
+checkpoint with its SHA-256: a checkpoint whose files changed, or gained or lost one of accelerate's, is
+refused before anything is loaded (other files, a user's notes, are neither read nor deleted). Nothing goes through ``register_for_checkpointing`` (accelerate unpickles those
 without restriction).
 
 The best epoch's weights are one safetensors file, ``OUT/checkpoints/best_epoch_002.safetensors``.
@@ -18,6 +18,7 @@ files this module or accelerate wrote, in folders this module created (they carr
 import hashlib
 import json
 import os
+import re
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -31,9 +32,9 @@ _MARKER = ".spl_losses_checkpoint"
 _PREFIX = "epoch_"
 _BEST_PREFIX = "best_epoch_"
 FORMAT_VERSION = 1
-#: What ``accelerator.save_state`` writes (deleted from an interrupted save's folder).
-_ACCELERATE_FILES = ("model", "optimizer", "scheduler", "sampler", "random_states", "scaler", "dl_state_dict",
-                     "custom_checkpoint")
+#: The names of the files ``accelerator.save_state`` writes.
+_ACCELERATE_FILE = re.compile(r"^(model(_\d+)?\.safetensors|pytorch_model(_\d+)?\.bin|(optimizer|scheduler|sampler|"
+                              r"dl_state_dict)(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt|custom_checkpoint_\d+\.pkl)$")
 
 
 def _sha256(path: str) -> str:
@@ -102,11 +103,13 @@ class PhaseCheckpoints:
         acc.wait_for_everyone()  # every process's files (RNG states) are written
         if acc.is_main_process:
             record["files"] = {name: _sha256(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
-                               if name not in (_MARKER, STATE_FILENAME) and not name.startswith(".")}
+                               if _ACCELERATE_FILE.match(name)}
             if is_best:
                 tmp = os.path.join(self.root, f".{self.best_weights}.tmp")
                 save_file(_tensor_state(module), tmp)
                 os.replace(tmp, os.path.join(self.root, self.best_weights))
+            record["best_weights_sha256"] = _sha256(os.path.join(self.root, self.best_weights)) \
+                if self.best_weights else None
             tmp = os.path.join(folder, f".{STATE_FILENAME}.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(record, f, indent=2)
@@ -139,7 +142,7 @@ class PhaseCheckpoints:
             except (OSError, ValueError, AttributeError):
                 listed = None
         for name in os.listdir(folder):
-            ours = name in listed if listed is not None else name.startswith(_ACCELERATE_FILES)
+            ours = name in listed if listed is not None else bool(_ACCELERATE_FILE.match(name))
             if ours or name in (_MARKER, STATE_FILENAME) or name.startswith(f".{STATE_FILENAME}"):
                 os.remove(os.path.join(folder, name))
         if not os.listdir(folder):
@@ -180,8 +183,13 @@ class PhaseCheckpoints:
         if changed:
             raise ValueError(f"cannot resume from {folder}: the dataset changed since it was saved (split(s) "
                              f"{changed} differ); resume with the same data, or start a new --output-dir")
+        best = state.get("best_weights")
+        if best and (not os.path.isfile(os.path.join(self.root, best))
+                     or _sha256(os.path.join(self.root, best)) != state.get("best_weights_sha256")):
+            raise ValueError(f"cannot resume from {folder}: the best epoch's weights {best} are missing or not those "
+                             "saved; nothing was loaded")
         self.accelerator.load_state(folder)
-        self.best_weights = state.get("best_weights")
+        self.best_weights = best
         return state
 
     @staticmethod
@@ -190,7 +198,7 @@ class PhaseCheckpoints:
         listed = state.get("files")
         if not isinstance(listed, dict):
             raise ValueError(f"{folder}/{STATE_FILENAME} lists no files: not a complete checkpoint")
-        present = {n for n in os.listdir(folder) if n not in (_MARKER, STATE_FILENAME) and not n.startswith(".")}
+        present = {n for n in os.listdir(folder) if _ACCELERATE_FILE.match(n)}
         extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
         changed = sorted(n for n in set(listed) & present if _sha256(os.path.join(folder, n)) != listed[n])
         if extra or missing or changed:

@@ -87,6 +87,7 @@ def loader_for_split(
         sampler: Optional[Sampler] = None,
         workers: int = 0,
         two_view_transform=None,
+        split_name: Optional[str] = None,
 ) -> DataLoader:
     """A DataLoader yielding ``{"pixel_values": (B, 3, H, W), "index": (B,)}``; nothing is dropped.
 
@@ -98,10 +99,11 @@ def loader_for_split(
         workers: Worker processes.
         two_view_transform: Optional ``spl_losses.transforms.TwoViewTransform``; batches then also
             hold ``view1`` and ``view2`` (contrastive views).
+        split_name: The split's name, for errors (default: the dataset's own split name).
     """
     if "image" not in split.column_names:
         raise ValueError(f"expected an 'image' column for image training, got columns {split.column_names}")
-    name = str(split.split) if split.split is not None else "dataset"
+    name = split_name or (str(split.split) if split.split is not None else "dataset")
     view = (split.select_columns(["image", "index"]).cast_column("image", datasets.Image(decode=False))
             .with_transform(_ApplyTransform(transform, two_view_transform, name)))
     return DataLoader(view, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,

@@ -189,8 +189,8 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     eval_bs = max(phase.batch_size, 2 * accelerator.num_processes)
     loaders = [loader_for_split(splits["train"], transform, phase.batch_size, workers=settings.workers,
                                 sampler=EpochPermutationSampler(data.num_train, settings.seed),
-                                two_view_transform=two_views)]
-    loaders += [loader_for_split(splits[s], transform, eval_bs, workers=settings.workers)
+                                two_view_transform=two_views, split_name="train")]
+    loaders += [loader_for_split(splits[s], transform, eval_bs, workers=settings.workers, split_name=s)
                 for s in ("validation", "test", "train")]
     classifier = timm_model_of(model).get_classifier()
     head_ids = {id(p) for p in classifier.parameters()}
