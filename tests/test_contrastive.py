@@ -232,3 +232,42 @@ def test_transform_errors():
         contrastive_view_transform(16, mean=(0.5, 0.5))
     with pytest.raises(TypeError, match="callable"):
         TwoViewTransform("flip")
+
+
+def test_train_step_runs_both_views_through_the_backbone_as_one_batch():
+    """The seed fork's forward: the two views go through the backbone as ONE concatenated batch of 2B, so a
+    train-mode BatchNorm normalises them together; expected value by an explicit port (SimCLR NT-Xent on
+    the projection of the concatenated features), which two separate forwards do not give."""
+    import timm
+
+    import spl_losses
+    from spl_losses.losses import ContrastiveAuxiliary
+    from spl_losses.training.train_step import TrainStep
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3, pretrained=False).train()
+    aux = ContrastiveAuxiliary.from_model(model, cl_coef=1.0)
+    step = TrainStep(model, spl_losses.create_loss("an"), aux).train()
+    images, view1, view2 = (torch.randn(4, 3, 16, 16) for _ in range(3))
+    targets = torch.zeros(4, 3)
+    targets[torch.arange(4), torch.tensor([0, 1, 2, 0])] = 1
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    total = step(images, targets, torch.arange(4), view1, view2)
+
+    model.load_state_dict(state)  # BatchNorm running statistics as before the step
+    with torch.no_grad():
+        main = spl_losses.create_loss("an")(model(images), targets)
+        feats = model.forward_head(model.forward_features(torch.cat([view1, view2])), pre_logits=True)
+        z = torch.nn.functional.normalize(aux.projection(feats).double(), dim=1)
+        sim = z @ z.t() / 0.07
+        n = sim.shape[0]
+        expected_cl = 0.0
+        for a in range(n):
+            positive = (a + n // 2) % n
+            others = [j for j in range(n) if j != a]
+            expected_cl += -(sim[a, positive] - torch.logsumexp(sim[a, others], dim=0))
+        expected_cl /= n
+        separate = torch.cat([model.forward_head(model.forward_features(v), pre_logits=True) for v in (view1, view2)])
+        z_sep = torch.nn.functional.normalize(aux.projection(separate).double(), dim=1)
+    assert total.item() == pytest.approx((main + expected_cl).item(), rel=1e-5)
+    assert not torch.allclose(z, z_sep, atol=1e-3)  # one batch of 2B differs from two batches of B
