@@ -106,15 +106,23 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = set()
     for label, records in curves.items():
         records = [r for r in records if r.get("val_map") is not None]
+        epochs |= {r["epoch"] for r in records}
         line, = ax.plot([r["epoch"] for r in records], [r["val_map"] for r in records], marker="o", label=label)
         best_epoch = (best or {}).get(label)
         marked = [r for r in records if r["epoch"] == best_epoch]
         if marked:
             ax.plot([best_epoch], [marked[0]["val_map"]], marker="*", markersize=16, color=line.get_color(),
-                    linestyle="none", label=f"{label}: best epoch {best_epoch}" if len(curves) == 1 else None)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                    linestyle="none")
+    if best:
+        ax.plot([], [], marker="*", markersize=12, color="gray", linestyle="none", label="best epoch")
+    if epochs and max(epochs) - min(epochs) <= 25:  # every epoch a tick: integers only
+        ax.set_xticks(range(min(epochs), max(epochs) + 1))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mAP (%)")
     if title:
