@@ -1,0 +1,216 @@
+"""A hyperparameter search shared by any number of workers, stored in an Optuna study.
+
+Every worker runs the same command (``recipes/train.py ... --search``), on one machine or many, each
+possibly an ``accelerate launch`` of several processes; they share one study in a real database:
+an SQLite file in the search folder by default (nothing to start), any SQLAlchemy URL (PostgreSQL,
+MySQL) or Optuna's journal file on a shared file system (``journal:PATH``; SQLite is not safe there)
+through ``--search-storage``.
+
+- The grid (the protocol's, or ``search_grid`` of the config) is enqueued once as WAITING trials
+  (``enqueue_trial(..., skip_if_exists=True)``); each worker takes the next waiting trial (the storage
+  hands each to one worker) and trains it, so every point is trained exactly once. Optuna's
+  ``GridSampler`` alone may give the same point to two workers, so it only describes the grid.
+- ``search_space`` in the config (``{lr: {low: 1e-5, high: 1e-2, log: true}, batch_size: [8, 16]}``)
+  with ``--search-sampler tpe`` and ``--search-trials N`` asks Optuna's TPE sampler for N points.
+- A point's training holds its run folder's OS lock. A trial that is RUNNING in the study while its run
+  folder is not locked has lost its worker (killed, crashed): the next worker marks it failed and
+  enqueues the same point again, and the retry resumes the run from its last checkpoint. A point whose
+  run finished (``results.json``) is never trained again.
+- The search can be stopped and resumed at any time; ``search.json`` (every point, the winner by
+  validation mAP) is written from the study.
+
+Watch it live with ``optuna-dashboard sqlite:///SEARCH_DIR/search.db`` (``pip install optuna-dashboard``).
+"""
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+from .run_dir import RunDir
+from .search import grid_points, run_name
+
+__all__ = ["SearchStudy", "default_storage"]
+
+_POINT_ATTR = "point"
+_LOCKED_ATTR = "locked_by"
+#: Seconds a RUNNING trial may go without taking its run folder's lock before it counts as abandoned.
+ASK_TO_LOCK_GRACE = 120.0
+
+
+def default_storage(search_dir: str) -> str:
+    """``sqlite:///SEARCH_DIR/search.db``.
+
+    Args:
+        search_dir: The search's output folder.
+    """
+    return f"sqlite:///{os.path.abspath(os.path.join(search_dir, 'search.db'))}"
+
+
+def _storage(url: str):
+    """An Optuna storage for a URL: ``journal:PATH`` is a journal file, anything else an RDB URL."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = os.path.abspath(url[len("journal:"):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
+                                      if url.startswith("sqlite") else None)
+
+
+def _distributions(space: Mapping[str, Any]):
+    """Optuna distributions of a ``search_space``: a list is categorical, a mapping a float/int range."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, spec in space.items():
+        if isinstance(spec, (list, tuple)) and spec:
+            out[key] = CategoricalDistribution(list(spec))
+        elif isinstance(spec, Mapping) and {"low", "high"} <= set(spec):
+            kind = IntDistribution if isinstance(spec["low"], int) and isinstance(spec["high"], int) \
+                else FloatDistribution
+            out[key] = kind(spec["low"], spec["high"], log=bool(spec.get("log", False)))
+        else:
+            raise ValueError(f"search_space[{key!r}] must be a list of values or {{low, high[, log]}}, got {spec!r}")
+    return out
+
+
+class SearchStudy:
+    """The shared study of one search folder (see the module docstring).
+
+    Args:
+        search_dir: The search's output folder (run folders ``SEARCH_DIR/<point>``).
+        storage: Storage URL (default :func:`default_storage`), or ``journal:PATH``.
+        study_name: Name of the study inside the storage.
+        grid: Flag name -> values (the grid sampler).
+        space: Flag name -> list or range (``sampler="tpe"``).
+        sampler: ``"grid"`` or ``"tpe"``.
+        num_trials: Points of a TPE search.
+        seed: Seed of the TPE sampler.
+        allowed: Flag names the grid or space may use.
+    """
+
+    def __init__(self, search_dir: str, storage: Optional[str] = None, study_name: str = "search",
+                 grid: Optional[Mapping[str, List[Any]]] = None, space: Optional[Mapping[str, Any]] = None,
+                 sampler: str = "grid", num_trials: Optional[int] = None, seed: int = 0,
+                 allowed: Optional[List[str]] = None):
+        import optuna
+
+        if sampler not in ("grid", "tpe"):
+            raise ValueError(f"--search-sampler must be 'grid' or 'tpe', got {sampler!r}")
+        self.search_dir = search_dir
+        self.sampler = sampler
+        self.num_trials = num_trials
+        if sampler == "grid":
+            self.points = grid_points(grid, allowed=allowed)
+            self.distributions = _distributions({k: sorted({p[k] for p in self.points}, key=self.points.index)
+                                                 for k in self.points[0]})
+            optuna_sampler = optuna.samplers.GridSampler({k: list(v) for k, v in grid.items()}, seed=seed)
+        else:
+            if not space or not num_trials:
+                raise ValueError("--search-sampler tpe needs search_space in the config and --search-trials N")
+            unknown = sorted(set(space) - set(allowed or space))
+            if unknown:
+                raise ValueError(f"search_space keys {unknown} are not flags")
+            self.points, self.distributions = [], _distributions(space)
+            optuna_sampler = optuna.samplers.TPESampler(seed=seed)
+        os.makedirs(search_dir, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(study_name=study_name, storage=_storage(storage or default_storage(
+            search_dir)), sampler=optuna_sampler, direction="maximize", load_if_exists=True)
+        for point in self.points:  # idempotent: every worker may do it
+            self.study.enqueue_trial(point, user_attrs={_POINT_ATTR: run_name(point)}, skip_if_exists=True)
+
+    # ------------------------------------------------------------------ taking points
+    def _recover_abandoned(self) -> None:
+        """Fail RUNNING trials whose worker is gone (their run folder is not locked) and enqueue them again."""
+        from optuna.trial import TrialState
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            name = trial.user_attrs.get(_POINT_ATTR) or run_name(trial.params)
+            folder = RunDir(os.path.join(self.search_dir, name))
+            if _LOCKED_ATTR not in trial.user_attrs:
+                started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+                if time.time() - started < ASK_TO_LOCK_GRACE:
+                    continue  # taken a moment ago: its worker is about to lock the folder
+            try:
+                folder.acquire()
+            except ValueError:
+                continue  # its worker is alive and training
+            folder.release()
+            self.study.tell(trial.number, state=TrialState.FAIL)
+            params = {k: trial.params.get(k, trial.system_attrs.get("fixed_params", {}).get(k))
+                      for k in self.distributions}
+            self.study.enqueue_trial(params, user_attrs={_POINT_ATTR: name, "retry_of": trial.number})
+
+    def _complete(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def next_trial(self):
+        """The next point to train, as ``(trial, params, run name)``, or None when nothing is left.
+
+        Raises nothing for a race on the last point: a trial created by a worker that found the queue
+        empty is closed as PRUNED (never trained).
+        """
+        from optuna.trial import TrialState
+
+        self._recover_abandoned()
+        if self.sampler == "grid":
+            if not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return None
+        elif self._complete() + len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) \
+                >= self.num_trials:
+            return None
+        trial = self.study.ask(fixed_distributions=self.distributions)
+        if self.sampler == "grid" and _POINT_ATTR not in trial.user_attrs:
+            self.study.tell(trial, state=TrialState.PRUNED)  # another worker took the last waiting point
+            return None
+        params = dict(trial.params)
+        name = trial.user_attrs.get(_POINT_ATTR) or run_name(params)
+        trial.set_user_attr(_POINT_ATTR, name)
+        return trial, params, name
+
+    def mark_locked(self, trial) -> None:
+        """Record that the trial's worker holds its run folder's lock (from then on, a free lock means it died).
+
+        Args:
+            trial: The trial from :meth:`next_trial`.
+        """
+        trial.set_user_attr(_LOCKED_ATTR, f"{os.uname().nodename}:{os.getpid()}")
+
+    def finish(self, trial, results: Optional[Mapping[str, Any]]) -> None:
+        """Record a trained point: its validation mAP, or a failure.
+
+        Args:
+            trial: The trial from :meth:`next_trial`.
+            results: The run's results (None: it failed or stopped).
+        """
+        from optuna.trial import TrialState
+
+        if results is None or results.get("val_map") is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            for key in ("test_map", "best_epoch"):
+                trial.set_user_attr(key, results.get(key))
+            self.study.tell(trial, float(results["val_map"]))
+
+    # ------------------------------------------------------------------ the outcome
+    def summaries(self) -> List[Dict[str, Any]]:
+        """Every finished point, in study order: name, params, validation and test mAP, best epoch."""
+        from optuna.trial import TrialState
+
+        out = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            out.append({"name": trial.user_attrs[_POINT_ATTR], "params": dict(trial.params),
+                        "val_map": trial.value, "test_map": trial.user_attrs.get("test_map"),
+                        "best_epoch": trial.user_attrs.get("best_epoch"), "trial": trial.number})
+        return out
+
+    @property
+    def done(self) -> bool:
+        """Whether every point has finished (the grid's, or ``num_trials`` of a TPE search)."""
+        wanted = len(self.points) if self.sampler == "grid" else self.num_trials
+        return self._complete() >= wanted
