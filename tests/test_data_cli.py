@@ -75,7 +75,7 @@ def test_cli_errors_exit_2_with_message(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "c")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["build", "digits_mosaic", "--output", str(tmp_path / "o3"), "--option", "num_train"]) == 2
-    assert "key=value" in capsys.readouterr().err
+    assert "--dataset-option expects KEY=VALUE" in capsys.readouterr().err
 
 
 def test_list_command(capsys):
