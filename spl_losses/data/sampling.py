@@ -160,7 +160,7 @@ def _check_weights(rows: np.ndarray, weights: np.ndarray) -> None:
     bad = ~np.isfinite(weights) | (weights < 0)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"weights must be finite and non-negative; row {int(rows[first])} has {weights[first]!r}")
+        raise ValueError(f"weights must be finite and non-negative; row {int(rows[first])} has {float(weights[first])}")
 
 
 def _weighted_keys(keys: np.ndarray, rows: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
