@@ -290,11 +290,6 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
 
     def _check_raw_split(self, split: str, raw: RawSplit) -> None:
         where = raw.source or f"the {split} split"
-        if self._class_weights is not None and raw.label_weights is None:
-            raw.label_weights = [self._class_weights[list(row)].tolist() for row in raw.labels]
-        if self.config.observed_sampling != "uniform" and raw.label_weights is None:
-            raise ValueError(f"{type(self).__name__} gave no label weights for observed_sampling="
-                             f"{self.config.observed_sampling!r} ({where})")
         check_raw_split(raw, where)
         if raw.images is not None:
             paths = self._images_to_verify(split, [p for p in raw.images if isinstance(p, str)])
@@ -320,6 +315,12 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         if validation is not None:
             raws["validation"] = validation
         class_names = self._check_class_lists(raws)
+        for split, raw in raws.items():
+            if self._class_weights is not None and raw.label_weights is None:
+                raw.label_weights = [self._class_weights[list(row)].tolist() for row in raw.labels]
+            if self.config.observed_sampling != "uniform" and raw.label_weights is None:
+                raise ValueError(f"{type(self).__name__} gave no label weights for observed_sampling="
+                                 f"{self.config.observed_sampling!r} ({raw.source or split})")
         return prepare_splits(raws, self.config, len(class_names))
 
 

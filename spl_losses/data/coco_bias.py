@@ -30,7 +30,7 @@ def _check_geometry(areas: np.ndarray, boxes: np.ndarray, sizes: np.ndarray, ann
     bad_area = ~np.isfinite(areas) | (areas < 0)
     if bad_area.any():
         i = int(np.flatnonzero(bad_area)[0])
-        raise ValueError(f"{annotation_file}: annotations[{i}] has area {areas[i]!r}; areas must be finite and >= 0")
+        raise ValueError(f"{annotation_file}: annotations[{i}] has area {float(areas[i])}; areas must be finite and >= 0")
     bad_box = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
     if bad_box.any():
         i = int(np.flatnonzero(bad_box)[0])
@@ -79,7 +79,7 @@ def annotation_weights(rule: str, ann_rows: np.ndarray, areas: np.ndarray, boxes
     to_corner = _distances(centre_x - sizes[:, 0], centre_y - sizes[:, 1], zero=1.0)
     inverse_sum = np.zeros(num_rows, dtype=np.float64)
     np.add.at(inverse_sum, ann_rows, 1 / to_corner)
-    return (1 / inverse_sum)[ann_rows] / to_centre
+    return (1 / inverse_sum[ann_rows]) / to_centre
 
 
 def _distances(dx: np.ndarray, dy: np.ndarray, zero: float) -> np.ndarray:

@@ -57,12 +57,11 @@ class ObservedLabels(NamedTuple):
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 step on a uint64 array (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + _GAMMA
-        z = (z ^ (z >> np.uint64(30))) * _MUL1
-        z = (z ^ (z >> np.uint64(27))) * _MUL2
-        return z ^ (z >> np.uint64(31))
+    """SplitMix64 step on a uint64 array (wrapping arithmetic; the caller ignores overflow)."""
+    z = x + _GAMMA
+    z = (z ^ (z >> np.uint64(30))) * _MUL1
+    z = (z ^ (z >> np.uint64(27))) * _MUL2
+    return z ^ (z >> np.uint64(31))
 
 
 def _as_uint64(value, name: str) -> np.ndarray:
