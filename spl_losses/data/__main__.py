@@ -96,7 +96,8 @@ def format_report(report: Dict[str, Any]) -> str:
         report: A builder's ``build_report``.
     """
     lines = [f"dataset {report.get('dataset')}: {report.get('num_classes')} classes, seed {report.get('seed')}, "
-             f"split seed {report.get('split_seed')}"]
+             f"split seed {report.get('split_seed')}, observed_sampling {report.get('observed_sampling', 'uniform')}, "
+             f"sampling_rng {report.get('sampling_rng', 'hash')}"]
     for split, entry in report.get("splits", {}).items():
         lines.append(f"  {split:<10} {entry.get('num_examples', 0):>8,} examples; "
                      f"dropped without positive: {entry.get('dropped_without_positive', 0):,}; "

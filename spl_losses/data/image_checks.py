@@ -51,7 +51,7 @@ def join_inside(folder: str, names: Sequence[str], listed_in: str, allow_absolut
     prefix = folder.rstrip(os.sep) + os.sep
     out = []
     for index, name in enumerate(names):
-        if isinstance(name, str) and name and name[0] != os.sep and ".." not in name and "\x00" not in name:
+        if isinstance(name, str) and name.strip() and name[0] != os.sep and ".." not in name and "\x00" not in name:
             out.append(prefix + name)  # the common case: nothing to normalise
             continue
         out.append(_checked_path(prefix, name, allow_absolute,

@@ -74,6 +74,8 @@ def read_listing_rows(path: str, separator: str = "|") -> Tuple[List[Tuple[str, 
                 entries.append(f"line {line_no}")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a UTF-8 text listing ({err})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV listing ({err})") from None
     return rows, entries
 
 

@@ -120,7 +120,7 @@ def read_voc_split(voc_dir: str, image_set: str, class_names: List[str] = VOC201
     source = os.path.join(main_dir, f"*_{image_set}.txt")
     image_dir = os.path.join(voc_dir, "JPEGImages")
     paths = join_inside(image_dir, file_names[order].tolist(), source,
-                        entry_name=lambda i: f"image id {listed[order[i]]!r}")
+                        entry_name=lambda i: f"image id {str(listed[order[i]])!r}")
     if check_images:
         require_dir(image_dir, "VOC JPEGImages")
         check_images_exist(paths, source)
