@@ -73,7 +73,7 @@ class SPMLConfig(datasets.BuilderConfig):
             ``"reference"`` (the reference code's own random streams, draw for draw; see
             :mod:`spl_losses.data.reference_draws`).
         class_weights_file: JSON object ``{"class name": weight}`` giving every class a weight >= 0, for
-            ``observed_sampling="weights"``.
+            ``observed_sampling="weights"`` (a relative path is taken from the current folder).
         verify_images: Open every listed image file with PIL (``verify``) so that no other kind of file
             enters the dataset: True, False, or None (default) for every split listing at most 20,000
             images. Paths that leave their folder are refused whatever this is.

@@ -63,6 +63,8 @@ class MultilabelFilesConfig(SPMLConfig):
         listing: A single listing of all images instead of per-split listings: ``test_fraction`` of its
             rows become the test set (``split_seed``), then ``val_fraction`` of the rest validation.
         test_fraction: Fraction of ``listing`` that becomes the test set (default 0.2; only with ``listing``).
+            The test rows are those with the smallest hash keys for ``split_seed`` (whatever
+            ``sampling_rng``: the reference code has no such carve).
         label_separator: Separator of class names within a CSV labels field.
         class_names: Class names in label-index order (tuple), or None.
         classes_file: Text file with one class name per line, or None.
