@@ -106,7 +106,9 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         expected_num_pos: k of EPR/ROLE for this benchmark, or None.
         num_classes: Class count when fixed by the benchmark, or None.
         observed_sampling_rules: The ``observed_sampling`` values the builder supports.
-        path_options: Config fields holding file paths that ``create_builder`` makes absolute.
+        path_options: Config fields holding file paths that ``create_builder`` makes absolute (from the
+            current folder, or from ``root`` for those also in ``root_path_options``).
+        root_path_options: The ``path_options`` that are relative to ``root`` when one is given.
         source_description, source_license, source_citation, source_homepage: for the dataset card.
         class_list_note: Which class list the dataset is built from (shown on the card).
 
@@ -126,6 +128,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
     num_classes: Optional[int] = None
     observed_sampling_rules: Tuple[str, ...] = ("uniform", "weights")
     path_options: Tuple[str, ...] = ("class_weights_file",)
+    root_path_options: Tuple[str, ...] = ()
     source_description: str = ""
     source_license: str = "unknown"
     source_citation: str = ""
@@ -357,7 +360,7 @@ def create_builder(name: str, root: Optional[str] = None, seed: int = 1200, cach
         value = config.get(key)
         if isinstance(value, (str, os.PathLike)):
             value = os.path.expanduser(os.fspath(value))
-            base = root if root is not None and key in getattr(cls, "root_path_options", ()) else os.getcwd()
+            base = root if root is not None and key in cls.root_path_options else os.getcwd()
             config[key] = os.path.normpath(os.path.join(base, value))
     if root is not None:
         config["root"] = root

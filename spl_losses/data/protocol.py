@@ -68,8 +68,9 @@ def check_protocol_options(cfg, observed_sampling_rules: Sequence[str], dataset:
         observed_sampling_rules: The ``observed_sampling`` values the builder supports.
         dataset: The dataset's name, for messages.
     """
-    if not 0.0 <= float(cfg.val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction!r}")
+    fraction = cfg.val_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {fraction!r}")
     for name in ("seed", "split_seed", "num_positives", "num_negatives"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
