@@ -23,6 +23,7 @@ image when images are verified. One test per case, then the general rule over se
 | ``multilabel_features`` NaN / inf feature | written into the dataset | refused naming the row, column and file |
 | ``multilabel_features`` complex features | written as garbage | refused naming the dtype and file |
 | bad option values (``verify_images=yes``, ``test_fraction`` without ``listing``) | accepted or odd failures | refused naming the option |
+| CLI ``--dataset-option`` the builder does not have, or one with its own flag (``seed``) | TypeError from deep inside | ``error:`` naming the option and the builder's options / the flag |
 | CLI ``--output`` that cannot be created | traceback after the whole build | ``error:`` and exit 2 before the build |
 | CLI ``--push-to-hub`` without a token | the build ran, then the push failed | ``error:`` and exit 2 before the build |
 | CLI ``--push-to-hub`` with the Hub unreachable | the build ran, then the push failed | ``error:`` and exit 2 before the build |
@@ -266,6 +267,15 @@ def test_cli_output_that_cannot_be_created(tmp_path, capsys):
     assert main(["build", "digits_mosaic", "--output", str(tmp_path / "a_file" / "out"),
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "error: --output" in capsys.readouterr().err and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    ("colour=red", "error: --dataset-option: dataset 'digits_mosaic' has no option 'colour'; its options: "),
+    ("seed=3", "error: --dataset-option seed=...: give it as --seed"),
+])
+def test_cli_unknown_or_reserved_dataset_option(tmp_path, capsys, option, message):
+    assert main(["build", "digits_mosaic", "--output", str(tmp_path / "out"), "--dataset-option", option]) == 2
+    assert capsys.readouterr().err.startswith(message) and not (tmp_path / "out").exists()
 
 
 def test_cli_push_without_token_fails_before_the_build(tmp_path, capsys, monkeypatch):

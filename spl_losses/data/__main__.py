@@ -27,7 +27,7 @@ import datasets
 from .builder import create_builder
 from .card import make_dataset_card, merge_card_metadata
 from .image_checks import VERIFY_AUTO_LIMIT
-from .options import parse_dataset_options
+from .options import check_dataset_options, parse_dataset_options
 from .registry import get_dataset_info, list_datasets
 
 __all__ = ["main", "build_parser", "write_parquet", "format_report"]
@@ -175,6 +175,8 @@ def build_command(args: argparse.Namespace) -> int:
         raise ValueError("build needs --output OUT_DIR and/or --push-to-hub ORG/NAME")
     options = parse_dataset_options(args.dataset_option, "--dataset-option")
     info = get_dataset_info(args.name)  # fails early on an unknown name, listing the known ones
+    check_dataset_options(args.name, options, "--dataset-option",
+                          reserved={"root": "--data-dir", "seed": "--seed", "split_seed": "--split-seed"})
     if info.needs_root and not args.data_dir:
         raise ValueError(f"dataset {args.name!r} needs --data-dir <folder of the raw download>")
     if args.push_to_hub:
