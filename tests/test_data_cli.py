@@ -145,7 +145,8 @@ def test_size_category_boundaries():
 
 
 @pytest.mark.parametrize("report, phrases", [
-    ({"seed": 5}, ["`observed_sampling`): `uniform`", "chosen uniformly at random", "SplitMix64", "smallest key wins."]),
+    ({"seed": 5}, ["`observed_sampling`): `uniform`", "chosen uniformly at random", "SplitMix64",
+                   "smallest key wins."]),
     ({"seed": 5, "observed_sampling": "size"}, ["`size`", "annotated object area", "Arroyo, Perona & Cole",
                                                 "exponential race"]),
     ({"seed": 5, "observed_sampling": "weights", "class_weights_file": "/x/w.json"}, ["per-class weight (`w.json`)"]),

@@ -215,9 +215,11 @@ def test_single_listing_options_are_checked(tmp_path):
     root = tmp_path / "raw"
     _all_listing(root)
     with pytest.raises(ValueError, match=r"listing='.*all.csv' replaces the per-split listings; drop \['test_file'\]"):
-        build_dataset("multilabel_files", root=root, listing="all.csv", test_file="all.csv", cache_dir=str(tmp_path / "c"))
+        build_dataset("multilabel_files", root=root, listing="all.csv", test_file="all.csv",
+                      cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\), got 1.0"):
-        build_dataset("multilabel_files", root=root, listing="all.csv", test_fraction=1.0, cache_dir=str(tmp_path / "c"))
+        build_dataset("multilabel_files", root=root, listing="all.csv", test_fraction=1.0,
+                      cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match="missing listing"):
         build_dataset("multilabel_files", root=root, listing="nothing.csv", cache_dir=str(tmp_path / "c"))
 

@@ -148,7 +148,8 @@ def test_empty_or_nul_paths(listing_dir, tmp_path, row, match):
 def test_json_line_with_a_non_string_path(listing_dir, tmp_path):
     root, _ = listing_dir
     path = root / "all.jsonl"
-    path.write_text(json.dumps({"path": "img/0.png", "labels": ["cat"]}) + "\n\n" + json.dumps({"path": 5, "labels": []}))
+    path.write_text(json.dumps({"path": "img/0.png", "labels": ["cat"]}) + "\n\n"
+                    + json.dumps({"path": 5, "labels": []}))
     with pytest.raises(ValueError, match=r"all\.jsonl, line 3: the image path must be a non-empty string, got 5"):
         _build_listing(str(path), tmp_path)
 
@@ -195,7 +196,8 @@ def test_voc_image_id_escaping_the_image_folder(tmp_path):
         if name.endswith("_train.txt"):
             with open(os.path.join(main_dir, name), "a") as f:
                 f.write("../../../x  1\n")
-    with pytest.raises(ValueError, match=r"\*_train\.txt, image id '\.\./\.\./\.\./x': .* leaves the folder .*JPEGImages"):
+    with pytest.raises(ValueError,
+                       match=r"\*_train\.txt, image id '\.\./\.\./\.\./x': .* leaves the folder .*JPEGImages"):
         build_dataset("voc2012", root=root, cache_dir=str(tmp_path / "cache"))
 
 
@@ -226,8 +228,8 @@ def test_cub_path_escaping_the_image_folder(tmp_path):
 def _features_tree(root, features):
     os.makedirs(root, exist_ok=True)
     np.save(os.path.join(root, "train_features.npy"), features)
-    np.save(os.path.join(root, "train_labels.npy"), np.eye(len(features), 3, dtype=np.int64) + np.eye(len(features), 3, -3,
-                                                                                                    dtype=np.int64))
+    labels = np.eye(len(features), 3, dtype=np.int64) + np.eye(len(features), 3, -3, dtype=np.int64)
+    np.save(os.path.join(root, "train_labels.npy"), labels)
     np.save(os.path.join(root, "test_features.npy"), np.ones((2, features.shape[1]), dtype=np.float32))
     np.save(os.path.join(root, "test_labels.npy"), np.eye(2, 3, dtype=np.int64))
 

@@ -48,7 +48,8 @@ def _sampling_text(report: Dict[str, Any]) -> str:
         class_weights_file=os.path.basename(str(report.get("class_weights_file")))) + ". "
     if report.get("sampling_rng") == "reference":
         stream = ("`numpy.random.RandomState(seed)`, each row's positives then negatives shuffled (Cole et al.)"
-                  if rule == "uniform" else "`random.seed(seed)` then `random.choices` over the weights (Arroyo et al.)")
+                  if rule == "uniform" else
+                  "`random.seed(seed)` then `random.choices` over the weights (Arroyo et al.)")
         text += _REFERENCE_DRAWS.format(stream=stream, **fields)
     else:
         weighted = (", after dividing `-log(1 - u)` by the weight, `u` the key mapped to [0, 1) (an exponential "

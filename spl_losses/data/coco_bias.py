@@ -30,7 +30,8 @@ def _check_geometry(areas: np.ndarray, boxes: np.ndarray, sizes: np.ndarray, ann
     bad_area = ~np.isfinite(areas) | (areas < 0)
     if bad_area.any():
         i = int(np.flatnonzero(bad_area)[0])
-        raise ValueError(f"{annotation_file}: annotations[{i}] has area {float(areas[i])}; areas must be finite and >= 0")
+        raise ValueError(f"{annotation_file}: annotations[{i}] has area {float(areas[i])}; areas must be finite "
+                         "and >= 0")
     bad_box = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
     if bad_box.any():
         i = int(np.flatnonzero(bad_box)[0])

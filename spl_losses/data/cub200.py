@@ -35,8 +35,8 @@ from .image_checks import join_inside
 from .raw_files import RawSplit, check_images_exist, index_lists, require_dir, require_file
 from .registry import register_dataset
 
-__all__ = ["CUB200", "CUB200Config", "find_cub_dir", "find_attributes_file", "read_cub_attribute_names", "read_cub_image_attribute_labels",
-           "read_cub200"]
+__all__ = ["CUB200", "CUB200Config", "find_cub_dir", "find_attributes_file", "read_cub_attribute_names",
+           "read_cub_image_attribute_labels", "read_cub200"]
 
 _CUB_CITATION = """@techreport{wah2011caltech,
   title = {The {Caltech-UCSD} Birds-200-2011 Dataset},

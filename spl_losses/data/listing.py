@@ -70,7 +70,8 @@ def read_listing_rows(path: str, separator: str = "|") -> Tuple[List[Tuple[str, 
                 if not isinstance(labels, (str, list)):
                     raise ValueError(f"{path}, line {line_no}: 'labels' must be a list of names or a string, "
                                      f"got {labels!r}")
-                rows.append((record["path"], split_names(labels) if isinstance(labels, str) else [str(n) for n in labels]))
+                names = split_names(labels) if isinstance(labels, str) else [str(n) for n in labels]
+                rows.append((record["path"], names))
                 entries.append(f"line {line_no}")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a UTF-8 text listing ({err})") from None

@@ -13,7 +13,8 @@ from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["RawSplit", "index_lists", "check_raw_split", "require_file", "require_dir", "find_missing_files", "check_images_exist"]
+__all__ = ["RawSplit", "index_lists", "check_raw_split", "require_file", "require_dir", "find_missing_files",
+           "check_images_exist"]
 
 
 @dataclass
