@@ -8,7 +8,7 @@ from .registry import DatasetInfo, get_dataset_class, get_dataset_info, is_datas
 from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_single_positive, split_train_validation
 from .raw_files import RawSplit
 from .builder import SPMLBuilder, SPMLConfig, build_dataset, create_builder
-from .options import parse_dataset_options
+from .options import check_dataset_options, parse_dataset_options
 from .loading import check_spml_dataset, load_spml_dataset
 from .fingerprint import dataset_fingerprint
 
