@@ -16,7 +16,7 @@ from raw_trees import write_coco_tree, write_cub_tree, write_nus_tree, write_voc
 from spl_losses.data import build_dataset, get_dataset_info
 from spl_losses.data.coco2014 import coco_label_matrix, read_coco_columns
 from spl_losses.data.cub200 import read_cub200, read_cub_image_attribute_labels
-from spl_losses.data.nuswide import NUSWIDE_CONCEPTS81, read_nuswide
+from spl_losses.data.nuswide import NUSWIDE_CONCEPTS81, read_nuswide_split
 from spl_losses.data.raw_files import find_missing_files
 
 datasets.disable_progress_bars()
@@ -284,19 +284,18 @@ def test_nuswide_byte_paths_with_flickr_prefix_and_builtin_concepts(tmp_path):
     expected = write_nus_tree(root, num_train=6, num_val=3, write_concepts=False)
     path = os.path.join(root, "formatted_val_images.npy")
     np.save(path, np.array([b"Flickr/" + p.encode() for p in np.load(path).tolist()]))
-    benchmark = read_nuswide(root)
-    assert benchmark.class_names == NUSWIDE_CONCEPTS81
-    assert benchmark.splits["test"].image_paths == list(expected.positives["test"])
+    split = read_nuswide_split(root, "formatted_val")
+    assert split.class_names == NUSWIDE_CONCEPTS81
+    assert split.images == list(expected.positives["test"])
     assert len(NUSWIDE_CONCEPTS81) == 81 and NUSWIDE_CONCEPTS81 == sorted(NUSWIDE_CONCEPTS81)
 
 
 def test_cub_attributes_file_inside_archive_folder(tmp_path):
     root = str(tmp_path / "raw")
     expected = write_cub_tree(root, num_images=12, attributes_at_top=False)
-    benchmark = read_cub200(root)
-    assert benchmark.class_names == expected.class_names
-    got = {p: {benchmark.class_names[c] for c in np.flatnonzero(row)}
-           for p, row in zip(benchmark.splits["test"].image_paths, benchmark.splits["test"].labels)}
+    test = read_cub200(root)["test"]
+    assert test.class_names == expected.class_names
+    got = {p: {test.class_names[c] for c in row} for p, row in zip(test.images, test.labels)}
     assert got == expected.positives["test"]
 
 

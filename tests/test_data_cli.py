@@ -11,7 +11,7 @@ from PIL import Image
 from spl_losses.data.__main__ import main
 from spl_losses.data.card import make_dataset_card, size_category
 
-TINY = ["--option", "num_train=40", "--option", "num_validation=10", "--option", "num_test=10"]
+TINY = ["--dataset-option", "num_train=40", "--dataset-option", "num_validation=10", "--dataset-option", "num_test=10"]
 
 
 def test_build_arrow_writes_dataset_card_and_report(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_build_parquet_embeds_images_and_loads_back(tmp_path):
     raw = tmp_path / "raw"
     _files_tree(raw)
     out = tmp_path / "pq"
-    assert main(["build", "multilabel_files", "--root", str(raw), "--output", str(out), "--format", "parquet",
+    assert main(["build", "multilabel_files", "--data-dir", str(raw), "--output", str(out), "--format", "parquet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     assert sorted(os.listdir(out / "data")) == [f"{s}-00000-of-00001.parquet" for s in ("test", "train", "validation")]
     shutil.rmtree(raw)  # the images must be inside the Parquet files
@@ -71,11 +71,35 @@ def test_cli_errors_exit_2_with_message(tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("x")
     assert main(["build", "digits_mosaic", "--output", str(tmp_path / "full")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
-    assert main(["build", "multilabel_files", "--root", str(tmp_path / "missing"), "--output", str(tmp_path / "o2"),
+    assert main(["build", "multilabel_files", "--data-dir", str(tmp_path / "missing"), "--output", str(tmp_path / "o2"),
                  "--cache-dir", str(tmp_path / "c")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["build", "digits_mosaic", "--output", str(tmp_path / "o3"), "--option", "num_train"]) == 2
-    assert "key=value" in capsys.readouterr().err
+    assert main(["build", "digits_mosaic", "--output", str(tmp_path / "o3"), "--dataset-option", "num_train"]) == 2
+    assert "--dataset-option expects KEY=VALUE" in capsys.readouterr().err
+
+
+def test_old_flag_spellings_are_aliases(tmp_path):
+    raw = tmp_path / "raw"
+    _files_tree(raw)
+    assert main(["build", "multilabel_files", "--root", str(raw), "--output", str(tmp_path / "out"),
+                 "--option", "val_fraction=0.5", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((tmp_path / "out" / "build_report.json").read_text())["val_fraction"] == 0.5
+
+
+def test_readme_single_listing_example(tmp_path, monkeypatch):
+    """The README's bring-your-own-CSV example: one listing, labels joined by |, paths relative to it."""
+    data = tmp_path / "data"
+    for i in range(10):
+        os.makedirs(data / "images", exist_ok=True)
+        Image.new("RGB", (3, 3), (i, 0, 0)).save(data / "images" / f"{i:04d}.jpg")
+    (data / "all.csv").write_text("path,labels\n" + "".join(
+        f"images/{i:04d}.jpg,{['cat|dog', 'traffic light'][i % 2]}\n" for i in range(10)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "multilabel_files", "--dataset-option", "listing=data/all.csv", "--output", "out/mine",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    dsd = datasets.load_from_disk(str(tmp_path / "out" / "mine"))
+    assert dsd["train"].features["labels"].feature.names == ["cat", "dog", "traffic light"]
+    assert [len(dsd[s]) for s in ("train", "validation", "test")] == [6, 2, 2]
 
 
 def test_list_command(capsys):
@@ -118,3 +142,25 @@ def test_card_for_features_dataset_without_report():
 def test_size_category_boundaries():
     assert [size_category(n) for n in (0, 999, 1000, 65_665, 123_000, 2_000_000)] == [
         "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
+
+
+@pytest.mark.parametrize("report, phrases", [
+    ({"seed": 5}, ["`observed_sampling`): `uniform`", "chosen uniformly at random", "SplitMix64",
+                   "smallest key wins."]),
+    ({"seed": 5, "observed_sampling": "size"}, ["`size`", "annotated object area", "Arroyo, Perona & Cole",
+                                                "exponential race"]),
+    ({"seed": 5, "observed_sampling": "weights", "class_weights_file": "/x/w.json"}, ["per-class weight (`w.json`)"]),
+    ({"seed": 5, "sampling_rng": "reference", "split_seed": 9},
+     ["`sampling_rng`): `reference`", "numpy.random.RandomState(seed)", "RandomState(9).permutation"]),
+    ({"seed": 5, "sampling_rng": "reference", "observed_sampling": "loc"},
+     ["distance from the box centre", "random.choices"]),
+])
+def test_card_states_the_sampling_rule_and_stream(report, phrases):
+    label = datasets.List(datasets.ClassLabel(names=["a", "b"]))
+    features = datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": label,
+                                  "observed_labels": label, "index": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"features": [[0.0]], "labels": [[1]], "observed_labels": [[1]], "index": [0]},
+                                    features=features)
+    text = make_dataset_card(datasets.DatasetDict(train=ds, validation=ds, test=ds), report=report).text
+    for phrase in phrases:
+        assert phrase in text, phrase

@@ -2,6 +2,7 @@
 import json
 import os
 
+import datasets
 import numpy as np
 import pytest
 from PIL import Image
@@ -182,3 +183,53 @@ def test_cache_is_keyed_by_root_and_reused_with_its_report(tmp_path):
     assert list(again.as_dataset()["test"]["labels"]) == [[0], [1], [2]]
     forced = build_dataset("multilabel_features", root=root_a, cache_dir=cache, force_rebuild=True)
     assert list(forced["test"]["labels"]) == [[0, 1], [1], [0]]
+
+
+# ------------------------------------------------------------------------------- one listing of all images
+def _all_listing(root, n=20):
+    rows = [(f"img/{i:02d}.png", ["cat", "dog|cat", "bird"][i % 3] if i != 7 else "") for i in range(n)]
+    _write_images(root / "img", [os.path.basename(p) for p, _ in rows])
+    _write_csv(root / "all.csv", rows)
+    return rows
+
+
+def test_single_listing_carves_test_then_validation(tmp_path):
+    from test_sampling import _key_py
+
+    root = tmp_path / "raw"
+    rows = _all_listing(root)
+    ds = build_dataset("multilabel_files", root=root, listing="all.csv", test_fraction=0.25,
+                       cache_dir=str(tmp_path / "c"))
+    # test: the 5 listing rows with the smallest keys of the test salt ("TES") for split_seed 1200, in listing order
+    test_rows = sorted(sorted(range(20), key=lambda r: _key_py(1200, 0x544553, r, 0))[:5])
+    paths = lambda split: [os.path.basename(p["path"]) for p in  # noqa: E731
+                           ds[split].cast_column("image", datasets.Image(decode=False))["image"]]
+    assert paths("test") == [os.path.basename(rows[r][0]) for r in test_rows if r != 7]
+    # the other 15 rows, less row 7 (no label), are split 80/20 into train and validation
+    rest = [os.path.basename(rows[r][0]) for r in range(20) if r not in test_rows and r != 7]
+    assert sorted(paths("train") + paths("validation")) == rest
+    assert len(ds["validation"]) == round(0.2 * len(rest))
+
+
+def test_single_listing_options_are_checked(tmp_path):
+    root = tmp_path / "raw"
+    _all_listing(root)
+    with pytest.raises(ValueError, match=r"listing='.*all.csv' replaces the per-split listings; drop \['test_file'\]"):
+        build_dataset("multilabel_files", root=root, listing="all.csv", test_file="all.csv",
+                      cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\), got 1.0"):
+        build_dataset("multilabel_files", root=root, listing="all.csv", test_fraction=1.0,
+                      cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="missing listing"):
+        build_dataset("multilabel_files", root=root, listing="nothing.csv", cache_dir=str(tmp_path / "c"))
+
+
+def test_single_listing_without_root_is_relative_to_the_current_folder(tmp_path, monkeypatch):
+    root = tmp_path / "raw"
+    _all_listing(root)
+    monkeypatch.chdir(tmp_path)
+    ds = build_dataset("multilabel_files", listing="raw/all.csv", cache_dir=str(tmp_path / "c"))
+    assert sum(len(ds[s]) for s in ds) == 19
+    monkeypatch.chdir(root)  # the same relative string from elsewhere names another file: not the cached build
+    with pytest.raises(ValueError, match="missing listing"):
+        build_dataset("multilabel_files", listing="raw/all.csv", cache_dir=str(tmp_path / "c"))

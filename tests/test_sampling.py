@@ -143,3 +143,84 @@ def test_add_observed_labels_to_any_dataset():
     assert [len(n) for n in out["observed_labels_negatives"]] == [1, 1, 1]
     with pytest.raises(ValueError, match="no column"):
         add_observed_labels(ds, labels_column="tags")
+
+
+# ------------------------------------------------------------------------------------- weighted draws
+def test_weighted_golden_exponential_race():
+    """Row r keeps the positive c with the smallest -log(1 - u) / w, u = top 53 bits of the key / 2**53."""
+    import math
+
+    rows = [[0, 2, 5], [1, 3], [4]]
+    weights = [[1.0, 3.0, 0.5], [0.0, 2.0], [7.0]]
+    got = sample_single_positive(rows, seed=1200, salt=3, weights=weights).positives
+
+    def race(i, c, w):
+        u = (_key_py(1200, 6, i, c) >> 11) / 2.0 ** 53
+        return -math.log1p(-u) / w if w > 0 else math.inf
+
+    expected = [[min(zip(r, w), key=lambda cw: race(i, *cw))[0]] for i, (r, w) in enumerate(zip(rows, weights))]
+    assert got == expected and got[1] == [3] and got[2] == [4]
+
+
+def test_weighted_frequencies_match_the_weights():
+    # 40,000 rows, one draw each (independent keys per row): P(c) = w_c / sum(w)
+    n = 40_000
+    probabilities = np.array([0.1, 0.6, 0.3])
+    got = sample_single_positive([[2, 5, 7]] * n, seed=11, weights=[[1.0, 6.0, 3.0]] * n).positives
+    freq = np.bincount([r[0] for r in got], minlength=8)[[2, 5, 7]] / n
+    # binomial standard error sqrt(p (1 - p) / n) <= 0.0025; 5 standard errors
+    assert np.all(np.abs(freq - probabilities) < 5 * np.sqrt(probabilities * (1 - probabilities) / n)), freq
+
+
+def test_equal_weights_give_the_unweighted_draws_and_zero_weights_fall_back_to_uniform():
+    rng = np.random.RandomState(1)
+    lists = [sorted(rng.choice(10, size=rng.randint(1, 6), replace=False).tolist()) for _ in range(300)]
+    plain = sample_single_positive(lists, seed=4, num_positives=2).positives
+    equal = sample_single_positive(lists, seed=4, num_positives=2, weights=[[2.5] * len(r) for r in lists]).positives
+    zeros = sample_single_positive(lists, seed=4, num_positives=2, weights=[[0.0] * len(r) for r in lists]).positives
+    assert equal == plain and zeros == plain
+    # a zero weight is never drawn while another positive weighs more
+    never = sample_single_positive([[0, 1]] * 500, seed=2, weights=[[0.0, 1.0]] * 500).positives
+    assert never == [[1]] * 500
+
+
+def test_weights_dense_and_lists_agree_and_duplicates_sum():
+    dense = np.array([[1, 0, 1], [0, 1, 1]])
+    dense_w = np.array([[2.0, 9.0, 1.0], [9.0, 0.5, 4.0]])  # entries at negatives are ignored
+    lists, list_w = [[0, 2], [1, 2]], [[2.0, 1.0], [0.5, 4.0]]
+    for seed in range(20):
+        assert (sample_single_positive(dense, seed=seed, weights=dense_w).positives
+                == sample_single_positive(lists, seed=seed, weights=list_w).positives)
+    # a class listed twice counts once, with the sum of its weights
+    twice = sample_single_positive([[0, 1, 0]], seed=3, weights=[[0.5, 1.0, 0.5]]).positives
+    assert twice == sample_single_positive([[0, 1]], seed=3, weights=[[1.0, 1.0]]).positives
+
+
+def test_weight_errors_name_the_row():
+    with pytest.raises(ValueError, match="row 1 has 1 entries for 2"):
+        sample_single_positive([[0], [1, 2]], weights=[[1.0], [1.0]])
+    with pytest.raises(ValueError, match="row 1 has -1.0"):
+        sample_single_positive([[0], [1]], weights=[[1.0], [-1.0]])
+    with pytest.raises(ValueError, match="finite"):
+        sample_single_positive([[0]], weights=[[float("nan")]])
+    with pytest.raises(ValueError, match="shape"):
+        sample_single_positive(np.eye(2), weights=np.ones((2, 3)))
+
+
+def test_add_observed_labels_with_a_weights_column():
+    import datasets
+
+    feature = datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))
+    ds = datasets.Dataset.from_dict({"labels": [[0, 2]] * 50, "w": [[0.0, 1.0]] * 50},
+                                    features=datasets.Features({"labels": feature,
+                                                                "w": datasets.List(datasets.Value("float32"))}))
+    assert list(add_observed_labels(ds, weights_column="w")["observed_labels"]) == [[2]] * 50
+    with pytest.raises(ValueError, match="no column 'x'"):
+        add_observed_labels(ds, weights_column="x")
+
+
+def test_split_salt_separates_carves():
+    a = split_train_validation(100, 0.2, seed=1200)[1]
+    b = split_train_validation(100, 0.2, seed=1200, salt=7)[1]
+    assert b.tolist() == sorted(sorted(range(100), key=lambda r: _key_py(1200, 7, r, 0))[:20])
+    assert a.tolist() != b.tolist()

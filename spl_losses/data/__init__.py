@@ -6,7 +6,9 @@ columns ``image`` (or ``features``), ``labels``, ``observed_labels`` (``List(Cla
 """
 from .registry import DatasetInfo, get_dataset_class, get_dataset_info, is_dataset, list_datasets, register_dataset
 from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_single_positive, split_train_validation
-from .builder import RawSplit, SPMLBuilder, SPMLConfig, build_dataset, create_builder
+from .raw_files import RawSplit
+from .builder import SPMLBuilder, SPMLConfig, build_dataset, create_builder
+from .options import check_dataset_options, parse_dataset_options
 from .loading import check_spml_dataset, load_spml_dataset
 from .fingerprint import dataset_fingerprint
 

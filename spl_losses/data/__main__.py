@@ -1,9 +1,14 @@
 """Command line: build an SPML dataset, write it with its card, optionally push it to the Hub.
 
-    python -m spl_losses.data build NAME --root RAW_DIR --output OUT_DIR [--seed 1200]
-                                         [--format arrow|parquet] [--push-to-hub ORG/NAME]
-                                         [--option key=value ...]
+    python -m spl_losses.data build NAME --data-dir RAW_DIR --output OUT_DIR [--seed 1200]
+                                         [--format arrow|parquet] [--push-to-hub ORG/NAME [--private]]
+                                         [--dataset-option KEY=VALUE ...]
     python -m spl_losses.data list
+
+``--data-dir`` (alias ``--root``) and ``--dataset-option`` (alias ``--option``) are the training
+recipe's flags too. Everything is checked before the build starts: the options, that ``--output`` can
+be created and is empty, and, with ``--push-to-hub``, that a token exists and the Hub accepts it.
+Every failure prints ``error: ...`` and exits with status 2.
 
 ``--format arrow`` (default) writes ``DatasetDict.save_to_disk`` (read back with
 ``datasets.load_from_disk(OUT_DIR)``); ``--format parquet`` writes ``OUT_DIR/data/{split}-*.parquet``
@@ -18,10 +23,11 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import datasets
-import yaml
 
 from .builder import create_builder
 from .card import make_dataset_card, merge_card_metadata
+from .image_checks import VERIFY_AUTO_LIMIT
+from .options import check_dataset_options, parse_dataset_options
 from .registry import get_dataset_info, list_datasets
 
 __all__ = ["main", "build_parser", "write_parquet", "format_report"]
@@ -29,14 +35,26 @@ __all__ = ["main", "build_parser", "write_parquet", "format_report"]
 DEFAULT_MAX_SHARD_SIZE = "500MB"
 
 
-def _parse_options(options: Sequence[str]) -> Dict[str, Any]:
-    parsed = {}
-    for item in options or []:
-        if "=" not in item:
-            raise ValueError(f"--option expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        parsed[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return parsed
+_OPTIONS_HELP = f"""\
+dataset options (--dataset-option KEY=VALUE, values read as YAML; see each builder's config):
+  observed_sampling=uniform|weights|size|loc
+                        how the observed positive is chosen among an image's positives: uniform
+                        (default), proportional to class_weights_file's weights, or (coco2014) by
+                        the objects' area / closeness to the image centre (Arroyo et al. 2023)
+  class_weights_file=PATH
+                        JSON {{"class name": weight}} for observed_sampling=weights
+  sampling_rng=hash|reference
+                        hash (default): the package's counter-based draws, identical everywhere;
+                        reference: Cole et al.'s own random streams, draw for draw
+  verify_images=true|false|null
+                        open every listed image with PIL so that no other kind of file enters the
+                        dataset (null, the default: splits of at most {VERIFY_AUTO_LIMIT:,} images;
+                        multilabel_files also verifies rows with absolute paths); paths leaving
+                        their folder are always refused
+  listing=PATH, test_fraction=0.2
+                        multilabel_files: one CSV / JSON-lines listing of all images, test carved out
+  val_fraction=0.2, num_negatives=0, drop_without_positive=..., num_train=... (digits_mosaic)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,19 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spl_losses.data",
                                      description="Build SPML datasets (single-positive multi-label benchmarks).")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build a dataset, write it with its card, optionally push it")
+    build = sub.add_parser("build", help="build a dataset, write it with its card, optionally push it",
+                           epilog=_OPTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("name", help="registered dataset name (see `list`)")
-    build.add_argument("--root", help="folder of the raw download (not needed for digits_mosaic)")
-    build.add_argument("--output", help="output folder (created; must be empty or absent)")
+    build.add_argument("--data-dir", "--root", dest="data_dir",
+                       help="folder of the raw download (not needed for digits_mosaic)")
+    build.add_argument("--output", help="output folder (created; must be empty or absent, and writable)")
     build.add_argument("--seed", type=int, default=1200, help="seed of the single positives (default 1200)")
     build.add_argument("--split-seed", type=int, default=1200, help="seed of the train/validation split")
     build.add_argument("--format", choices=("arrow", "parquet"), default="arrow",
                        help="arrow: save_to_disk folder; parquet: data/*.parquet with images embedded")
     build.add_argument("--cache-dir", help="datasets cache folder for the build (datasets' default if unset)")
     build.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
-    build.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="further builder option, e.g. --option num_train=2000 (repeatable)")
-    build.add_argument("--push-to-hub", metavar="ORG/NAME", help="also push the dataset and its card to the Hub")
+    build.add_argument("--dataset-option", "--option", dest="dataset_option", action="append", default=[],
+                       metavar="KEY=VALUE", help="builder option, e.g. --dataset-option observed_sampling=size "
+                                                 "(repeatable; listed below)")
+    build.add_argument("--push-to-hub", metavar="ORG/NAME", help="also push the dataset and its card to the Hub "
+                                                                 "(token and Hub checked before the build)")
     build.add_argument("--private", action="store_true", help="create the Hub repository as private")
     build.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="Parquet shard size (500MB)")
     sub.add_parser("list", help="list the registered datasets")
@@ -74,7 +96,8 @@ def format_report(report: Dict[str, Any]) -> str:
         report: A builder's ``build_report``.
     """
     lines = [f"dataset {report.get('dataset')}: {report.get('num_classes')} classes, seed {report.get('seed')}, "
-             f"split seed {report.get('split_seed')}"]
+             f"split seed {report.get('split_seed')}, observed_sampling {report.get('observed_sampling', 'uniform')}, "
+             f"sampling_rng {report.get('sampling_rng', 'hash')}"]
     for split, entry in report.get("splits", {}).items():
         lines.append(f"  {split:<10} {entry.get('num_examples', 0):>8,} examples; "
                      f"dropped without positive: {entry.get('dropped_without_positive', 0):,}; "
@@ -117,65 +140,97 @@ def _parquet_configs(dataset_dict: datasets.DatasetDict) -> list:
              "data_files": [{"split": split, "path": f"data/{split}-*"} for split in dataset_dict]}]
 
 
-def _check_output(output: str) -> None:
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        raise ValueError(f"--output {output} exists and is not an empty folder; choose a new folder")
+def _prepare_output(output: str) -> bool:
+    """Create ``output`` (or check the existing empty folder) and prove it writable; True if created."""
+    path = os.path.abspath(output)
+    if os.path.exists(path):
+        if not os.path.isdir(path) or os.listdir(path):
+            raise ValueError(f"--output {output} exists and is not an empty folder; choose a new folder")
+        created = False
+    else:
+        try:
+            os.makedirs(path)
+        except OSError as err:
+            raise ValueError(f"--output {output} cannot be created: {err.strerror or err}") from None
+        created = True
+    probe = os.path.join(path, ".spl_losses_write_check")
+    try:
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        if created:
+            os.rmdir(path)
+        raise ValueError(f"--output {output} is not writable: {err.strerror or err}") from None
+    return created
 
 
 def build_command(args: argparse.Namespace) -> int:
-    """Run ``build``: build, write, report, push.
+    """Run ``build``: check everything, build, write, report, push.
 
     Args:
         args: Parsed arguments of the ``build`` sub-command.
     """
     if not args.output and not args.push_to_hub:
         raise ValueError("build needs --output OUT_DIR and/or --push-to-hub ORG/NAME")
-    if args.output:
-        _check_output(args.output)
-    options = _parse_options(args.option)
+    options = parse_dataset_options(args.dataset_option, "--dataset-option")
     info = get_dataset_info(args.name)  # fails early on an unknown name, listing the known ones
-    if info.needs_root and not args.root:
-        raise ValueError(f"dataset {args.name!r} needs --root <folder of the raw download>")
-    builder = create_builder(args.name, root=args.root, seed=args.seed, split_seed=args.split_seed,
-                             cache_dir=args.cache_dir, **options)
-    builder.download_and_prepare(download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD if args.force else None)
+    check_dataset_options(args.name, options, "--dataset-option",
+                          reserved={"root": "--data-dir", "seed": "--seed", "split_seed": "--split-seed"})
+    if info.needs_root and not args.data_dir:
+        raise ValueError(f"dataset {args.name!r} needs --data-dir <folder of the raw download>")
+    if args.push_to_hub:
+        from ..hub import check_push_access
+
+        check_push_access(args.push_to_hub, repo_type="dataset")
+    created = _prepare_output(args.output) if args.output else False
+    try:
+        builder = create_builder(args.name, root=args.data_dir, seed=args.seed, split_seed=args.split_seed,
+                                 cache_dir=args.cache_dir, **options)
+        builder.download_and_prepare(download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD if args.force else None)
+    except BaseException:
+        if created and not os.listdir(args.output):
+            os.rmdir(args.output)
+        raise
     dsd = builder.as_dataset()
     report = builder.build_report
     print(format_report(report))
-    card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub)
-
     if args.output:
-        out_path = os.path.abspath(args.output)
-        os.makedirs(args.output, exist_ok=True)
-        if args.format == "arrow":
-            dsd.save_to_disk(args.output)
-            how = f"datasets.load_from_disk({out_path!r})"
-            out_card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub,
-                                         local_load=how)
-        else:
-            write_parquet(dsd, args.output, args.max_shard_size)
-            how = f"datasets.load_dataset({out_path!r})"
-            out_card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub,
-                                         local_load=how)
-            out_card.data["configs"] = _parquet_configs(dsd)
-        out_card.save(os.path.join(args.output, "README.md"))
-        with open(os.path.join(args.output, "build_report.json"), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.output} ({args.format}); load it with {how}")
-
+        _write_output(args, dsd, report)
     if args.push_to_hub:
-        from huggingface_hub import DatasetCard
-
-        dsd.push_to_hub(args.push_to_hub, private=args.private or None)
-        try:
-            card = merge_card_metadata(card, DatasetCard.load(args.push_to_hub, repo_type="dataset"))
-        except Exception as err:  # the data is pushed; still push our card, without datasets' metadata
-            warnings.warn(f"could not read back the card datasets wrote on {args.push_to_hub} ({err}); "
-                          "pushing the SPML card without its dataset_info metadata")
-        card.push_to_hub(args.push_to_hub, repo_type="dataset",
-                         commit_message="Add the SPML dataset card")
-        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+        _push(args, dsd, report)
     return 0
+
+
+def _write_output(args: argparse.Namespace, dsd: datasets.DatasetDict, report: Dict[str, Any]) -> None:
+    out_path = os.path.abspath(args.output)
+    if args.format == "arrow":
+        dsd.save_to_disk(args.output)
+        how = f"datasets.load_from_disk({out_path!r})"
+    else:
+        write_parquet(dsd, args.output, args.max_shard_size)
+        how = f"datasets.load_dataset({out_path!r})"
+    card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub, local_load=how)
+    if args.format == "parquet":
+        card.data["configs"] = _parquet_configs(dsd)
+    card.save(os.path.join(args.output, "README.md"))
+    with open(os.path.join(args.output, "build_report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.output} ({args.format}); load it with {how}")
+
+
+def _push(args: argparse.Namespace, dsd: datasets.DatasetDict, report: Dict[str, Any]) -> None:
+    from huggingface_hub import DatasetCard
+
+    card = make_dataset_card(dsd, name=args.name, report=report, repo_id=args.push_to_hub)
+    dsd.push_to_hub(args.push_to_hub, private=args.private or None)
+    try:
+        card = merge_card_metadata(card, DatasetCard.load(args.push_to_hub, repo_type="dataset"))
+    except Exception as err:  # the data is pushed; still push our card, without datasets' metadata
+        warnings.warn(f"could not read back the card datasets wrote on {args.push_to_hub} ({err}); "
+                      "pushing the SPML card without its dataset_info metadata")
+    card.push_to_hub(args.push_to_hub, repo_type="dataset", commit_message="Add the SPML dataset card")
+    print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -195,9 +250,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         return build_command(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError) as err:  # input errors (HubPushError is a ValueError): the message says it all
         print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # anything else (disk full, an interrupted download): no traceback either
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,22 +1,21 @@
 """The common base of every SPML dataset builder, and ``build_dataset``.
 
 A benchmark builder subclasses :class:`SPMLBuilder` (a ``datasets.GeneratorBasedBuilder``) and only
-reads its raw files: it implements ``_load_raw_split(split)`` returning a :class:`RawSplit` (class
-names, per-example image paths or feature rows, positive class indices). The base does the rest of
-SPEC §6, identically for every benchmark:
+reads its raw files: it implements ``_load_raw_split(split)`` returning a
+:class:`~spl_losses.data.raw_files.RawSplit` (class names, per-example image paths or feature rows,
+positive class indices). The base does the rest, identically for every benchmark:
 
-- checks: the raw root exists, every listed image file exists, class indices are in range, the class
-  lists of all splits agree (errors name the file);
-- drops examples without any positive label (as the reference does) and counts them in the report;
-- carves validation = ``val_fraction`` (20%) of the official train set (``split_seed`` 1200, sorted
-  indices) unless the builder has its own validation split; the official val/test set is ``test``;
-- draws the observed single positives (:func:`spl_losses.data.sampling.sample_single_positive`,
-  ``seed`` 1200) for every split, salted per split (train 1, validation 2, test 3);
+- checks, before any work: the configuration, the raw root, every listed image present (and, with
+  ``verify_images``, decodable as an image: see :mod:`spl_losses.data.image_checks`), class indices
+  in range, the class lists of all splits agree (errors name the file);
+- the protocol of Cole et al. (CVPR 2021), :mod:`spl_losses.data.protocol`: drop (or keep) examples
+  without a positive, carve validation out of the official train set, draw the observed labels
+  (``observed_sampling``, ``sampling_rng``);
 - writes the columns ``image`` (datasets ``Image(mode="RGB")``, stored as a path or encoded bytes,
   never decoded during the build) or ``features`` (``List(Value("float32"))``), ``labels``,
   ``observed_labels`` (``List(ClassLabel)``; test rows carry a draw too, for "observed" evaluation
   only: test metrics use ``labels``), optionally ``observed_negatives``, and ``index`` (int64 row
-  position within the split).
+  position within the split), and a build report.
 
 Every config parameter (``root``, ``seed``, ...) is part of the ``datasets`` config id and the hash
 of the builder's source code is the builder hash, so a cached build is reused only for the same root,
@@ -33,45 +32,24 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
+from .image_checks import should_verify, verify_images
+from .protocol import SPLIT_NAMES, PreparedSplit, check_protocol_options, prepare_splits, read_class_weights
+from .raw_files import RawSplit, check_raw_split
 from .registry import get_dataset_class
-from .sampling import sample_single_positive, split_train_validation
 
-__all__ = ["RawSplit", "SPMLConfig", "SPMLBuilder", "create_builder", "build_dataset", "SPLIT_NAMES",
-           "REPORT_FILENAME"]
+__all__ = ["SPMLConfig", "SPMLBuilder", "create_builder", "build_dataset", "SPLIT_NAMES", "REPORT_FILENAME"]
 
-SPLIT_NAMES = ("train", "validation", "test")
 REPORT_FILENAME = "spml_build_report.json"
-_SAMPLING_SALTS = {"train": 1, "validation": 2, "test": 3}
-
-
-@dataclass
-class RawSplit:
-    """One split as read from the raw files, before any SPML processing.
-
-    Args:
-        class_names: The class names in label-index order, as found in this split's source.
-        labels: One sequence of positive class indices per example (empty when it has none).
-        images: Per-example image file paths (absolute, checked to exist) or encoded image bytes;
-            None for feature datasets.
-        features: (N, D) array of pre-extracted features; None for image datasets.
-        source: The file (or folder) the split was read from, named in error messages.
-    """
-
-    class_names: Sequence[str]
-    labels: Sequence[Sequence[int]]
-    images: Optional[Sequence[Union[str, bytes]]] = None
-    features: Optional[np.ndarray] = None
-    source: str = ""
-
-    def __len__(self) -> int:
-        return len(self.labels)
+_PROTOCOL_MODULES = ("spl_losses.data.protocol", "spl_losses.data.sampling", "spl_losses.data.reference_draws",
+                     "spl_losses.data.raw_files", "spl_losses.data.image_checks", "spl_losses.data.listing",
+                     "spl_losses.data.coco_bias")
 
 
 @dataclass
@@ -86,6 +64,19 @@ class SPMLConfig(datasets.BuilderConfig):
         num_positives: Observed positives per row (1 for SPML).
         num_negatives: Observed negatives per row (0 for SPML); > 0 adds ``observed_negatives``.
         drop_without_positive: Drop examples with no positive label, as the reference does.
+        observed_sampling: How the observed positive is chosen among a row's positives: ``"uniform"``
+            (default, Cole et al.), ``"weights"`` (proportional to a per-class weight read from
+            ``class_weights_file``), or, for ``coco2014``, ``"size"`` / ``"loc"`` (the biased draws of
+            Arroyo, Perona & Cole, ICLR 2023 Tiny Papers: by the objects' area, or by their closeness to
+            the image centre).
+        sampling_rng: ``"hash"`` (default: the package's counter-based hash, identical everywhere) or
+            ``"reference"`` (the reference code's own random streams, draw for draw; see
+            :mod:`spl_losses.data.reference_draws`).
+        class_weights_file: JSON object ``{"class name": weight}`` giving every class a weight >= 0, for
+            ``observed_sampling="weights"`` (a relative path is taken from the current folder).
+        verify_images: Open every listed image file with PIL (``verify``) so that no other kind of file
+            enters the dataset: True, False, or None (default) for every split listing at most 20,000
+            images. Paths that leave their folder are refused whatever this is.
     """
 
     root: Optional[str] = None
@@ -95,19 +86,10 @@ class SPMLConfig(datasets.BuilderConfig):
     num_positives: int = 1
     num_negatives: int = 0
     drop_without_positive: bool = True
-
-
-@dataclass
-class _PreparedSplit:
-    """A final split ready to write (kept as one object so ``datasets`` never shards it)."""
-
-    name: str
-    raw: RawSplit
-    rows: np.ndarray  # rows of ``raw`` in this split, in order
-    labels: List[List[int]]
-    observed: List[List[int]]
-    negatives: Optional[List[List[int]]]
-    report: Dict[str, Any] = field(default_factory=dict)
+    observed_sampling: str = "uniform"
+    sampling_rng: str = "hash"
+    class_weights_file: Optional[str] = None
+    verify_images: Optional[bool] = None
 
 
 class SPMLBuilder(datasets.GeneratorBasedBuilder):
@@ -123,6 +105,10 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
             (otherwise it is carved from train).
         expected_num_pos: k of EPR/ROLE for this benchmark, or None.
         num_classes: Class count when fixed by the benchmark, or None.
+        observed_sampling_rules: The ``observed_sampling`` values the builder supports.
+        path_options: Config fields holding file paths that ``create_builder`` makes absolute (from the
+            current folder, or from ``root`` for those also in ``root_path_options``).
+        root_path_options: The ``path_options`` that are relative to ``root`` when one is given.
         source_description, source_license, source_citation, source_homepage: for the dataset card.
         class_list_note: Which class list the dataset is built from (shown on the card).
 
@@ -140,6 +126,9 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
     has_validation: bool = False
     expected_num_pos: Optional[float] = None
     num_classes: Optional[int] = None
+    observed_sampling_rules: Tuple[str, ...] = ("uniform", "weights")
+    path_options: Tuple[str, ...] = ("class_weights_file",)
+    root_path_options: Tuple[str, ...] = ()
     source_description: str = ""
     source_license: str = "unknown"
     source_citation: str = ""
@@ -149,6 +138,8 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
     def __init__(self, *args, **kwargs):
         self._raw_splits: Dict[str, Optional[RawSplit]] = {}
         self._report: Dict[str, Any] = {}
+        self._class_weights: Optional[np.ndarray] = None
+        self._verified: Dict[str, int] = {}
         super().__init__(*args, **kwargs)
 
     # ----------------------------------------------------------------- hooks for subclasses
@@ -169,29 +160,31 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         """Length D of the ``features`` vectors when known before the build (a fixed-length list column)."""
         return None
 
+    def _images_to_verify(self, split: str, paths: Sequence[str]) -> Sequence[str]:
+        """The image files of a split that ``verify_images`` opens (all or none by default).
+
+        Args:
+            split: The official split.
+            paths: Its listed image files.
+        """
+        return paths if should_verify(self.config.verify_images, len(paths)) else []
+
     # ----------------------------------------------------------------- helpers for subclasses
+    @property
+    def name_for_messages(self) -> str:
+        """The registered name of the dataset (or the builder's name)."""
+        return self.dataset_key or self.name
+
     @property
     def root(self) -> str:
         """The checked raw root folder (raises ValueError when missing)."""
         root = self.config.root
         if root is None:
-            raise ValueError(f"dataset {self.dataset_key or self.name!r} needs root=<folder of the raw download>, "
+            raise ValueError(f"dataset {self.name_for_messages!r} needs root=<folder of the raw download>, "
                              f"got root=None")
         if not os.path.isdir(root):
-            raise ValueError(f"raw data folder {root!r} of dataset {self.dataset_key or self.name!r} does not exist")
+            raise ValueError(f"raw data folder {root!r} of dataset {self.name_for_messages!r} does not exist")
         return root
-
-    def require_file(self, *parts: str, what: str = "file") -> str:
-        """Join ``parts`` under the root and return the path, raising ValueError naming it if absent.
-
-        Args:
-            *parts: Path components relative to ``root``.
-            what: What the file is, for the message (``"annotation file"``).
-        """
-        path = os.path.join(self.root, *parts)
-        if not os.path.isfile(path):
-            raise ValueError(f"missing {what}: {path} (dataset {self.dataset_key or self.name!r}, root {self.root})")
-        return path
 
     def raw_split(self, split: str) -> Optional[RawSplit]:
         """``_load_raw_split(split)``, read once per builder instance and checked.
@@ -227,7 +220,9 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         names = self._load_class_names()
         if len(set(names)) != len(names):
             dup = sorted(n for n, count in collections.Counter(names).items() if count > 1)
-            raise ValueError(f"class names of dataset {self.dataset_key or self.name!r} are not unique: {dup[:5]}")
+            raise ValueError(f"class names of dataset {self.name_for_messages!r} are not unique: {dup[:5]}")
+        if self.config.observed_sampling == "weights":
+            self._class_weights = read_class_weights(self.config.class_weights_file, names)
         return datasets.DatasetInfo(
             description=self.source_description,
             features=self._features(names),
@@ -238,16 +233,14 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager) -> List[datasets.SplitGenerator]:
         prepared = self._prepare_splits()
+        cfg = self.config
         self._report = {
-            "dataset": self.dataset_key or self.name,
-            "root": self.config.root,
-            "seed": self.config.seed,
-            "split_seed": self.config.split_seed,
-            "val_fraction": self.config.val_fraction,
-            "num_positives": self.config.num_positives,
-            "num_negatives": self.config.num_negatives,
-            "drop_without_positive": self.config.drop_without_positive,
+            "dataset": self.name_for_messages,
+            **{key: getattr(cfg, key) for key in (
+                "root", "seed", "split_seed", "val_fraction", "num_positives", "num_negatives",
+                "drop_without_positive", "observed_sampling", "sampling_rng", "class_weights_file")},
             "num_classes": len(self.info.features["labels"].feature.names),
+            "images_verified": dict(self._verified),
             "splits": {p.name: p.report for p in prepared},
         }
         self._write_report()
@@ -258,7 +251,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
             generators.append(generator)
         return generators
 
-    def _generate_examples(self, prepared: _PreparedSplit):
+    def _generate_examples(self, prepared: PreparedSplit):
         raw, rows = prepared.raw, prepared.rows
         data_key = "image" if raw.images is not None else "features"
         for i in range(len(prepared.labels)):
@@ -277,7 +270,8 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
     @property
     def build_report(self) -> Dict[str, Any]:
         """What the build did: per split ``num_examples``, ``dropped_without_positive``,
-        ``kept_without_positive``, plus seeds and class count (read back from the cache when reused)."""
+        ``kept_without_positive``, plus seeds, sampling rule and class count (read back from the cache
+        when reused)."""
         if not self._report:
             path = os.path.join(self.cache_dir, REPORT_FILENAME)
             if os.path.isfile(path):
@@ -291,40 +285,19 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
             with open(os.path.join(out, REPORT_FILENAME), "w", encoding="utf-8") as f:
                 json.dump(self._report, f, indent=2)
 
-    # ----------------------------------------------------------------- the protocol
+    # ----------------------------------------------------------------- checks
     def _check_config(self) -> None:
-        cfg = self.config
         if self.needs_root:
             _ = self.root
-        if not 0.0 <= float(cfg.val_fraction) < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction!r}")
-        for name in ("seed", "split_seed", "num_positives", "num_negatives"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        check_protocol_options(self.config, self.observed_sampling_rules, self.name_for_messages)
 
     def _check_raw_split(self, split: str, raw: RawSplit) -> None:
         where = raw.source or f"the {split} split"
-        n = len(raw.labels)
-        if (raw.images is None) == (raw.features is None):
-            raise ValueError(f"{type(self).__name__}: a RawSplit needs exactly one of images or features ({where})")
-        data_len = len(raw.images) if raw.images is not None else len(raw.features)
-        if data_len != n:
-            raise ValueError(f"{where}: {data_len} {'images' if raw.images is not None else 'feature rows'} "
-                             f"but {n} label rows")
-        if raw.features is not None and np.ndim(raw.features) != 2:
-            raise ValueError(f"{where}: features must be a 2-D (N, D) array, got shape {np.shape(raw.features)}")
-        num_classes = len(raw.class_names)
-        lengths = np.fromiter((len(r) for r in raw.labels), dtype=np.int64, count=n)
-        flat = np.fromiter((int(c) for r in raw.labels for c in r), dtype=np.int64, count=int(lengths.sum()))
-        if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
-            bad_row = int(np.repeat(np.arange(n), lengths)[(flat < 0) | (flat >= num_classes)][0])
-            raise ValueError(f"{where}: example {bad_row} has class indices outside [0, {num_classes - 1}]: "
-                             f"{list(raw.labels[bad_row])}")
+        check_raw_split(raw, where)
         if raw.images is not None:
-            missing = [p for p in raw.images if isinstance(p, str) and not os.path.isfile(p)]
-            if missing:
-                raise ValueError(f"{where}: {len(missing)} listed image(s) are missing, first: {missing[0]}")
+            paths = self._images_to_verify(split, [p for p in raw.images if isinstance(p, str)])
+            verify_images(paths, where)
+            self._verified[split] = len(paths)
 
     def _check_class_lists(self, splits: Dict[str, RawSplit]) -> List[str]:
         reference = list(self._load_class_names())
@@ -336,8 +309,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
                     f"has {len(reference)}; first differences: {diff[:3] or 'lengths differ'}")
         return reference
 
-    def _prepare_splits(self) -> List[_PreparedSplit]:
-        cfg = self.config
+    def _prepare_splits(self) -> List[PreparedSplit]:
         raws = {"train": self.raw_split("train"), "test": self.raw_split("test")}
         for split in ("train", "test"):
             if raws[split] is None:
@@ -346,53 +318,19 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         if validation is not None:
             raws["validation"] = validation
         class_names = self._check_class_lists(raws)
-        kept, dropped = {}, {}
         for split, raw in raws.items():
-            has_positive = np.fromiter((len(r) > 0 for r in raw.labels), dtype=bool, count=len(raw))
-            rows = np.flatnonzero(has_positive) if cfg.drop_without_positive else np.arange(len(raw))
-            kept[split] = (raw, rows)
-            dropped[split] = int(len(raw) - rows.size)
-        final = {}
-        train_raw, train_rows = kept["train"]
-        if validation is None:
-            train_idx, val_idx = split_train_validation(len(train_rows), cfg.val_fraction, cfg.split_seed)
-            final["train"] = (train_raw, train_rows[train_idx])
-            final["validation"] = (train_raw, train_rows[val_idx])
-        else:
-            final["train"] = kept["train"]
-            final["validation"] = kept["validation"]
-        final["test"] = kept["test"]
-        prepared = []
-        for split in SPLIT_NAMES:
-            raw, rows = final[split]
-            labels = [sorted({int(c) for c in raw.labels[r]}) for r in rows]
-            drawn = sample_single_positive(labels, num_positives=cfg.num_positives, seed=cfg.seed,
-                                           num_negatives=cfg.num_negatives, num_classes=len(class_names),
-                                           salt=_SAMPLING_SALTS[split])
-            source_split = "train" if split == "validation" and validation is None else split
-            prepared.append(_PreparedSplit(
-                name=split,
-                raw=raw,
-                rows=rows,
-                labels=labels,
-                observed=drawn.positives,
-                negatives=drawn.negatives if cfg.num_negatives else None,
-                report={
-                    "num_examples": int(len(rows)),
-                    "source": raws[source_split].source,
-                    # examples dropped from the official split this one comes from (train counts for
-                    # the carved validation split too, reported once, under train)
-                    "dropped_without_positive": dropped[split] if split in dropped else 0,
-                    "kept_without_positive": int(sum(1 for row in labels if not row)),
-                },
-            ))
-        return prepared
+            if self._class_weights is not None and raw.label_weights is None:
+                raw.label_weights = [self._class_weights[list(row)].tolist() for row in raw.labels]
+            if self.config.observed_sampling != "uniform" and raw.label_weights is None:
+                raise ValueError(f"{type(self).__name__} gave no label weights for observed_sampling="
+                                 f"{self.config.observed_sampling!r} ({raw.source or split})")
+        return prepare_splits(raws, self.config, len(class_names))
 
 
 def _code_hash(cls: type) -> str:
-    """Hash of the source of the builder's module and of this base, so code changes invalidate caches."""
+    """Hash of the source of the builder's module, this base and the protocol, so code changes invalidate caches."""
     texts = []
-    for module_name in {cls.__module__, __name__, sample_single_positive.__module__, "spl_losses.data.raw_files"}:
+    for module_name in {cls.__module__, __name__, *_PROTOCOL_MODULES}:
         module = sys.modules.get(module_name)
         try:
             texts.append(inspect.getsource(module))
@@ -411,11 +349,19 @@ def create_builder(name: str, root: Optional[str] = None, seed: int = 1200, cach
         seed: Seed of the observed single positives.
         cache_dir: Cache folder for the prepared Arrow files (``datasets``' default cache if None).
         **kwargs: Further :class:`SPMLConfig` fields of that builder (``split_seed``, ``num_negatives``, ...).
+            Relative paths in the builder's ``path_options`` are made absolute too (from the current
+            folder, or from ``root`` for the listing options of ``multilabel_files``).
     """
     cls = get_dataset_class(name)
     if root is not None:
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     config = {"seed": seed, **kwargs}
+    for key in cls.path_options:
+        value = config.get(key)
+        if isinstance(value, (str, os.PathLike)):
+            value = os.path.expanduser(os.fspath(value))
+            base = root if root is not None and key in cls.root_path_options else os.getcwd()
+            config[key] = os.path.normpath(os.path.join(base, value))
     if root is not None:
         config["root"] = root
     return cls(cache_dir=cache_dir, dataset_name=name, hash=_code_hash(cls), **config)
@@ -433,7 +379,8 @@ def build_dataset(name: str, root: Optional[str] = None, seed: int = 1200, cache
         cache_dir: Cache folder for the prepared Arrow files (``datasets``' default cache if None).
         force_rebuild: Rebuild even when a cached build with the same parameters exists (use it when the
             raw files changed in place).
-        **kwargs: Further builder config fields (``split_seed``, ``val_fraction``, ``num_negatives``, ...).
+        **kwargs: Further builder config fields (``split_seed``, ``val_fraction``, ``observed_sampling``,
+            ``sampling_rng``, ``verify_images``, ...).
 
     Returns:
         A ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``.

@@ -3,6 +3,7 @@
 A card states the classes, split sizes, how the single positives were drawn (rule, seeds), what the
 build dropped, the source's licence and citation, and how to load the dataset back.
 """
+import os
 from typing import Any, Dict, Optional
 
 import datasets
@@ -12,14 +13,49 @@ from .registry import get_dataset_class, is_dataset
 
 __all__ = ["make_dataset_card", "merge_card_metadata", "size_category"]
 
-_SAMPLING_RULE = (
-    "For every image one positive is chosen uniformly at random among its true positives: the positive "
-    "`c` of row `r` with the smallest SplitMix64 key `mix(mix(mix(mix(seed) + salt) + r) + c)` "
-    "(`spl_losses.data.sample_single_positive`; salt 2 for train, 4 for validation, 6 for test). The keys "
-    "are a pure function of integers, so the draws are identical on every machine and library version. "
-    "Validation is {val_pct}% of the official training set (the rows with the smallest keys for seed "
-    "{split_seed}, kept in sorted order); the official validation/test set is `test`. Test rows carry a "
-    "draw too, for \"observed\" evaluation only: report test metrics against `labels`.")
+_RULES = {
+    "uniform": "one positive is chosen uniformly at random among its true positives (Cole et al., CVPR 2021)",
+    "size": ("one positive is drawn among its true positives with probability proportional to the class's share "
+             "of the image's annotated object area (the size bias of Arroyo, Perona & Cole, \"Understanding Label "
+             "Bias in Single Positive Multi-Label Learning\", ICLR 2023 Tiny Papers)"),
+    "loc": ("one positive is drawn among its true positives with probability proportional to the sum, over the "
+            "class's boxes, of 1 / (distance from the box centre to the image centre), a distance of 0 counting "
+            "as 0.0005 (the location bias of Arroyo, Perona & Cole, ICLR 2023 Tiny Papers)"),
+    "weights": ("one positive is drawn among its true positives with probability proportional to a fixed "
+                "per-class weight (`{class_weights_file}`)"),
+}
+_HASH_DRAWS = (
+    "The draw of row `r` uses the SplitMix64 key `mix(mix(mix(mix(seed) + salt) + r) + c)` of each positive `c` "
+    "(`spl_losses.data.sample_single_positive`; salt 2 for train, 4 for validation, 6 for test): the smallest "
+    "key wins{weighted}. The keys are a pure function of integers, so the draws are identical on every machine "
+    "and library version. Validation is {val_pct}% of the official training set (the rows with the smallest "
+    "keys for seed {split_seed}, kept in sorted order); the official validation/test set is `test`.")
+_REFERENCE_DRAWS = (
+    "The draws reproduce the reference code's own random streams, draw for draw (`sampling_rng=reference`): "
+    "{stream}, one stream per official split, rows in the reference's order. Validation is {val_pct}% of the "
+    "official training set: `numpy.random.RandomState({split_seed}).permutation`, the last "
+    "`round({val_fraction} N)` indices, sorted; validation rows keep the draws of the official training set.")
+_TEST_DRAWS = "Test rows carry a draw too, for \"observed\" evaluation only: report test metrics against `labels`."
+
+
+def _sampling_text(report: Dict[str, Any]) -> str:
+    """The card's paragraph on how the observed labels and the validation split were drawn."""
+    rule = report.get("observed_sampling", "uniform")
+    val_fraction = float(report.get("val_fraction", 0.2))
+    fields = {"val_pct": int(round(100 * val_fraction)), "val_fraction": val_fraction,
+              "split_seed": report.get("split_seed", 1200)}
+    text = "For every image " + _RULES.get(rule, f"`{rule}`").format(
+        class_weights_file=os.path.basename(str(report.get("class_weights_file")))) + ". "
+    if report.get("sampling_rng") == "reference":
+        stream = ("`numpy.random.RandomState(seed)`, each row's positives then negatives shuffled (Cole et al.)"
+                  if rule == "uniform" else
+                  "`random.seed(seed)` then `random.choices` over the weights (Arroyo et al.)")
+        text += _REFERENCE_DRAWS.format(stream=stream, **fields)
+    else:
+        weighted = (", after dividing `-log(1 - u)` by the weight, `u` the key mapped to [0, 1) (an exponential "
+                    "race: P(c) = w_c / sum w)") if rule != "uniform" else ""
+        text += _HASH_DRAWS.format(weighted=weighted, **fields)
+    return text + " " + _TEST_DRAWS
 
 
 def size_category(num_examples: int) -> str:
@@ -110,8 +146,6 @@ def make_dataset_card(
         kept = entry.get("kept_without_positive", "?") if report else "?"
         split_rows.append(f"| {split} | {len(ds):,} | {dropped} | {kept} |")
     seed = report.get("seed", "not recorded")
-    split_seed = report.get("split_seed", 1200)
-    val_pct = int(round(100 * float(report.get("val_fraction", 0.2))))
     k = facts.get("expected_num_pos")
     load_id = repo_id or "ORG/NAME"
     classes = ", ".join(f"`{c}`" for c in class_names)
@@ -151,9 +185,11 @@ def make_dataset_card(
         "## Single-positive labels",
         "",
         f"Seed: {seed}. Observed positives per example: {report.get('num_positives', 1)}."
-        + (f" Observed negatives per example: {report['num_negatives']}." if report.get("num_negatives") else ""),
+        + (f" Observed negatives per example: {report['num_negatives']}." if report.get("num_negatives") else "")
+        + f" Rule (`observed_sampling`): `{report.get('observed_sampling', 'uniform')}`; random stream "
+          f"(`sampling_rng`): `{report.get('sampling_rng', 'hash')}`.",
         "",
-        _SAMPLING_RULE.format(val_pct=val_pct, split_seed=split_seed),
+        _sampling_text(report),
         "",
     ]
     if k is not None:

@@ -1,4 +1,4 @@
-"""COCO 2014 as an SPML benchmark (80 classes, SPEC §6).
+"""COCO 2014 as an SPML benchmark (80 classes, Cole et al., CVPR 2021).
 
 Raw layout under ``root`` (the official downloads, unpacked)::
 
@@ -10,23 +10,31 @@ Raw layout under ``root`` (the official downloads, unpacked)::
 Rules of the reference (Cole et al.): classes in the order of the ``categories`` list; an image is
 present in a class if it has at least one instance annotation of it; images with no instance
 annotation are dropped; rows are ordered by image id compared as strings (the reference sorts this
-way, and the validation split drawn from the training rows depends on the order).
+way, and the validation split drawn from the training rows depends on the order), the row order of the
+reference's formatted label matrix, so ``sampling_rng="reference"`` reproduces its draws. File names
+must name files inside ``train2014/`` / ``val2014/`` (one that leaves the folder is refused).
+
+``observed_sampling="size"`` or ``"loc"`` draws the observed positive by the objects' area or
+centrality (:mod:`spl_losses.data.coco_bias`); only then are the annotations' ``area``, ``bbox`` and
+the images' ``width`` / ``height`` read, so the default path parses as little as before.
 """
 import gc
 import json
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from .builder import RawSplit, SPMLBuilder
-from .raw_files import DenseSplit, RawBenchmark, check_images_exist, require_dir, require_file
+from .builder import SPMLBuilder
+from .coco_bias import GEOMETRY_RULES, annotation_weights, entry_weights
+from .image_checks import join_inside
+from .raw_files import RawSplit, check_images_exist, index_lists, require_dir, require_file
 from .registry import register_dataset
 
-__all__ = ["COCO2014", "CocoColumns", "read_coco2014", "read_coco_split", "read_coco_columns", "coco_columns",
-           "coco_label_matrix", "load_annotation_file", "COCO_SPLITS"]
+__all__ = ["COCO2014", "CocoColumns", "read_coco_split", "read_coco_columns", "coco_columns", "coco_label_matrix",
+           "load_annotation_file", "COCO_SPLITS"]
 
 #: Our split name -> the official split it is read from.
 COCO_SPLITS = {"train": "train2014", "test": "val2014"}
@@ -42,7 +50,7 @@ _COCO_CITATION = """@inproceedings{lin2014microsoft,
 
 
 class CocoColumns(NamedTuple):
-    """The parts of a COCO instances file that the labels need, as columns.
+    """The parts of a COCO instances file that the labels (and the biased draws) need, as columns.
 
     Args:
         category_names: Names in ``categories`` order.
@@ -51,6 +59,9 @@ class CocoColumns(NamedTuple):
         file_names: (I,) object ``images[].file_name``.
         ann_image_ids: (A,) int64 ``annotations[].image_id``.
         ann_category_ids: (A,) int64 ``annotations[].category_id``.
+        image_sizes: (I, 2) float64 ``images[].width, height``; only read with ``geometry=True``.
+        ann_areas: (A,) float64 ``annotations[].area``; only with ``geometry=True``.
+        ann_boxes: (A, 4) float64 ``annotations[].bbox``; only with ``geometry=True``.
     """
 
     category_names: List[str]
@@ -59,21 +70,34 @@ class CocoColumns(NamedTuple):
     file_names: np.ndarray
     ann_image_ids: np.ndarray
     ann_category_ids: np.ndarray
+    image_sizes: Optional[np.ndarray] = None
+    ann_areas: Optional[np.ndarray] = None
+    ann_boxes: Optional[np.ndarray] = None
 
 
-def coco_columns(annotations: dict, annotation_file: str = "<annotations>") -> CocoColumns:
+def _boxes(boxes: Sequence, annotation_file: str) -> np.ndarray:
+    lengths = np.fromiter((len(b) if isinstance(b, (list, tuple)) else -1 for b in boxes), dtype=np.int64,
+                          count=len(boxes))
+    if (lengths != 4).any():
+        i = int(np.flatnonzero(lengths != 4)[0])
+        raise ValueError(f"{annotation_file}: annotations[{i}] has bbox {boxes[i]!r}; expected [x, y, width, height]")
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def coco_columns(annotations: dict, annotation_file: str = "<annotations>", geometry: bool = False) -> CocoColumns:
     """Extract :class:`CocoColumns` from a parsed instances file.
 
     Args:
         annotations: The parsed ``instances_*.json`` (keys ``images``, ``annotations``, ``categories``).
         annotation_file: File name used in error messages.
+        geometry: Also read the images' sizes and the annotations' areas and boxes.
     """
     for key in ("images", "annotations", "categories"):
         if key not in annotations:
             raise ValueError(f"{annotation_file!r} is not a COCO instances file: no {key!r} key")
     try:
         categories, images, anns = annotations["categories"], annotations["images"], annotations["annotations"]
-        return CocoColumns(
+        columns = CocoColumns(
             category_names=[str(c["name"]) for c in categories],
             category_ids=np.array([int(c["id"]) for c in categories], dtype=np.int64),
             image_ids=np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images)),
@@ -81,25 +105,48 @@ def coco_columns(annotations: dict, annotation_file: str = "<annotations>") -> C
             ann_image_ids=np.fromiter((a["image_id"] for a in anns), dtype=np.int64, count=len(anns)),
             ann_category_ids=np.fromiter((a["category_id"] for a in anns), dtype=np.int64, count=len(anns)),
         )
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{annotation_file!r} is not a COCO instances file: an entry lacks {err}") from None
+        if not geometry:
+            return columns
+        return columns._replace(
+            image_sizes=np.array([[float(im["width"]), float(im["height"])] for im in images],
+                                 dtype=np.float64).reshape(-1, 2),
+            ann_areas=np.fromiter((float(a["area"]) for a in anns), dtype=np.float64, count=len(anns)),
+            ann_boxes=_boxes([a["bbox"] for a in anns], annotation_file),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        if str(err).startswith(annotation_file):
+            raise
+        raise ValueError(f"{annotation_file!r} is not a COCO instances file: an entry lacks or mistypes "
+                         f"{err}") from None
 
 
-_ARROW_SCHEMA = pa.schema([
-    ("images", pa.list_(pa.struct([("id", pa.int64()), ("file_name", pa.string())]))),
-    ("annotations", pa.list_(pa.struct([("image_id", pa.int64()), ("category_id", pa.int64())]))),
-    ("categories", pa.list_(pa.struct([("id", pa.int64()), ("name", pa.string())]))),
-])
+_IMAGE_FIELDS = [("id", pa.int64()), ("file_name", pa.string())]
+_ANNOTATION_FIELDS = [("image_id", pa.int64()), ("category_id", pa.int64())]
+_GEOMETRY_IMAGE_FIELDS = [("width", pa.float64()), ("height", pa.float64())]
+_GEOMETRY_ANNOTATION_FIELDS = [("area", pa.float64()), ("bbox", pa.list_(pa.float64()))]
 
 
-def _read_columns_arrow(path: str) -> Optional[CocoColumns]:
+def _arrow_schema(geometry: bool) -> pa.Schema:
+    images = _IMAGE_FIELDS + (_GEOMETRY_IMAGE_FIELDS if geometry else [])
+    anns = _ANNOTATION_FIELDS + (_GEOMETRY_ANNOTATION_FIELDS if geometry else [])
+    return pa.schema([("images", pa.list_(pa.struct(images))), ("annotations", pa.list_(pa.struct(anns))),
+                      ("categories", pa.list_(pa.struct([("id", pa.int64()), ("name", pa.string())])))])
+
+
+def _numbers(values, name: str, dtype=np.int64) -> np.ndarray:
+    return values.field(name).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+def _read_columns_arrow(path: str, geometry: bool) -> Optional[CocoColumns]:
     """Parse only the needed fields with pyarrow's JSON reader; None when the file does not fit its rules
-    (more than one line, a missing or null field), so the caller falls back to the ``json`` module."""
+    (more than one line, a missing or null field, a bbox that is not 4 numbers), so the caller falls
+    back to the ``json`` module, whose errors are clearer."""
+    schema = _arrow_schema(geometry)
     try:
         table = pa_json.read_json(
             path,
             read_options=pa_json.ReadOptions(block_size=os.path.getsize(path) + 1, use_threads=True),
-            parse_options=pa_json.ParseOptions(explicit_schema=_ARROW_SCHEMA, unexpected_field_behavior="ignore"),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
     except (pa.ArrowException, OverflowError):
         return None
@@ -111,22 +158,30 @@ def _read_columns_arrow(path: str) -> Optional[CocoColumns]:
         if column.null_count:
             return None
         lists[key] = column.chunk(0).values if column.num_chunks == 1 else column.combine_chunks().values
-    fields = [(lists["images"], "id"), (lists["images"], "file_name"), (lists["annotations"], "image_id"),
-              (lists["annotations"], "category_id"), (lists["categories"], "id"), (lists["categories"], "name")]
-    if any(values.field(name).null_count for values, name in fields):
-        return None
+        if any(lists[key].field(f.name).null_count for f in schema.field(key).type.value_type):
+            return None
     images, anns, categories = lists["images"], lists["annotations"], lists["categories"]
-    return CocoColumns(
+    columns = CocoColumns(
         category_names=categories.field("name").to_pylist(),
-        category_ids=categories.field("id").to_numpy(zero_copy_only=False).astype(np.int64),
-        image_ids=images.field("id").to_numpy(zero_copy_only=False).astype(np.int64),
+        category_ids=_numbers(categories, "id"),
+        image_ids=_numbers(images, "id"),
         file_names=np.array(images.field("file_name").to_pylist(), dtype=object),
-        ann_image_ids=anns.field("image_id").to_numpy(zero_copy_only=False).astype(np.int64),
-        ann_category_ids=anns.field("category_id").to_numpy(zero_copy_only=False).astype(np.int64),
+        ann_image_ids=_numbers(anns, "image_id"),
+        ann_category_ids=_numbers(anns, "category_id"),
+    )
+    if not geometry:
+        return columns
+    boxes = anns.field("bbox")
+    if boxes.values.null_count or (boxes.value_lengths().to_numpy(zero_copy_only=False) != 4).any():
+        return None
+    return columns._replace(
+        image_sizes=np.stack([_numbers(images, "width", np.float64), _numbers(images, "height", np.float64)], axis=1),
+        ann_areas=_numbers(anns, "area", np.float64),
+        ann_boxes=boxes.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 4),
     )
 
 
-def read_coco_columns(path: str) -> CocoColumns:
+def read_coco_columns(path: str, geometry: bool = False) -> CocoColumns:
     """Read the :class:`CocoColumns` of an instances file, fast.
 
     pyarrow's JSON reader parses only ``images[].{id, file_name}``, ``annotations[].{image_id,
@@ -136,11 +191,53 @@ def read_coco_columns(path: str) -> CocoColumns:
 
     Args:
         path: The ``instances_*.json`` file.
+        geometry: Also read ``images[].{width, height}`` and ``annotations[].{area, bbox}`` (for
+            ``observed_sampling="size"`` / ``"loc"``).
     """
-    columns = _read_columns_arrow(path)
+    columns = _read_columns_arrow(path, geometry)
     if columns is None:
-        columns = coco_columns(load_annotation_file(path), path)
+        columns = coco_columns(load_annotation_file(path), path, geometry=geometry)
     return columns
+
+
+class _CocoRows(NamedTuple):
+    """Rows of the label matrix: per row the listed image's position; per annotation its row and column."""
+
+    image_positions: np.ndarray
+    row_image_ids: np.ndarray
+    ann_rows: np.ndarray
+    ann_columns: np.ndarray
+
+
+def _coco_rows(annotations: CocoColumns, annotation_file: str) -> _CocoRows:
+    names, cat_ids = annotations.category_names, annotations.category_ids
+    if not names:
+        raise ValueError(f"{annotation_file!r} has an empty 'categories' list")
+    if len(np.unique(cat_ids)) != len(cat_ids):
+        raise ValueError(f"{annotation_file!r} lists a category id twice in 'categories'")
+    ann_image, ann_cat = annotations.ann_image_ids, annotations.ann_category_ids
+
+    # category id -> column, through a lookup table (COCO's ids are small ints, at most 90)
+    lut = np.full(int(max(cat_ids.max(), ann_cat.max(initial=0))) + 1, -1, dtype=np.int64)
+    lut[cat_ids] = np.arange(len(cat_ids))
+    columns = lut[np.clip(ann_cat, 0, None)]
+    unknown = (columns < 0) | (ann_cat < 0)
+    if unknown.any():
+        bad = int(ann_cat[unknown][0])
+        raise ValueError(f"{annotation_file!r}: an annotation has category_id {bad}, which is not in 'categories'")
+
+    # one row per listed image, ordered by the image id as a string (the reference's order)
+    unique_ids, first = np.unique(annotations.image_ids, return_index=True)
+    string_order = np.argsort(unique_ids.astype(str), kind="stable")
+    row_ids = unique_ids[string_order]
+    sorter = np.argsort(row_ids)
+    pos = np.minimum(np.searchsorted(row_ids, ann_image, sorter=sorter), max(len(row_ids) - 1, 0))
+    rows = sorter[pos] if len(row_ids) else pos
+    listed = (row_ids[rows] == ann_image) if len(row_ids) else np.zeros(len(ann_image), dtype=bool)
+    if not listed.all():
+        bad = int(ann_image[~listed][0])
+        raise ValueError(f"{annotation_file!r}: an annotation refers to image_id {bad}, which is not in 'images'")
+    return _CocoRows(first[string_order], row_ids, rows, columns)
 
 
 def coco_label_matrix(annotations, annotation_file: str = "<annotations>"):
@@ -159,39 +256,11 @@ def coco_label_matrix(annotations, annotation_file: str = "<annotations>"):
     """
     if not isinstance(annotations, CocoColumns):
         annotations = coco_columns(annotations, annotation_file)
-    names, cat_ids = annotations.category_names, annotations.category_ids
-    if not names:
-        raise ValueError(f"{annotation_file!r} has an empty 'categories' list")
-    if len(np.unique(cat_ids)) != len(cat_ids):
-        raise ValueError(f"{annotation_file!r} lists a category id twice in 'categories'")
-    ann_image, ann_cat = annotations.ann_image_ids, annotations.ann_category_ids
-    image_ids, file_names = annotations.image_ids, annotations.file_names
-
-    # category id -> column, through a lookup table (COCO's ids are small ints, at most 90)
-    lut = np.full(int(max(cat_ids.max(), ann_cat.max(initial=0))) + 1, -1, dtype=np.int64)
-    lut[cat_ids] = np.arange(len(cat_ids))
-    columns = lut[np.clip(ann_cat, 0, None)]
-    unknown = (columns < 0) | (ann_cat < 0)
-    if unknown.any():
-        bad = int(ann_cat[unknown][0])
-        raise ValueError(f"{annotation_file!r}: an annotation has category_id {bad}, which is not in 'categories'")
-
-    # one row per listed image, ordered by the image id as a string (the reference's order)
-    unique_ids, first = np.unique(image_ids, return_index=True)
-    string_order = np.argsort(unique_ids.astype(str), kind="stable")
-    row_ids = unique_ids[string_order]
-    kept_files = file_names[first[string_order]].tolist()
-    sorter = np.argsort(row_ids)
-    pos = np.minimum(np.searchsorted(row_ids, ann_image, sorter=sorter), max(len(row_ids) - 1, 0))
-    rows = sorter[pos] if len(row_ids) else pos
-    listed = (row_ids[rows] == ann_image) if len(row_ids) else np.zeros(len(ann_image), dtype=bool)
-    if not listed.all():
-        bad = int(ann_image[~listed][0])
-        raise ValueError(f"{annotation_file!r}: an annotation refers to image_id {bad}, which is not in 'images'")
-
-    labels = np.zeros((len(row_ids), len(names)), dtype=np.uint8)
-    labels[rows, columns] = 1
-    return names, cat_ids, kept_files, labels
+    rows = _coco_rows(annotations, annotation_file)
+    labels = np.zeros((len(rows.row_image_ids), len(annotations.category_names)), dtype=np.uint8)
+    labels[rows.ann_rows, rows.ann_columns] = 1
+    files = annotations.file_names[rows.image_positions].tolist()
+    return annotations.category_names, annotations.category_ids, files, labels
 
 
 def load_annotation_file(path: str) -> dict:
@@ -208,61 +277,50 @@ def load_annotation_file(path: str) -> dict:
     try:
         with open(path, "r", encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path!r} is not valid JSON: {err}") from None
     finally:
         if was_enabled:
             gc.enable()
 
 
-def read_coco_split(root: str, official_split: str, check_images: bool = True):
+def read_coco_split(root: str, official_split: str, check_images: bool = True,
+                    observed_sampling: str = "uniform") -> Tuple[List[str], np.ndarray, RawSplit]:
     """Read one official COCO 2014 split.
 
     Args:
         root: Folder holding ``annotations/``, ``train2014/`` and ``val2014/``.
         official_split: ``"train2014"`` or ``"val2014"``.
         check_images: Check that every listed image file exists.
+        observed_sampling: ``"size"`` or ``"loc"`` also computes the split's ``label_weights``
+            (:mod:`spl_losses.data.coco_bias`); other values read no geometry.
 
     Returns:
-        ``(class_names, category_ids, DenseSplit)``.
+        ``(class_names, category_ids, RawSplit)``; the split lists every image of the file, those
+        without annotation with an empty label list.
     """
     annotation_file = require_file(
         os.path.join(root, "annotations", f"instances_{official_split}.json"), "COCO annotation file")
-    names, cat_ids, files, labels = coco_label_matrix(read_coco_columns(annotation_file), annotation_file)
+    geometry = observed_sampling in GEOMETRY_RULES
+    columns = read_coco_columns(annotation_file, geometry=geometry)
+    rows = _coco_rows(columns, annotation_file)
+    num_rows, num_classes = len(rows.row_image_ids), len(columns.category_names)
+    labels = np.zeros((num_rows, num_classes), dtype=np.uint8)
+    labels[rows.ann_rows, rows.ann_columns] = 1
     image_dir = os.path.join(root, official_split)
-    paths = [os.path.join(image_dir, name) for name in files]
+    paths = join_inside(image_dir, columns.file_names[rows.image_positions].tolist(), annotation_file,
+                        entry_name=lambda i: f"image id {int(rows.row_image_ids[i])}")
     if check_images:
         require_dir(image_dir, "COCO image")
         check_images_exist(paths, annotation_file)
-    split = DenseSplit(paths, labels, source_files=[annotation_file])
-    return names, cat_ids, split
-
-
-def read_coco2014(root: str, check_images: bool = True) -> RawBenchmark:
-    """Read COCO 2014 from its official raw layout (see the module docstring).
-
-    Args:
-        root: Folder holding ``annotations/``, ``train2014/`` and ``val2014/``.
-        check_images: Check that every listed image file exists.
-
-    Returns:
-        A :class:`RawBenchmark` with splits ``train`` (train2014) and ``test`` (val2014).
-
-    Raises:
-        ValueError: a missing annotation file or image, or categories that differ between the two
-            annotation files.
-    """
-    splits, reference = {}, None
-    for ours, official in COCO_SPLITS.items():
-        names, cat_ids, split = read_coco_split(root, official, check_images=check_images)
-        if reference is None:
-            reference = (names, cat_ids, split.source_files[0])
-        elif names != reference[0] or not np.array_equal(cat_ids, reference[1]):
-            raise ValueError(
-                f"Class list mismatch: the 'categories' of {split.source_files[0]!r} differ from those of "
-                f"{reference[2]!r}")
-        splits[ours] = split
-    return RawBenchmark(class_names=list(reference[0]), splits=splits)
+    weights = None
+    if geometry:
+        per_annotation = annotation_weights(observed_sampling, rows.ann_rows, columns.ann_areas, columns.ann_boxes,
+                                            columns.image_sizes[rows.image_positions], num_rows, annotation_file)
+        weights = entry_weights(rows.ann_rows, rows.ann_columns, per_annotation, num_rows, num_classes)
+    split = RawSplit(class_names=list(columns.category_names), labels=index_lists(labels), images=paths,
+                     source=annotation_file, label_weights=weights)
+    return list(columns.category_names), columns.category_ids, split
 
 
 @register_dataset("coco2014")
@@ -271,7 +329,9 @@ class COCO2014(SPMLBuilder):
 
     Splits: ``train`` and ``validation`` (80% / 20% of the annotated train2014 images, ``split_seed``
     1200) and ``test`` (the annotated val2014 images). Images without any instance annotation are
-    dropped and counted in the build report.
+    dropped and counted in the build report. Besides ``observed_sampling="uniform"`` (default) and
+    ``"weights"``, this builder offers ``"size"`` and ``"loc"``, the biased draws of Arroyo, Perona &
+    Cole (ICLR 2023 Tiny Papers): see :mod:`spl_losses.data.coco_bias`.
 
     Args:
         root: Folder holding ``annotations/``, ``train2014/`` and ``val2014/``.
@@ -291,6 +351,7 @@ class COCO2014(SPMLBuilder):
     source_citation = _COCO_CITATION
     class_list_note = ("the object categories in the order of the annotation files' 'categories' list "
                        "(80 in the official release: person ... toothbrush)")
+    observed_sampling_rules = ("uniform", "size", "loc", "weights")
 
     def __init__(self, *args, **kwargs):
         self._category_ids: Dict[str, Tuple[str, np.ndarray]] = {}
@@ -299,11 +360,11 @@ class COCO2014(SPMLBuilder):
     def _load_raw_split(self, split: str) -> Optional[RawSplit]:
         if split not in COCO_SPLITS:
             return None
-        names, cat_ids, dense = read_coco_split(self.root, COCO_SPLITS[split])
-        self._category_ids[split] = (dense.source_files[0], cat_ids)
+        _, cat_ids, raw = read_coco_split(self.root, COCO_SPLITS[split], check_images=False,
+                                          observed_sampling=self.config.observed_sampling)
+        self._category_ids[split] = (raw.source, cat_ids)
         for other, (other_file, other_ids) in self._category_ids.items():
             if other != split and not np.array_equal(other_ids, cat_ids):
                 raise ValueError(
-                    f"Class list mismatch: the category ids of {dense.source_files[0]!r} differ from those of "
-                    f"{other_file!r}")
-        return dense.to_raw_split(names)
+                    f"Class list mismatch: the category ids of {raw.source!r} differ from those of {other_file!r}")
+        return raw

@@ -1,4 +1,4 @@
-"""CUB-200-2011 as an SPML benchmark (312 binary attributes, SPEC §6).
+"""CUB-200-2011 as an SPML benchmark (312 binary attributes, Cole et al., CVPR 2021).
 
 Raw layout under ``root`` (the official ``CUB_200_2011.tgz`` unpacked; ``root`` may also be the
 ``CUB_200_2011`` folder itself)::
@@ -16,22 +16,27 @@ Raw layout under ``root`` (the official ``CUB_200_2011.tgz`` unpacked; ``root`` 
 Rules of the reference (Cole et al.): the labels are the 312 attributes' ``is_present`` values used
 as is (certainty ignored); rows follow ``images.txt``; ``is_training_image`` 1 is the training set,
 0 the test set. Images with no attribute present are kept with an all-zero row. Some official lines
-of ``image_attribute_labels.txt`` carry extra fields; only the first three are read.
+of ``image_attribute_labels.txt`` carry extra fields; only the first three are read. Rows keep the
+order of ``images.txt``, the reference's formatted order, so ``sampling_rng="reference"`` reproduces
+its draws (with the default ``drop_without_positive=False``); the reference reads the label lines
+assuming they are grouped by image in that order, as in the official file, where this reader places
+each line by its image id. Image paths must stay inside ``images/`` (one that leaves it is refused).
 """
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from .builder import RawSplit, SPMLBuilder, SPMLConfig
-from .raw_files import DenseSplit, RawBenchmark, check_images_exist, require_dir, require_file
+from .builder import SPMLBuilder, SPMLConfig
+from .image_checks import join_inside
+from .raw_files import RawSplit, check_images_exist, index_lists, require_dir, require_file
 from .registry import register_dataset
 
-__all__ = ["CUB200", "CUB200Config", "find_cub_dir", "find_attributes_file", "read_cub_attribute_names", "read_cub_image_attribute_labels",
-           "read_cub200"]
+__all__ = ["CUB200", "CUB200Config", "find_cub_dir", "find_attributes_file", "read_cub_attribute_names",
+           "read_cub_image_attribute_labels", "read_cub200"]
 
 _CUB_CITATION = """@techreport{wah2011caltech,
   title = {The {Caltech-UCSD} Birds-200-2011 Dataset},
@@ -144,7 +149,7 @@ def read_cub_image_attribute_labels(path: str) -> np.ndarray:
     return np.concatenate([regular.astype(np.int64), np.asarray(extra, dtype=np.int64)])
 
 
-def read_cub200(root: str, check_images: bool = True) -> RawBenchmark:
+def read_cub200(root: str, check_images: bool = True) -> Dict[str, RawSplit]:
     """Read CUB-200-2011 attributes from the official raw layout (see the module docstring).
 
     Args:
@@ -152,11 +157,11 @@ def read_cub200(root: str, check_images: bool = True) -> RawBenchmark:
         check_images: Check that every listed image file exists.
 
     Returns:
-        A :class:`RawBenchmark` with splits ``train`` (is_training_image 1) and ``test`` (0).
+        ``{"train": RawSplit, "test": RawSplit}``: is_training_image 1 and 0, in ``images.txt`` order.
 
     Raises:
-        ValueError: a missing file or image, ids that disagree between the files, or an image without
-            exactly one ``is_present`` value per attribute.
+        ValueError: a missing file or image, ids that disagree between the files, an image without
+            exactly one ``is_present`` value per attribute, or an image path leaving ``images/``.
     """
     cub_dir = find_cub_dir(root)
     images_file = os.path.join(cub_dir, "images.txt")
@@ -206,16 +211,15 @@ def read_cub200(root: str, check_images: bool = True) -> RawBenchmark:
     split_of = dict(zip(split_ids.tolist(), split_values))
     is_train = np.asarray([split_of[i] == "1" for i in image_ids.tolist()], dtype=bool)
     image_dir = os.path.join(cub_dir, "images")
-    paths = np.asarray([os.path.join(image_dir, p) for p in rel_paths], dtype=object)
+    paths = np.asarray(join_inside(image_dir, rel_paths, images_file,
+                                   entry_name=lambda i: f"image id {int(image_ids[i])}"), dtype=object)
     if check_images:
         require_dir(image_dir, "CUB image")
         check_images_exist(paths.tolist(), images_file)
-    sources = [images_file, split_file, labels_file, attributes_file]
-    splits = {
-        ours: DenseSplit(paths[mask].tolist(), labels[mask], source_files=sources)
-        for ours, mask in (("train", is_train), ("test", ~is_train))
-    }
-    return RawBenchmark(class_names=names, splits=splits)
+    source = ", ".join([images_file, split_file, labels_file, attributes_file])
+    return {ours: RawSplit(class_names=names, labels=index_lists(labels[mask]), images=paths[mask].tolist(),
+                           source=source)
+            for ours, mask in (("train", is_train), ("test", ~is_train))}
 
 
 @dataclass
@@ -259,19 +263,13 @@ class CUB200(SPMLBuilder):
                        "has_bill_shape::curved_(up_or_down) ... has_wing_pattern::multi-colored)")
 
     def __init__(self, *args, **kwargs):
-        self._benchmark: Optional[RawBenchmark] = None
+        self._splits: Optional[Dict[str, RawSplit]] = None
         super().__init__(*args, **kwargs)
-
-    def _read(self) -> RawBenchmark:
-        if self._benchmark is None:  # one file holds both splits: parse it once
-            self._benchmark = read_cub200(self.root)
-        return self._benchmark
 
     def _load_class_names(self) -> List[str]:
         return read_cub_attribute_names(find_attributes_file(find_cub_dir(self.root)))
 
     def _load_raw_split(self, split: str) -> Optional[RawSplit]:
-        benchmark = self._read()
-        if split not in benchmark.splits:
-            return None
-        return benchmark.splits[split].to_raw_split(benchmark.class_names)
+        if self._splits is None:  # one file holds both splits: parse it once
+            self._splits = read_cub200(self.root, check_images=False)
+        return self._splits.get(split)

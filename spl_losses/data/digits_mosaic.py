@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .builder import RawSplit, SPMLBuilder, SPMLConfig
+from .builder import SPMLBuilder, SPMLConfig
+from .raw_files import RawSplit
 from .registry import register_dataset
 from .sampling import hash_keys
 

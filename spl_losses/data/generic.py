@@ -1,43 +1,46 @@
 """Generic builders for users' own data: ``multilabel_files`` and ``multilabel_features``.
 
-``multilabel_files`` reads one listing per split, CSV (header ``path,labels``) or JSON lines
-(``{"path": ..., "labels": [...]}``), labels given by class name. Found under ``root`` as
+``multilabel_files`` reads listings of images, CSV (header ``path,labels``) or JSON lines
+(``{"path": ..., "labels": [...]}``), labels given by class name: either one listing of all images
+(``listing=``; ``test_fraction``, default 20%, becomes the test set, then ``val_fraction`` of the rest
+validation, both drawn with ``split_seed``), or one listing per split, found under ``root`` as
 ``train.{csv,jsonl}``, ``test.{csv,jsonl}`` and optionally ``validation.{csv,jsonl}`` (else 20% of
 train becomes validation), or passed explicitly (``train_file=``, ...). In CSV the names of one row are
-joined by ``label_separator`` (default ``|``, so names may contain spaces); image paths are relative to
-the listing's folder unless absolute. Classes: ``class_names`` or ``classes_file`` (one per line), or
-else the sorted union of all names in the listings.
+joined by ``label_separator`` (default ``|``, so names may contain spaces and commas need no quoting
+beyond CSV's)::
+
+    path,labels
+    images/0001.jpg,cat|dog
+    images/0002.jpg,traffic light
+
+Image paths are relative to the listing's folder and must stay inside it (``../x`` is refused);
+absolute paths are accepted as they are. Classes: ``class_names`` or ``classes_file`` (one per line),
+or else the sorted union of all names in the listings.
 
 ``multilabel_features`` reads pre-extracted features, as the reference distributes its ResNet-50
 features: ``{split}_features.npy`` (N, D) and ``{split}_labels.npy`` (N, C) multi-hot {0, 1} under
 ``root`` (or explicit ``train_features=``, ``train_labels=``, ...), class names from ``class_names`` /
-``classes_file`` / ``class_names.txt`` under root, else ``"0"`` … ``"C-1"``.
+``classes_file`` / ``class_names.txt`` under root, else ``"0"`` … ``"C-1"``. Features must be finite
+numbers (a NaN or infinite value is refused, naming the row and the file).
 """
-import csv
-import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from .builder import RawSplit, SPMLBuilder, SPMLConfig
+from .builder import SPMLBuilder, SPMLConfig
+from .image_checks import join_inside
+from .listing import SPLIT_ALIASES, read_class_file, read_listing_rows, resolve_file
+from .raw_files import RawSplit, index_lists
 from .registry import register_dataset
+from .sampling import split_train_validation
 
 __all__ = ["MultilabelFilesConfig", "MultilabelFiles", "MultilabelFeaturesConfig", "MultilabelFeatures"]
 
 _LISTING_EXTENSIONS = (".csv", ".jsonl", ".json")
-_SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
-
-
-def _read_class_file(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise ValueError(f"missing classes file: {path}")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"classes file {path} lists no class")
-    return names
+_TEST_SALT = 0x544553  # "TES": the salt of the test carve of a single listing
+_FINITE_CHECK_ROWS = 65_536
 
 
 def _open_npy(path: str) -> np.ndarray:
@@ -49,25 +52,6 @@ def _open_npy(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a readable .npy array file ({err})") from err
 
 
-def _resolve(root: Optional[str], value: Optional[str], candidates: Sequence[str], what: str,
-             required: bool) -> Optional[str]:
-    """Return the path of a configured or default file, or raise naming the expected path."""
-    if value is not None:
-        path = value if os.path.isabs(value) or root is None else os.path.join(root, value)
-        if not os.path.isfile(path):
-            raise ValueError(f"missing {what}: {path}")
-        return path
-    if root is not None:
-        for name in candidates:
-            path = os.path.join(root, name)
-            if os.path.isfile(path):
-                return path
-    if required:
-        where = f"under {root}" if root is not None else "(no root given)"
-        raise ValueError(f"missing {what}: none of {list(candidates)} found {where}; pass it explicitly")
-    return None
-
-
 @dataclass
 class MultilabelFilesConfig(SPMLConfig):
     """Configuration of ``multilabel_files`` (the :class:`SPMLConfig` fields plus the listings).
@@ -76,6 +60,11 @@ class MultilabelFilesConfig(SPMLConfig):
         train_file: Train listing (CSV or JSON lines), relative to root or absolute.
         validation_file: Optional validation listing; if absent, 20% of train.
         test_file: Test listing.
+        listing: A single listing of all images instead of per-split listings: ``test_fraction`` of its
+            rows become the test set (``split_seed``), then ``val_fraction`` of the rest validation.
+        test_fraction: Fraction of ``listing`` that becomes the test set (default 0.2; only with ``listing``).
+            The test rows are those with the smallest hash keys for ``split_seed`` (whatever
+            ``sampling_rng``: the reference code has no such carve).
         label_separator: Separator of class names within a CSV labels field.
         class_names: Class names in label-index order (tuple), or None.
         classes_file: Text file with one class name per line, or None.
@@ -84,92 +73,116 @@ class MultilabelFilesConfig(SPMLConfig):
     train_file: Optional[str] = None
     validation_file: Optional[str] = None
     test_file: Optional[str] = None
+    listing: Optional[str] = None
+    test_fraction: Optional[float] = None
     label_separator: str = "|"
     class_names: Optional[Tuple[str, ...]] = None
     classes_file: Optional[str] = None
+
+
+class _Listing(NamedTuple):
+    """A read listing: its file, the image paths (absolute), class names and entry names per row."""
+
+    path: str
+    images: List[str]
+    names: List[List[str]]
+    entries: List[str]
+
+    def subset(self, rows: np.ndarray) -> "_Listing":
+        return _Listing(self.path, [self.images[i] for i in rows], [self.names[i] for i in rows],
+                        [self.entries[i] for i in rows])
 
 
 @register_dataset("multilabel_files")
 class MultilabelFiles(SPMLBuilder):
     """Images listed in CSV / JSON-lines files with class-name labels (see the module docstring).
 
+    Relative image paths must stay inside the listing's folder (``../x`` is refused, naming the row);
+    absolute paths are taken as they are. Listed files are checked to be images (``verify_images``:
+    by default every image of a split listing at most 20,000 of them, and above that the rows with
+    absolute paths, which may point anywhere).
+
     Args:
         cache_dir: Cache folder of the prepared Arrow files.
-        **kwargs: :class:`MultilabelFilesConfig` fields (``root``, ``train_file``, ``seed``, ...).
+        **kwargs: :class:`MultilabelFilesConfig` fields (``root``, ``train_file``, ``listing``, ``seed``, ...).
     """
 
     BUILDER_CONFIG_CLASS = MultilabelFilesConfig
     needs_root = False
     has_validation = True
+    path_options = ("class_weights_file", "train_file", "validation_file", "test_file", "listing", "classes_file")
+    root_path_options = ("train_file", "validation_file", "test_file", "listing", "classes_file")
     source_description = "A multi-label image dataset listed in CSV / JSON-lines files."
     class_list_note = "the classes given by the user, else the sorted names found in the listings"
 
     def __init__(self, *args, **kwargs):
-        self._listings: Optional[Dict[str, Optional[Tuple[str, List[str], List[List[str]]]]]] = None
+        self._listings: Optional[Dict[str, Optional[_Listing]]] = None
+        self._absolute_rows: Set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def _check_config(self) -> None:
+        super()._check_config()
+        cfg = self.config
+        if cfg.listing is not None:
+            given = [f for f in ("train_file", "validation_file", "test_file") if getattr(cfg, f) is not None]
+            if given:
+                raise ValueError(f"listing={cfg.listing!r} replaces the per-split listings; drop {given}")
+            fraction = 0.2 if cfg.test_fraction is None else cfg.test_fraction
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+                raise ValueError(f"test_fraction must be in (0, 1), got {cfg.test_fraction!r}")
+        elif cfg.test_fraction is not None:
+            raise ValueError(f"test_fraction={cfg.test_fraction!r} carves the test set out of listing=<file>; "
+                             "give listing, or drop test_fraction")
+        if not isinstance(cfg.label_separator, str) or not cfg.label_separator:
+            raise ValueError(f"label_separator must be a non-empty string, got {cfg.label_separator!r}")
 
     def _listing_path(self, split: str) -> Optional[str]:
         cfg = self.config
         value = {"train": cfg.train_file, "validation": cfg.validation_file, "test": cfg.test_file}[split]
-        candidates = [a + ext for a in _SPLIT_ALIASES[split] for ext in _LISTING_EXTENSIONS]
+        candidates = [a + ext for a in SPLIT_ALIASES[split] for ext in _LISTING_EXTENSIONS]
         root = self.root if cfg.root is not None else None
-        return _resolve(root, value, candidates, f"{split} listing", required=split != "validation")
+        return resolve_file(root, value, candidates, f"{split} listing", required=split != "validation")
 
-    def _read_listing(self, path: str) -> Tuple[List[str], List[List[str]]]:
-        folder = os.path.dirname(os.path.abspath(path))
-        sep = self.config.label_separator
-        paths, names = [], []
-        if path.endswith(".csv"):
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                missing = {"path", "labels"} - set(reader.fieldnames or [])
-                if missing:
-                    raise ValueError(f"{path}: the CSV header must have columns 'path' and 'labels', "
-                                     f"got {reader.fieldnames}")
-                for row in reader:
-                    paths.append(row["path"])
-                    text = (row["labels"] or "").strip()
-                    names.append([n.strip() for n in text.split(sep) if n.strip()] if text else [])
-        else:
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}, line {line_no}: not valid JSON ({err})") from err
-                    if not isinstance(record, dict) or "path" not in record or "labels" not in record:
-                        raise ValueError(f"{path}, line {line_no}: expected an object with 'path' and 'labels'")
-                    labels = record["labels"]
-                    if isinstance(labels, str):
-                        labels = [n.strip() for n in labels.split(sep) if n.strip()]
-                    paths.append(record["path"])
-                    names.append([str(n) for n in labels])
-        paths = [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
-        return paths, names
+    def _read_listing(self, path: str) -> _Listing:
+        rows, entries = read_listing_rows(path, self.config.label_separator)
+        paths = join_inside(os.path.dirname(os.path.abspath(path)), [p for p, _ in rows], path, allow_absolute=True,
+                            entry_name=entries.__getitem__)
+        self._absolute_rows.update(p for p, (listed, _) in zip(paths, rows) if os.path.isabs(listed))
+        return _Listing(path, paths, [names for _, names in rows], entries)
 
-    def _all_listings(self):
+    def _all_listings(self) -> Dict[str, Optional[_Listing]]:
         if self._listings is None:
-            self._listings = {}
-            for split in ("train", "validation", "test"):
-                path = self._listing_path(split)
-                self._listings[split] = None if path is None else (path, *self._read_listing(path))
+            cfg = self.config
+            if cfg.listing is not None:
+                root = self.root if cfg.root is not None else None
+                listing = self._read_listing(resolve_file(root, cfg.listing, [], "listing", required=True))
+                fraction = 0.2 if cfg.test_fraction is None else float(cfg.test_fraction)
+                rest, test = split_train_validation(len(listing.images), fraction, cfg.split_seed, salt=_TEST_SALT)
+                self._listings = {"train": listing.subset(rest), "validation": None, "test": listing.subset(test)}
+            else:
+                self._listings = {}
+                for split in ("train", "validation", "test"):
+                    path = self._listing_path(split)
+                    self._listings[split] = None if path is None else self._read_listing(path)
         return self._listings
+
+    def _images_to_verify(self, split: str, paths: Sequence[str]) -> Sequence[str]:
+        chosen = super()._images_to_verify(split, paths)
+        if self.config.verify_images is None and not chosen:  # a large split: still verify absolute rows
+            return [p for p in paths if p in self._absolute_rows]
+        return chosen
 
     def _load_class_names(self) -> List[str]:
         cfg = self.config
         if cfg.class_names is not None:
             return [str(n) for n in cfg.class_names]
         if cfg.classes_file is not None:
-            path = cfg.classes_file
-            if not os.path.isabs(path) and cfg.root is not None:
-                path = os.path.join(self.root, path)
-            return _read_class_file(path)
+            root = self.root if cfg.root is not None else None
+            return read_class_file(resolve_file(root, cfg.classes_file, [], "classes file", required=True))
         found = set()
         for listing in self._all_listings().values():
             if listing is not None:
-                found.update(n for row in listing[2] for n in row)
+                found.update(n for row in listing.names for n in row)
         if not found:
             raise ValueError("the listings name no class; give class_names or classes_file")
         return sorted(found)
@@ -178,17 +191,16 @@ class MultilabelFiles(SPMLBuilder):
         listing = self._all_listings()[split]
         if listing is None:
             return None
-        path, images, names = listing
         class_names = self._load_class_names()
         position = {n: i for i, n in enumerate(class_names)}
         labels = []
-        for row_no, row in enumerate(names):
+        for entry, row in zip(listing.entries, listing.names):
             unknown = [n for n in row if n not in position]
             if unknown:
-                raise ValueError(f"{path}, row {row_no + 1}: unknown class name(s) {unknown[:3]}; "
+                raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}; "
                                  f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
             labels.append([position[n] for n in row])
-        return RawSplit(class_names=class_names, labels=labels, images=images, source=path)
+        return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path)
 
 
 @dataclass
@@ -227,16 +239,19 @@ class MultilabelFeatures(SPMLBuilder):
     input_kind = "features"
     needs_root = False
     has_validation = True
+    path_options = ("class_weights_file", "classes_file") + tuple(
+        f"{split}_{kind}" for split in ("train", "validation", "test") for kind in ("features", "labels"))
+    root_path_options = path_options[1:]
     source_description = "Pre-extracted image features with multi-label annotations."
     class_list_note = "the classes given by the user, else '0' ... 'C-1'"
 
     def _arrays(self, split: str) -> Optional[Tuple[str, str]]:
         cfg = self.config
         root = self.root if cfg.root is not None else None
-        names = _SPLIT_ALIASES[split]
-        features = _resolve(root, getattr(cfg, f"{split}_features"), [f"{n}_features.npy" for n in names],
+        names = SPLIT_ALIASES[split]
+        features = resolve_file(root, getattr(cfg, f"{split}_features"), [f"{n}_features.npy" for n in names],
                             f"{split} features file", required=split != "validation")
-        labels = _resolve(root, getattr(cfg, f"{split}_labels"), [f"{n}_labels.npy" for n in names],
+        labels = resolve_file(root, getattr(cfg, f"{split}_labels"), [f"{n}_labels.npy" for n in names],
                           f"{split} labels file", required=split != "validation" or features is not None)
         if features is None:
             if labels is not None:
@@ -254,9 +269,9 @@ class MultilabelFeatures(SPMLBuilder):
         if cfg.class_names is not None:
             return [str(n) for n in cfg.class_names]
         root = self.root if cfg.root is not None else None
-        path = _resolve(root, cfg.classes_file, ["class_names.txt"], "classes file", required=False)
+        path = resolve_file(root, cfg.classes_file, ["class_names.txt"], "classes file", required=False)
         if path is not None:
-            return _read_class_file(path)
+            return read_class_file(path)
         _, labels_path = self._arrays("train")
         shape = _open_npy(labels_path).shape
         if len(shape) != 2:
@@ -283,7 +298,22 @@ class MultilabelFeatures(SPMLBuilder):
         bad = (labels != 0) & (labels != 1)
         if bad.any():
             raise ValueError(f"{labels_path}: labels must be multi-hot {{0, 1}}, found {np.unique(labels[bad])[:5]}")
-        rows, classes = np.nonzero(labels)
-        counts = np.bincount(rows, minlength=labels.shape[0])
-        label_lists = [chunk.tolist() for chunk in np.split(classes, np.cumsum(counts)[:-1])]
-        return RawSplit(class_names=class_names, labels=label_lists, features=features, source=labels_path)
+        _check_finite_features(features, features_path)
+        return RawSplit(class_names=class_names, labels=index_lists(labels), features=features, source=labels_path)
+
+
+def _check_finite_features(features: np.ndarray, path: str) -> None:
+    """Refuse non-numeric features and NaN / infinite values, naming the first bad row and the file
+    (read in blocks, so a memory-mapped file is never loaded whole)."""
+    if features.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: features must be real numbers, got dtype {features.dtype}")
+    if features.dtype.kind != "f":
+        return
+    for start in range(0, features.shape[0], _FINITE_CHECK_ROWS):
+        finite = np.isfinite(np.asarray(features[start:start + _FINITE_CHECK_ROWS])).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            values = np.asarray(features[row])
+            column = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"{path}, row {row}, column {column}: features must be finite numbers, "
+                             f"found {values[column]}")

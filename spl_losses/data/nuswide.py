@@ -1,4 +1,4 @@
-"""NUS-WIDE as an SPML benchmark (81 concepts, SPEC §6), in the reference's re-crawled form.
+"""NUS-WIDE as an SPML benchmark (81 concepts), in the re-crawled form of Cole et al. (CVPR 2021).
 
 Cole et al. re-crawled NUS-WIDE from Flickr in 2020 and distribute the result as formatted arrays;
 the images come from the official ``Flickr.zip``. Raw layout under ``root``::
@@ -19,20 +19,23 @@ are not used.)
 
 The ``formatted_train_*`` arrays are the official training set; ``formatted_val_*`` are the official
 test set, our ``test`` split. Rows with no positive label are kept (all-zero row, no observed
-positive) and counted in the build report.
+positive) and counted in the build report; rows keep the arrays' order, the reference's, so
+``sampling_rng="reference"`` reproduces its draws (with the default ``drop_without_positive=False``).
+Image paths must stay inside ``Flickr/`` (a path that leaves it is refused, naming the row).
 """
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .builder import RawSplit, SPMLBuilder, SPMLConfig
-from .raw_files import DenseSplit, RawBenchmark, check_images_exist, require_dir, require_file
+from .builder import SPMLBuilder, SPMLConfig
+from .image_checks import join_inside
+from .raw_files import RawSplit, check_images_exist, index_lists, require_dir, require_file
 from .registry import register_dataset
 
-__all__ = ["NUSWIDE", "NUSWIDEConfig", "NUSWIDE_CONCEPTS81", "NUS_SPLITS", "find_concepts_file", "read_concept_names", "read_nuswide_split",
-           "read_nuswide"]
+__all__ = ["NUSWIDE", "NUSWIDEConfig", "NUSWIDE_CONCEPTS81", "NUS_SPLITS", "find_concepts_file", "read_concept_names",
+           "read_nuswide_split"]
 
 #: NUS-WIDE's 81 concepts in the order of the official ``Concepts81.txt``.
 NUSWIDE_CONCEPTS81 = [
@@ -101,16 +104,22 @@ def _relative_to_flickr(path: str) -> str:
     return path[len("Flickr/"):] if path.startswith("Flickr/") else path
 
 
-def read_nuswide_split(root: str, prefix: str, check_images: bool = True) -> DenseSplit:
+def read_nuswide_split(root: str, prefix: str, class_names: Sequence[str] = NUSWIDE_CONCEPTS81,
+                       check_images: bool = True) -> RawSplit:
     """Read one pair of formatted arrays (``{prefix}_images.npy``, ``{prefix}_labels.npy``).
 
     Args:
         root: The NUS-WIDE folder.
         prefix: ``"formatted_train"`` or ``"formatted_val"``.
+        class_names: The concept names of the label columns.
         check_images: Check that every listed image exists under ``Flickr/``.
 
     Returns:
         The split, rows in the arrays' order.
+
+    Raises:
+        ValueError: a missing file or image, arrays of mismatched lengths, labels other than 0/1, a
+            column count other than ``len(class_names)``, or a path leaving ``Flickr/``.
     """
     images_file = require_file(os.path.join(root, f"{prefix}_images.npy"), "NUS-WIDE image list")
     labels_file = require_file(os.path.join(root, f"{prefix}_labels.npy"), "NUS-WIDE label matrix")
@@ -123,49 +132,20 @@ def read_nuswide_split(root: str, prefix: str, check_images: bool = True) -> Den
             f"{images_file!r}; got shape {labels.shape}")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"{labels_file!r} must hold {{0, 1}} labels")
-    image_dir = os.path.join(root, "Flickr")
+    if labels.shape[1] != len(class_names):
+        raise ValueError(f"Class list mismatch: {labels_file!r} has {labels.shape[1]} columns but the concept list "
+                         f"names {len(class_names)} concepts")
     if images.dtype.kind == "S":  # byte strings (arrays saved under Python 2 or with dtype "S")
         images = np.char.decode(images, "utf-8")
-    paths = [os.path.join(image_dir, _relative_to_flickr(p)) for p in images.tolist()]
+    if images.dtype.kind != "U":
+        raise ValueError(f"{images_file!r} must hold image paths (strings), got dtype {images.dtype}")
+    image_dir = os.path.join(root, "Flickr")
+    paths = join_inside(image_dir, [_relative_to_flickr(p) for p in images.tolist()], images_file)
     if check_images:
         require_dir(image_dir, "NUS-WIDE Flickr image")
         check_images_exist(paths, images_file)
-    return DenseSplit(paths, labels.astype(np.uint8), source_files=[images_file, labels_file])
-
-
-def read_nuswide(root: str, concepts_file: Optional[str] = None, check_images: bool = True) -> RawBenchmark:
-    """Read the reference's NUS-WIDE arrays and the Flickr images (see the module docstring).
-
-    Args:
-        root: The folder holding the ``formatted_*.npy`` files and ``Flickr/``.
-        concepts_file: A concept list to name the columns; default ``Concepts81.txt`` under ``root``
-            if present, else :data:`NUSWIDE_CONCEPTS81`.
-        check_images: Check that every listed image exists.
-
-    Returns:
-        A :class:`RawBenchmark` with splits ``train`` (formatted_train) and ``test`` (formatted_val).
-
-    Raises:
-        ValueError: a missing file or image, arrays of mismatched lengths, or label matrices whose
-            number of columns differs between the splits or from the concept list.
-    """
-    concepts_file = concepts_file or find_concepts_file(root)
-    if concepts_file is not None:
-        names = read_concept_names(require_file(concepts_file, "NUS-WIDE concept list"))
-        names_from = repr(concepts_file)
-    else:
-        names, names_from = list(NUSWIDE_CONCEPTS81), "the built-in Concepts81 list"
-    splits = {ours: read_nuswide_split(root, prefix, check_images=check_images) for ours, prefix in NUS_SPLITS.items()}
-    train_file, test_file = splits["train"].source_files[1], splits["test"].source_files[1]
-    if splits["train"].labels.shape[1] != splits["test"].labels.shape[1]:
-        raise ValueError(
-            f"Class list mismatch: {train_file!r} has {splits['train'].labels.shape[1]} columns, "
-            f"{test_file!r} has {splits['test'].labels.shape[1]}")
-    if splits["train"].labels.shape[1] != len(names):
-        raise ValueError(
-            f"Class list mismatch: {train_file!r} has {splits['train'].labels.shape[1]} columns but "
-            f"{names_from} names {len(names)} concepts")
-    return RawBenchmark(class_names=names, splits=splits)
+    return RawSplit(class_names=list(class_names), labels=index_lists(labels), images=paths,
+                    source=f"{images_file}, {labels_file}")
 
 
 @dataclass
@@ -198,6 +178,7 @@ class NUSWIDE(SPMLBuilder):
     """
 
     BUILDER_CONFIG_CLASS = NUSWIDEConfig
+    path_options = ("class_weights_file", "concepts_file")
     expected_num_pos = 1.9
     num_classes = len(NUSWIDE_CONCEPTS81)
     source_description = (
@@ -213,22 +194,13 @@ class NUSWIDE(SPMLBuilder):
         "NUS-WIDE's 81 concepts of ConceptsList/Concepts81.txt, in that file's alphabetical order "
         "(airport ... zebra), unless a Concepts81.txt under the raw folder or concepts_file says otherwise")
 
-    def _concept_names(self) -> List[str]:
+    def _load_class_names(self) -> List[str]:
         concepts_file = self.config.concepts_file or find_concepts_file(self.root)
         if concepts_file is None:
             return list(NUSWIDE_CONCEPTS81)
         return read_concept_names(require_file(concepts_file, "NUS-WIDE concept list"))
 
-    def _load_class_names(self) -> List[str]:
-        return self._concept_names()
-
     def _load_raw_split(self, split: str) -> Optional[RawSplit]:
         if split not in NUS_SPLITS:
             return None
-        dense = read_nuswide_split(self.root, NUS_SPLITS[split])
-        names = self._concept_names()
-        if dense.labels.shape[1] != len(names):
-            raise ValueError(
-                f"Class list mismatch: {dense.source_files[1]!r} has {dense.labels.shape[1]} columns but the "
-                f"concept list names {len(names)} concepts")
-        return dense.to_raw_split(names)
+        return read_nuswide_split(self.root, NUS_SPLITS[split], self._load_class_names(), check_images=False)

@@ -3,7 +3,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["parse_dataset_options"]
+__all__ = ["parse_dataset_options", "check_dataset_options"]
 
 
 def parse_dataset_options(options: Optional[Union[Sequence[str], Mapping[str, Any]]],
@@ -43,3 +43,33 @@ def parse_dataset_options(options: Optional[Union[Sequence[str], Mapping[str, An
             raise ValueError(f"{flag}: empty option name in {options!r}")
         parsed[key] = value
     return parsed
+
+
+def check_dataset_options(name: str, options: Mapping[str, Any], flag: str = "--dataset-option",
+                          reserved: Optional[Mapping[str, str]] = None) -> None:
+    """Check parsed options against the config fields of the registered builder ``name``, before any work.
+
+    Args:
+        name: Registered dataset name.
+        options: The parsed options.
+        flag: The flag's name, for messages.
+        reserved: Options that have their own flag (``{"seed": "--seed"}``): giving them here is an error.
+
+    Raises:
+        ValueError: an option the builder does not have (the message lists those it has), or a reserved one.
+    """
+    import dataclasses
+
+    from datasets import BuilderConfig
+
+    from .registry import get_dataset_class
+
+    for key, own_flag in (reserved or {}).items():
+        if key in options:
+            raise ValueError(f"{flag} {key}=...: give it as {own_flag}")
+    config_class = get_dataset_class(name).BUILDER_CONFIG_CLASS
+    base = {f.name for f in dataclasses.fields(BuilderConfig)}
+    known = sorted(f.name for f in dataclasses.fields(config_class) if f.name not in base)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{flag}: dataset {name!r} has no option {unknown[0]!r}; its options: {', '.join(known)}")

@@ -1,86 +1,57 @@
-"""What the four benchmark readers share: the parsed form of a raw benchmark and cheap file checks.
+"""The raw form of a split, as every builder reads it, and the cheap checks of raw files.
 
-A reader turns an official raw download into a :class:`RawBenchmark`: the class names and, per
-official split, every listed image path with its dense {0, 1} label matrix (images without any
-positive label included, as all-zero rows: the builder drops or keeps them and counts them in its
-build report). Readers never decode images.
+A builder turns its raw download into one :class:`RawSplit` per official split: the class names,
+per-example class-index lists (images without any positive label included, as empty lists: the
+builder drops or keeps them and counts them in its build report) and the image paths or feature
+rows. Readers never decode images.
 """
+import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Sequence
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .builder import RawSplit
-
-__all__ = ["DenseSplit", "RawBenchmark", "require_file", "require_dir", "find_missing_files",
+__all__ = ["RawSplit", "index_lists", "check_raw_split", "require_file", "require_dir", "find_missing_files",
            "check_images_exist"]
 
 
 @dataclass
-class DenseSplit:
-    """One official split of a raw benchmark, labels as a dense matrix.
+class RawSplit:
+    """One split as read from the raw files, before any single-positive processing.
 
     Args:
-        image_paths: Absolute path of each listed image, in the reference's row order.
-        labels: (N, C) uint8 full labels, 1 = present; all-zero rows for images without a positive.
-        source_files: The annotation files this split was read from (named in messages and reports).
+        class_names: The class names in label-index order, as found in this split's source.
+        labels: One sequence of positive class indices per example (empty when it has none).
+        images: Per-example image file paths (absolute) or encoded image bytes; None for feature datasets.
+        features: (N, D) array of pre-extracted features; None for image datasets.
+        source: The file (or files) the split was read from, named in error messages.
+        label_weights: Optional per-example weights aligned with ``labels`` (one non-negative weight per
+            listed class), used by weighted observed-label draws (``observed_sampling``).
     """
 
-    image_paths: List[str]
-    labels: np.ndarray
-    source_files: List[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        if self.labels.ndim != 2 or self.labels.shape[0] != len(self.image_paths):
-            raise ValueError(
-                f"labels must have shape ({len(self.image_paths)}, C), one row per image, "
-                f"got {tuple(self.labels.shape)}")
+    class_names: Sequence[str]
+    labels: Sequence[Sequence[int]]
+    images: Optional[Sequence[Union[str, bytes]]] = None
+    features: Optional[np.ndarray] = None
+    source: str = ""
+    label_weights: Optional[Sequence[Sequence[float]]] = None
 
     def __len__(self) -> int:
-        return len(self.image_paths)
-
-    @property
-    def num_without_positive(self) -> int:
-        """Rows with no positive label."""
-        return int((self.labels.sum(axis=1) == 0).sum())
-
-    def to_raw_split(self, class_names: Sequence[str]) -> RawSplit:
-        """Convert to the builder's :class:`~spl_losses.data.builder.RawSplit` (class-index lists).
-
-        Args:
-            class_names: The class names of the label columns.
-        """
-        if len(class_names) != self.labels.shape[1]:
-            raise ValueError(f"{len(class_names)} class names for {self.labels.shape[1]} label columns "
-                             f"({', '.join(self.source_files)})")
-        rows, columns = np.nonzero(self.labels)
-        counts = np.bincount(rows, minlength=len(self))
-        labels = [chunk.tolist() for chunk in np.split(columns, np.cumsum(counts)[:-1])] if len(self) else []
-        return RawSplit(class_names=list(class_names), labels=labels, images=list(self.image_paths),
-                        source=", ".join(self.source_files))
+        return len(self.labels)
 
 
-@dataclass
-class RawBenchmark:
-    """A raw benchmark read from disk: class names and the official splits.
+def index_lists(labels: np.ndarray) -> List[List[int]]:
+    """Per-row ascending lists of the nonzero columns of a dense (N, C) label matrix.
 
     Args:
-        class_names: The C class names, in label-column order.
-        splits: ``{"train": DenseSplit, "test": DenseSplit}``; ``train`` is the official training set
-            (validation is carved out of it later), ``test`` the official val/test set.
+        labels: (N, C) array, nonzero = positive.
     """
-
-    class_names: List[str]
-    splits: Dict[str, DenseSplit]
-
-    def __post_init__(self):
-        for name, split in self.splits.items():
-            if split.labels.shape[1] != len(self.class_names):
-                raise ValueError(
-                    f"split {name!r} has {split.labels.shape[1]} label columns but there are "
-                    f"{len(self.class_names)} class names")
+    rows, columns = np.nonzero(labels)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=labels.shape[0]))]).tolist()
+    flat = columns.tolist()
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(labels.shape[0])]
 
 
 def require_file(path: str, what: str) -> str:
@@ -141,6 +112,44 @@ def check_images_exist(paths: Sequence[str], listed_in: str) -> None:
     """
     missing = find_missing_files(paths)
     if missing:
-        raise ValueError(
-            f"Incomplete raw tree: {len(missing)} image(s) listed in {listed_in} are absent, "
-            f"first: {missing[0]!r}")
+        raise ValueError(f"{len(missing)} image(s) listed in {listed_in} are missing, first: {missing[0]!r}")
+
+
+def check_raw_split(raw: RawSplit, where: str) -> None:
+    """Check a split's structure: one kind of data, one data row per label row, class indices in range,
+    weights (if any) aligned with the labels, finite and non-negative, and every listed image present.
+
+    Args:
+        raw: The split.
+        where: What it was read from, for messages.
+    """
+    n = len(raw.labels)
+    if (raw.images is None) == (raw.features is None):
+        raise ValueError(f"a RawSplit needs exactly one of images or features ({where})")
+    data_len = len(raw.images) if raw.images is not None else len(raw.features)
+    if data_len != n:
+        raise ValueError(f"{where}: {data_len} {'images' if raw.images is not None else 'feature rows'} "
+                         f"but {n} label rows")
+    if raw.features is not None and np.ndim(raw.features) != 2:
+        raise ValueError(f"{where}: features must be a 2-D (N, D) array, got shape {np.shape(raw.features)}")
+    num_classes = len(raw.class_names)
+    lengths = np.fromiter((len(r) for r in raw.labels), dtype=np.int64, count=n)
+    flat = np.fromiter((int(c) for r in raw.labels for c in r), dtype=np.int64, count=int(lengths.sum()))
+    if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
+        bad_row = int(np.repeat(np.arange(n), lengths)[(flat < 0) | (flat >= num_classes)][0])
+        raise ValueError(f"{where}: example {bad_row} has class indices outside [0, {num_classes - 1}]: "
+                         f"{list(raw.labels[bad_row])}")
+    if raw.label_weights is not None:
+        _check_label_weights(raw.label_weights, lengths, where)
+    if raw.images is not None:
+        check_images_exist([p for p in raw.images if isinstance(p, str)], where)
+
+
+def _check_label_weights(label_weights: Sequence[Sequence[float]], lengths: np.ndarray, where: str) -> None:
+    if len(label_weights) != lengths.size:
+        raise ValueError(f"{where}: {len(label_weights)} rows of label weights for {lengths.size} label rows")
+    for row, (weights, n) in enumerate(zip(label_weights, lengths.tolist())):
+        if len(weights) != n:
+            raise ValueError(f"{where}: example {row} has {len(weights)} label weights for {n} labels")
+        if n and not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"{where}: example {row} has label weights that are not finite and >= 0: {list(weights)}")

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 as an SPML benchmark (20 classes, SPEC §6).
+"""PASCAL VOC 2012 as an SPML benchmark (20 classes, Cole et al., CVPR 2021).
 
 Raw layout under ``root`` (the official ``VOCtrainval_11-May-2012.tar`` unpacked; ``root`` may also
 be the ``VOCdevkit`` or ``VOC2012`` folder itself)::
@@ -9,19 +9,22 @@ be the ``VOCdevkit`` or ``VOC2012`` folder itself)::
 
 Rules of the reference (Cole et al.): an image is present in a class when its line says 1; 0 (the
 "difficult" mark) and -1 count as absent; an image is kept when any class is 1; rows are sorted by
-image id. Official ``train`` is our training set, official ``val`` our test set.
+image file name (``{image_id}.jpg``), the row order of the reference's formatted label matrix, so
+``sampling_rng="reference"`` reproduces its draws. Official ``train`` is our training set, official
+``val`` our test set. Image ids must name files inside ``JPEGImages/`` (an id such as ``../x`` is
+refused, naming the class list file).
 """
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .builder import RawSplit, SPMLBuilder
-from .raw_files import DenseSplit, RawBenchmark, check_images_exist, require_dir, require_file
+from .builder import SPMLBuilder
+from .image_checks import join_inside
+from .raw_files import RawSplit, check_images_exist, index_lists, require_dir, require_file
 from .registry import register_dataset
 
-__all__ = ["VOC2012", "VOC2012_CLASSES", "VOC_SPLITS", "find_voc2012_dir", "read_voc_class_file", "read_voc_split",
-           "read_voc2012"]
+__all__ = ["VOC2012", "VOC2012_CLASSES", "VOC_SPLITS", "find_voc2012_dir", "read_voc_class_file", "read_voc_split"]
 
 #: The 20 VOC classes, alphabetical (the reference's column order).
 VOC2012_CLASSES = [
@@ -85,7 +88,7 @@ def read_voc_class_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def read_voc_split(voc_dir: str, image_set: str, class_names: List[str] = VOC2012_CLASSES,
-                   check_images: bool = True) -> DenseSplit:
+                   check_images: bool = True) -> RawSplit:
     """Read one official VOC image set (``train`` or ``val``).
 
     Args:
@@ -95,8 +98,8 @@ def read_voc_split(voc_dir: str, image_set: str, class_names: List[str] = VOC201
         check_images: Check that every listed ``JPEGImages/{id}.jpg`` exists.
 
     Returns:
-        The split: every listed image, rows sorted by image id; images with no class marked 1 have an
-        all-zero row (the builder drops them, as the reference does).
+        The split: every listed image, rows sorted by image file name; images with no class marked 1
+        have an empty label list (the builder drops them, as the reference does).
     """
     main_dir = os.path.join(voc_dir, "ImageSets", "Main")
     files = [require_file(os.path.join(main_dir, f"{name}_{image_set}.txt"), "VOC class list file")
@@ -112,32 +115,16 @@ def read_voc_split(voc_dir: str, image_set: str, class_names: List[str] = VOC201
     for column, (ids, marks) in enumerate(parsed):
         positive = ids[marks == 1]
         labels[np.searchsorted(listed, positive), column] = 1
+    file_names = np.char.add(listed.astype(str), ".jpg")
+    order = np.argsort(file_names, kind="stable")  # the reference sorts file names, not ids
+    source = os.path.join(main_dir, f"*_{image_set}.txt")
     image_dir = os.path.join(voc_dir, "JPEGImages")
-    paths = [os.path.join(image_dir, f"{image_id}.jpg") for image_id in listed]
+    paths = join_inside(image_dir, file_names[order].tolist(), source,
+                        entry_name=lambda i: f"image id {str(listed[order[i]])!r}")
     if check_images:
         require_dir(image_dir, "VOC JPEGImages")
-        check_images_exist(paths, os.path.join(main_dir, f"*_{image_set}.txt"))
-    return DenseSplit(paths, labels, source_files=[os.path.join(main_dir, f"*_{image_set}.txt")])
-
-
-def read_voc2012(root: str, check_images: bool = True) -> RawBenchmark:
-    """Read VOC 2012 from its official raw layout (see the module docstring).
-
-    Args:
-        root: The folder holding ``VOCdevkit/`` (or the ``VOCdevkit`` / ``VOC2012`` folder).
-        check_images: Check that every kept image file exists.
-
-    Returns:
-        A :class:`RawBenchmark` with splits ``train`` (official train) and ``test`` (official val).
-
-    Raises:
-        ValueError: a missing class list file or image, or a malformed line.
-    """
-    voc_dir = find_voc2012_dir(root)
-    splits: Dict[str, DenseSplit] = {
-        ours: read_voc_split(voc_dir, official, check_images=check_images) for ours, official in VOC_SPLITS.items()
-    }
-    return RawBenchmark(class_names=list(VOC2012_CLASSES), splits=splits)
+        check_images_exist(paths, source)
+    return RawSplit(class_names=list(class_names), labels=index_lists(labels[order]), images=paths, source=source)
 
 
 @register_dataset("voc2012")
@@ -171,5 +158,4 @@ class VOC2012(SPMLBuilder):
     def _load_raw_split(self, split: str) -> Optional[RawSplit]:
         if split not in VOC_SPLITS:
             return None
-        dense = read_voc_split(find_voc2012_dir(self.root), VOC_SPLITS[split])
-        return dense.to_raw_split(VOC2012_CLASSES)
+        return read_voc_split(find_voc2012_dir(self.root), VOC_SPLITS[split], check_images=False)

@@ -1,0 +1,109 @@
+"""Where listed image paths may point, and whether the listed files are images.
+
+One rule for every builder: a path read from an annotation file or a listing is checked where it is
+read, before any work.
+
+- A relative path names a file inside the folder it is relative to (the image folder of a benchmark,
+  the listing's folder for ``multilabel_files``): after normalisation (``a/../../x``) it must not leave
+  that folder, so a row such as ``../../etc/passwd`` is refused, naming the row and the file it is
+  listed in. This check is cheap and always on.
+- Absolute paths are accepted only where a builder allows them (``multilabel_files`` listings).
+- Symbolic links are the folder owner's choice (an image folder linked to another disk is common) and
+  are followed; what they point to must still decode as an image when images are verified.
+- Verifying images (``PIL.Image.open`` + ``verify``: the header and structure are read, the pixels are
+  not decoded, about 0.05 ms per cached JPEG) proves each listed file is an image, so a listing can
+  never embed another kind of file into a dataset. It is the builders' ``verify_images`` option:
+  ``True``, ``False``, or ``None`` (default) for "every image when a split lists at most
+  :data:`VERIFY_AUTO_LIMIT` of them".
+"""
+import os
+from typing import Callable, List, Optional, Sequence
+
+__all__ = ["VERIFY_AUTO_LIMIT", "join_inside", "should_verify", "verify_images"]
+
+#: With ``verify_images=None``, splits listing at most this many images are verified.
+VERIFY_AUTO_LIMIT = 20_000
+
+
+def _entry_name(index: int) -> str:
+    return f"row {index + 1}"
+
+
+def join_inside(folder: str, names: Sequence[str], listed_in: str, allow_absolute: bool = False,
+                entry_name: Callable[[int], str] = _entry_name) -> List[str]:
+    """Join listed relative paths to ``folder``, refusing any that leaves it after normalisation.
+
+    Args:
+        folder: The folder the names are relative to.
+        names: The paths as read (``"img/a.jpg"``).
+        listed_in: The file the names were read from, for messages.
+        allow_absolute: Accept absolute paths as they are (``multilabel_files`` listings).
+        entry_name: Maps an entry's position to its name in messages (default ``"row N"``, 1-based).
+
+    Returns:
+        The absolute paths, in input order.
+
+    Raises:
+        ValueError: a name is not a non-empty string, holds a NUL byte, is absolute where that is not
+            allowed, or leaves ``folder``; the message names the entry, the path and ``listed_in``.
+    """
+    folder = os.path.abspath(folder)
+    prefix = folder.rstrip(os.sep) + os.sep
+    out = []
+    for index, name in enumerate(names):
+        if isinstance(name, str) and name.strip() and name[0] != os.sep and ".." not in name and "\x00" not in name:
+            out.append(prefix + name)  # the common case: nothing to normalise
+            continue
+        out.append(_checked_path(prefix, name, allow_absolute,
+                                 lambda why: f"{listed_in}, {entry_name(index)}: {why}"))
+    return out
+
+
+def _checked_path(prefix: str, name, allow_absolute: bool, where: Callable[[str], str]) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(where(f"the image path must be a non-empty string, got {name!r}"))
+    if "\x00" in name:
+        raise ValueError(where(f"the image path {name!r} holds a NUL byte"))
+    if os.path.isabs(name):
+        if not allow_absolute:
+            raise ValueError(where(f"the image path {name!r} is absolute; it must be relative to {prefix}"))
+        return os.path.normpath(name)
+    path = os.path.normpath(prefix + name)
+    if not path.startswith(prefix):
+        raise ValueError(where(f"the image path {name!r} leaves the folder {prefix.rstrip(os.sep)} (it resolves to "
+                               f"{path}); relative paths must stay inside the folder they are relative to"))
+    return path
+
+
+def should_verify(option: Optional[bool], num_images: int) -> bool:
+    """Whether ``verify_images=option`` verifies a split of ``num_images`` images.
+
+    Args:
+        option: ``True``, ``False`` or ``None`` (at most :data:`VERIFY_AUTO_LIMIT` images).
+        num_images: Images listed in the split.
+    """
+    if option is None:
+        return num_images <= VERIFY_AUTO_LIMIT
+    return bool(option)
+
+
+def verify_images(paths: Sequence[str], listed_in: str) -> None:
+    """Check that every file decodes as an image (``PIL.Image.open`` then ``verify``).
+
+    Args:
+        paths: Image files (they exist: the existence check runs first).
+        listed_in: The file(s) that list them, for the message.
+
+    Raises:
+        ValueError: naming the first file that is not a readable image, the reason and ``listed_in``.
+    """
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises many types for a file that is not an image
+            raise ValueError(f"{path} (listed in {listed_in}) is not a readable image: {type(err).__name__}: "
+                             f"{err}. Every listed file must be an image (set verify_images=False to skip "
+                             "this check)") from None
