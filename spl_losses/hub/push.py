@@ -54,14 +54,14 @@ def _check_repo_id(repo_id: str, repo_type: str) -> None:
         raise ValueError(f"the Hub {repo_type} repo must be 'ORG/NAME', got {repo_id!r}")
 
 
-def _hub_api(repo_id: str, token: Optional[str], endpoint: Optional[str], where: str):
+def _hub_api(repo_id: str, token: Optional[str], endpoint: Optional[str], where: str, repo_type: str = "model"):
     """An ``HfApi`` with a token, or HubPushError when there is none."""
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()
     if not token:
-        raise HubPushError(f"no Hugging Face token to push {repo_id!r}: log in with `hf auth login`, set HF_TOKEN, "
-                           f"or pass token=... {where}")
+        raise HubPushError(f"no Hugging Face token to push the {repo_type} {repo_id!r}: log in with `hf auth login`, "
+                           f"set HF_TOKEN, or pass token=... {where}")
     return HfApi(endpoint=endpoint, token=token, library_name="spl_losses")
 
 
@@ -110,7 +110,7 @@ def check_push_access(repo_id: str, token: Optional[str] = None, endpoint: Optio
     """
     _check_repo_id(repo_id, repo_type)
     where = "(checked before any work was done)"
-    api = _hub_api(repo_id, token, endpoint, where)
+    api = _hub_api(repo_id, token, endpoint, where, repo_type)
     with _hub_errors(api, repo_id, where):
         info = api.whoami()
     return str(info.get("name", "")) if isinstance(info, dict) else ""

@@ -19,7 +19,7 @@ import torch
 
 from .._registry import get_loss_class
 from ..checkpoints import check_checkpoint_classes, load_loss_state, parse_checkpoint, read_model_config
-from ..data.options import parse_dataset_options
+from ..data.options import check_dataset_options, parse_dataset_options
 from .arguments import FLAGS, loss_options
 from .data import RunData
 from .label_matrices import estimate_expected_num_pos
@@ -129,7 +129,12 @@ def check_args(args: argparse.Namespace) -> None:
         from ..hub import check_push_access
 
         check_push_access(args.push_to_hub, repo_type="model")
-    parse_dataset_options(args.dataset_option)
+    options = parse_dataset_options(args.dataset_option)
+    from ..data import is_dataset
+
+    if is_dataset(args.dataset):  # a registered builder: its own options only (cache_dir is the loader's)
+        check_dataset_options(args.dataset, {k: v for k, v in options.items() if k != "cache_dir"},
+                              reserved={"root": "--data-dir", "seed": "--observed-seed"})
 
 
 def _expected_num_pos(args, data: RunData) -> Tuple[Optional[float], Optional[str]]:
