@@ -26,7 +26,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
 
 from spl_losses.data.options import parse_dataset_options
 from spl_losses.training.arguments import flag_defaults, parse_args
@@ -35,8 +35,9 @@ from spl_losses.training.export import export_model
 from spl_losses.training.phases import train_end_to_end_phase, train_linear_phase
 from spl_losses.training.run_dir import RunDir
 from spl_losses.training.run_files import plot_val_map, read_json, read_jsonl, write_json
-from spl_losses.training.search import REFERENCE_GRID, grid_points, run_name, select_winner
+from spl_losses.training.search import REFERENCE_GRID, select_winner
 from spl_losses.training.settings import check_args, resolve_settings
+from spl_losses.training.study import SearchStudy
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
 
@@ -131,33 +132,50 @@ def train(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str,
 
 
 # --------------------------------------------------------------------------------------------- several runs
-def run_search(args, grid: Optional[Dict[str, List[Any]]] = None) -> Dict[str, Any]:
-    """The hyperparameter grid (``search_grid`` of the config, else the protocol's), resumable; the winner
-    by validation mAP. Finished points are reused, interrupted ones continue."""
-    grid = grid or REFERENCE_GRID
-    points = grid_points(grid, allowed=list(flag_defaults()))
+def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optional[Dict[str, Any]] = None):
+    """A hyperparameter search in a shared Optuna study: this worker trains waiting points until none is left
+    (start the same command elsewhere to add workers); the winner by validation mAP."""
     accelerator = make_accelerator(args)
-    summaries = []
-    for point in points:
-        run_dir = os.path.join(args.output_dir, run_name(point))
-        point_args = type(args)(**{**vars(args), **point, "output_dir": run_dir, "search": False, "resume": True})
+    study = SearchStudy(args.output_dir, args.search_storage, args.search_study, grid=grid or REFERENCE_GRID,
+                        space=space, sampler=args.search_sampler, num_trials=args.search_trials, seed=args.seed,
+                        allowed=list(flag_defaults())) if accelerator.is_main_process else None
+    while True:
+        taken = [study.next_trial() if study else None]
+        taken = broadcast_object_list(taken) if accelerator.num_processes > 1 else taken
+        if taken[0] is None:
+            break
+        trial, params, name = taken[0]
+        point = type(args)(**{**vars(args), **params, "output_dir": os.path.join(args.output_dir, name),
+                              "search": False, "resume": True})
         if args.train_mode == "linear_init" and not args.linear_phase_dir \
-                and not any(k.startswith("linear_") for k in point):
-            point_args.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # trained once, shared
-        accelerator.print(f"[search] {run_name(point)}")
-        results = train(point_args, accelerator)
-        if results is None:
+                and not any(k.startswith("linear_") for k in params):
+            point.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # trained once, shared
+        accelerator.print(f"[search] {name}")
+        with RunDir(point.output_dir).held(accelerator):
+            if study:
+                study.mark_locked(trial)
+            try:
+                results = train(point, accelerator)
+            except BaseException:
+                if study:
+                    study.finish(trial, None)
+                raise
+        if study:
+            study.finish(trial, results)
+        if results is None:  # --stop-after
             return {}
-        summaries.append({"name": run_name(point), "params": point, "val_map": results["val_map"],
-                          "test_map": results["test_map"], "best_epoch": results["best_epoch"]})
-    winner = select_winner(summaries)
-    summary = {"grid": grid, "runs": summaries, "winner": winner}
-    if accelerator.is_main_process:
-        write_json(os.path.join(args.output_dir, "search.json"), summary)
-        plot_val_map(os.path.join(args.output_dir, "val_map.png"),
-                     {s["name"]: read_jsonl(os.path.join(args.output_dir, s["name"], "metrics.jsonl"))
-                      for s in summaries}, title=f"{args.dataset}: {args.loss} search",
-                     best={s["name"]: s["best_epoch"] for s in summaries})
+    if not accelerator.is_main_process:
+        return {}
+    runs = study.summaries()
+    if not study.done:
+        accelerator.print(f"[search] {len(runs)} point(s) finished; the others are being trained by other workers")
+        return {"runs": runs}
+    winner = select_winner(runs)
+    summary = {"grid": grid or REFERENCE_GRID, "space": space, "runs": runs, "winner": winner}
+    write_json(os.path.join(args.output_dir, "search.json"), summary)
+    plot_val_map(os.path.join(args.output_dir, "val_map.png"),
+                 {r["name"]: read_jsonl(os.path.join(args.output_dir, r["name"], "metrics.jsonl")) for r in runs},
+                 title=f"{args.dataset}: {args.loss} search", best={r["name"]: r["best_epoch"] for r in runs})
     accelerator.print(f"[search] winner {winner['name']}: val mAP {winner['val_map']:.2f}, "
                       f"test mAP {winner['test_map']:.2f}")
     return summary
@@ -207,7 +225,7 @@ def main(argv: Optional[List[str]] = None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parse_args(argv or ["-c", DEMO_CONFIG])
     if args.search:
-        return run_search(args, extra.get("search_grid"))
+        return run_search(args, extra.get("search_grid"), extra.get("search_space"))
     if extra.get("losses") and not any(a == "--loss" or a.startswith("--loss=") for a in argv):
         return compare_losses(args, extra["losses"])
     return train(args)

@@ -29,7 +29,6 @@ import torch
 from recipe_flags import digits as digits_flags
 from test_recipe import recipe
 
-from spl_losses.training.run_dir import RunDir
 
 
 @pytest.fixture(autouse=True)
@@ -182,14 +181,17 @@ def test_resume_after_the_dataset_changed_is_refused(tmp_path):
 
 
 def test_second_run_into_a_busy_folder_is_refused(tmp_path, data_cache):
+    import fcntl
+
     out = tmp_path / "run"
-    holder = RunDir(str(out))
-    holder.acquire()  # another run holds the folder
+    out.mkdir()
+    holder = open(out / "run.lock", "a+")  # another run (process) holds the folder
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
     try:
         with pytest.raises(ValueError, match="in use by another run"):
             recipe.main(flags(data_cache, out, "--loss", "an"))
     finally:
-        holder.release()
+        holder.close()
     assert not (out / "metrics.jsonl").exists()
     assert recipe.main(flags(data_cache, out, "--loss", "an"))["test_map"] >= 0
 

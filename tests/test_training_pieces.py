@@ -89,16 +89,26 @@ def test_unfinished_run_with_checkpoints_needs_resume(tmp_path):
     RunDir(str(tmp_path)).check({"lr": 0.1}, {}, resume=True)
 
 
-def test_run_dir_lock_refuses_a_second_holder(tmp_path):
-    first, second = RunDir(str(tmp_path)), RunDir(str(tmp_path))
-    first.acquire()
+def test_run_dir_lock_refuses_another_holder_and_is_reentrant(tmp_path):
+    import fcntl
+
+    other = open(tmp_path / "run.lock", "a+")  # another process's lock: a separate open file
+    fcntl.flock(other.fileno(), fcntl.LOCK_EX)
     try:
         with pytest.raises(RunDirBusyError, match="in use by another run"):
-            second.acquire()
+            RunDir(str(tmp_path)).acquire()
     finally:
-        first.release()
-    second.acquire()  # released: free again
+        other.close()  # released (as when that process dies)
+    first, second = RunDir(str(tmp_path)), RunDir(str(tmp_path))
+    first.acquire()
+    second.acquire()  # the same process again: re-entrant
     second.release()
+    blocked = open(tmp_path / "run.lock", "a+")
+    with pytest.raises(OSError):  # still held after one release
+        fcntl.flock(blocked.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    first.release()
+    fcntl.flock(blocked.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
+    blocked.close()
 
 
 def test_early_stopping_rules():

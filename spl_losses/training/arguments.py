@@ -4,8 +4,8 @@
 flags given on the command line override them (timm's convention). Every value, from the command
 line or the file, goes through the same type and range check, so ``epochs: 1.7`` or
 ``train_mode: end2end`` in a config is refused as ``--epochs 1.7`` would be. Keys that are not flags
-are refused, except the config-only keys ``search_grid`` (the grid of ``--search``) and ``losses``
-(several losses to compare, one run each).
+are refused, except the config-only keys ``search_grid`` (the grid of ``--search``), ``search_space``
+(ranges of a ``--search-sampler tpe`` search) and ``losses`` (several losses to compare, one run each).
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LO
 
 TRAIN_MODES = ("linear_fixed_features", "end_to_end", "linear_init")
 #: Keys a YAML config may hold that are not flags.
-CONFIG_ONLY_KEYS = ("search_grid", "losses")
+CONFIG_ONLY_KEYS = ("search_grid", "search_space", "losses")
 
 
 # ------------------------------------------------------------------------------------------ value types
@@ -235,8 +235,15 @@ FLAGS: Tuple[Flag, ...] = (
          positive_int),
     Flag("--keep-checkpoints", 2, "checkpoints kept (the newest; the best epoch's weights are kept besides)",
          positive_int),
-    Flag("--search", False, "run the hyperparameter grid (search_grid of the config, else batch size {8, 16} x "
-         "lr {1e-2, 1e-3, 1e-4, 1e-5})", switch=True),
+    Flag("--search", False, "run a hyperparameter search into OUTPUT_DIR (search_grid of the config, else batch size "
+         "{8, 16} x lr {1e-2, 1e-3, 1e-4, 1e-5}); start the same command again, anywhere, to add workers",
+         switch=True),
+    Flag("--search-storage", None, "the shared Optuna study: an SQLAlchemy URL (postgresql://..., mysql://...) or "
+         "journal:PATH (a journal file on a shared file system); default sqlite:///OUTPUT_DIR/search.db"),
+    Flag("--search-study", "search", "name of the study in the storage"),
+    Flag("--search-sampler", "grid", "grid (every point of search_grid once) or tpe (search_space of the config)",
+         choices=("grid", "tpe")),
+    Flag("--search-trials", None, "points of a tpe search", positive_int),
     Flag("--log-with", None, "accelerate tracker (tensorboard, wandb, mlflow, ...)"),
     Flag("--log-interval", 50, "optimizer steps between the training loss and learning rate sent to the tracker",
          positive_int),

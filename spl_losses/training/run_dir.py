@@ -23,7 +23,8 @@ __all__ = ["RunDir", "IDENTITY_IGNORED", "LOCK_FILENAME", "RunDirBusyError"]
 
 #: config.yaml keys that do not change what a run computes.
 IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "private", "output_dir", "log_with", "workers", "config",
-                    "cache_dir", "search", "progress", "linear_phase_dir", "keep_checkpoints", "log_interval")
+                    "cache_dir", "search", "progress", "linear_phase_dir", "keep_checkpoints", "log_interval",
+                    "search_storage", "search_study", "search_sampler", "search_trials")
 LOCK_FILENAME = "run.lock"
 _OWN_FILES = (LOCK_FILENAME,)
 
@@ -39,9 +40,11 @@ class RunDir:
         path: The folder.
     """
 
+    #: Locks this process holds: absolute path -> [open lock file, times taken] (the lock is re-entrant).
+    _held: Dict[str, list] = {}
+
     def __init__(self, path: str):
         self.path = str(path)
-        self._lock_file = None
 
     def file(self, name: str) -> str:
         """Path of a file of the run.
@@ -118,7 +121,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ the lock
     def acquire(self, wait: bool = False) -> None:
-        """Take the folder's OS lock.
+        """Take the folder's OS lock (re-entrant within a process).
 
         Args:
             wait: Wait for another holder to finish instead of failing.
@@ -128,6 +131,10 @@ class RunDir:
         """
         import fcntl
 
+        key = os.path.abspath(self.path)
+        if key in RunDir._held:
+            RunDir._held[key][1] += 1
+            return
         os.makedirs(self.path, exist_ok=True)
         handle = open(self.file(LOCK_FILENAME), "a+")
         try:
@@ -140,13 +147,16 @@ class RunDir:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        self._lock_file = handle
+        RunDir._held[key] = [handle, 1]
 
     def release(self) -> None:
-        """Release the lock (the lock file stays: deleting it would race with a waiting process)."""
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        """Release the lock once (the lock file stays: deleting it would race with a waiting process)."""
+        key = os.path.abspath(self.path)
+        if key not in RunDir._held:
+            return
+        RunDir._held[key][1] -= 1
+        if RunDir._held[key][1] == 0:
+            RunDir._held.pop(key)[0].close()
 
     @contextlib.contextmanager
     def held(self, accelerator, wait: bool = False):

@@ -1,9 +1,8 @@
 """Bookkeeping of the hyperparameter grid search: run names, skipping, the winner."""
 import itertools
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-__all__ = ["REFERENCE_GRID", "grid_points", "run_name", "is_finished", "select_winner"]
+__all__ = ["REFERENCE_GRID", "grid_points", "run_name", "select_winner"]
 
 #: The grid of Cole et al.'s protocol: batch size {8, 16} x learning rate {1e-2, 1e-3, 1e-4, 1e-5}.
 REFERENCE_GRID: Dict[str, List[Any]] = {"batch_size": [8, 16], "lr": [1e-2, 1e-3, 1e-4, 1e-5]}
@@ -34,15 +33,6 @@ def run_name(point: Mapping[str, Any]) -> str:
         point: Flag name -> value.
     """
     return "_".join(f"{k}-{v}" for k, v in point.items()).replace("/", "-")
-
-
-def is_finished(run_dir: str) -> bool:
-    """Whether a run left its results.json.
-
-    Args:
-        run_dir: The run's folder.
-    """
-    return os.path.isfile(os.path.join(run_dir, "results.json"))
 
 
 def select_winner(runs: Sequence[Mapping[str, Any]], key: str = "val_map") -> Dict[str, Any]:

@@ -104,7 +104,7 @@ class SearchStudy:
         self.num_trials = num_trials
         if sampler == "grid":
             self.points = grid_points(grid, allowed=allowed)
-            self.distributions = _distributions({k: sorted({p[k] for p in self.points}, key=self.points.index)
+            self.distributions = _distributions({k: list(dict.fromkeys(p[k] for p in self.points))
                                                  for k in self.points[0]})
             optuna_sampler = optuna.samplers.GridSampler({k: list(v) for k, v in grid.items()}, seed=seed)
         else:
