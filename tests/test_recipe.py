@@ -356,30 +356,6 @@ def test_output_dir_of_another_run_is_refused(tmp_path, data_cache):
         recipe.main(tiny_flags(data_cache, out, "--loss", "role"))
 
 
-def test_every_config_parses_and_uses_only_flags():
-    from spl_losses.training.arguments import load_config_file, parse_args
-
-    names = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml") and f != "demo.yaml")
-    assert len(names) >= 12
-    for name in names:
-        cfg = load_config_file(os.path.join(CONFIG_DIR, name))
-        args, _ = parse_args(["-c", os.path.join(CONFIG_DIR, name)])
-        assert args.model == "resnet50" and args.pretrained is True and args.image_size == 448, name
-        assert name.startswith(f"{args.dataset}_{args.loss}_") and name.endswith(f"_{args.train_mode}.yaml"), name
-        assert args.epochs == 10 and args.opt == "adam" and args.weight_decay == 0.0, name
-        if args.train_mode == "linear_init":
-            assert args.linear_epochs == 25, name
-        if args.loss in ("epr", "role"):  # SPEC §3: VOC 1.5, COCO 2.9, NUS 1.9, CUB 31.4
-            k = {"voc2012": 1.5, "coco2014": 2.9, "nuswide": 1.9, "cub200": 31.4}[args.dataset]
-            assert args.expected_num_pos == k, name
-        assert set(cfg) - {"search_grid", "losses"} <= set(vars(args)), name
-        from spl_losses.training.arguments import LOSS_OPTION_FLAGS
-        from spl_losses.training.loss_factory import loss_parameters
-
-        options = {LOSS_OPTION_FLAGS[k] for k in LOSS_OPTION_FLAGS if cfg.get(k) is not None}
-        assert options <= loss_parameters(args.loss), (name, options)
-
-
 # ----------------------------------------------------------------------------------------- two processes
 def _free_port():
     with socket.socket() as s:
