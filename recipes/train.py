@@ -140,28 +140,28 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
                         space=space, sampler=args.search_sampler, num_trials=args.search_trials, seed=args.seed,
                         allowed=list(flag_defaults())) if accelerator.is_main_process else None
     while True:
-        taken = [study.next_trial() if study else None]
-        taken = broadcast_object_list(taken) if accelerator.num_processes > 1 else taken
-        if taken[0] is None:
+        trial, point = study.next_trial() if study else (None, None)
+        point = broadcast_object_list([point])[0] if accelerator.num_processes > 1 else point
+        if point is None:
             break
-        trial, params, name = taken[0]
-        point = type(args)(**{**vars(args), **params, "output_dir": os.path.join(args.output_dir, name),
-                              "search": False, "resume": True})
+        params, name = point
+        point_args = type(args)(**{**vars(args), **params, "output_dir": os.path.join(args.output_dir, name),
+                                   "search": False, "resume": True})
         if args.train_mode == "linear_init" and not args.linear_phase_dir \
                 and not any(k.startswith("linear_") for k in params):
-            point.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # trained once, shared
+            point_args.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # trained once, shared
         accelerator.print(f"[search] {name}")
-        with RunDir(point.output_dir).held(accelerator):
+        with RunDir(point_args.output_dir).held(accelerator):  # a dead worker's point: its lock is free
             if study:
                 study.mark_locked(trial)
             try:
-                results = train(point, accelerator)
+                results = train(point_args, accelerator)
             except BaseException:
                 if study:
                     study.finish(trial, None)
                 raise
-        if study:
-            study.finish(trial, results)
+            if study:  # told while the lock is held: a free lock on a RUNNING trial means a dead worker
+                study.finish(trial, results)
         if results is None:  # --stop-after
             return {}
     if not accelerator.is_main_process:

@@ -21,6 +21,7 @@ through ``--search-storage``.
 
 Watch it live with ``optuna-dashboard sqlite:///SEARCH_DIR/search.db`` (``pip install optuna-dashboard``).
 """
+import contextlib
 import os
 import time
 from typing import Any, Dict, List, Mapping, Optional
@@ -45,6 +46,16 @@ def default_storage(search_dir: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(search_dir, 'search.db'))}"
 
 
+@contextlib.contextmanager
+def _search_lock(search_dir: str):
+    """An OS lock on ``SEARCH_DIR/search.lock`` (waits for the holder)."""
+    import fcntl
+
+    with open(os.path.join(search_dir, "search.lock"), "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def _storage(url: str):
     """An Optuna storage for a URL: ``journal:PATH`` is a journal file, anything else an RDB URL."""
     import optuna
@@ -55,8 +66,16 @@ def _storage(url: str):
         path = os.path.abspath(url[len("journal:"):])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                      if url.startswith("sqlite") else None)
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url)
+    # SQLite starts a transaction at its first write, so two workers may both read a trial as WAITING and both
+    # take it: every transaction begins IMMEDIATE (the write lock first), so taking a trial is exclusive.
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120, "isolation_level": None}})
+    event.listen(storage.engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    storage.engine.dispose()
+    return storage
 
 
 def _distributions(space: Mapping[str, Any]):
@@ -117,10 +136,11 @@ class SearchStudy:
             optuna_sampler = optuna.samplers.TPESampler(seed=seed)
         os.makedirs(search_dir, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(study_name=study_name, storage=_storage(storage or default_storage(
-            search_dir)), sampler=optuna_sampler, direction="maximize", load_if_exists=True)
-        for point in self.points:  # idempotent: every worker may do it
-            self.study.enqueue_trial(point, user_attrs={_POINT_ATTR: run_name(point)}, skip_if_exists=True)
+        with _search_lock(search_dir):  # workers starting together create the tables and the queue one at a time
+            self.study = optuna.create_study(study_name=study_name, storage=_storage(storage or default_storage(
+                search_dir)), sampler=optuna_sampler, direction="maximize", load_if_exists=True)
+            for point in self.points:
+                self.study.enqueue_trial(point, user_attrs={_POINT_ATTR: run_name(point)}, skip_if_exists=True)
 
     # ------------------------------------------------------------------ taking points
     def _recover_abandoned(self) -> None:
@@ -150,7 +170,7 @@ class SearchStudy:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
     def next_trial(self):
-        """The next point to train, as ``(trial, params, run name)``, or None when nothing is left.
+        """The next point to train, as ``(trial, (params, run name))``, or ``(None, None)`` when nothing is left.
 
         Raises nothing for a race on the last point: a trial created by a worker that found the queue
         empty is closed as PRUNED (never trained).
@@ -160,18 +180,18 @@ class SearchStudy:
         self._recover_abandoned()
         if self.sampler == "grid":
             if not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                return None
+                return None, None
         elif self._complete() + len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) \
                 >= self.num_trials:
-            return None
+            return None, None
         trial = self.study.ask(fixed_distributions=self.distributions)
         if self.sampler == "grid" and _POINT_ATTR not in trial.user_attrs:
             self.study.tell(trial, state=TrialState.PRUNED)  # another worker took the last waiting point
-            return None
+            return None, None
         params = dict(trial.params)
         name = trial.user_attrs.get(_POINT_ATTR) or run_name(params)
         trial.set_user_attr(_POINT_ATTR, name)
-        return trial, params, name
+        return trial, (params, name)
 
     def mark_locked(self, trial) -> None:
         """Record that the trial's worker holds its run folder's lock (from then on, a free lock means it died).

@@ -1,0 +1,190 @@
+"""--search on a shared Optuna study: several workers, a killed worker, resuming, PostgreSQL, TPE.
+
+Workers are separate processes running ``recipes/train.py ... --search`` (what a user starts on several
+machines or GPUs), on a tiny features dataset so that each point trains in a fraction of a second.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import datasets
+import numpy as np
+import pytest
+import yaml
+from test_recipe import recipe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "recipes", "train.py")
+GRID = {"batch_size": [8, 16], "lr": [0.3, 0.1, 0.03, 0.01]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def features_data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c", "d"]
+    label_feature = datasets.List(datasets.ClassLabel(names=names))
+
+    def split(n):
+        labels = [sorted(rng.choice(4, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
+        feats = np.asarray([[float(c in row) for c in range(4)] for row in labels]) + rng.normal(0, 0.6, (n, 4))
+        return datasets.Dataset.from_dict(
+            {"features": feats.astype(np.float32).tolist(), "labels": labels, "observed_labels": [r[:1] for r in labels],
+             "index": list(range(n))},
+            features=datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": label_feature,
+                                        "observed_labels": label_feature, "index": datasets.Value("int64")}))
+
+    path = tmp_path_factory.mktemp("search_data") / "feats"
+    datasets.DatasetDict({"train": split(64), "validation": split(32), "test": split(32)}).save_to_disk(str(path))
+    return str(path)
+
+
+def _config(tmp_path, features_data, epochs=2, grid=GRID, **extra):
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({"dataset": features_data, "train_mode": "linear_fixed_features", "loss": "an",
+                                      "epochs": epochs, "progress": False, "search_grid": grid, **extra}))
+    return str(config)
+
+
+def _worker(config, out, *extra, env=None):
+    return subprocess.Popen([sys.executable, TRAIN, "-c", config, "--search", "--output-dir", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _trained_points(outputs):
+    return [line.split("] ", 1)[1] for text in outputs for line in text.splitlines()
+            if line.startswith("[search] ") and not line.startswith("[search] winner")
+            and " point(s) finished" not in line]
+
+
+def _metrics(out, name):
+    return [json.loads(line) for line in open(os.path.join(out, name, "metrics.jsonl"))]
+
+
+def test_three_workers_share_one_study_each_point_once(tmp_path, features_data):
+    config = _config(tmp_path, features_data)
+    sequential = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "seq")])
+    assert len(sequential["runs"]) == 8
+    workers = [_worker(config, tmp_path / "shared") for _ in range(3)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    trained = _trained_points(outputs)
+    assert sorted(trained) == sorted(r["name"] for r in sequential["runs"])  # every point once, by one worker
+    shared = json.load(open(tmp_path / "shared" / "search.json"))
+    assert shared["winner"]["name"] == sequential["winner"]["name"]
+    by_name = {r["name"]: r for r in shared["runs"]}
+    for run in sequential["runs"]:
+        assert by_name[run["name"]]["val_map"] == pytest.approx(run["val_map"], abs=1e-9)
+        assert by_name[run["name"]]["test_map"] == pytest.approx(run["test_map"], abs=1e-9)
+        assert [m["val_map"] for m in _metrics(tmp_path / "shared", run["name"])] == \
+            [m["val_map"] for m in _metrics(tmp_path / "seq", run["name"])]
+    # started again: nothing left to train, the same summary
+    again = _worker(config, tmp_path / "shared")
+    assert not _trained_points([again.communicate(timeout=120)[0]])
+    assert json.load(open(tmp_path / "shared" / "search.json"))["winner"] == shared["winner"]
+
+
+def test_a_killed_workers_point_is_retried_and_the_search_completes(tmp_path, features_data):
+    import optuna
+
+    grid = {"lr": [0.3, 0.1]}
+    config = _config(tmp_path, features_data, epochs=40, grid=grid)
+    out = tmp_path / "killed"
+    worker = _worker(config, out)
+    deadline = time.time() + 120
+    first = None
+    while time.time() < deadline and first is None:  # wait until the first point is a few epochs in
+        time.sleep(0.2)
+        for name in os.listdir(out) if out.exists() else []:
+            log = os.path.join(out, name, "metrics.jsonl")
+            if os.path.isfile(log) and sum(1 for _ in open(log)) >= 3:
+                first = name
+    assert first is not None, "the worker did not start training"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not os.path.isfile(os.path.join(out, first, "results.json"))
+    finisher = _worker(config, out)
+    output = finisher.communicate(timeout=600)[0]
+    assert finisher.returncode == 0, output
+    assert first in _trained_points([output])
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1  # the killed trial, retried once
+    epochs = [m["epoch"] for m in _metrics(out, first)]
+    assert epochs == list(range(1, 41))  # resumed from its checkpoint: every epoch logged once
+    assert json.load(open(out / "search.json"))["winner"]["name"]
+
+
+def test_tpe_search_over_ranges(tmp_path, features_data):
+    config = _config(tmp_path, features_data, epochs=2,
+                     search_space={"lr": {"low": 0.01, "high": 0.3, "log": True}, "batch_size": [8, 16]})
+    summary = recipe.main(["-c", config, "--search", "--search-sampler", "tpe", "--search-trials", "3",
+                           "--output-dir", str(tmp_path / "tpe")])
+    assert len(summary["runs"]) == 3
+    for run in summary["runs"]:
+        assert 0.01 <= run["params"]["lr"] <= 0.3 and run["params"]["batch_size"] in (8, 16)
+    assert summary["winner"]["val_map"] == max(r["val_map"] for r in summary["runs"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throw-away PostgreSQL server (initdb refuses root: it runs as the ``postgres`` user)."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("the PostgreSQL driver psycopg is not installed (pip install -e '.[test]')")
+    as_postgres = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    if as_postgres and not shutil.which("runuser"):
+        pytest.skip("running as root without runuser: initdb refuses root")
+    import pathlib
+    import tempfile
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="spl_pg_"))  # in /tmp: pytest's own folders are private to root
+    os.chmod(base, 0o755)
+    if as_postgres:
+        shutil.chown(base, "postgres")
+    data, port = base / "data", _free_port()
+    subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-o", f"-k {base} -p {port} -c listen_addresses=''",
+                    "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_postgres, shutil.which("createdb") or "createdb", "-h", str(base), "-p", str(port),
+                        "-U", "postgres", "search"], check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@/search?host={base}&port={port}"
+    finally:
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_shared_search_on_postgresql(tmp_path, features_data, postgres):
+    config = _config(tmp_path, features_data, epochs=2)
+    workers = [_worker(config, tmp_path / "pg_search", "--search-storage", postgres) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    assert sorted(_trained_points(outputs)) == sorted(
+        f"batch_size-{b}_lr-{lr}" for b in GRID["batch_size"] for lr in GRID["lr"])
+    assert json.load(open(tmp_path / "pg_search" / "search.json"))["winner"]["name"]
