@@ -1,0 +1,119 @@
+"""Time per step of the (N, C) label estimator's optimizer: dense Adam, SparseAdam and LazyAdam.
+
+For each N, the three optimizers train the same estimator (float32, initialised as ROLE's
+unobserved entries) from the same row sequence (B random rows per step, as a shuffled epoch reads
+them) on a ROLE-like loss (the mean binary cross-entropy of the rows' logits towards fixed soft
+targets, so gradients are about 1e-4 per entry as ROLE's estimator gets). Each step is: zero the
+gradient, (LazyAdam only) catch up the batch's rows, read them with ``F.embedding`` (dense gradient
+for Adam, sparse for the other two), backward, optimizer step. Printed per optimizer: the median
+time of the optimizer step alone and of the whole step, the time of LazyAdam's full catch-up at the
+end (what an epoch end or a checkpoint costs), and the max deviation from dense Adam after all the
+steps (absolute, and relative to dense Adam's largest change). A float64 dense Adam run at the
+smallest N gives float32 Adam's own rounding noise for scale.
+
+Usage::
+
+    python benchmarks/estimator_optimizer.py --threads 1 [--num-examples 10000 65000 200000] [--steps 1000]
+"""
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from spl_losses.optim import LazyAdam, catch_up_rows
+
+OPTIMIZERS = ("adam", "sparse_adam", "lazy_adam")
+
+
+def parse_args(argv=None):
+    """Parse the command line.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--num-examples", type=int, nargs="+", default=[10_000, 65_000, 200_000], help="N values")
+    parser.add_argument("--num-classes", type=int, default=80, help="C (default 80, COCO)")
+    parser.add_argument("--batch-size", type=int, default=16, help="B (default 16)")
+    parser.add_argument("--steps", type=int, default=1000, help="steps per run (default 1000)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="estimator learning rate (10x ROLE's linear 1e-3)")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(kind, init, soft_targets, order, args, dtype=torch.float32):
+    """Train a copy of ``init`` with optimizer ``kind``; return (logits, step times, whole-step times, catch-up time)."""
+    device = init.device
+    logits = torch.nn.Parameter(init.to(dtype).clone())
+    sparse = kind != "adam"
+    if kind == "adam":
+        optimizer = torch.optim.Adam([logits], lr=args.lr)
+    elif kind == "sparse_adam":
+        optimizer = torch.optim.SparseAdam([logits], lr=args.lr)
+    else:
+        optimizer = LazyAdam([logits], lr=args.lr)
+    step_times, whole_times = [], []
+    for rows in order:
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        if kind == "lazy_adam":
+            catch_up_rows(logits, rows)
+        read = F.embedding(rows, logits, sparse=sparse)
+        F.binary_cross_entropy_with_logits(read, soft_targets[rows].to(dtype)).backward()
+        _sync(device)
+        before_step = time.perf_counter()
+        optimizer.step()
+        _sync(device)
+        end = time.perf_counter()
+        step_times.append(end - before_step)
+        whole_times.append(end - start)
+    catch_up_time = math.nan
+    if kind == "lazy_adam":
+        start = time.perf_counter()
+        optimizer.catch_up()
+        _sync(device)
+        catch_up_time = time.perf_counter() - start
+    return logits.detach(), step_times, whole_times, catch_up_time
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}; C = {args.num_classes}, "
+          f"B = {args.batch_size}, {args.steps} steps, lr {args.lr}")
+    print(f"{'N':>8} {'optimizer':>12} {'step ms':>9} {'whole ms':>9} {'catch-up ms':>12} "
+          f"{'max |dev|':>10} {'rel dev':>9}")
+    for n in args.num_examples:
+        generator = torch.Generator().manual_seed(args.seed)
+        q = math.log(0.6 / 0.4)
+        init = (torch.rand(n, args.num_classes, generator=generator) * 2 - 1).mul_(q).to(device)
+        soft_targets = torch.rand(n, args.num_classes, generator=generator).to(device)
+        order = [torch.randint(0, n, (args.batch_size,), generator=generator).to(device) for _ in range(args.steps)]
+        results = {kind: train(kind, init, soft_targets, order, args) for kind in OPTIMIZERS}
+        dense = results["adam"][0]
+        moved = (dense - init).abs().max().item()
+        rows = [(kind, *results[kind]) for kind in OPTIMIZERS]
+        if n == min(args.num_examples):
+            rows.append(("adam float64", *train("adam", init, soft_targets, order, args, torch.float64)))
+        for kind, logits, step_times, whole_times, catch_up_time in rows:
+            deviation = (logits.double() - dense.double()).abs().max().item()
+            warm = slice(min(10, len(step_times) - 1), None)
+            print(f"{n:>8} {kind:>12} {1e3 * statistics.median(step_times[warm]):>9.3f} "
+                  f"{1e3 * statistics.median(whole_times[warm]):>9.3f} {1e3 * catch_up_time:>12.1f} "
+                  f"{deviation:>10.2e} {deviation / moved:>9.2e}")
+
+
+if __name__ == "__main__":
+    main()
