@@ -168,6 +168,8 @@ class LazyAdam(Optimizer):
         """Rows' values and moments (copies, parameter dtype) after the skipped steps up to ``upto``."""
         values, m, v = flat.index_select(0, rows), m_all.index_select(0, rows), v_all.index_select(0, rows)
         last = state["last_step"].index_select(0, rows)
+        if not rows.numel() or int(last.min()) >= upto:
+            return values, m, v
         beta1, beta2 = group["betas"]
         update, m64, v64 = skipped_step_updates(m, v, last, upto, state["lr_starts"], state["lr_values"],
                                                 beta1, beta2, group["eps"], window_length(beta1, beta2))
@@ -197,12 +199,11 @@ class LazyAdam(Optimizer):
         upto, last_step = int(state["step"]), state["last_step"]
         if rows is None:
             pending = (last_step < upto).nonzero().squeeze(1)
-        else:
-            pending = torch.unique(torch.as_tensor(rows, device=p.device).long().reshape(-1))
+        else:  # current rows, and repeated ones, are rewritten with the values they hold
+            pending = torch.as_tensor(rows, device=p.device).long().reshape(-1)
             if pending.numel() and (int(pending.min()) < 0 or int(pending.max()) >= p.shape[0]):
                 raise ValueError(f"rows must lie in [0, {p.shape[0]}), got rows from {int(pending.min())} "
                                  f"to {int(pending.max())}")
-            pending = pending[last_step[pending] < upto]
         flat = p.view(p.shape[0], -1)
         m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
         for lo in range(0, pending.shape[0], _CATCH_UP_CHUNK):

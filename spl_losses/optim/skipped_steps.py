@@ -83,9 +83,9 @@ def lr_at_steps(steps: torch.Tensor, lr_starts: torch.Tensor, lr_values: torch.T
 
 @functools.lru_cache(maxsize=16)
 def _step_powers(beta1: float, beta2: float, window: int, device: torch.device):
-    """``beta1^k`` and ``beta2^(k/2)`` for ``k = 1..window`` (float64)."""
+    """``k``, ``beta1^k``, ``beta2^k`` and ``beta2^(k/2)`` for ``k = 1..window`` (float64)."""
     k = torch.arange(1, window + 1, dtype=torch.float64, device=device)
-    return torch.pow(beta1, k), torch.pow(beta2, k / 2)
+    return k, torch.pow(beta1, k), torch.pow(beta2, k), torch.pow(beta2, k / 2)
 
 
 def skipped_step_weights(
@@ -111,20 +111,19 @@ def skipped_step_weights(
     Returns:
         ``(w, e)``, both (R, K) float64; steps past ``upto`` have ``w = 0`` and ``e = 1``.
     """
-    beta1_k, beta2_k = _step_powers(beta1, beta2, window, last_step.device)
+    k, beta1_k, beta2_k, beta2_half_k = _step_powers(beta1, beta2, window, last_step.device)
     first = last_step.double()[:, None]
     # bias corrections 1 - beta^j with j = last_step + k, as 1 - beta^last_step·beta^k
-    correction1 = torch.pow(beta1, first).mul(beta1_k).neg_().add_(1.0)
-    correction2 = torch.pow(beta2, first).mul(beta2_k * beta2_k).neg_().add_(1.0)
-    w = torch.div(beta1_k, correction1)
+    one = first.new_ones(())
+    correction1 = torch.addcmul(one, torch.pow(beta1, first), beta1_k, value=-1.0)
+    correction2 = torch.addcmul(one, torch.pow(beta2, first), beta2_k, value=-1.0)
     if lr_values.numel() == 1:
-        w.mul_(float(lr_values[0]))
+        w = torch.div(beta1_k * float(lr_values[0]), correction1)
     else:
-        w.mul_(lr_at_steps(first + torch.arange(1, window + 1, dtype=torch.float64, device=first.device),
-                           lr_starts, lr_values))
-    e = torch.rsqrt(correction2).mul_(beta2_k)
+        w = torch.div(beta1_k, correction1).mul_(lr_at_steps(first + k, lr_starts, lr_values))
+    e = torch.rsqrt(correction2).mul_(beta2_half_k)
     if int(last_step.max()) + window > upto:
-        skipped = torch.arange(1, window + 1, device=first.device) > (upto - last_step)[:, None]
+        skipped = k > (upto - first)
         w.masked_fill_(skipped, 0.0)
         e.masked_fill_(skipped, 1.0)
     return w, e
@@ -142,20 +141,21 @@ def _series_coefficients(w: torch.Tensor, e: torch.Tensor, tol: float):
     ratio = e / centre[:, None]
     x = ratio - 1.0
     weight = w / ratio.clamp(max=1.0)
-    abs_x = x.abs()
-    bounds, power, degree = [], abs_x, 1
-    for terms in SERIES_TERMS:  # |x|^terms by repeated squaring (the degrees double)
-        while degree < terms:
+    lower = (w / ratio.clamp(min=1.0)).sum(1).mul_(tol)
+    terms = torch.zeros(w.shape[0], dtype=torch.int64, device=w.device)
+    power, degree = x.abs(), 1
+    for candidate in SERIES_TERMS:  # |x|^candidate by repeated squaring (each twice the last)
+        while degree < candidate:
             power, degree = power * power, degree * 2
-        bounds.append((weight * power).sum(1))
-    lower = (w / ratio.clamp(min=1.0)).sum(1)
-    passes = torch.stack(bounds, 1) <= tol * lower[:, None]
-    degrees = torch.tensor(SERIES_TERMS, device=w.device)
-    terms = torch.where(passes.any(1), degrees[passes.to(torch.uint8).argmax(1)], 0)
+        passes = (weight * power).sum(1) <= lower
+        terms = torch.where((terms == 0) & passes, candidate, terms)
+        if bool(terms.all()):
+            break
     most = max(1, int(terms.max()))
     powers = torch.cumprod((-x)[:, :, None].expand(-1, -1, most - 1), dim=2)
     coefficients = torch.cat([wsum[:, None], (w[:, :, None] * powers).sum(1)], 1)
-    coefficients.mul_(torch.arange(most, device=w.device) < terms[:, None])
+    if bool((terms != most).any()):
+        coefficients.mul_(torch.arange(most, device=w.device) < terms[:, None])
     return centre, coefficients, terms
 
 
