@@ -292,3 +292,46 @@ def test_rejects_what_it_cannot_match():
     optimizer.update_rows(param, torch.tensor([0]), torch.ones(1, 2))
     with pytest.raises(ValueError, match="rows must lie in"):
         optimizer.catch_up(rows=torch.tensor([4]))
+
+
+# ----------------------------------------------------------------------- ROLE's estimator
+def test_role_estimator_matches_dense_adam():
+    """The integration proposed for LabelEstimator: catch the batch's rows up before the forward
+    reads them, and every row before ``state_dict()``; then ROLE trains as with dense Adam."""
+    from spl_losses import create_loss
+
+    num_examples, num_classes, dim = 40, 5, 8
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(num_examples, dim, generator=generator)
+    observed = torch.zeros(num_examples, num_classes)
+    observed[torch.arange(num_examples), torch.randint(0, num_classes, (num_examples,), generator=generator)] = 1
+    runs, snapshots = {}, {}
+    for kind in ("adam", "lazy"):
+        torch.manual_seed(0)
+        head = torch.nn.Linear(dim, num_classes)
+        loss_fn = create_loss("role", num_classes=num_classes, num_examples=num_examples, expected_num_pos=1.5,
+                              observed_labels=observed, sparse=kind == "lazy", seed=0)
+        estimator = loss_fn.estimator
+        if kind == "adam":
+            optimizers = [torch.optim.Adam([{"params": head.parameters()},
+                                            {"params": estimator.parameters(), "lr": 1e-2}], lr=1e-3)]
+        else:
+            optimizers = [torch.optim.Adam(head.parameters(), lr=1e-3), LazyAdam(estimator.parameters(), lr=1e-2)]
+            estimator.register_forward_pre_hook(lambda module, args: catch_up_rows(module.logits, args[0]))
+            estimator.register_state_dict_pre_hook(lambda module, prefix, keep_vars: catch_up_rows(module.logits))
+        runs[kind] = (head, loss_fn, optimizers)
+    for step in range(200):
+        index = torch.randint(0, num_examples // 2 if step % 50 < 25 else num_examples, (6,), generator=generator)
+        for kind, (head, loss_fn, optimizers) in runs.items():
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss_fn(head(features[index]), observed[index], index=index).backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            if step == 120:
+                snapshots[kind] = loss_fn.estimator.state_dict()["logits"].clone()
+    torch.testing.assert_close(snapshots["lazy"], snapshots["adam"], rtol=0, atol=1e-5)
+    runs["lazy"][2][1].catch_up()
+    adam_logits, lazy_logits = runs["adam"][1].estimator.logits, runs["lazy"][1].estimator.logits
+    torch.testing.assert_close(lazy_logits, adam_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(runs["lazy"][0].weight, runs["adam"][0].weight, rtol=0, atol=1e-5)
