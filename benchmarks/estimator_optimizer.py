@@ -8,8 +8,10 @@ gradient, (LazyAdam only) catch up the batch's rows, read them with ``F.embeddin
 for Adam, sparse for the other two), backward, optimizer step. Printed per optimizer: the median
 time of the optimizer step alone and of the whole step, the time of LazyAdam's full catch-up at the
 end (what an epoch end or a checkpoint costs), and the max deviation from dense Adam after all the
-steps (absolute, and relative to dense Adam's largest change). A float64 dense Adam run at the
-smallest N gives float32 Adam's own rounding noise for scale.
+steps (absolute, and relative to dense Adam's largest change). At the smallest N, float64 runs of
+dense Adam (its deviation from the float32 run is float32's own noise: a gradient near zero can
+change sign under rounding, and Adam's step does not shrink with the gradient) and of LazyAdam
+(its deviation is from the float64 dense Adam: the closed form's own error) are added.
 
 Usage::
 
@@ -104,10 +106,12 @@ def main(argv=None):
         dense = results["adam"][0]
         moved = (dense - init).abs().max().item()
         rows = [(kind, *results[kind]) for kind in OPTIMIZERS]
-        if n == min(args.num_examples):
-            rows.append(("adam float64", *train("adam", init, soft_targets, order, args, torch.float64)))
+        if n == min(args.num_examples):  # float64 runs: LazyAdam's own error, without float32 rounding
+            rows += [(f"{kind} float64", *train(kind, init, soft_targets, order, args, torch.float64))
+                     for kind in ("adam", "lazy_adam")]
         for kind, logits, step_times, whole_times, catch_up_time in rows:
-            deviation = (logits.double() - dense.double()).abs().max().item()
+            reference = rows[-2][1] if kind == "lazy_adam float64" else dense
+            deviation = (logits.double() - reference.double()).abs().max().item()
             warm = slice(min(10, len(step_times) - 1), None)
             print(f"{n:>8} {kind:>12} {1e3 * statistics.median(step_times[warm]):>9.3f} "
                   f"{1e3 * statistics.median(whole_times[warm]):>9.3f} {1e3 * catch_up_time:>12.1f} "

@@ -165,6 +165,24 @@ def test_dense_gradients_count_every_row():
     torch.testing.assert_close(lazy.bias, dense.bias)
 
 
+def test_betas_and_eps_may_change_between_steps():
+    generator = torch.Generator().manual_seed(0)
+    init = torch.randn(30, 4, dtype=torch.float64, generator=generator)
+    dense, lazy_param = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+    adam, lazy = torch.optim.Adam([dense], lr=1e-2), LazyAdam([lazy_param], lr=1e-2)
+    for step in range(120):
+        if step == 60:
+            for optimizer in (adam, lazy):
+                optimizer.param_groups[0].update(betas=(0.8, 0.99), eps=1e-6)
+        rows = torch.randint(0, 30, (3,), generator=generator)
+        grad = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+        dense.grad = torch.zeros_like(init).index_add_(0, rows, grad)
+        lazy.update_rows(lazy_param, rows, grad)
+        adam.step()
+    lazy.catch_up()
+    torch.testing.assert_close(lazy_param, dense, rtol=1e-10, atol=1e-12)
+
+
 def test_update_rows_sums_repeated_rows():
     param, reference = torch.nn.Parameter(torch.zeros(10, 2)), torch.nn.Parameter(torch.zeros(10, 2))
     lazy, adam = LazyAdam([param], lr=0.1), torch.optim.Adam([reference], lr=0.1)
@@ -185,7 +203,7 @@ def test_state_is_plain_tensors_and_keeps_its_dtypes():
     param.grad = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.ones(2, 2), (6, 2), check_invariants=True)
     optimizer.step()
     state = optimizer.state_dict()["state"][0]
-    assert set(state) == {"step", "exp_avg", "exp_avg_sq", "last_step", "lr_starts", "lr_values"}
+    assert set(state) == {"step", "exp_avg", "exp_avg_sq", "last_step", "lr_starts", "lr_values", "betas_eps"}
     assert all(isinstance(value, torch.Tensor) for value in state.values())
     fresh = LazyAdam([param], lr=0.1)
     fresh.load_state_dict(optimizer.state_dict())

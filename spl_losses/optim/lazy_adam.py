@@ -15,7 +15,7 @@ MAX_LR_SEGMENTS = 1024
 #: Rows caught up per chunk by a full catch-up (bounds its float64 temporaries).
 _CATCH_UP_CHUNK = 1 << 14
 #: Keys of a parameter's state besides Adam's ``step``, ``exp_avg`` and ``exp_avg_sq``.
-_ROW_KEYS = ("last_step", "lr_starts", "lr_values")
+_ROW_KEYS = ("last_step", "lr_starts", "lr_values", "betas_eps")
 #: id(parameter) -> (weak parameter, weak optimizer) for :func:`catch_up_rows`.
 _OWNERS: Dict[int, Tuple[weakref.ref, weakref.ref]] = {}
 
@@ -65,12 +65,7 @@ class LazyAdam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False):
-        if weight_decay != 0.0:
-            raise ValueError(f"LazyAdam has no weight decay (it makes every row's gradient nonzero), "
-                             f"got weight_decay={weight_decay}")
-        if amsgrad:
-            raise ValueError("LazyAdam does not implement AMSGrad, got amsgrad=True")
-        _check_hyperparameters(lr, betas, eps)
+        _check_group(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
 
     def add_param_group(self, param_group: dict) -> None:
@@ -81,7 +76,7 @@ class LazyAdam(Optimizer):
         """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hyperparameters(group["lr"], group["betas"], group["eps"])
+        _check_group(group)
         for p in group["params"]:
             if p.dim() == 0:
                 raise ValueError("LazyAdam needs parameters with at least one dimension (their rows), "
@@ -143,19 +138,22 @@ class LazyAdam(Optimizer):
 
     def _step_rows(self, group: dict, p: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor) -> None:
         """Adam step ``t`` on unique ``rows`` (None: every row) of ``p``, after catching them up to ``t - 1``."""
-        state = self._state_of(p)
+        state = self._state_of(p, group)
         beta1, beta2 = group["betas"]
         lr, eps = float(group["lr"]), group["eps"]
+        if state["betas_eps"].tolist() != [beta1, beta2, eps]:  # owed steps keep the old values
+            self._catch_up_param(p, None)
+            state["betas_eps"] = _betas_eps(group)
         t = int(state["step"]) + 1
         if state["lr_starts"].numel() >= MAX_LR_SEGMENTS:
-            self._catch_up_param(group, p, None)
+            self._catch_up_param(p, None)
         _record_lr(state, t, lr)
         flat = p.view(p.shape[0], -1)
         m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
         if rows is None:
             rows = torch.arange(p.shape[0], device=p.device)
         grad = grad.reshape(rows.shape[0], -1)
-        values, m, v = self._caught_up(group, state, flat, m_all, v_all, rows, t - 1)
+        values, m, v = self._caught_up(state, flat, m_all, v_all, rows, t - 1)
         # step t exactly as torch.optim.Adam's single-tensor path computes it
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -164,15 +162,16 @@ class LazyAdam(Optimizer):
         _scatter_rows(flat, m_all, v_all, state["last_step"], rows, values, m, v, t)
         state["step"].fill_(t)
 
-    def _caught_up(self, group, state, flat, m_all, v_all, rows, upto):
+    @staticmethod
+    def _caught_up(state, flat, m_all, v_all, rows, upto):
         """Rows' values and moments (copies, parameter dtype) after the skipped steps up to ``upto``."""
         values, m, v = flat.index_select(0, rows), m_all.index_select(0, rows), v_all.index_select(0, rows)
         last = state["last_step"].index_select(0, rows)
         if not rows.numel() or int(last.min()) >= upto:
             return values, m, v
-        beta1, beta2 = group["betas"]
+        beta1, beta2, eps = state["betas_eps"].tolist()
         update, m64, v64 = skipped_step_updates(m, v, last, upto, state["lr_starts"], state["lr_values"],
-                                                beta1, beta2, group["eps"], window_length(beta1, beta2))
+                                                beta1, beta2, eps, window_length(beta1, beta2))
         values = (values.double() - update).to(flat.dtype)
         return values, m64.to(flat.dtype), v64.to(flat.dtype)
 
@@ -192,12 +191,13 @@ class LazyAdam(Optimizer):
                 if wanted is not None and not any(p is q for q in wanted):
                     continue
                 if self.state.get(p):
-                    self._catch_up_param(group, p, rows)
+                    self._catch_up_param(p, rows)
 
-    def _catch_up_param(self, group: dict, p: torch.Tensor, rows: Optional[torch.Tensor]) -> None:
+    def _catch_up_param(self, p: torch.Tensor, rows: Optional[torch.Tensor]) -> None:
         state = self.state[p]
         upto, last_step = int(state["step"]), state["last_step"]
         if rows is None:
+            last_step.masked_fill_(last_step == 0, upto)  # never stepped: zero moments, nothing owed
             pending = (last_step < upto).nonzero().squeeze(1)
         else:  # current rows, and repeated ones, are rewritten with the values they hold
             pending = torch.as_tensor(rows, device=p.device).long().reshape(-1)
@@ -208,13 +208,13 @@ class LazyAdam(Optimizer):
         m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
         for lo in range(0, pending.shape[0], _CATCH_UP_CHUNK):
             chunk = pending[lo:lo + _CATCH_UP_CHUNK]
-            values, m, v = self._caught_up(group, state, flat, m_all, v_all, chunk, upto)
+            values, m, v = self._caught_up(state, flat, m_all, v_all, chunk, upto)
             _scatter_rows(flat, m_all, v_all, last_step, chunk, values, m, v, upto)
         if rows is None:
             state["lr_starts"], state["lr_values"] = _empty_lr_history()
 
     # ------------------------------------------------------------------------------------- state
-    def _state_of(self, p: torch.Tensor) -> dict:
+    def _state_of(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]
         if not state:
             state["step"] = torch.tensor(0, dtype=torch.int64)
@@ -222,6 +222,7 @@ class LazyAdam(Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["last_step"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
             state["lr_starts"], state["lr_values"] = _empty_lr_history()
+            state["betas_eps"] = _betas_eps(group)
         return state
 
     def _group_of(self, param: torch.Tensor) -> dict:
@@ -238,9 +239,12 @@ class LazyAdam(Optimizer):
                 integer / float64 dtypes (the base class would cast them to the parameter's dtype).
         """
         super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            _check_group(group)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        groups = [g for g in self.param_groups for _ in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        for saved_id, p, group in zip(saved_ids, params, groups):
             saved = state_dict["state"].get(saved_id)
             if not saved:
                 continue
@@ -261,9 +265,11 @@ class LazyAdam(Optimizer):
                 state["last_step"] = saved["last_step"].to(device=p.device, dtype=torch.int64).clone()
                 state["lr_starts"] = saved["lr_starts"].to(device="cpu", dtype=torch.int64).clone()
                 state["lr_values"] = saved["lr_values"].to(device="cpu", dtype=torch.float64).clone()
+                state["betas_eps"] = saved["betas_eps"].to(device="cpu", dtype=torch.float64).clone()
             else:  # an Adam state: every row is current
                 state["last_step"] = torch.full((p.shape[0],), step, dtype=torch.int64, device=p.device)
                 state["lr_starts"], state["lr_values"] = _empty_lr_history()
+                state["betas_eps"] = _betas_eps(group)
 
 
 def catch_up_rows(param: torch.Tensor, rows: Optional[torch.Tensor] = None) -> None:
@@ -291,7 +297,15 @@ def _register_owner(param: torch.Tensor, optimizer: LazyAdam) -> None:
     _OWNERS[key] = (weakref.ref(param), weakref.ref(optimizer))
 
 
-def _check_hyperparameters(lr, betas, eps) -> None:
+def _check_group(group: dict) -> None:
+    """Refuse what would make LazyAdam differ from Adam or its closed form invalid."""
+    lr, eps, betas = group["lr"], group["eps"], group["betas"]
+    if group.get("weight_decay", 0.0) != 0.0:
+        raise ValueError(f"LazyAdam has no weight decay (it makes every row's gradient nonzero), "
+                         f"got weight_decay={group['weight_decay']}")
+    for flag in ("amsgrad", "maximize"):
+        if group.get(flag, False):
+            raise ValueError(f"LazyAdam does not implement {flag}, got {flag}=True")
     if isinstance(lr, torch.Tensor):
         lr = float(lr)
     if not (isinstance(lr, (int, float)) and lr >= 0.0):
@@ -301,6 +315,12 @@ def _check_hyperparameters(lr, betas, eps) -> None:
     if len(tuple(betas)) != 2:
         raise ValueError(f"betas must be a pair, got {betas!r}")
     window_length(*(float(b) for b in betas))  # raises unless 0 <= beta1**2 < beta2 < 1
+
+
+def _betas_eps(group: dict) -> torch.Tensor:
+    """The decays and epsilon the skipped steps are owed under (changes apply from the next step)."""
+    beta1, beta2 = group["betas"]
+    return torch.tensor([beta1, beta2, group["eps"]], dtype=torch.float64)
 
 
 def _empty_lr_history():
