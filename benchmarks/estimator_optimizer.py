@@ -57,7 +57,11 @@ def _clock(device: torch.device) -> float:
 
 
 def train(kind, init, soft_targets, order, args, dtype=torch.float32):
-    """Train a copy of ``init`` with optimizer ``kind``; return (logits, step times, whole-step times, catch-up time)."""
+    """Train a copy of ``init`` with optimizer ``kind``.
+
+    Returns:
+        The trained logits, the step times, the whole-step times and LazyAdam's final catch-up time.
+    """
     device = init.device
     logits = torch.nn.Parameter(init.to(dtype).clone())
     sparse = kind != "adam"

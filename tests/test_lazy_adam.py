@@ -99,8 +99,9 @@ def test_skipped_steps_match_stepwise_adam(first_step, skipped):
     # rows current at different steps, caught up together
     upto = first_step - 1 + skipped
     last = torch.tensor([first_step - 1, first_step - 1, first_step - 1 + skipped // 2, upto - 1])
-    update, m_after, v_after = skipped_steps.skipped_step_updates(
-        m, v, last, upto, starts, values, beta1, beta2, eps, skipped_steps.window_length(beta1, beta2))
+    window = skipped_steps.window_length(beta1, beta2)
+    owed = skipped_steps.SkippedSteps(upto, starts, values, beta1, beta2, eps, window)
+    update, m_after, v_after = skipped_steps.skipped_step_updates(m, v, last, owed)
     expected = [stepwise_zero_grad_adam(m[r], v[r], int(last[r]) + 1, upto, lr_of_step, beta1, beta2, eps)
                 for r in range(4)]
     expected_update, expected_m, expected_v = (torch.stack(column) for column in zip(*expected))
@@ -110,8 +111,9 @@ def test_skipped_steps_match_stepwise_adam(first_step, skipped):
 
 
 def test_rows_last_touched_early_are_summed_term_by_term():
-    w, e = skipped_steps.skipped_step_weights(torch.tensor([1, 5000]), 10 ** 6, torch.tensor([0]),
-                                              torch.tensor([1e-2], dtype=torch.float64), 0.9, 0.999, 307)
+    owed = skipped_steps.SkippedSteps(10 ** 6, torch.tensor([0]), torch.tensor([1e-2], dtype=torch.float64),
+                                      0.9, 0.999, 1e-8, 307)
+    w, e = skipped_steps.skipped_step_weights(torch.tensor([1, 5000]), owed, 307)
     _, _, terms = skipped_steps._series_coefficients(w, e, skipped_steps.SERIES_TOL)
     assert terms.tolist() == [0, 8]  # 0: no polynomial is accurate enough, summed term by term
 

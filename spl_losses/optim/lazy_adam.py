@@ -6,7 +6,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 from torch.optim import Optimizer
 
-from .skipped_steps import skipped_step_updates, window_length
+from .skipped_steps import SkippedSteps, skipped_step_updates, window_length
 
 __all__ = ["LazyAdam", "catch_up_rows"]
 
@@ -129,9 +129,10 @@ class LazyAdam(Optimizer):
         group = self._group_of(param)
         rows = torch.as_tensor(rows, device=param.device).long().reshape(-1)
         grad = grad.to(device=param.device, dtype=param.dtype)
-        if grad.shape != (rows.shape[0],) + tuple(param.shape[1:]):
-            raise ValueError(f"grad has shape {tuple(grad.shape)}, expected {(rows.shape[0],) + tuple(param.shape[1:])} "
-                             f"({rows.shape[0]} rows of a parameter of shape {tuple(param.shape)})")
+        expected = (rows.shape[0],) + tuple(param.shape[1:])
+        if tuple(grad.shape) != expected:
+            raise ValueError(f"grad has shape {tuple(grad.shape)}, expected {expected} ({rows.shape[0]} rows of a "
+                             f"parameter of shape {tuple(param.shape)})")
         unique, inverse = torch.unique(rows, return_inverse=True)
         summed = grad.new_zeros((unique.shape[0],) + tuple(param.shape[1:])).index_add_(0, inverse, grad)
         self._step_rows(group, param, unique, summed)
@@ -170,8 +171,9 @@ class LazyAdam(Optimizer):
         if not rows.numel() or int(last.min()) >= upto:
             return values, m, v
         beta1, beta2, eps = state["betas_eps"].tolist()
-        update, m64, v64 = skipped_step_updates(m, v, last, upto, state["lr_starts"], state["lr_values"],
-                                                beta1, beta2, eps, window_length(beta1, beta2))
+        owed = SkippedSteps(upto, state["lr_starts"], state["lr_values"], beta1, beta2, eps,
+                            window_length(beta1, beta2))
+        update, m64, v64 = skipped_step_updates(m, v, last, owed)
         values = (values.double() - update).to(flat.dtype)
         return values, m64.to(flat.dtype), v64.to(flat.dtype)
 

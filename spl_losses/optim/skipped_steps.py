@@ -30,11 +30,11 @@ which :func:`window_length` makes negligible (it needs ``beta1^2 < beta2``; Adam
 """
 import functools
 import math
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 
-__all__ = ["window_length", "lr_at_steps", "skipped_step_weights", "skipped_step_updates"]
+__all__ = ["SkippedSteps", "window_length", "lr_at_steps", "skipped_step_weights", "skipped_step_updates"]
 
 #: Numbers of terms tried for the polynomial in ``t`` (its per-entry cost), each twice the last.
 #: With Adam's defaults 8 terms meet 1e-12 for rows last touched after step ~1,000, 16 after
@@ -88,29 +88,40 @@ def _step_powers(beta1: float, beta2: float, window: int, device: torch.device):
     return k, torch.pow(beta1, k), torch.pow(beta2, k), torch.pow(beta2, k / 2)
 
 
-def skipped_step_weights(
-        last_step: torch.Tensor,
-        upto: int,
-        lr_starts: torch.Tensor,
-        lr_values: torch.Tensor,
-        beta1: float,
-        beta2: float,
-        window: int,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+class SkippedSteps(NamedTuple):
+    """The zero-gradient Adam steps rows owe: those up to step ``upto``, and what they ran under.
+
+    Attributes:
+        upto: The step to catch up to.
+        lr_starts: (H,) int64 learning-rate history (see :func:`lr_at_steps`) covering the steps.
+        lr_values: (H,) float64 learning rates.
+        beta1: Adam's first-moment decay.
+        beta2: Adam's second-moment decay.
+        eps: Adam's epsilon (>= 0).
+        window: K, the number of skipped steps summed (:func:`window_length`).
+    """
+
+    upto: int
+    lr_starts: torch.Tensor
+    lr_values: torch.Tensor
+    beta1: float
+    beta2: float
+    eps: float
+    window: int
+
+
+def skipped_step_weights(last_step: torch.Tensor, steps: SkippedSteps, window: int):
     """The per-row factors ``w_k`` and ``e_k`` of the skipped steps ``last_step + k <= upto``, ``k <= window``.
 
     Args:
         last_step: (R,) int64, the step each row is current at.
-        upto: The step to catch up to.
-        lr_starts: Learning-rate history (see :func:`lr_at_steps`), covering the skipped steps.
-        lr_values: Learning-rate history values.
-        beta1: Adam's first-moment decay.
-        beta2: Adam's second-moment decay.
-        window: K, the number of skipped steps summed.
+        steps: The steps owed.
+        window: K, the number of skipped steps summed (at most ``steps.window``).
 
     Returns:
         ``(w, e)``, both (R, K) float64; steps past ``upto`` have ``w = 0`` and ``e = 1``.
     """
+    upto, lr_starts, lr_values, beta1, beta2 = steps.upto, steps.lr_starts, steps.lr_values, steps.beta1, steps.beta2
     k, beta1_k, beta2_k, beta2_half_k = _step_powers(beta1, beta2, window, last_step.device)
     first = last_step.double()[:, None]
     # bias corrections 1 - beta^j with j = last_step + k, as 1 - beta^last_step·beta^k
@@ -185,43 +196,32 @@ def skipped_step_updates(
         exp_avg: torch.Tensor,
         exp_avg_sq: torch.Tensor,
         last_step: torch.Tensor,
-        upto: int,
-        lr_starts: torch.Tensor,
-        lr_values: torch.Tensor,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        window: int,
+        steps: SkippedSteps,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What Adam does to rows with zero gradient from ``last_step + 1`` to ``upto``.
+    """What Adam does to rows with zero gradient from ``last_step + 1`` to ``steps.upto``.
 
     Args:
         exp_avg: (R, C) first moments after each row's ``last_step``.
         exp_avg_sq: (R, C) second moments after each row's ``last_step``.
-        last_step: (R,) int64, the step each row is current at (``<= upto``).
-        upto: The step to catch up to.
-        lr_starts: Learning-rate history (see :func:`lr_at_steps`), covering the skipped steps.
-        lr_values: Learning-rate history values.
-        beta1: Adam's first-moment decay.
-        beta2: Adam's second-moment decay.
-        eps: Adam's epsilon (>= 0).
-        window: K from :func:`window_length`.
+        last_step: (R,) int64, the step each row is current at (``<= steps.upto``).
+        steps: The steps owed.
 
     Returns:
         ``(update, exp_avg, exp_avg_sq)`` in float64: the sum of the skipped steps' updates (to be
         subtracted from the parameter) and the moments after step ``upto``.
     """
-    skipped = (upto - last_step).double()[:, None]
+    eps = steps.eps
+    skipped = (steps.upto - last_step).double()[:, None]
     m, v = exp_avg.double(), exp_avg_sq.double()
-    m_after, v_after = m * torch.pow(beta1, skipped), v * torch.pow(beta2, skipped)
-    window = min(window, int(skipped.max())) if m.numel() else 0
+    m_after, v_after = m * torch.pow(steps.beta1, skipped), v * torch.pow(steps.beta2, skipped)
+    window = min(steps.window, int(skipped.max())) if m.numel() else 0
     if window <= 0:
         return torch.zeros_like(m), m_after, v_after
     if last_step.shape[0] > _GROUP_ROWS_ABOVE:
         firsts, inverse = torch.unique(last_step, return_inverse=True)
     else:
         firsts, inverse = last_step, None
-    w, e = skipped_step_weights(firsts, upto, lr_starts, lr_values, beta1, beta2, window)
+    w, e = skipped_step_weights(firsts, steps, window)
     s = v.sqrt()
     if eps == 0.0:
         total = (w / e).sum(1)
