@@ -28,7 +28,8 @@ class LazyAdam(Optimizer):
     rows' Adam updates (their gradient is zero, so their moments only decay) are applied in closed
     form when the row is next caught up, so every caught-up row holds what ``torch.optim.Adam`` on
     the dense gradient would hold, to float tolerance (the closed form is within 1e-12 relative of
-    the skipped steps' sum, eps included; see :mod:`spl_losses.optim.skipped_steps`). Unlike
+    the skipped steps' sum, eps included, 1e-9 for other than float64 parameters; see
+    :mod:`spl_losses.optim.skipped_steps`). Unlike
     ``torch.optim.SparseAdam`` (and TF Addons' ``LazyAdam``), whose moments decay only on the steps
     a row is seen, this is dense Adam. Catching up R rows costs O(R·(C·P + K)) with P = 8 terms
     (16 or 32 for rows last touched in the first ~1,000 steps) and K ~ 300 skipped steps summed per
@@ -181,9 +182,8 @@ class LazyAdam(Optimizer):
         last = state["last_step"].index_select(0, rows)
         if not rows.numel() or int(last.min()) >= upto:
             return values, m, v
-        beta1, beta2, eps = state["betas_eps"].tolist()
-        owed = SkippedSteps(upto, state["lr_starts"], state["lr_values"], beta1, beta2, eps,
-                            window_length(beta1, beta2))
+        owed = SkippedSteps.for_dtype(flat.dtype, upto, state["lr_starts"], state["lr_values"],
+                                      *state["betas_eps"].tolist())
         update, m64, v64 = skipped_step_updates(m, v, last, owed)
         values = (values.double() - update).to(flat.dtype)
         return values, m64.to(flat.dtype), v64.to(flat.dtype)

@@ -26,7 +26,8 @@ Only the first ``K`` skipped steps are summed: the terms are at most ``|m|/s · 
 Adam's moments, ``|m|/s <= G = (1 - beta1) / sqrt((1 - beta2)(1 - beta1^2/beta2))``, so the steps
 after the ``K``-th add at most ``G·lr_max·rho^(K+1)/(1 - rho)`` with ``rho = beta1/sqrt(beta2)``,
 which :func:`window_length` makes negligible (it needs ``beta1^2 < beta2``; Adam's defaults give
-``rho = 0.9005`` and ``K = 307`` for a bound of 1e-13 times one step of size ``G·lr_max``).
+``rho = 0.9005`` and ``K = 307`` for a bound of 1e-13 times one step of size ``G·lr_max``, the
+bound used for float64 parameters, and ``K = 241`` for 1e-10, the one used for the others).
 """
 import functools
 import math
@@ -37,13 +38,14 @@ import torch
 __all__ = ["SkippedSteps", "window_length", "lr_at_steps", "skipped_step_weights", "skipped_step_updates"]
 
 #: Numbers of terms tried for the polynomial in ``t`` (its per-entry cost), each twice the last.
-#: With Adam's defaults 8 terms meet 1e-12 for rows last touched after step ~1,000, 16 after
-#: step ~100, 32 after step ~20.
+#: With Adam's defaults and a 1e-12 tolerance, 8 terms do for rows last touched after step ~1,000,
+#: 16 after step ~100, 32 after step ~20; with 1e-9, after steps ~200, ~40 and ~5.
 SERIES_TERMS = (8, 16, 32)
-#: Relative error allowed to the polynomial; rows above it are summed term by term.
-SERIES_TOL = 1e-12
-#: Bound on the neglected steps after the window, in units of one step of size ``G·lr_max``.
-TAIL_TOL = 1e-13
+#: Relative error allowed to the polynomial (rows above it are summed term by term) and bound on
+#: the neglected steps after the window (in steps of size ``G·lr_max``): for float64 parameters,
+#: and for the others (1e-9 is far under float32's rounding, 6e-8).
+SERIES_TOL, TAIL_TOL = 1e-12, 1e-13
+SERIES_TOL_FLOAT32, TAIL_TOL_FLOAT32 = 1e-9, 1e-10
 #: Entries summed term by term per chunk (float64 ``rows x C x K``).
 _EXACT_CHUNK = 1 << 21
 #: Above this many rows, rows sharing a last step share their per-row factors.
@@ -99,6 +101,7 @@ class SkippedSteps(NamedTuple):
         beta2: Adam's second-moment decay.
         eps: Adam's epsilon (>= 0).
         window: K, the number of skipped steps summed (:func:`window_length`).
+        tol: Relative error allowed to the polynomial in ``t``.
     """
 
     upto: int
@@ -108,6 +111,25 @@ class SkippedSteps(NamedTuple):
     beta2: float
     eps: float
     window: int
+    tol: float = SERIES_TOL
+
+    @classmethod
+    def for_dtype(cls, dtype: torch.dtype, upto: int, lr_starts: torch.Tensor, lr_values: torch.Tensor,
+                  beta1: float, beta2: float, eps: float) -> "SkippedSteps":
+        """The steps owed by a parameter of ``dtype``, with tolerances far under its rounding.
+
+        Args:
+            dtype: The parameter's dtype (float64: 1e-12 / 1e-13; others: 1e-9 / 1e-10).
+            upto: The step to catch up to.
+            lr_starts: Learning-rate history steps.
+            lr_values: Learning-rate history values.
+            beta1: Adam's first-moment decay.
+            beta2: Adam's second-moment decay.
+            eps: Adam's epsilon.
+        """
+        series_tol, tail_tol = (SERIES_TOL, TAIL_TOL) if dtype == torch.float64 else \
+            (SERIES_TOL_FLOAT32, TAIL_TOL_FLOAT32)
+        return cls(upto, lr_starts, lr_values, beta1, beta2, eps, window_length(beta1, beta2, tail_tol), series_tol)
 
 
 def skipped_step_weights(last_step: torch.Tensor, steps: SkippedSteps, window: int):
@@ -227,7 +249,7 @@ def skipped_step_updates(
         total = (w / e).sum(1)
         total = (total if inverse is None else total[inverse])[:, None] / s
         return total.nan_to_num_(nan=0.0, posinf=0.0).mul_(m), m_after, v_after
-    centre, coefficients, terms = _series_coefficients(w, e, SERIES_TOL)
+    centre, coefficients, terms = _series_coefficients(w, e, steps.tol)
     if inverse is not None:
         centre, coefficients, terms = centre[inverse], coefficients[inverse], terms[inverse]
     if inverse is None or coefficients.shape[1] <= min(SERIES_TERMS):
