@@ -212,6 +212,7 @@ class LazyAdam(Optimizer):
         if rows is None:
             last_step.masked_fill_(last_step == 0, upto)  # never stepped: zero moments, nothing owed
             pending = (last_step < upto).nonzero().squeeze(1)
+            pending = pending[last_step[pending].argsort()]  # chunks of rows sharing last steps
         else:  # current rows, and repeated ones, are rewritten with the values they hold
             pending = torch.as_tensor(rows, device=p.device).long().reshape(-1)
             if pending.numel() and (int(pending.min()) < 0 or int(pending.max()) >= p.shape[0]):

@@ -185,11 +185,21 @@ def _series_coefficients(w: torch.Tensor, e: torch.Tensor, tol: float):
         if bool(terms.all()):
             break
     most = max(1, int(terms.max()))
-    powers = torch.cumprod((-x)[:, :, None].expand(-1, -1, most - 1), dim=2)
-    coefficients = torch.cat([wsum[:, None], (w[:, :, None] * powers).sum(1)], 1)
-    if bool((terms != most).any()):
-        coefficients.mul_(torch.arange(most, device=w.device) < terms[:, None])
+    if not bool((terms != most).any()):
+        return centre, _moments(w, x, most), terms
+    coefficients = w.new_zeros(w.shape[0], most)
+    for degree in terms.unique().tolist():  # each row with its own number of terms (0: none)
+        rows = (terms == degree).nonzero().squeeze(1)
+        coefficients[rows, :degree] = _moments(w[rows], x[rows], degree)
     return centre, coefficients, terms
+
+
+def _moments(w: torch.Tensor, x: torch.Tensor, count: int) -> torch.Tensor:
+    """``sum_k w_k·(-x_k)^p`` for ``p = 0..count-1``, per row."""
+    if count <= 1:
+        return w.sum(1, keepdim=True)[:, :count]
+    powers = torch.cumprod((-x)[:, :, None].expand(-1, -1, count - 1), dim=2)
+    return torch.cat([w.sum(1, keepdim=True), (w[:, :, None] * powers).sum(1)], 1)
 
 
 def _series_sum(s: torch.Tensor, eps: float, centre: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
