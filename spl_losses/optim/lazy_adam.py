@@ -265,9 +265,9 @@ class LazyAdam(Optimizer):
             state_dict: The optimizer state; the row counters and learning-rate history keep their
                 integer / float64 dtypes (the base class would cast them to the parameter's dtype).
         """
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
+        for group in state_dict["param_groups"]:
             _check_group(group)
+        super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         groups = [g for g in self.param_groups for _ in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
