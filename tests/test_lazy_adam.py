@@ -38,10 +38,10 @@ def to_safetensors_and_back(state_dict):
 
 
 def draw_rows(step, num_rows, generator):
-    """A batch of rows: a hot pair every step, random rows (repeats included), and phases in which
-    only the first quarter is drawn, so other rows go untouched for long stretches; the last row
-    is never drawn."""
-    high = num_rows - 1 if (step // 120) % 2 == 0 else num_rows // 4
+    """A batch of rows: a hot pair every step and random rows (repeats included); from step 30 to
+    379 only the first quarter is drawn, so the other rows owe 350 steps (more than the closed
+    form's window) when next read; the last row is never drawn."""
+    high = num_rows // 4 if 30 <= step < 380 else num_rows - 1
     random_rows = torch.randint(0, high, (5,), generator=generator)
     return torch.cat([torch.tensor([0, 1, 1]), random_rows, random_rows[:1]])
 
