@@ -64,6 +64,15 @@ def _clock(device: torch.device) -> float:
 def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=()):
     """Train a copy of ``init`` with optimizer ``kind`` on the batches ``untimed`` then ``order`` (timed).
 
+    Args:
+        kind: ``"adam"`` (fused, dense gradient), ``"sparse_adam"`` or ``"lazy_adam"``.
+        init: (N, C) initial logits.
+        soft_targets: (N, C) targets of the binary cross-entropy.
+        order: Timed batches of row indices.
+        args: Parsed command line (``lr``).
+        dtype: Dtype of the trained logits.
+        untimed: Batches run first, untimed.
+
     Returns:
         The trained logits, the step times, the whole-step times and LazyAdam's final catch-up time.
     """
@@ -99,6 +108,11 @@ def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=()
 
 
 def main(argv=None):
+    """Run the benchmark and print its table.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+    """
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
