@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["REFERENCE_EPS", "neg_log", "positive_mask", "expected_positive_regularizer", "epr_value_and_grad",
-           "weighted_bce_mean", "fused_loss", "needs_grad", "overwrite_entries", "nlog_terms_and_grads",
+           "epr_of_sum", "weighted_bce_mean", "fused_loss", "needs_grad", "overwrite_entries", "nlog_terms_and_grads",
            "focal_margin_positive", "reduction_scale"]
 
 #: The epsilon of Cole et al.'s log ``-log(p + 1e-5)``; it changes results in the third decimal.
@@ -61,6 +61,18 @@ def epr_value_and_grad(probs: torch.Tensor, expected_num_pos: float) -> Tuple[to
     batch_size, num_classes = probs.shape
     excess = probs.sum() / batch_size - expected_num_pos
     return excess.square() / num_classes ** 2, excess * (2.0 / (num_classes ** 2 * batch_size))
+
+
+def epr_of_sum(prob_sum: torch.Tensor, batch_size: int, num_classes: int, expected_num_pos: float) -> torch.Tensor:
+    """The EPR regulariser ``(S / B - k)^2 / C^2`` from ``S``, the sum of the batch's B·C probabilities.
+
+    Args:
+        prob_sum: S, 0-dim (differentiable).
+        batch_size: B >= 1.
+        num_classes: C.
+        expected_num_pos: k.
+    """
+    return (prob_sum / batch_size - expected_num_pos).square() / num_classes ** 2
 
 
 def expected_positive_regularizer(probs: torch.Tensor, expected_num_pos: float) -> torch.Tensor:
