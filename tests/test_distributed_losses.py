@@ -132,7 +132,8 @@ def train(case, world_size=1, rank=0):
         optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         scores = step.model(features)
-    return {"broadcast": broadcast, "values": values, "grads": grads, "params": [p.detach().clone() for p in step.parameters()],
+    return {"broadcast": broadcast, "values": values, "grads": grads,
+            "params": [p.detach().clone() for p in step.parameters()],
             "state": {k: v.clone() for k, v in step.loss.state_dict().items() if isinstance(v, torch.Tensor)},
             "map": mean_average_precision(scores.numpy(), full.numpy())}
 
@@ -283,7 +284,8 @@ def test_split_batches_equal_one_process(reference, world_size):
             if ref == "ValueError":
                 assert got == "ValueError", name
             else:
-                assert got[0] == pytest.approx(ref[0], rel=1e-6) and torch.allclose(got[1], ref[1][local], atol=1e-7), name
+                assert got[0] == pytest.approx(ref[0], rel=1e-6), name
+                assert torch.allclose(got[1], ref[1][local], atol=1e-7), name
 
 
 def test_reference_checks_are_not_vacuous(reference):

@@ -112,6 +112,8 @@ class BatchShare:
             The P tensors in rank order.
         """
         longest = max(sizes)
+        if longest == 0:  # nothing anywhere: no collective needed, the same on every process
+            return [tensor[:0] for _ in sizes]
         padded = tensor.new_zeros((longest,) + tuple(tensor.shape[1:]))
         padded[: tensor.shape[0]] = tensor.detach()
         gathered = self.all_gather(padded, name)
@@ -295,6 +297,21 @@ def combine_terms(share: BatchShare, local: Optional[torch.Tensor], stats: Optio
 @contextmanager
 def split_batches(*modules, process_group=None):
     """Within the block, ``modules`` (losses, the contrastive term; None skipped) see split batches.
+
+    Each process passes its share of the global batch (the shares in rank order make the global batch;
+    they may differ in size, or be empty) and gets the global batch's loss value; the gradient towards
+    its own inputs is P times the global loss's, so DDP's gradient averaging gives exactly the gradient
+    of one process on the whole batch. Per-example state (LL-Cp's corrections, APL's recorded labels)
+    is updated with every share's rows on every process. Every process must make the same calls.
+    Nothing changes without an initialised process group or with one process.
+
+    A loss with trainable state (ROLE's label estimator) belongs inside the module DDP wraps, so that
+    its gradient is averaged too::
+
+        class Step(nn.Module):  # spl_losses.training.TrainStep does this
+            def forward(self, images, targets, index):
+                with spl_losses.losses.split_batches(self.loss):
+                    return self.loss(self.model(images), targets, index=index)
 
     Args:
         *modules: Modules with ``set_batch_split``.

@@ -28,6 +28,11 @@ Hostile inputs, the same rule for every loss:
 - Losses with per-example state accept an index repeated within a batch when its targets agree;
   with ``check_inputs`` conflicting targets are a ValueError naming the index.
 
+Data-parallel training (a batch split over processes): with ``loss.set_batch_split()`` (``TrainStep``
+does it for its calls) each process passes its share and gets the global batch's loss, statistics and
+selections included, with per-example state kept identical on every process, and a gradient that
+DDP's averaging turns into the global batch's (see :func:`spl_losses.losses.split_batches`).
+
 Example loop::
 
     loss_fn = spl_losses.create_loss("em_apl", num_classes=C, num_examples=N)
@@ -39,7 +44,6 @@ Example loop::
         if loss_fn.predictions_due:  # needs_predictions, and this epoch's update would change the state
             loss_fn.update_from_predictions(predict_probs(model, train_set))  # (N, C)
 """
-import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -48,7 +52,7 @@ from torch import nn
 from ..labels import check_multi_hot, check_observed_labels
 from ._checks import check_number
 from ._distributed import BatchShare, BatchSplit, combine_terms, split_shape
-from ._functional import REFERENCE_EPS, weighted_bce_mean
+from ._functional import REFERENCE_EPS, has_infinity, weighted_bce_mean
 
 __all__ = ["SPLoss"]
 
@@ -244,7 +248,7 @@ class SPLoss(BatchSplit, nn.Module):
         fn = self.compute if fn is None else fn
         if logits.shape[0] == 0:
             return self.empty_batch_loss(logits, index)
-        if self.check_inputs and _has_infinity(logits):
+        if self.check_inputs and has_infinity(logits):
             return self._compute_at_infinity(logits, targets, index, fn)
         return fn(logits, targets, index)
 
@@ -363,13 +367,6 @@ class SPLoss(BatchSplit, nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, stable={self.stable}"
-
-
-def _has_infinity(logits: torch.Tensor) -> bool:
-    """Whether any logit is infinite: min and max in one cheap pass (``isfinite().all()`` costs ~20 times more
-    on CPU); a NaN makes both NaN, and NaN logits go on to give a NaN loss. One device sync."""
-    lo, hi = torch.stack(torch.aminmax(logits.detach())).tolist()
-    return math.isinf(lo) or math.isinf(hi)
 
 
 def _first(result):

@@ -168,7 +168,7 @@ class LabelEstimationLoss(EstimatorLoss):
         base_index = index if self.base_loss.requires_index else None
         base_value = self.base_loss._forward_split(logits, targets, base_index, share, failure)
         own = combine_terms(share, value, stats, self.split_statistics, *split_shape(logits), "mean",
-                            self.split_regularizer, None, logits.device)
+                            self.split_regularizer, None, getattr(logits, "device", None))
         return (1.0 - self.estimate_weight) * base_value + own
 
     def _own_terms(self, logits, targets, estimator_logits, with_regularizer: bool):

@@ -29,8 +29,8 @@ from .._registry import register_loss
 from ._checks import check_num_classes, check_number, check_positive_int
 from ._citations import KIM_2022
 from ._distributed import BatchShare, global_value, split_shape
-from ._functional import fused_loss, needs_grad
-from .base import SPLoss, _has_infinity
+from ._functional import fused_loss, has_infinity, needs_grad
+from .base import SPLoss
 
 __all__ = ["LargeLossRejection", "LargeLossTemporaryCorrection", "LargeLossPermanentCorrection",
            "num_large_losses", "select_large_losses", "clean_rate"]
@@ -91,19 +91,24 @@ def _select(loss_matrix: torch.Tensor, candidates: torch.Tensor, k: int,
     global selection, ties included exactly.
 
     Returns:
-        The local flat indices, and (with ``share``) how many entries each process selected.
+        The local flat indices, and how many entries each process selected (with ``share``, else None).
     """
-    scores = loss_matrix.detach().masked_fill(~candidates, -math.inf).flatten()
-    k = min(k, scores.numel()) if share is None else k
+    k = min(k, loss_matrix.numel()) if share is None else k
     if k <= 0:
-        return torch.zeros(0, dtype=torch.long, device=scores.device), [0] * (share.world_size if share else 1)
+        return torch.zeros(0, dtype=torch.long, device=loss_matrix.device), [0] * share.world_size if share else None
+    scores = loss_matrix.detach().masked_fill(~candidates, -math.inf).flatten()
     local_k = min(k, scores.numel())
     subset = _prefiltered(scores, local_k) if local_k else None
-    values = scores if subset is None else scores[subset]
-    values = values.masked_fill(values.isnan(), -math.inf)  # a NaN is never selected
+    # a NaN is never selected (the prefiltered entries are >= a number: never NaN)
+    values = scores[subset] if subset is not None else \
+        torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     top = torch.topk(values, local_k, sorted=False).values
     if share is None:
         threshold = top.min()
+        at_least = values >= threshold
+        if math.isfinite(threshold.item()) and int(at_least.sum()) == k:  # no tie beyond the k-th (common)
+            chosen = at_least.nonzero().squeeze(1)
+            return (chosen if subset is None else subset[chosen]), None
         quota, counts = (k - (values > threshold).sum()) * torch.isfinite(threshold), None
     else:
         sent = torch.full((k,), -math.inf, device=scores.device)
@@ -178,7 +183,7 @@ class _LargeLoss(SPLoss):
     def compute(self, logits, targets, index=None):
         positive, candidates, rows = self.batch_targets(logits, targets, index)
         value, grad, selected, _ = self.large_loss_step(logits, positive, candidates)
-        if rows is not None:
+        if rows is not None and selected.numel():
             self.correct_for_good(_entry_ids(rows, selected, logits.shape[1]))
         return fused_loss(logits, value, grad, 1.0 / logits.numel())
 
@@ -249,7 +254,7 @@ class _LargeLoss(SPLoss):
             try:
                 logits32, targets32 = self._prepare(logits, targets)
                 prepared = self.batch_targets(logits32, targets32, index)
-                infinite = self.check_inputs and logits32.numel() > 0 and _has_infinity(logits32)
+                infinite = self.check_inputs and logits32.numel() > 0 and has_infinity(logits32)
             except Exception as err:
                 failure = err
         rows = split_shape(logits)[0]
