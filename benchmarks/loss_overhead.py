@@ -423,7 +423,7 @@ def dispatch_cost(bench: Bench, repeats: int = 20000) -> None:
         for _ in range(repeats):
             loss.batch_share()
         us = (time.perf_counter() - start) / repeats * 1e6
-        print(f"| {'on, no process group' if enabled else 'off (default)'} | {us:.3f} | {us / (step_ms * 10):.3%} |")
+        print(f"| {'on, no process group' if enabled else 'off (default)'} | {us:.3f} | {us / (step_ms * 1000):.3%} |")
 
 
 def _split_child(rank: int, world_size: int, init_file: str, out_file: str, names: List[str], args) -> None:
@@ -435,6 +435,9 @@ def _split_child(rank: int, world_size: int, init_file: str, out_file: str, name
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     bench, rows = Bench(args), []
     try:
+        probe = torch.zeros(3, dtype=torch.float64)  # a bare all-gather of 24 bytes: the collective's latency
+        gather = lambda: torch.distributed.all_gather_into_tensor(probe.new_empty(3 * world_size), probe)  # noqa: E731
+        rows.append(("(all-gather of 24 bytes alone)", (0, 0), 1, 24, 0.0, min(_wall_times(gather, args)) * 1e3))
         for shape in SPLIT_SHAPES:
             logits, observed, full, index, train_observed = bench.inputs(*shape)  # the same on every process
             share = slice(rank * shape[0] // world_size, (rank + 1) * shape[0] // world_size)
@@ -499,7 +502,7 @@ def split_batch_table(args, names: List[str]) -> None:
     print("| loss | B x C | collectives | bytes sent | alone ms | split ms |")
     print("|---|---|---|---|---|---|")
     for name, (b, c), count, sent, alone, split in rows:
-        print(f"| {name} | {b}x{c} | {count} | {sent:,} | {alone:.3f} | {split:.3f} |")
+        print(f"| {name} | {f'{b}x{c}' if b else '-'} | {count} | {sent:,} | {alone:.3f} | {split:.3f} |")
 
 
 def main(argv=None) -> int:
