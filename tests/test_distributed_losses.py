@@ -301,3 +301,15 @@ def test_reference_checks_are_not_vacuous(reference):
     expected[[r for r, _ in tied], [c for _, c in tied]] = True
     assert torch.equal(reference["ties"]["ll_cp"]["corrected"], expected)
     assert reference["infinity"]["ll_ct"] == "ValueError" and reference["infinity"]["ll_r"] != "ValueError"
+
+
+def test_split_batches_is_scoped_and_free_without_a_process_group():
+    loss = spl_losses.create_loss("an")
+    step = TrainStep(Tiny(), loss)
+    features, _, observed, _ = data()
+    step(features[:4], observed[:4], torch.arange(4))
+    assert loss.batch_share() is None and loss._split_group is None  # TrainStep's split ends with its call
+    assert loss.set_batch_split() is loss and loss.batch_share() is None  # on, but no process group: nothing
+    assert step._ddp_params_and_buffers_to_ignore == []
+    assert TrainStep(Tiny(), spl_losses.create_loss("ll_cp", **STATE))._ddp_params_and_buffers_to_ignore == \
+        ["loss.corrected"]

@@ -250,7 +250,8 @@ class ContrastiveAuxiliary(BatchSplit, nn.Module):
         except Exception as err:
             failure = err
         rows = embeddings[0].shape[0] if failure is None else 0
-        share.gather_header(rows, None, 0, failure, getattr(features_view1, "device", None), name="contrastive header")
+        device = getattr(features_view1, "device", None)
+        share.gather_header(rows, None, 0, failure, device, name="contrastive header")
         if sum(share.counts) == 0:
             raise ValueError("the contrastive loss needs a batch of at least one image")
         local = embeddings + ([(targets.to(embeddings[0].device) > 0)] if targets is not None else [])

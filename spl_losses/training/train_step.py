@@ -39,7 +39,10 @@ class TrainStep(nn.Module):
         self.model = model
         self.loss = loss
         self.contrastive = contrastive
-        # read by DistributedDataParallel: not broadcast from rank 0 at every forward (N x C tensors)
+        # read by DistributedDataParallel: not broadcast from rank 0 at every forward (N x C tensors). The
+        # label estimator's (N, C) gradient is still all-reduced densely by DDP; a row-sparse exchange would
+        # list "loss.estimator.logits" here and average each process's batch rows itself after backward
+        # (each process's rows carry P times the global gradient, as every input of a split loss does).
         self._ddp_params_and_buffers_to_ignore = [f"loss.{name}" for name, _ in loss.named_buffers()]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
