@@ -10,7 +10,13 @@ machine still gives stable ratios. Then:
 - the cost of the input checks (``check_inputs=True`` vs ``False``) at (256, 1000);
 - ``role`` with a dense estimator gradient vs ``sparse=True`` at N = ``--num-examples``;
 - a memory check at N = 100,000, C = 1,000: the estimator is held once in float32 (400 MB) and
-  training steps do not copy it.
+  training steps do not copy it;
+- the cost of the batch-split dispatch every call now makes (``loss.batch_share()``: split off, and
+  split on without a process group), against the whole forward+backward;
+- with ``--processes P`` (P >= 2): P forked gloo CPU processes run every loss on a batch split over them
+  (``split_batches``) at (16, 80) and (256, 1000), in the last epoch of a 10-epoch run (the largest
+  large-loss selections): the collectives per step, the bytes each process sends, and the step time
+  split vs. the same share computed alone (wall clock: the processes wait for each other).
 
 Targets (issue 2): at (256, 1000) stateless losses within 3x of BCE-with-logits, and ``role`` with
 ``sparse=True`` within 5x at N = 20,000.
@@ -18,6 +24,7 @@ Targets (issue 2): at (256, 1000) stateless losses within 3x of BCE-with-logits,
 Usage::
 
     python benchmarks/loss_overhead.py --threads 1 --repeats 30
+    python benchmarks/loss_overhead.py --processes 2 --skip-memory-check --losses "ll_*"
 """
 import argparse
 import os
@@ -52,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--losses", default="", help="comma-separated wildcard patterns of loss names (default: all)")
     parser.add_argument("--skip-memory-check", action="store_true", help="skip the N=100,000 estimator check")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also run every loss on a batch split over this many gloo CPU processes (>= 2)")
     return parser.parse_args(argv)
 
 
@@ -394,6 +403,108 @@ def memory_check(bench: Bench, steps: int = 5) -> None:
     print("estimator held once, not copied per step:", "ok" if ok else "MISS")
 
 
+def dispatch_cost(bench: Bench, repeats: int = 20000) -> None:
+    """Print the time of ``loss.batch_share()`` (called by every loss call) next to a forward+backward.
+
+    Args:
+        bench: The timing harness.
+        repeats: Calls timed.
+    """
+    loss = spl_losses.create_loss("an")
+    logits, observed, full, index, _ = bench.inputs(16, 20)
+    step_ms = min(paired_times(forward_backward(loss, logits, observed, None, []), lambda: None, bench.device,
+                               bench.args.repeats, bench.args.warmup)[0]) * 1e3
+    print("\nbatch-split dispatch per call (batch_share), against one forward+backward of an at 16x20")
+    print("| split | us per call | share of the step |")
+    print("|---|---|---|")
+    for enabled in (False, True):  # on: still no process group here, so no share
+        loss.set_batch_split(enabled)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            loss.batch_share()
+        us = (time.perf_counter() - start) / repeats * 1e6
+        print(f"| {'on, no process group' if enabled else 'off (default)'} | {us:.3f} | {us / (step_ms * 1000):.3%} |")
+
+
+def _split_child(rank: int, world_size: int, init_file: str, out_file: str, names: List[str], args) -> None:
+    """One of the forked processes of :func:`split_batch_table`: rank 0 writes the measurements."""
+    from spl_losses.losses import _distributed
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    bench, rows = Bench(args), []
+    try:
+        probe = torch.zeros(3, dtype=torch.float64)  # a bare all-gather of 24 bytes: the collective's latency
+        gather = lambda: torch.distributed.all_gather_into_tensor(probe.new_empty(3 * world_size), probe)  # noqa: E731
+        rows.append(("(all-gather of 24 bytes alone)", (0, 0), 1, 24, 0.0, min(_wall_times(gather, args)) * 1e3))
+        for shape in SPLIT_SHAPES:
+            logits, observed, full, index, train_observed = bench.inputs(*shape)  # the same on every process
+            share = slice(rank * shape[0] // world_size, (rank + 1) * shape[0] // world_size)
+            local = logits.detach()[share].clone().requires_grad_()
+            for name in names:
+                loss, _ = bench.build(name, shape[1], train_observed)
+                if loss is None:
+                    continue
+                loss.set_epoch(SPLIT_EPOCH)
+                targets = (full if loss.target_encoding == "multi_hot" else observed)[share]
+                use_index = index[share] if loss.requires_index else None
+                params = list(loss.parameters())
+                step = forward_backward(loss, local, targets, use_index, params)
+                alone = min(_wall_times(step, args))
+                _distributed.exchange_log = []
+                with spl_losses.losses.split_batches(loss):
+                    step()
+                    log, _distributed.exchange_log = _distributed.exchange_log, None
+                    split = min(_wall_times(step, args))
+                sent = sum(size for _, size in log) // world_size
+                rows.append((name, shape, len(log), sent, alone * 1e3, split * 1e3))
+        if rank == 0:
+            torch.save(rows, out_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _wall_times(step: Callable[[], None], args) -> List[float]:
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+SPLIT_SHAPES = [(16, 80), (256, 1000)]
+SPLIT_EPOCH = 9  # the last of 10 epochs: the largest large-loss selections
+
+
+def split_batch_table(args, names: List[str]) -> None:
+    """Fork ``--processes`` gloo processes and print what each loss exchanges on a split batch, and its cost.
+
+    Args:
+        args: The parsed command line.
+        names: Registered loss names.
+    """
+    import tempfile
+
+    from torch.multiprocessing import start_processes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_file = os.path.join(tmp, "rows.pt")
+        start_processes(_split_child, args=(args.processes, os.path.join(tmp, "init"), out_file, names, args),
+                        nprocs=args.processes, start_method="fork")
+        rows = torch.load(out_file)
+    print(f"\nbatch split over {args.processes} gloo CPU processes, epoch {SPLIT_EPOCH + 1} of 10: per step and "
+          "process, the collectives, the bytes sent (each receives P times that) and the forward+backward wall "
+          "time of the share, computed alone vs. split (minimum over repeats)")
+    print("| loss | B x C | collectives | bytes sent | alone ms | split ms |")
+    print("|---|---|---|---|---|---|")
+    for name, (b, c), count, sent, alone, split in rows:
+        print(f"| {name} | {f'{b}x{c}' if b else '-'} | {count} | {sent:,} | {alone:.3f} | {split:.3f} |")
+
+
 def main(argv=None) -> int:
     """Run the benchmark.
 
@@ -413,6 +524,9 @@ def main(argv=None) -> int:
     check_cost_table(bench, names)
     if "role" in names:
         role_dense_vs_sparse(bench)
+    dispatch_cost(bench)
+    if args.processes >= 2:
+        split_batch_table(args, names)
     return 0
 
 

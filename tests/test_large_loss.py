@@ -155,3 +155,15 @@ def test_select_large_losses_is_exact(k):
     flat = [(v, i) for i, (v, c) in enumerate(zip(losses.flatten().tolist(), candidates.flatten().tolist())) if c]
     expected = {i for _, i in sorted(flat, reverse=True)[:k]}
     assert chosen == expected
+
+
+def test_ties_at_the_kth_value_go_to_the_earliest_positions_and_nan_is_never_selected():
+    # 3 candidates at 2.0, then 5 tied at 1.0: k = 5 takes the 3, then the first two 1.0s in row-major order
+    from spl_losses.losses.large_loss import select_large_losses
+    losses = torch.tensor([[1.0, 2.0, 1.0, 0.5], [1.0, 2.0, float("nan"), 1.0], [2.0, 1.0, 0.0, 0.0]])
+    candidates = torch.ones(3, 4, dtype=torch.bool)
+    candidates[0, 3] = False
+    assert select_large_losses(losses, candidates, 5).tolist() == [0, 1, 2, 5, 8]
+    assert select_large_losses(losses, candidates, 7).tolist() == [0, 1, 2, 4, 5, 7, 8]
+    # more than the candidates: all of them but the NaN
+    assert select_large_losses(losses, candidates, 12).tolist() == [0, 1, 2, 4, 5, 7, 8, 9, 10, 11]

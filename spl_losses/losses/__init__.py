@@ -19,3 +19,4 @@ from .large_loss import LargeLossPermanentCorrection, LargeLossRejection, LargeL
 from .gr import GeneralizedRobustLoss, GRSchedule
 from .label_estimation import LabelEstimationLoss, with_label_estimator
 from .contrastive import ContrastiveAuxiliary, nt_xent_loss, pooled_features
+from ._distributed import split_batches

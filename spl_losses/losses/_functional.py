@@ -8,15 +8,16 @@ without building an autograd graph (about half the elementwise passes of autogra
 at (256, 1000)); :func:`fused_loss` attaches the gradient. They are first-order only: a double
 backward (``create_graph=True``) raises instead of returning zeros.
 """
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["REFERENCE_EPS", "neg_log", "positive_mask", "expected_positive_regularizer", "epr_value_and_grad",
-           "weighted_bce_mean", "fused_loss", "needs_grad", "overwrite_entries", "nlog_terms_and_grads",
-           "focal_margin_positive", "reduction_scale"]
+__all__ = ["REFERENCE_EPS", "neg_log", "has_infinity", "positive_mask", "expected_positive_regularizer",
+           "epr_value_and_grad", "epr_of_sum", "weighted_bce_mean", "fused_loss", "needs_grad", "overwrite_entries",
+           "nlog_terms_and_grads", "focal_margin_positive", "reduction_scale"]
 
 #: The epsilon of Cole et al.'s log ``-log(p + 1e-5)``; it changes results in the third decimal.
 REFERENCE_EPS = 1e-5
@@ -30,6 +31,17 @@ def neg_log(p: torch.Tensor, eps: float = REFERENCE_EPS) -> torch.Tensor:
         eps: Added inside the log (1e-5 in the reference).
     """
     return -torch.log(p + eps)
+
+
+def has_infinity(logits: torch.Tensor) -> bool:
+    """Whether any logit is infinite: min and max in one cheap pass (``isfinite().all()`` costs ~20 times
+    more on CPU); a NaN makes both NaN (NaN logits go on to give a NaN loss). One device sync.
+
+    Args:
+        logits: A non-empty tensor.
+    """
+    lo, hi = torch.stack(torch.aminmax(logits.detach())).tolist()
+    return math.isinf(lo) or math.isinf(hi)
 
 
 def positive_mask(targets: torch.Tensor) -> torch.Tensor:
@@ -61,6 +73,18 @@ def epr_value_and_grad(probs: torch.Tensor, expected_num_pos: float) -> Tuple[to
     batch_size, num_classes = probs.shape
     excess = probs.sum() / batch_size - expected_num_pos
     return excess.square() / num_classes ** 2, excess * (2.0 / (num_classes ** 2 * batch_size))
+
+
+def epr_of_sum(prob_sum: torch.Tensor, batch_size: int, num_classes: int, expected_num_pos: float) -> torch.Tensor:
+    """The EPR regulariser ``(S / B - k)^2 / C^2`` from ``S``, the sum of the batch's B·C probabilities.
+
+    Args:
+        prob_sum: S, 0-dim (differentiable).
+        batch_size: B >= 1.
+        num_classes: C.
+        expected_num_pos: k.
+    """
+    return (prob_sum / batch_size - expected_num_pos).square() / num_classes ** 2
 
 
 def expected_positive_regularizer(probs: torch.Tensor, expected_num_pos: float) -> torch.Tensor:

@@ -29,6 +29,7 @@ class WeightedBCELoss(SPLoss):
 
     paper = "Cole et al., CVPR 2021"
     citation = COLE_2021
+    batch_reduction = "mean"
     #: True when no entry ever gets both weights > 0 (hard {-1, 0, 1} targets): one log instead of two.
     exclusive_weights: bool = False
 

@@ -28,6 +28,11 @@ Hostile inputs, the same rule for every loss:
 - Losses with per-example state accept an index repeated within a batch when its targets agree;
   with ``check_inputs`` conflicting targets are a ValueError naming the index.
 
+Data-parallel training (a batch split over processes): with ``loss.set_batch_split()`` (``TrainStep``
+does it for its calls) each process passes its share and gets the global batch's loss, statistics and
+selections included, with per-example state kept identical on every process, and a gradient that
+DDP's averaging turns into the global batch's (see :func:`spl_losses.losses.split_batches`).
+
 Example loop::
 
     loss_fn = spl_losses.create_loss("em_apl", num_classes=C, num_examples=N)
@@ -39,15 +44,15 @@ Example loop::
         if loss_fn.predictions_due:  # needs_predictions, and this epoch's update would change the state
             loss_fn.update_from_predictions(predict_probs(model, train_set))  # (N, C)
 """
-import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..labels import check_multi_hot, check_observed_labels
 from ._checks import check_number
-from ._functional import REFERENCE_EPS, weighted_bce_mean
+from ._distributed import BatchShare, BatchSplit, combine_terms, split_shape
+from ._functional import REFERENCE_EPS, has_infinity, weighted_bce_mean
 
 __all__ = ["SPLoss"]
 
@@ -56,7 +61,7 @@ __all__ = ["SPLoss"]
 _NEAR_INFINITY, _FAR_INFINITY = 1e4, 2e4
 
 
-class SPLoss(nn.Module):
+class SPLoss(BatchSplit, nn.Module):
     """Base class of the project's losses.
 
     Subclasses implement :meth:`compute` on float32 logits and targets that have been checked, for
@@ -78,6 +83,11 @@ class SPLoss(nn.Module):
     needs_predictions: bool = False
     #: Set by ``register_loss``.
     loss_name: str = ""
+    #: How the loss reduces its per-entry terms over a batch (``"mean"`` over B·C, ``"batchmean"``, ``"sum"``),
+    #: which fixes how it combines over a batch split across processes; None: it cannot be split.
+    batch_reduction: Optional[str] = None
+    #: The number of batch-level sums its regulariser needs (:meth:`split_compute`, :meth:`split_regularizer`).
+    split_statistics: int = 0
     #: Short name of the method and its paper, and the paper's BibTeX entry.
     paper: str = ""
     citation: str = ""
@@ -201,6 +211,14 @@ class SPLoss(nn.Module):
         Returns:
             A scalar float32 tensor.
         """
+        share = self.batch_share()
+        if share is not None:
+            return self._forward_split(logits, targets, index, share)
+        logits32, targets32 = self._prepare(logits, targets)
+        return self._in_float32(self._compute_any, logits32, targets32, index)
+
+    def _prepare(self, logits, targets) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Check the inputs; return the float32 logits and targets."""
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
         if logits.dim() != 2:
@@ -215,40 +233,106 @@ class SPLoss(nn.Module):
         num_classes = getattr(self, "num_classes", None)
         if num_classes is not None and logits.shape[1] != num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, but the loss was built for num_classes={num_classes}")
-        logits32 = logits.float()
-        targets32 = targets.to(device=logits.device, dtype=torch.float32)
+        return logits.float(), targets.to(device=logits.device, dtype=torch.float32)
+
+    @staticmethod
+    def _in_float32(fn, logits: torch.Tensor, *args):
         if torch.is_autocast_enabled(logits.device.type):
             # matmul-like ops (dot) would run in half precision under autocast: compute in float32
             with torch.autocast(device_type=logits.device.type, enabled=False):
-                return self._compute_any(logits32, targets32, index)
-        return self._compute_any(logits32, targets32, index)
+                return fn(logits, *args)
+        return fn(logits, *args)
 
-    def _compute_any(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    def _compute_any(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor],
+                     fn: Optional[Callable] = None):
+        fn = self.compute if fn is None else fn
         if logits.shape[0] == 0:
             return self.empty_batch_loss(logits, index)
-        if self.check_inputs:
-            # min and max are one cheap pass (isfinite().all() costs ~20 times more on CPU); a NaN makes
-            # both NaN, and NaN logits go on to give a NaN loss
-            lo, hi = torch.stack(torch.aminmax(logits.detach())).tolist()
-            if math.isinf(lo) or math.isinf(hi):
-                return self._compute_at_infinity(logits, targets, index)
-        return self.compute(logits, targets, index)
+        if self.check_inputs and has_infinity(logits):
+            return self._compute_at_infinity(logits, targets, index, fn)
+        return fn(logits, targets, index)
 
-    def _compute_at_infinity(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor]):
+    # ----------------------------------------------------------------- split batches
+    def _forward_split(self, logits, targets, index, share: BatchShare,
+                       failure: Optional[BaseException] = None) -> torch.Tensor:
+        """The loss of this process's share of a split batch (see :mod:`spl_losses.losses._distributed`).
+
+        By default the loss is ``reduce(per-entry terms) + split_regularizer(statistics)``: the local terms
+        (:meth:`split_compute`) and statistics are exchanged once. Losses that select entries over the
+        batch override this.
+
+        Args:
+            logits: The local (B_p, C) logits.
+            targets: The local targets.
+            index: The local example indices.
+            share: This process's :class:`BatchShare`.
+            failure: An exception raised before, locally, by a wrapping loss (raised on every process).
+        """
+        if self.batch_reduction is None:
+            raise ValueError(f"loss {self.loss_name or type(self).__name__!r} does not say how its value combines "
+                             "over a batch split across processes (batch_reduction); compute it on whole batches")
+        value, stats, failure = self._local_stage(logits, targets, index, failure)
+        return combine_terms(share, value, stats, self.split_statistics, *split_shape(logits), self.batch_reduction,
+                             self.split_regularizer, failure, getattr(logits, "device", None))
+
+    def _local_stage(self, logits, targets, index, failure: Optional[BaseException]):
+        """``(value, statistics, failure)`` of this share: :meth:`split_compute` after the checks, or the
+        exception they raised (the next exchange raises it on every process)."""
+        if failure is not None:
+            return None, None, failure
+        try:
+            logits32, targets32 = self._prepare(logits, targets)
+            return (*self._in_float32(self._local_terms, logits32, targets32, index), None)
+        except Exception as err:
+            return None, None, err
+
+    def _local_terms(self, logits, targets, index):
+        if logits.shape[0] == 0:
+            return self.empty_batch_loss(logits, index), logits.new_zeros(self.split_statistics)
+        return self._compute_any(logits, targets, index, self.split_compute)
+
+    def split_compute(self, logits: torch.Tensor, targets: torch.Tensor,
+                      index: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """This share's terms (reduced by ``batch_reduction`` over its rows) and its ``split_statistics`` sums.
+
+        By default :meth:`compute` and no statistics. Losses with a batch-level regulariser return it
+        without the regulariser and the sums it needs, with their autograd graphs.
+
+        Args:
+            logits: (B_p, C) float32 logits of this share, B_p >= 1.
+            targets: (B_p, C) float32 targets.
+            index: (B_p,) example indices or None.
+        """
+        return self.compute(logits, targets, index), None
+
+    def split_regularizer(self, statistics: torch.Tensor, batch_size: int, num_classes: int) -> torch.Tensor:
+        """The batch-level regulariser from the global ``statistics`` (sums over the global batch of B rows).
+
+        Args:
+            statistics: (split_statistics,) float32 global sums, with gradients towards this share.
+            batch_size: B, the global batch's row count.
+            num_classes: C.
+        """
+        raise NotImplementedError
+
+    def _compute_at_infinity(self, logits: torch.Tensor, targets: torch.Tensor, index: Optional[torch.Tensor],
+                             fn: Optional[Callable] = None):
         """The loss at infinite logits: its limit where finite, else a ValueError.
 
-        The loss is evaluated with the infinite logits clamped to ``±1e4`` and to ``±2e4``, without
-        side effects (no gradient, every submodule in eval mode so no state is written). Equal values
-        mean a finite limit, returned from the logits clamped to ``±1e4``: the gradient at an infinite
-        logit is 0, the limit of every bounded term's gradient.
+        The loss (``fn``, default :meth:`compute`) is evaluated with the infinite logits clamped to ``±1e4``
+        and to ``±2e4``, without side effects (no gradient, every submodule in eval mode so no state is
+        written). Equal values mean a finite limit, returned from the logits clamped to ``±1e4``: the
+        gradient at an infinite logit is 0, the limit of every bounded term's gradient. A ``fn`` returning
+        a tuple is compared on its first element.
         """
+        fn = self.compute if fn is None else fn
         modes = [(module, module.training) for module in self.modules()]
         try:
             for module, _ in modes:
                 module.training = False
             with torch.no_grad():
-                near = self.compute(logits.clamp(-_NEAR_INFINITY, _NEAR_INFINITY), targets, index)
-                far = self.compute(logits.clamp(-_FAR_INFINITY, _FAR_INFINITY), targets, index)
+                near = _first(fn(logits.clamp(-_NEAR_INFINITY, _NEAR_INFINITY), targets, index))
+                far = _first(fn(logits.clamp(-_FAR_INFINITY, _FAR_INFINITY), targets, index))
         finally:
             for module, mode in modes:
                 module.training = mode
@@ -256,7 +340,7 @@ class SPLoss(nn.Module):
             raise ValueError(
                 f"loss {self.loss_name or type(self).__name__!r} is infinite for these logits: {self.unbounded_terms}. "
                 "Infinite logits usually come from an overflow (e.g. in float16); fix the model or clip its logits")
-        return self.compute(logits.clamp(-_NEAR_INFINITY, _NEAR_INFINITY), targets, index)
+        return fn(logits.clamp(-_NEAR_INFINITY, _NEAR_INFINITY), targets, index)
 
     def empty_batch_loss(self, logits: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
         """The loss of an empty batch: exactly 0, with a zero gradient connected to ``logits``.
@@ -283,6 +367,10 @@ class SPLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, stable={self.stable}"
+
+
+def _first(result):
+    return result[0] if isinstance(result, tuple) else result
 
 
 def _check_repeated_rows_agree(sorted_index: torch.Tensor, order: torch.Tensor, repeated: torch.Tensor,

@@ -21,6 +21,7 @@ from torch import nn
 from ..labels import check_observed_labels
 from ._checks import check_number, check_positive_int
 from ._citations import CHEN_2020, KHOSLA_2020
+from ._distributed import BatchShare, BatchSplit, global_value
 
 __all__ = ["ContrastiveAuxiliary", "nt_xent_loss", "pooled_features"]
 
@@ -119,7 +120,7 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return features
 
 
-class ContrastiveAuxiliary(nn.Module):
+class ContrastiveAuxiliary(BatchSplit, nn.Module):
     """Projection head + NT-Xent: a contrastive auxiliary loss for SPML training.
 
     NT-Xent is SimCLR's loss (Chen et al., "A Simple Framework for Contrastive Learning of Visual
@@ -222,9 +223,46 @@ class ContrastiveAuxiliary(nn.Module):
         """
         if self.supervised and targets is None:
             raise ValueError("the supervised contrastive loss needs the batch's observed targets: aux(f1, f2, targets)")
-        return nt_xent_loss(
-            self.embed(features_view1), self.embed(features_view2), self.temperature,
-            targets=targets if self.supervised else None)
+        targets = targets if self.supervised else None
+        share = self.batch_share()
+        if share is not None:
+            return self._forward_split(features_view1, features_view2, targets, share)
+        return nt_xent_loss(self.embed(features_view1), self.embed(features_view2), self.temperature, targets=targets)
+
+    def _forward_split(self, features_view1, features_view2, targets, share: BatchShare) -> torch.Tensor:
+        """NT-Xent over the global batch's 2B embeddings, gathered from every process (SimCLR's negatives).
+
+        Every process computes the same loss from the gathered embeddings, its own rows carrying their
+        graph: its gradient is P times the global loss's, towards its own rows (see
+        :mod:`spl_losses.losses._distributed`).
+        """
+        failure = embeddings = None
+        try:
+            embeddings = [self.embed(features_view1), self.embed(features_view2)]
+            if embeddings[0].shape != embeddings[1].shape:
+                raise ValueError(f"the two views must have the same shape, got {tuple(features_view1.shape)} and "
+                                 f"{tuple(features_view2.shape)}")
+            if targets is not None:
+                check_observed_labels(targets)
+                if targets.dim() != 2 or targets.shape[0] != embeddings[0].shape[0]:
+                    raise ValueError(f"targets must have shape ({embeddings[0].shape[0]}, num_classes), "
+                                     f"got {tuple(targets.shape)}")
+        except Exception as err:
+            failure = err
+        rows = embeddings[0].shape[0] if failure is None else 0
+        device = getattr(features_view1, "device", None)
+        share.gather_header(rows, None, 0, failure, device, name="contrastive header")
+        if sum(share.counts) == 0:
+            raise ValueError("the contrastive loss needs a batch of at least one image")
+        local = embeddings + ([(targets.to(embeddings[0].device) > 0)] if targets is not None else [])
+        gathered = share.gather_rows(local, name="contrastive rows")
+        start = sum(share.counts[:share.rank])
+        for view in (0, 1):  # this process's rows carry their graph
+            gathered[view] = torch.cat([gathered[view][:start], embeddings[view],
+                                        gathered[view][start + rows:]])
+        value = nt_xent_loss(gathered[0], gathered[1], self.temperature,
+                             targets=gathered[2].float() if targets is not None else None)
+        return global_value(value * share.world_size, value.detach())
 
     def combine(
             self,

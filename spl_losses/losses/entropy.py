@@ -45,6 +45,7 @@ class EntropyMaximizationLoss(SPLoss):
 
     paper = "Zhou et al., ECCV 2022"
     citation = ZHOU_2022
+    batch_reduction = "mean"
 
     def __init__(self, alpha: float = 0.1, num_classes: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
@@ -122,9 +123,9 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
     Published mAP (VOC / COCO / NUS / CUB, end-to-end): 89.19 / 70.87 / 47.59 / 21.84.
 
     Which entries are observed is taken from ``observed_labels`` when given; otherwise the loss
-    records each training batch's targets (rows never seen count as unknown; under data-parallel
-    training each process sees only its own batches, so pass ``observed_labels`` there). ``U_c`` is
-    counted at the first pseudo-labeling round. Each call needs the batch's ``index``; a step reads and
+    records each training batch's targets (rows never seen count as unknown; on a batch split over
+    processes, see ``set_batch_split``, every process records every share's rows). ``U_c`` is counted at
+    the first pseudo-labeling round. Each call needs the batch's ``index``; a step reads and
     writes only the batch's rows. In ``eval()`` mode nothing is recorded.
 
     Args:
@@ -194,6 +195,17 @@ class EntropyMaximizationAPLLoss(EntropyMaximizationLoss):
         soft = self.soft_targets[rows].to(logits.device)
         # EM on entries still unknown; the soft-negative BCE on pseudo-labelled ones.
         return self.fused_mean(logits, targets, pseudo, soft)
+
+    def _forward_split(self, logits, targets, index, share, failure=None):
+        """As every loss, then (recording observed entries) every share's rows are recorded on every process."""
+        value = super()._forward_split(logits, targets, index, share, failure)
+        if self.training and not self._labels_given:
+            device = logits.device
+            rows, observed = share.gather_rows([torch.as_tensor(index).to(device).long(), targets.to(device) != 0],
+                                               name="em_apl rows")
+            with torch.no_grad():
+                self.observed_mask[rows.to(self.observed_mask.device)] = observed.to(self.observed_mask.device)
+        return value
 
     @property
     def predictions_due(self) -> bool:

@@ -1,9 +1,11 @@
 """Expected positive regularization (EPR) of Cole et al. (CVPR 2021)."""
 from typing import Optional
 
+import torch
+
 from .._registry import register_loss
 from ._checks import check_expected_num_pos, check_num_classes
-from ._functional import expected_positive_regularizer
+from ._functional import epr_of_sum, expected_positive_regularizer
 from .assume_negative import IgnoreUnobservedLoss
 
 __all__ = ["ExpectedPositiveRegularizedLoss", "expected_positive_regularizer"]
@@ -25,6 +27,8 @@ class ExpectedPositiveRegularizedLoss(IgnoreUnobservedLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    split_statistics = 1  # the sum of p over the batch
+
     def __init__(self, expected_num_pos: float, num_classes: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         self.expected_num_pos = check_expected_num_pos(expected_num_pos)
@@ -34,6 +38,14 @@ class ExpectedPositiveRegularizedLoss(IgnoreUnobservedLoss):
         a, b = self.weights(targets)
         return self.weighted_bce_mean(logits, a, b, exclusive=self.exclusive_weights,
                                       expected_num_pos=self.expected_num_pos)[0]
+
+    def split_compute(self, logits, targets, index=None):
+        a, b = self.weights(targets)
+        value = self.weighted_bce_mean(logits, a, b, exclusive=self.exclusive_weights)[0]
+        return value, torch.sigmoid(logits).sum().reshape(1)
+
+    def split_regularizer(self, statistics, batch_size, num_classes):
+        return epr_of_sum(statistics[0], batch_size, num_classes, self.expected_num_pos)
 
     def extra_repr(self) -> str:
         return f"expected_num_pos={self.expected_num_pos}, " + super().extra_repr()

@@ -58,6 +58,7 @@ class GeneralizedRobustLoss(SPLoss):
 
     paper = "Chen et al., IJCAI 2024"
     citation = CHEN_2024
+    batch_reduction = "mean"
 
     def __init__(
             self,

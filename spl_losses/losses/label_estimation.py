@@ -11,7 +11,8 @@ import torch
 from .._registry import get_loss_class, loss_kwargs, register_loss
 from ._checks import check_expected_num_pos, check_num_classes, check_number
 from ._citations import COLE_2021
-from ._functional import epr_value_and_grad, fused_loss, needs_grad, nlog_terms_and_grads
+from ._distributed import combine_terms, split_shape
+from ._functional import epr_of_sum, epr_value_and_grad, fused_loss, needs_grad, nlog_terms_and_grads
 from .base import SPLoss
 from .estimator import EstimatorLoss, LabelEstimator
 
@@ -87,6 +88,8 @@ class LabelEstimationLoss(EstimatorLoss):
 
     citation = COLE_2021
     paper = "Cole et al., CVPR 2021 (label estimator)"
+    batch_reduction = "mean"  # of its own terms; the base loss combines its own way
+    split_statistics = 1  # the sum of y_hat over the batch
 
     def __init__(
             self,
@@ -149,6 +152,27 @@ class LabelEstimationLoss(EstimatorLoss):
     def compute(self, logits, targets, index=None):
         estimator_logits = self.batch_estimator_logits(logits, targets, index)
         base_value = self.base_loss.compute(logits, targets, index if self.base_loss.requires_index else None)
+        return (1.0 - self.estimate_weight) * base_value + self._own_terms(logits, targets, estimator_logits, True)
+
+    def split_compute(self, logits, targets, index=None):
+        estimator_logits = self.batch_estimator_logits(logits, targets, index)
+        value = self._own_terms(logits, targets, estimator_logits, False)
+        return value, torch.sigmoid(estimator_logits).sum().reshape(1)
+
+    def split_regularizer(self, statistics, batch_size, num_classes):
+        return 0.5 * epr_of_sum(statistics[0], batch_size, num_classes, self.expected_num_pos)
+
+    def _forward_split(self, logits, targets, index, share, failure=None):
+        """The base loss on the split batch (its own exchanges), then this wrapper's terms (one exchange)."""
+        value, stats, failure = self._local_stage(logits, targets, index, failure)
+        base_index = index if self.base_loss.requires_index else None
+        base_value = self.base_loss._forward_split(logits, targets, base_index, share, failure)
+        own = combine_terms(share, value, stats, self.split_statistics, *split_shape(logits), "mean",
+                            self.split_regularizer, None, getattr(logits, "device", None))
+        return (1.0 - self.estimate_weight) * base_value + own
+
+    def _own_terms(self, logits, targets, estimator_logits, with_regularizer: bool):
+        """The classifier's pull towards the estimates and the estimator's ROLE terms (its regulariser if asked)."""
         n = logits.numel()
         logits_need_grad, estimator_needs_grad = needs_grad(logits), needs_grad(estimator_logits)
         with torch.no_grad():  # values with closed-form gradients; each side gets only its own terms
@@ -160,14 +184,16 @@ class LabelEstimationLoss(EstimatorLoss):
             # estimator: 0.5·[pos(q) + bce(q; sg(p)) + epr_reg(q)]
             weight_a = p + (targets == 1).float()
             weight_b = (1.0 - p).add_((targets == -1).float())
-            reg_value, reg_grad = epr_value_and_grad(q, self.expected_num_pos)
-            estimator_value = (weight_a * a_q).add_(weight_b * b_q).sum().mul_(0.5 / n) + 0.5 * reg_value
+            estimator_value = (weight_a * a_q).add_(weight_b * b_q).sum().mul_(0.5 / n)
             estimator_grad = None
             if estimator_needs_grad:
-                estimator_grad = (weight_a.mul_(da_q)).add_(weight_b.mul_(db_q)).mul_(0.5 / n) \
-                    .add_(q.mul(1.0 - q).mul_(0.5 * reg_grad))
-        w = self.estimate_weight
-        return ((1.0 - w) * base_value + fused_loss(logits, follow_value, follow_grad, w / n)
+                estimator_grad = (weight_a.mul_(da_q)).add_(weight_b.mul_(db_q)).mul_(0.5 / n)
+            if with_regularizer:
+                reg_value, reg_grad = epr_value_and_grad(q, self.expected_num_pos)
+                estimator_value += 0.5 * reg_value
+                if estimator_grad is not None:
+                    estimator_grad.add_(q.mul(1.0 - q).mul_(0.5 * reg_grad))
+        return (fused_loss(logits, follow_value, follow_grad, self.estimate_weight / n)
                 + fused_loss(estimator_logits, estimator_value, estimator_grad, 1.0))
 
     def extra_repr(self) -> str:

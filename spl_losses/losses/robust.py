@@ -48,6 +48,8 @@ class HillLoss(SPLoss):
 
     paper = "Zhang et al., 2021 (Hill)"
     citation = ZHANG_2021
+    #: The split-batch combination follows the ``reduction`` option.
+    batch_reduction = property(lambda self: self.reduction)
     unbounded_terms = "the positive term (1 - p_m)^gamma·(-log p_m) is infinite for an observed positive at logit -inf"
 
     def __init__(self, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0, reduction: str = "sum",
@@ -108,6 +110,8 @@ class SPLCLoss(SPLoss):
 
     citation = ZHANG_2021
     paper = "Zhang et al., 2021 (SPLC)"
+    #: The split-batch combination follows the ``reduction`` option.
+    batch_reduction = property(lambda self: self.reduction)
     unbounded_terms = ("the positive term (1 - p)^gamma·(-log p) is infinite for a positive at logit -inf, and the "
                        "negative term p^gamma·(-log(1 - p)) for an uncorrected negative at +inf (an observed negative, "
                        "or an unknown entry before change_epoch)")
@@ -187,6 +191,8 @@ class AsymmetricAssumeNegativeLoss(SPLoss):
 
     citation = RIDNIK_2021
     paper = "Ridnik et al., ICCV 2021"
+    #: The split-batch combination follows the ``reduction`` option.
+    batch_reduction = property(lambda self: self.reduction)
     unbounded_terms = "with eps=0 the log of a probability is -inf at an infinite logit"
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: Optional[float] = 0.05,

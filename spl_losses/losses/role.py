@@ -6,7 +6,7 @@ import torch
 from .._registry import register_loss
 from ._checks import check_expected_num_pos, check_num_classes
 from ._citations import COLE_2021
-from ._functional import positive_mask
+from ._functional import epr_of_sum, positive_mask
 from .estimator import EstimatorLoss, LabelEstimator
 
 __all__ = ["ROLELoss", "LabelEstimator"]
@@ -44,6 +44,8 @@ class ROLELoss(EstimatorLoss):
 
     paper = "Cole et al., CVPR 2021"
     citation = COLE_2021
+    batch_reduction = "mean"
+    split_statistics = 2  # the sums of p and of y_hat over the batch
 
     def __init__(
             self,
@@ -61,6 +63,19 @@ class ROLELoss(EstimatorLoss):
         self.estimator = LabelEstimator(num_examples, num_classes, observed_labels, sparse=sparse, seed=seed)
 
     def compute(self, logits, targets, index=None):
+        return self._terms(logits, targets, index, self.expected_num_pos)[0]
+
+    def split_compute(self, logits, targets, index=None):
+        value, estimator_logits = self._terms(logits, targets, index, None)
+        return value, torch.stack([torch.sigmoid(logits).sum(), torch.sigmoid(estimator_logits).sum()])
+
+    def split_regularizer(self, statistics, batch_size, num_classes):
+        k = self.expected_num_pos
+        return 0.5 * (epr_of_sum(statistics[0], batch_size, num_classes, k)
+                      + epr_of_sum(statistics[1], batch_size, num_classes, k))
+
+    def _terms(self, logits, targets, index, k: Optional[float]):
+        """The loss (with the regularisers when ``k`` is given) and the batch's estimator logits."""
         estimator_logits = self.batch_estimator_logits(logits, targets, index)
         # Each side's per-entry loss is a weighted BCE whose weights hold the other side's
         # stop-gradient probabilities: pos(v) + neg(v) + bce(v; sg(u)) =
@@ -68,12 +83,11 @@ class ROLELoss(EstimatorLoss):
         p, q = torch.sigmoid(logits.detach()), torch.sigmoid(estimator_logits.detach())
         pos = positive_mask(targets)
         neg_plus_one = (pos - targets).add_(1.0)
-        k = self.expected_num_pos
         model_term = self.weighted_bce_mean(logits, pos + q, neg_plus_one - q, probs=p, expected_num_pos=k)[0]
         # the model's weights are built; reuse their inputs in place for the estimator's
         estimator_term = self.weighted_bce_mean(
             estimator_logits, pos.add_(p), neg_plus_one.sub_(p), probs=q, expected_num_pos=k)[0]
-        return 0.5 * (model_term + estimator_term)
+        return 0.5 * (model_term + estimator_term), estimator_logits
 
     def extra_repr(self) -> str:
         return f"expected_num_pos={self.expected_num_pos}, " + super().extra_repr()

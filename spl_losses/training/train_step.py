@@ -2,7 +2,11 @@
 
 :class:`TrainStep` holds model + loss (+ contrastive term): ``accelerate`` prepares one module, so
 distributed data parallel also all-reduces the gradients of the loss's trainable state (ROLE's label
-estimator) and of the contrastive projection head, keeping every process's copy identical.
+estimator) and of the contrastive projection head, keeping every process's copy identical. Its calls
+treat the batch as split over the processes (``spl_losses.losses.split_batches``): the loss and the
+contrastive term are the global batch's, value and gradient, as on one process. The loss's buffers
+(label matrices, kept identical on every process by the loss itself) are left out of DDP's per-step
+buffer broadcast.
 :class:`LinearStep` holds a linear head and its loss (the linear mode trains on feature tensors
 directly; the module is what its checkpoints save).
 """
@@ -11,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..losses._distributed import split_batches
 from ..losses.contrastive import pooled_features
 
 __all__ = ["TrainStep", "LinearStep"]
@@ -18,6 +23,9 @@ __all__ = ["TrainStep", "LinearStep"]
 
 class TrainStep(nn.Module):
     """``forward(images, targets, index)`` returns the scalar training loss of a batch.
+
+    Under DDP each process passes its share of the global batch (the shares in rank order) and gets the
+    global batch's loss, with the gradient that makes DDP's average the global batch's gradient.
 
     Args:
         model: The network (timm model or wrapper) mapping images to (B, C) logits.
@@ -31,6 +39,11 @@ class TrainStep(nn.Module):
         self.model = model
         self.loss = loss
         self.contrastive = contrastive
+        # read by DistributedDataParallel: not broadcast from rank 0 at every forward (N x C tensors). The
+        # label estimator's (N, C) gradient is still all-reduced densely by DDP; a row-sparse exchange would
+        # list "loss.estimator.logits" here and average each process's batch rows itself after backward
+        # (each process's rows carry P times the global gradient, as every input of a split loss does).
+        self._ddp_params_and_buffers_to_ignore = [f"loss.{name}" for name, _ in loss.named_buffers()]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
                 view1: Optional[torch.Tensor] = None, view2: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -44,16 +57,17 @@ class TrainStep(nn.Module):
             view2: (B, 3, H, W) second contrastive view.
         """
         logits = self.model(images)
-        if getattr(self.loss, "requires_index", False):
-            value = self.loss(logits, targets, index=index)
-        else:
-            value = self.loss(logits, targets)
-        if self.contrastive is not None:
-            if view1 is None or view2 is None:
-                raise ValueError("the contrastive term needs view1 and view2")
-            # both views through the backbone as one batch of 2B, as the original does (BatchNorm sees both)
-            first, second = pooled_features(self.model, torch.cat([view1, view2])).chunk(2)
-            value = self.contrastive.combine(value, first, second, targets)
+        with split_batches(self.loss, self.contrastive):
+            if getattr(self.loss, "requires_index", False):
+                value = self.loss(logits, targets, index=index)
+            else:
+                value = self.loss(logits, targets)
+            if self.contrastive is not None:
+                if view1 is None or view2 is None:
+                    raise ValueError("the contrastive term needs view1 and view2")
+                # both views through the backbone as one batch of 2B, as the original does (BatchNorm sees both)
+                first, second = pooled_features(self.model, torch.cat([view1, view2])).chunk(2)
+                value = self.contrastive.combine(value, first, second, targets)
         return value
 
 
