@@ -93,6 +93,7 @@ def train(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str,
     check_args(args)  # cheap checks first: building a dataset can take long
     accelerator = accelerator or make_accelerator(args)
     run_dir = RunDir(args.output_dir)
+    run_dir.check_writable()
     data = load_data(args.dataset, args.data_dir, parse_dataset_options(args.dataset_option), args.observed_seed)
     settings = resolve_settings(args, data, accelerator.num_processes)
     config = settings.to_config()

@@ -15,6 +15,7 @@ code; an interrupted or failed run leaves every earlier result intact.
 | a corrupt image | died in validation on a BytesIO, no row named | names split, row and file; earlier checkpoints intact (``test_corrupt_image_names_its_row``) |
 | ``--resume`` after the dataset was rebuilt | continued, mixing two datasets | refused, naming the splits (``test_resume_after_the_dataset_changed_is_refused``) |
 | two runs into one folder at once | both wrote; every epoch logged twice | the second is refused (``test_second_run_into_a_busy_folder_is_refused``) |
+| an ``--output-dir`` that cannot be written | failed after building the dataset | refused before loading it (``test_unwritable_output_dir_fails_before_the_data_is_loaded``) |
 | ``--log-with`` an uninstalled tracker, ``--push-to-hub`` without a token | warned / failed after training | refused before work (``test_recipe_cli::test_uninstalled_tracker_and_bad_push_fail_before_work``) |
 | ``load_loss_state`` with epoch -5, NaN tensors, a garbage file | accepted / ``SafetensorError`` without the file | ValueError naming the file (``test_loss_state_files_are_checked``) |
 """
@@ -116,6 +117,19 @@ def test_users_files_inside_a_run_folder_survive(tmp_path, data_cache):
     assert [p.name for p in (out / "checkpoints" / "epoch_002").iterdir()] == ["notes.txt"]
     (out / "checkpoints" / "epoch_003").is_dir()
     assert (out / "model" / "model.safetensors").exists()
+
+
+def test_unwritable_output_dir_fails_before_the_data_is_loaded(tmp_path, data_cache, monkeypatch):
+    import spl_losses.training.data as training_data
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(recipe, "load_data", never)
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    with pytest.raises(ValueError, match="cannot be written"):
+        recipe.main(flags(data_cache, tmp_path / "blocked" / "run", "--loss", "an"))
+    assert training_data.load_data is not never
 
 
 def test_bad_numbers_are_refused_at_parse(tmp_path, data_cache):

@@ -107,6 +107,19 @@ class RunDir:
             raise ValueError(f"--output-dir {self.path} holds an unfinished run of these settings with checkpoints: "
                              "continue it with --resume, or choose another --output-dir")
 
+    def check_writable(self) -> None:
+        """Create the folder if needed and check that files can be written in it (before any work).
+
+        Raises:
+            ValueError: naming the folder and the reason.
+        """
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with open(self.file(LOCK_FILENAME), "a"):
+                pass
+        except OSError as err:
+            raise ValueError(f"--output-dir {self.path} cannot be written: {err.strerror or err}") from None
+
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write ``config.yaml`` (atomically).
 
