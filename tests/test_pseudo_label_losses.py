@@ -33,6 +33,16 @@ def batch(seed=0, b=6, c=5):
     return logits, targets, pseudo
 
 
+def assert_same_value_and_gradient(loss_fn, formula, logits):
+    """The loss and the written-out formula agree in value and in their gradient towards the logits."""
+    x1, x2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    value, expected = loss_fn(x1), formula(x2)
+    value.backward()
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-7)
+
+
 # ------------------------------------------------------------------------------------------------ VLPL
 def vlpl_formula(x, t, pseudo, alpha, beta, beta_neg=0.0, ls=0.1):
     """The per-entry VLPL loss written out entry by entry (autograd through every p)."""
@@ -74,14 +84,8 @@ def test_vlpl_matches_formula_value_and_gradient(beta_neg):
     table[index] = pseudo
     loss = create_loss("vlpl", num_classes=5, num_examples=8, pseudo_labels=table, alpha=0.2, beta=0.7,
                        beta_neg=beta_neg)
-    x1 = logits.clone().requires_grad_()
-    x2 = logits.clone().requires_grad_()
-    value = loss(x1, targets, index=index)
-    expected = vlpl_formula(x2, targets, pseudo, 0.2, 0.7, beta_neg)
-    value.backward()
-    expected.backward()
-    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-7)
+    assert_same_value_and_gradient(lambda x: loss(x, targets, index=index),
+                                   lambda x: vlpl_formula(x, targets, pseudo, 0.2, 0.7, beta_neg), logits)
 
 
 def test_vlpl_stable_form_close_to_reference_and_half_precision_logits():
@@ -189,14 +193,8 @@ def test_gpr_matches_formula_value_and_gradient(epoch):
     logits, targets, pseudo = batch(4)
     loss = create_loss("gpr", num_classes=5, num_examples=6, expected_num_pos=1.5, pseudo_labels=pseudo)
     loss.set_epoch(epoch)
-    x1 = logits.clone().requires_grad_()
-    x2 = logits.clone().requires_grad_()
-    value = loss(x1, targets, index=torch.arange(6))
-    expected = gpr_formula(x2, targets, pseudo, epoch)
-    value.backward()
-    expected.backward()
-    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-7)
+    assert_same_value_and_gradient(lambda x: loss(x, targets, index=torch.arange(6)),
+                                   lambda x: gpr_formula(x, targets, pseudo, epoch), logits)
 
 
 def test_gpr_without_pseudo_labels_and_regulariser_is_gr():

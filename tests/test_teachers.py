@@ -11,9 +11,9 @@ from datasets import ClassLabel, Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
 from spl_losses import LinearProbe
-from spl_losses.teachers import (CLIPTeacher, KNNTeacher, ModelTeacher, ThresholdRule, create_teacher, export_scores,
-                                 fuse_views, grid_boxes, observed_label_matrix, propagate_labels, teacher_scores,
-                                 teacher_scores_file)
+from spl_losses.teachers import (CLIPTeacher, KNNTeacher, ModelTeacher, ThresholdRule, create_teacher,
+                                 export_teacher_scores, fuse_views, grid_boxes, observed_label_matrix, propagate_labels,
+                                 teacher_scores)
 
 NAMES = ["cat", "dog", "tree"]
 TINY_CLIP = {"embed_dim": 16,
@@ -185,9 +185,9 @@ def test_scores_travel_with_a_saved_dataset(tmp_path):
     DatasetDict(train=image_split(4)).save_to_disk(folder)
     train = load_from_disk(folder)["train"]
     teacher = create_teacher(f"clip:{name}", device="cpu")
-    path = teacher_scores_file(teacher, train, cache_dir=str(tmp_path / "machine_a"))
-    exported = export_scores(path, folder)
-    assert exported == os.path.join(folder, "teacher_scores", os.path.basename(path))
+    exported = export_teacher_scores(teacher, train, folder, cache_dir=str(tmp_path / "machine_a"))
+    assert os.path.dirname(exported) == os.path.join(folder, "teacher_scores")
+    assert os.listdir(str(tmp_path / "machine_a")) == [os.path.basename(exported)]
     assert set(load_from_disk(folder)) == {"train"}  # the extra folder does not disturb datasets
     fresh = create_teacher(f"clip:{name}", device="cpu")
     counter = Counting(fresh)
@@ -204,8 +204,8 @@ def test_scores_travel_with_a_hub_dataset(hub, tmp_path):
     datasets.DatasetDict(train=image_split(3)).push_to_hub(repo)
     train = datasets.load_dataset(repo)["train"]
     teacher = create_teacher(f"clip:{name}", device="cpu")
-    path = teacher_scores_file(teacher, train, cache_dir=str(tmp_path / "machine_a"))
-    assert export_scores(path, f"hf-hub:{repo}").startswith(f"hf-hub:{repo}/teacher_scores/")
+    exported = export_teacher_scores(teacher, train, f"hf-hub:{repo}", cache_dir=str(tmp_path / "machine_a"))
+    assert exported.startswith(f"hf-hub:{repo}/teacher_scores/clip-")
     fresh = create_teacher(f"clip:{name}", device="cpu")
     counter = Counting(fresh)
     teacher_scores(fresh, train, cache_dir=str(tmp_path / "machine_b"), dataset_source=f"hf-hub:{repo}")

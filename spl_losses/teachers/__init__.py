@@ -14,11 +14,11 @@ teacher, computed once per dataset split and cached (:func:`teacher_scores`), an
 Teachers: :class:`CLIPTeacher` (any ``open_clip`` / SigLIP model; global view and grid crops),
 :class:`ModelTeacher` (an earlier run: self-training rounds), :class:`KNNTeacher` (label propagation over
 the frozen features). Rules: :class:`ThresholdRule`, :class:`TopKRule`, :class:`PrevalenceRule`,
-:class:`SoftRule`. Files travel with the dataset: :func:`export_scores` puts one in a dataset folder or
-Hub dataset repo, where :func:`teacher_scores` looks first.
+:class:`SoftRule`. Files travel with the dataset: :func:`export_teacher_scores` puts one in a dataset folder
+or Hub dataset repo, where :func:`teacher_scores` looks first (``dataset_source``).
 """
-from .base import Teacher, observed_label_matrix, split_class_names, teacher_scores, teacher_scores_file
-from .cache import SCORES_FOLDER, default_teacher_cache_dir, export_scores
+from .base import Teacher, export_teacher_scores, observed_label_matrix, split_class_names, teacher_scores
+from .cache import SCORES_FOLDER, default_teacher_cache_dir
 from .clip import DEFAULT_TEMPLATES, CLIPTeacher
 from .factory import AEVLP_PSEUDO_LABEL_DEFAULTS, VLPL_PSEUDO_LABEL_DEFAULTS, create_teacher
 from .knn import KNNTeacher, propagate_labels

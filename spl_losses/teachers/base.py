@@ -20,7 +20,7 @@ import torch
 
 from . import cache
 
-__all__ = ["Teacher", "teacher_scores", "teacher_scores_file", "split_class_names", "observed_label_matrix"]
+__all__ = ["Teacher", "teacher_scores", "export_teacher_scores", "split_class_names", "observed_label_matrix"]
 
 
 def split_class_names(split: datasets.Dataset) -> List[str]:
@@ -85,7 +85,11 @@ class Teacher:
 
 def _locate_or_compute(teacher: Teacher, split: datasets.Dataset, cache_dir: Optional[str],
                        dataset_source: Optional[str], token: Optional[str], recompute: bool):
-    """``(path, raw)``: the teacher file of ``split`` and its raw tensor (see :func:`teacher_scores_file`)."""
+    """``(path, raw)``: the teacher file of ``split`` and its raw tensor.
+
+    Looked for, in order: beside the dataset (``dataset_source``: its ``teacher_scores/`` folder, local or on
+    the Hub), then in ``cache_dir``; when absent, computed and written to ``cache_dir``.
+    """
     from ..data import dataset_fingerprint
 
     fingerprint = dataset_fingerprint(split)
@@ -110,32 +114,6 @@ def _locate_or_compute(teacher: Teacher, split: datasets.Dataset, cache_dir: Opt
     return cache.save_raw_scores(local, raw, metadata), raw.float()
 
 
-def teacher_scores_file(
-        teacher: Teacher,
-        split: datasets.Dataset,
-        cache_dir: Optional[str] = None,
-        dataset_source: Optional[str] = None,
-        token: Optional[str] = None,
-        recompute: bool = False,
-) -> str:
-    """Path of the file holding ``teacher``'s raw output on ``split``, computing it if needed.
-
-    Looked for, in order: beside the dataset (``dataset_source``: its ``teacher_scores/`` folder, local or
-    on the Hub), then in ``cache_dir``. When absent, the raw output is computed and written to ``cache_dir``
-    (put it beside the dataset with :func:`spl_losses.teachers.export_scores`).
-
-    Args:
-        teacher: The teacher.
-        split: The split to score (usually ``train``).
-        cache_dir: Cache folder (default ``$SPL_LOSSES_CACHE/teacher_scores``).
-        dataset_source: Where the dataset lives: a local ``save_to_disk`` folder or a Hub dataset repo
-            (``hf-hub:ORG/NAME`` or ``ORG/NAME``); None skips that look-up.
-        token: Hub token for a private dataset repo.
-        recompute: Ignore existing files and compute again.
-    """
-    return _locate_or_compute(teacher, split, cache_dir, dataset_source, token, recompute)[0]
-
-
 def teacher_scores(
         teacher: Teacher,
         split: datasets.Dataset,
@@ -150,8 +128,9 @@ def teacher_scores(
         teacher: The teacher.
         split: The split to score (usually ``train``), rows in ``index`` order.
         cache_dir: Cache folder (default ``$SPL_LOSSES_CACHE/teacher_scores``).
-        dataset_source: A local dataset folder or Hub dataset repo whose ``teacher_scores/`` folder may hold
-            the file already (see :func:`teacher_scores_file`).
+        dataset_source: Where the dataset lives, a local ``save_to_disk`` folder or a Hub dataset repo
+            (``hf-hub:ORG/NAME`` or ``ORG/NAME``), whose ``teacher_scores/`` folder is searched first (see
+            :func:`export_teacher_scores`); None skips that look-up.
         token: Hub token for a private dataset repo.
         recompute: Ignore existing files and compute again.
 
@@ -160,3 +139,25 @@ def teacher_scores(
     """
     raw = _locate_or_compute(teacher, split, cache_dir, dataset_source, token, recompute)[1]
     return teacher.scores_from_raw(raw).float()
+
+
+def export_teacher_scores(teacher: Teacher, split: datasets.Dataset, destination: str,
+                          cache_dir: Optional[str] = None, token: Optional[str] = None) -> str:
+    """Put ``teacher``'s file for ``split`` beside the dataset (computed first if it is in no cache).
+
+    Later :func:`teacher_scores` calls with ``dataset_source=destination`` (on any machine) read it instead of
+    recomputing: the file goes into ``<folder>/teacher_scores/`` of a local dataset folder, or is uploaded to
+    ``teacher_scores/`` of a Hub dataset repo.
+
+    Args:
+        teacher: The teacher.
+        split: The split it scored.
+        destination: A local dataset folder, or a Hub dataset repo (``hf-hub:ORG/NAME`` or ``ORG/NAME``).
+        cache_dir: Cache folder (default ``$SPL_LOSSES_CACHE/teacher_scores``).
+        token: Hub token with write access.
+
+    Returns:
+        The local path or the ``hf-hub:`` path of the exported file.
+    """
+    path = _locate_or_compute(teacher, split, cache_dir, None, token, False)[0]
+    return cache.export_file(path, destination, token)

@@ -1,6 +1,7 @@
 """Teacher outputs computed once per (teacher, weights, preprocessing, dataset split) and stored as files.
 
-Where the files live (decided here, used by :func:`spl_losses.teachers.teacher_scores`):
+Where the files live (decided here, used by :func:`spl_losses.teachers.teacher_scores` and
+:func:`spl_losses.teachers.export_teacher_scores`):
 
 - a cache folder, ``$SPL_LOSSES_CACHE/teacher_scores`` by default;
 - beside a dataset, in its ``teacher_scores/`` folder: a ``save_to_disk`` folder or a Hub dataset repo
@@ -27,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 __all__ = ["SCORES_FOLDER", "FORMAT", "cache_key", "scores_filename", "default_teacher_cache_dir",
-           "save_raw_scores", "load_raw_scores", "find_beside_dataset", "export_scores", "module_fingerprint",
+           "save_raw_scores", "load_raw_scores", "find_beside_dataset", "export_file", "module_fingerprint",
            "tensor_fingerprint"]
 
 #: The folder of teacher files inside a dataset folder or Hub dataset repo.
@@ -168,12 +169,12 @@ def find_beside_dataset(source: str, filename: str, token: Optional[str] = None)
         return None
 
 
-def export_scores(path: str, destination: str, token: Optional[str] = None) -> str:
+def export_file(path: str, destination: str, token: Optional[str] = None) -> str:
     """Put a teacher file beside a dataset: copy it into ``<folder>/teacher_scores/`` or upload it to
     ``teacher_scores/`` of a Hub dataset repo.
 
     Args:
-        path: The teacher file (as returned by :func:`spl_losses.teachers.teacher_scores_file`).
+        path: The teacher file.
         destination: A local dataset folder, or a Hub dataset repo (``hf-hub:ORG/NAME`` or ``ORG/NAME``).
         token: Hub token with write access.
 
