@@ -197,19 +197,24 @@ def test_scores_travel_with_a_saved_dataset(tmp_path):
 
 
 def test_scores_travel_with_a_hub_dataset(hub, tmp_path):
+    """Scores computed on the local dataset, uploaded beside it, are found from the Hub copy elsewhere."""
     import datasets
+
+    from spl_losses.data import load_spml_dataset
 
     name = tiny_clip_dir(str(tmp_path / "clip"))
     repo = "tester/teacher-scores-demo"
-    datasets.DatasetDict(train=image_split(3)).push_to_hub(repo)
-    train = datasets.load_dataset(repo)["train"]
+    local = datasets.DatasetDict(train=image_split(3), validation=image_split(2), test=image_split(2))
+    local.push_to_hub(repo)
     teacher = create_teacher(f"clip:{name}", device="cpu")
-    exported = export_teacher_scores(teacher, train, f"hf-hub:{repo}", cache_dir=str(tmp_path / "machine_a"))
+    exported = export_teacher_scores(teacher, local["train"], f"hf-hub:{repo}", cache_dir=str(tmp_path / "machine_a"))
     assert exported.startswith(f"hf-hub:{repo}/teacher_scores/clip-")
+    train = load_spml_dataset(repo)["train"]  # the same rows, so the same fingerprint and file name
     fresh = create_teacher(f"clip:{name}", device="cpu")
     counter = Counting(fresh)
-    teacher_scores(fresh, train, cache_dir=str(tmp_path / "machine_b"), dataset_source=f"hf-hub:{repo}")
+    scores = teacher_scores(fresh, train, cache_dir=str(tmp_path / "machine_b"), dataset_source=f"hf-hub:{repo}")
     assert counter.calls == 0
+    torch.testing.assert_close(scores, teacher_scores(teacher, local["train"], cache_dir=str(tmp_path / "machine_a")))
     # a repo without the file: computed locally
     teacher_scores(fresh, train, cache_dir=str(tmp_path / "machine_c"), dataset_source="tester/no-such-dataset")
     assert counter.calls == 1
