@@ -21,7 +21,10 @@ Rules: ``thr t`` (ThresholdRule), ``top3`` (TopKRule), ``soft`` (SoftRule), ``pr
 k = 3.439, margins 0.3 / 0.35). Losses: ``vlpl`` (beta 0.7, no negative term, as published; with ``prev``
 beta = beta_neg = 1), ``gpr``.
 
-    OMP_NUM_THREADS=1 python benchmarks/teacher_gap.py [--threads 1] [--seeds 0 1 2] [--only em vlpl]
+    OMP_NUM_THREADS=1 python benchmarks/teacher_gap.py [--threads 1] [--seeds 0 1 2] [--no-baselines]
+
+One seed takes about 3 minutes with ``--no-baselines`` and 8 with every baseline (one thread on a shared
+2-core machine); the table reports the mean (± standard deviation) over ``--seeds``.
 """
 import argparse
 import statistics

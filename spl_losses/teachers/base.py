@@ -79,9 +79,6 @@ class Teacher:
         """
         return raw
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.describe()})"
-
 
 def _locate_or_compute(teacher: Teacher, split: datasets.Dataset, cache_dir: Optional[str],
                        dataset_source: Optional[str], token: Optional[str], recompute: bool):
