@@ -252,6 +252,14 @@ def test_knn_label_propagation_by_hand():
     # by hand: node 0 gets 1 + 0.5*(0.5*(1 + 0.5*1)) ... ; node 1 = 0.5 + 0.125 after 3 steps
     assert out[1, 0].item() == pytest.approx(0.5 + 0.5 ** 3)
     assert out[0, 0].item() == pytest.approx(1 + 0.5 ** 2)
+    # the teacher on a split of these points (3 classes, the third never observed), then a rule:
+    # rows are divided by their maximum -> node 1 scores (1, 0, 0), node 3 (0, 1, 0)
+    split = feature_split(x.numpy(), [[0], [], [1], []])
+    teacher = KNNTeacher(num_neighbors=1, alpha=alpha, gamma=2.0, iterations=3)
+    scores = teacher_scores(teacher, split)
+    assert scores.tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]]
+    pseudo = ThresholdRule(0.5)(scores, observed_label_matrix(split))
+    assert pseudo.tolist() == [[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]]
 
 
 def test_knn_teacher_scores_and_limit():
