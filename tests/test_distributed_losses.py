@@ -34,6 +34,7 @@ SCHEDULE = [(0, list(range(0, 8))), (0, list(range(8, 16))),
             (1, list(range(16, 24))), (1, [3, 7, 11, 19, 23]),
             (2, [0, 1, 2, 3, 0, 5, 6, 7])]
 STATE = dict(num_classes=C, num_examples=N)
+PSEUDO = torch.tensor([[1.0, -1.0, 0.0, 0.5, -0.5]] * N).roll(1, dims=1)
 #: name -> (loss name, constructor arguments, contrastive term: None / "unsupervised" / "supervised")
 CASES = {
     "bce": ("bce", {}, None), "bce_ls": ("bce_ls", {}, None), "an": ("an", {}, "unsupervised"),
@@ -53,6 +54,9 @@ CASES = {
                                                     "base_kwargs": {"delta_rel": 0.1}}, None),
     "label_estimation_epr": ("label_estimation", {**STATE, "expected_num_pos": K, "seed": 0, "base_loss": "epr"},
                              None),
+    # pseudo-labels (positive, negative and soft ones), and GPR's EPR regulariser (a batch statistic)
+    "vlpl": ("vlpl", {**STATE, "beta_neg": 0.5, "pseudo_labels": PSEUDO}, None),
+    "gpr": ("gpr", {**STATE, "num_epochs": 3, "expected_num_pos": K, "reg": 0.5, "pseudo_labels": PSEUDO}, None),
 }
 
 

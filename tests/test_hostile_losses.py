@@ -29,13 +29,18 @@ ARGS = {
     "label_estimation": dict(num_classes=C, num_examples=N, expected_num_pos=1.0, seed=0),
     "em_apl": dict(num_classes=C, num_examples=N),
     "ll_cp": dict(num_classes=C, num_examples=N),
+    # pseudo-labels: a positive and a negative one per row
+    "vlpl": dict(num_classes=C, num_examples=N, beta_neg=0.5,
+                 pseudo_labels=torch.tensor([[0.0, 1.0, -1.0]] * N)),
+    "gpr": dict(num_classes=C, num_examples=N, expected_num_pos=1.0,
+                pseudo_labels=torch.tensor([[0.0, 1.0, -1.0]] * N)),
 }
 MULTI_HOT = {"bce", "bce_ls"}
 STATEFUL = sorted(name for name in list_losses() if spl_losses.get_loss_class(name).requires_index)
 
 #: Losses whose value stays finite with a positive at -inf and an unknown at +inf (epoch 0).
-BOUNDED_WHEN_WRONG = {"an", "an_ls", "asl", "bce", "bce_ls", "em", "em_apl", "epr", "gr", "iu", "label_estimation",
-                      "role", "wan"}
+BOUNDED_WHEN_WRONG = {"an", "an_ls", "asl", "bce", "bce_ls", "em", "em_apl", "epr", "gr", "gpr", "iu",
+                      "label_estimation", "role", "vlpl", "wan"}
 
 
 def build(name, **overrides):
@@ -55,7 +60,7 @@ def call(loss, logits, targets, index=None):
 
 def test_the_table_covers_every_registered_loss():
     assert set(ARGS) | {n for n in list_losses() if n not in ARGS} == set(list_losses())
-    assert set(STATEFUL) == {"em_apl", "label_estimation", "ll_cp", "role"}
+    assert set(STATEFUL) == {"em_apl", "gpr", "label_estimation", "ll_cp", "role", "vlpl"}
 
 
 # ------------------------------------------------------------------------------------------- B = 0
@@ -132,7 +137,7 @@ def test_infinite_logits_in_the_stable_form(name):
     with pytest.raises(ValueError, match="stable=True"):  # every one scores an observed positive with -log p
         call(build(name, stable=True), torch.tensor([[-INF, 0.2, 0.3], [0.1, 0.5, 1.0]]), targets)
     right = torch.tensor([[INF, -INF, 0.3], [-INF, 0.5, INF]])
-    if name in ("an_ls", "bce_ls", "role", "label_estimation"):  # soft targets weigh both logs at every entry
+    if name in ("an_ls", "bce_ls", "role", "label_estimation", "vlpl"):  # soft targets weigh both logs
         with pytest.raises(ValueError, match="stable=True"):
             call(build(name, stable=True), right, targets)
     else:

@@ -20,3 +20,5 @@ from .gr import GeneralizedRobustLoss, GRSchedule
 from .label_estimation import LabelEstimationLoss, with_label_estimator
 from .contrastive import ContrastiveAuxiliary, nt_xent_loss, pooled_features
 from ._distributed import split_batches
+from .vlpl import VLPL_DATASET_DEFAULTS, PseudoLabelState, VLPLLoss
+from .gpr import GPR_DATASET_DEFAULTS, GPRLoss

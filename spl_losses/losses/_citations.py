@@ -5,7 +5,7 @@ attribute ``citation`` and a short human name as ``paper``; model cards and user
 """
 
 __all__ = ["COLE_2021", "ZHOU_2022", "KIM_2022", "KIM_2023", "ZHANG_2021", "RIDNIK_2021", "CHEN_2024",
-           "CHEN_2020", "KHOSLA_2020"]
+           "CHEN_2020", "KHOSLA_2020", "XING_2024", "TRAN_2025"]
 
 COLE_2021 = """@inproceedings{cole2021multi,
   title     = {Multi-Label Learning from Single Positive Labels},
@@ -68,4 +68,18 @@ KHOSLA_2020 = """@inproceedings{khosla2020supervised,
   author    = {Khosla, Prannay and Teterwak, Piotr and Wang, Chen and Sarna, Aaron and Tian, Yonglong and Isola, Phillip and Maschinot, Aaron and Liu, Ce and Krishnan, Dilip},
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2020}
+}"""
+
+XING_2024 = """@inproceedings{xing2024vision,
+  title     = {Vision-Language Pseudo-Labels for Single-Positive Multi-Label Learning},
+  author    = {Xing, Xin and Xiong, Zhexiao and Stylianou, Abby and Sastry, Srikumar and Gong, Liyu and Jacobs, Nathan},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition Workshops (CVPRW)},
+  year      = {2024}
+}"""
+
+TRAN_2025 = """@inproceedings{tran2025more,
+  title     = {More Reliable Pseudo-labels, Better Performance: A Generalized Approach to Single Positive Multi-label Learning},
+  author    = {Tran, Luong and Vo, Thieu and Nguyen, Anh and Dinh, Sang and Nguyen, Van},
+  booktitle = {IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year      = {2025}
 }"""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["REFERENCE_EPS", "neg_log", "has_infinity", "positive_mask", "expected_positive_regularizer",
+__all__ = ["REFERENCE_EPS", "neg_log", "neg_log_terms", "has_infinity", "positive_mask", "expected_positive_regularizer",
            "epr_value_and_grad", "epr_of_sum", "weighted_bce_mean", "fused_loss", "needs_grad", "overwrite_entries",
            "nlog_terms_and_grads", "focal_margin_positive", "reduction_scale"]
 
@@ -31,6 +31,21 @@ def neg_log(p: torch.Tensor, eps: float = REFERENCE_EPS) -> torch.Tensor:
         eps: Added inside the log (1e-5 in the reference).
     """
     return -torch.log(p + eps)
+
+
+def neg_log_terms(logits: torch.Tensor, stable: bool = False, eps: float = REFERENCE_EPS):
+    """``(-log p, -log(1 - p), p)`` of float32 logits, in the reference form (``-log(v + eps)``) or the stable
+    log-sigmoid form, through autograd.
+
+    Args:
+        logits: Logits.
+        stable: Use ``softplus(-x)`` and ``softplus(x)``.
+        eps: Epsilon of the reference form.
+    """
+    p = torch.sigmoid(logits)
+    if stable:
+        return F.softplus(-logits), F.softplus(logits), p
+    return neg_log(p, eps), neg_log(1.0 - p, eps), p
 
 
 def has_infinity(logits: torch.Tensor) -> bool:
