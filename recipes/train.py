@@ -20,6 +20,7 @@ The run folder (``--output-dir``) holds config.yaml, metrics.jsonl, results.json
 ``model/`` (a stock timm model, or a LinearProbe for features, plus loss_state.safetensors) and
 ``checkpoints/``. ``--batch-size`` is the global batch, split over processes. Epochs count from 1.
 """
+import dataclasses
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from spl_losses.training.arguments import flag_defaults, parse_args
 from spl_losses.training.data import load_data
 from spl_losses.training.export import export_model
 from spl_losses.training.phases import train_end_to_end_phase, train_linear_phase
+from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_dir import RunDir
 from spl_losses.training.run_files import plot_val_map, read_json, read_jsonl, write_json
 from spl_losses.training.search import REFERENCE_GRID, select_winner
@@ -111,6 +113,7 @@ def train(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str,
             accelerator.init_trackers("logs", config={k: v for k, v in config.items()
                                                       if isinstance(v, (int, float, str, bool))})
         describe(accelerator, settings, data)
+        data = dataclasses.replace(data, train_pseudo=teacher_pseudo_labels(accelerator, settings, data))
         outcome = train_phases(accelerator, settings, data)
         if outcome is None:
             accelerator.print(f"stopped after --stop-after {settings.stop_after} epoch(s); continue with --resume")

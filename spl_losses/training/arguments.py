@@ -187,6 +187,17 @@ FLAGS: Tuple[Flag, ...] = (
     _loss_option("--lamb", "Hill's lambda"),
     _loss_option("--change-epoch", "SPLC's first correcting epoch (0-based)", non_negative_int),
     Flag("--loss-kwargs", {}, "further loss constructor arguments (YAML mapping)", mapping, group="loss"),
+    Flag("--teacher", None, "pseudo-labels for vlpl/gpr from a teacher: clip:MODEL[@TAG] (open_clip, hf-hub: or "
+         "local-dir:), model:CHECKPOINT (an earlier run) or knn (label propagation over the features)",
+         group="teacher"),
+    Flag("--teacher-kwargs", {}, "teacher options (YAML mapping): temperature, grid, gate, fusion, templates, "
+         "num_neighbors, device, ...", mapping, group="teacher"),
+    Flag("--pseudo-label-rule", "threshold", "how teacher scores become pseudo-labels",
+         choices=("threshold", "topk", "prevalence", "soft"), group="teacher"),
+    Flag("--pseudo-label-kwargs", {}, "rule options (YAML mapping): threshold, k, negative_fraction, "
+         "expected_num_pos, ...", mapping, group="teacher"),
+    Flag("--teacher-cache-dir", None, "teacher score cache (default $SPL_LOSSES_CACHE/teacher_scores)",
+         group="teacher"),
     Flag("--cl", False, "add the contrastive auxiliary loss (NT-Xent over two views)", group="loss", switch=True),
     Flag("--cl-coef", 0.1, "weight of the contrastive term", non_negative_float, group="loss"),
     Flag("--cl-supervised", False, "contrastive positives also share an observed class", group="loss", switch=True),

@@ -34,6 +34,7 @@ class RunData:
         val_full: Full validation labels, or None.
         test_full: Full test labels.
         fingerprints: Content fingerprint of each split (``spl_losses.data.dataset_fingerprint``).
+        train_pseudo: (N, C) pseudo-labels of train from a teacher (``--teacher``), or None.
     """
 
     name: str
@@ -46,6 +47,7 @@ class RunData:
     val_full: Optional[torch.Tensor]
     test_full: torch.Tensor
     fingerprints: Mapping[str, str]
+    train_pseudo: Optional[torch.Tensor] = None
 
     @property
     def num_classes(self) -> int:

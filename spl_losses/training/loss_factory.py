@@ -70,9 +70,11 @@ def build_run_loss(settings, data, epochs: int, sparse: bool = False) -> nn.Modu
         epochs: Epochs of the phase (losses with epoch schedules).
         sparse: Sparse gradients for per-example state (``--sparse-estimator``).
     """
+    options = dict(settings.loss_options)
+    if data.train_pseudo is not None:
+        options["pseudo_labels"] = data.train_pseudo
     return build_loss(settings.loss, data.num_classes, data.num_train, data.train_observed,
-                      settings.expected_num_pos, epochs, settings.seed, sparse=sparse,
-                      options=dict(settings.loss_options))
+                      settings.expected_num_pos, epochs, settings.seed, sparse=sparse, options=options)
 
 
 @torch.no_grad()

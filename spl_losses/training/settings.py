@@ -24,6 +24,7 @@ from .arguments import FLAGS, loss_options
 from .data import RunData
 from .label_matrices import estimate_expected_num_pos
 from .loss_factory import build_loss, loss_parameters
+from .pseudo_labels import check_teacher_settings
 
 __all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]
 
@@ -238,6 +239,7 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
             raise ValueError(f"--loss {args.loss} needs k, the expected number of positives per image: "
                              f"{args.dataset!r} is not a benchmark with a known k and has no clean validation labels "
                              "to estimate it from; pass --expected-num-pos")
+    check_teacher_settings(args, "pseudo_labels" in loss_parameters(args.loss), k)
     with torch.device("meta"):  # builds nothing: checks the loss's options, gives its state's shapes
         probe = build_loss(args.loss, data.num_classes, data.num_train, None, k, phases[0].epochs, None,
                            options=options)
