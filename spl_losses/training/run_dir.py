@@ -108,17 +108,19 @@ class RunDir:
                              "continue it with --resume, or choose another --output-dir")
 
     def check_writable(self) -> None:
-        """Create the folder if needed and check that files can be written in it (before any work).
+        """Check, before any work and without creating anything, that the folder can be created and written.
 
         Raises:
             ValueError: naming the folder and the reason.
         """
-        try:
-            os.makedirs(self.path, exist_ok=True)
-            with open(self.file(LOCK_FILENAME), "a"):
-                pass
-        except OSError as err:
-            raise ValueError(f"--output-dir {self.path} cannot be written: {err.strerror or err}") from None
+        path = os.path.abspath(self.path)
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if existing != path and not os.path.isdir(existing):
+            raise ValueError(f"--output-dir {self.path} cannot be written: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--output-dir {self.path} cannot be written: no write permission on {existing}")
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write ``config.yaml`` (atomically).
