@@ -6,6 +6,7 @@ dataset split's fingerprint and the mixed-precision mode of the extraction. File
 """
 import hashlib
 import os
+from typing import Optional
 
 import datasets
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..data.fingerprint import default_cache_root
 from .evaluation import predict_loader
-from .image_data import loader_for_split
+from .input_pipeline import ImagePipeline
 
 __all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "pooled_features",
            "extract_or_load_features"]
@@ -82,10 +83,11 @@ def extract_or_load_features(
         accelerator,
         model: nn.Module,
         split: datasets.Dataset,
-        transform,
+        pipeline: ImagePipeline,
         cache_path: str,
         batch_size: int,
-        workers: int = 0,
+        fingerprint: Optional[str] = None,
+        split_name: Optional[str] = None,
         show_progress: bool = False,
         description: str = "features",
 ) -> torch.Tensor:
@@ -98,10 +100,11 @@ def extract_or_load_features(
         accelerator: The ``accelerate.Accelerator``.
         model: The frozen timm backbone (with or without its classifier).
         split: Split with ``image`` and ``index`` columns.
-        transform: PIL-to-tensor transform.
+        pipeline: The image pipeline (loaders of uint8 batches, normalised on the device).
         cache_path: Cache file (see :func:`feature_cache_path`).
         batch_size: Extraction batch size (global).
-        workers: DataLoader workers.
+        fingerprint: The split's ``dataset_fingerprint`` (keys the pipeline's image cache, if any).
+        split_name: The split's name, for errors.
         show_progress: Progress bar on the main process.
         description: Progress-bar label.
 
@@ -113,9 +116,10 @@ def extract_or_load_features(
         if features.shape[0] == len(split):
             return features
     model = model.to(accelerator.device).eval()
-    loader = accelerator.prepare_data_loader(loader_for_split(split, transform, batch_size, workers=workers))
+    loader = accelerator.prepare_data_loader(pipeline.loader(split, batch_size, fingerprint=fingerprint,
+                                                             split_name=split_name))
     features = predict_loader(lambda x: pooled_features(model, x), loader, accelerator, len(split),
-                              show_progress=show_progress, description=description)
+                              show_progress=show_progress, description=description, preprocess=pipeline.normalize)
     if accelerator.is_main_process:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         tmp = f"{cache_path}.tmp{os.getpid()}"
