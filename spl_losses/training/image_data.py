@@ -146,7 +146,8 @@ def loader_for_split(
             raise ValueError("contrastive views are drawn from the decoded image: pass images=None with "
                              "two_view_transform")
         if len(images) != len(split):
-            raise ValueError(f"{split_label(split, split_name)}: the resized images hold {len(images)} rows, the split {len(split)}")
+            raise ValueError(f"{split_label(split, split_name)}: the resized images hold {len(images)} rows, "
+                             f"the split {len(split)}")
         view = images
     else:
         if "image" not in split.column_names:
