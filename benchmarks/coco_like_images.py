@@ -13,8 +13,20 @@ import numpy as np
 CLASSES = [f"class{i:02d}" for i in range(20)]
 
 
+def _write_jpeg(job) -> str:
+    from PIL import Image
+
+    path, seed, width, height = job
+    rng = np.random.default_rng(seed)
+    field = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    pixels = np.asarray(field, dtype=np.int16) + rng.normal(0, 14, (height, width, 3)).astype(np.int16)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+    return path
+
+
 def write_jpegs(folder: str, num_images: int, seed: int = 0, width: int = 640, height: int = 480) -> list:
-    """Write ``num_images`` JPEGs into ``folder/images``; returns their paths.
+    """Write ``num_images`` JPEGs into ``folder/images`` (in parallel on machines with many CPUs); returns
+    their paths. Image i depends only on (``seed``, i).
 
     Args:
         folder: Output folder.
@@ -23,19 +35,16 @@ def write_jpegs(folder: str, num_images: int, seed: int = 0, width: int = 640, h
         width: Width in pixels.
         height: Height in pixels.
     """
-    from PIL import Image
+    from spl_losses.training.input_pipeline import available_cpus
 
-    rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
-    paths = []
-    for i in range(num_images):
-        field = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height),
-                                                                                           Image.BICUBIC)
-        pixels = np.asarray(field, dtype=np.int16) + rng.normal(0, 14, (height, width, 3)).astype(np.int16)
-        path = os.path.join(folder, "images", f"{i:06d}.jpg")
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
-        paths.append(path)
-    return paths
+    jobs = [(os.path.join(folder, "images", f"{i:06d}.jpg"), [seed, i], width, height) for i in range(num_images)]
+    if available_cpus() > 2 and num_images >= 64:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(available_cpus()) as pool:
+            return list(pool.map(_write_jpeg, jobs, chunksize=16))
+    return [_write_jpeg(job) for job in jobs]
 
 
 def _write_listing(path: str, images: list, rng) -> None:

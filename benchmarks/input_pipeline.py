@@ -19,9 +19,9 @@ On a shared machine wall-clock rates fall with the other processes' load (printe
 CPU time is measured too (this process's and its workers', read from /proc over the later epochs):
 "CPU eff." is its images per CPU-second over one core's, i.e. the share of the machine's limit it
 reaches on idle cores when its workers keep every core busy. The single-core rate is per CPU-second
-for the same reason.
+for the same reason, and the wall-clock column "best" is each loader's fastest later epoch.
 
-    python benchmarks/input_pipeline.py [--device cpu|cuda] [--images 384] [--epochs 3] [--batch-size 32]
+    python benchmarks/input_pipeline.py [--device cpu|cuda] [--images N] [--epochs 4] [--batch-size 32]
         [--workers auto] [--threads 1] [--quick]
 """
 import argparse
@@ -46,8 +46,9 @@ def parse_args(argv=None):
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="where batches are normalised (cpu, cuda)")
-    parser.add_argument("--images", type=int, default=384, help="generated training images")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per loader (the first starts the workers)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="generated training images (default: 384 on cpu, 2048 on cuda)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per loader (the first starts the workers)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--workers", default="auto", help="'auto' (the recipe's rule for an accelerator) or a count")
@@ -56,6 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="a dry run: 64 images, 2 epochs")
     parser.add_argument("--work-dir", default=None, help="folder for the images (default: a temporary one, removed)")
     args = parser.parse_args(argv)
+    args.images = args.images or (2048 if args.device.startswith("cuda") else 384)
     if args.quick:
         args.images, args.epochs = 64, 2
     return args
@@ -151,8 +153,10 @@ def timm_loader_rates(folder, pipeline, workers, args):
     from timm.data import ImageDataset, create_loader
 
     mean, std = pipeline.normalize.mean, pipeline.normalize.std
+
     def make_loader():
-        return create_loader(ImageDataset(os.path.join(folder, "timm")), input_size=(3, args.image_size, args.image_size),
+        size = (3, args.image_size, args.image_size)
+        return create_loader(ImageDataset(os.path.join(folder, "timm")), input_size=size,
                              batch_size=args.batch_size, is_training=False, use_prefetcher=True,
                              device=torch.device(args.device), num_workers=workers, crop_pct=1.0, crop_mode="squash",
                              interpolation=pipeline.interpolation, mean=mean, std=std,
@@ -201,7 +205,8 @@ def main(argv=None):
         print(f"torch threads {torch.get_num_threads()}, workers {workers} ({workers_note}), batch {args.batch_size}, "
               f"{args.image_size} px, {args.images} generated JPEGs 640x480 (mean {kilobytes:.0f} kB, "
               f"{gen_seconds:.1f} s to write)")
-        uint8_rate, float_rate = single_core_rates(split, pipeline, protocol_transform(model, args.image_size))
+        uint8_rate, float_rate = map(max, zip(*(single_core_rates(split, pipeline, protocol_transform(
+            model, args.image_size)) for _ in range(2))))
         limit = uint8_rate * cpus
         print(f"one core: decode + squash to {args.image_size} px -> uint8 {uint8_rate:.0f} img per CPU-s "
               f"(-> normalised float {float_rate:.0f})")
@@ -221,14 +226,14 @@ def main(argv=None):
                      recipe_loader_rates(accelerator, cached, split, args, fingerprint)))
         rows.append((f"timm create_loader (prefetcher: normalised on {accelerator.device.type})",
                      timm_loader_rates(folder, pipeline, workers, args)))
-        print(f"\n{'loader (img/s)':<62} {'epoch 1':>8} {'later':>8} {'x limit':>8} {'CPU eff.':>8}")
+        print(f"\n{'loader (img/s)':<62} {'epoch 1':>8} {'best':>8} {'x limit':>8} {'CPU eff.':>8}")
         summary = {}
         for name, (rates, per_cpu_second) in rows:
-            later = sum(rates[1:]) / max(len(rates) - 1, 1) if len(rates) > 1 else rates[0]
-            summary[name] = (later, per_cpu_second / uint8_rate)
-            print(f"{name:<62} {rates[0]:8.0f} {later:8.0f} {later / limit:8.2f} {per_cpu_second / uint8_rate:8.2f}")
+            best = max(rates[1:] or rates)
+            summary[name] = (best, per_cpu_second / uint8_rate)
+            print(f"{name:<62} {rates[0]:8.0f} {best:8.0f} {best / limit:8.2f} {per_cpu_second / uint8_rate:8.2f}")
         steady, efficiency = summary[rows[0][0]]
-        print(f"\ntarget: the recipe's loader (later epochs) >= {TARGET} x limit: {steady / limit:.2f} of the "
+        print(f"\ntarget: the recipe's loader (best later epoch) >= {TARGET} x limit: {steady / limit:.2f} of the "
               f"limit wall-clock ({'met' if steady >= TARGET * limit else 'not met'} at load average "
               f"{load_average()}); CPU efficiency {efficiency:.2f} ({'met' if efficiency >= TARGET else 'not met'} "
               f"on idle cores)")

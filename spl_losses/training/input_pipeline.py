@@ -152,6 +152,18 @@ class ImagePipeline:
                              image_cache_dir=cache_dir, channels_last=settings.channels_last, accelerator=accelerator,
                              show_progress=settings.progress and accelerator.is_local_main_process)
 
+    def summary(self, device: Union[str, torch.device, None] = None) -> str:
+        """One line for the log: workers, where batches are normalised, the image cache.
+
+        Args:
+            device: Where batches are normalised (the accelerator's device).
+        """
+        where = f"on {device}" if device is not None else "on the device"
+        return (f"images: {self.workers} loader worker(s) per process, uint8 batches normalised {where}"
+                f"{' from page-locked memory' if self.pin_memory else ''}"
+                f"{', channels-last' if self.normalize.channels_last else ''}; image cache "
+                f"{self.image_cache_dir if self.image_cache_dir else 'off (--image-cache to decode once)'}")
+
     def loader(self, split: datasets.Dataset, batch_size: int, fingerprint: Optional[str] = None,
                sampler: Optional[Sampler] = None, two_view_transform=None,
                split_name: Optional[str] = None) -> DataLoader:

@@ -84,6 +84,7 @@ def _features(accelerator, settings, data: RunData, model: Optional[nn.Module], 
                 for s in ("train", "validation", "test")}
     backbone = apply_device_options(timm_model_of(model), channels_last=settings.channels_last)
     pipeline = ImagePipeline.for_run(accelerator, settings, backbone)
+    accelerator.print(pipeline.summary(accelerator.device))
     weights = weights_fingerprint(backbone)
     feats = {}
     for split in ("train", "validation", "test"):
@@ -172,6 +173,7 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     model = create_model(settings, data.num_classes)
     loss_fn = build_run_loss(settings, data, phase.epochs)
     pipeline = ImagePipeline.for_run(accelerator, settings, timm_model_of(model))
+    accelerator.print(pipeline.summary(accelerator.device))
     apply_device_options(model, settings.channels_last, settings.compile, settings.compile_mode)
     contrastive = two_views = None
     if settings.cl:
