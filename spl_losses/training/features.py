@@ -6,6 +6,7 @@ dataset split's fingerprint and the mixed-precision mode of the extraction. File
 """
 import hashlib
 import os
+import socket
 from typing import Optional
 
 import datasets
@@ -78,6 +79,13 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
+def _read_cache(path: str, num_rows: int) -> Optional[torch.Tensor]:
+    if not os.path.isfile(path):
+        return None
+    features = load_file(path)["features"]
+    return features if features.shape[0] == num_rows else None
+
+
 @torch.no_grad()
 def extract_or_load_features(
         accelerator,
@@ -94,7 +102,9 @@ def extract_or_load_features(
     """The (N, D) pooled features of ``split`` in index order: read from ``cache_path`` or extracted.
 
     Extraction is shared by all processes (each scores part of the split, every example exactly
-    once); the main process writes the cache file.
+    once); the first process of each machine writes the cache file (so machines without a shared disk
+    each keep a copy). The file is read only when every process finds it, so that all of them either
+    read or extract together.
 
     Args:
         accelerator: The ``accelerate.Accelerator``.
@@ -111,18 +121,18 @@ def extract_or_load_features(
     Returns:
         A float32 CPU tensor.
     """
-    if os.path.isfile(cache_path):
-        features = load_file(cache_path)["features"]
-        if features.shape[0] == len(split):
-            return features
+    features = _read_cache(cache_path, len(split))
+    found = torch.tensor([int(features is not None)], device=accelerator.device)
+    if bool(accelerator.gather(found).all()):
+        return features
     model = model.to(accelerator.device).eval()
     loader = accelerator.prepare_data_loader(pipeline.loader(split, batch_size, fingerprint=fingerprint,
                                                              split_name=split_name))
     features = predict_loader(lambda x: pooled_features(model, x), loader, accelerator, len(split),
                               show_progress=show_progress, description=description, preprocess=pipeline.normalize)
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        tmp = f"{cache_path}.tmp{os.getpid()}"
+        tmp = f"{cache_path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a shared disk
         save_file({"features": features.contiguous()}, tmp)
         os.replace(tmp, cache_path)
     accelerator.wait_for_everyone()

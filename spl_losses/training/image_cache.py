@@ -13,6 +13,7 @@ images, 50 GB for COCO 2014's 82,081). Batches read from it equal the decoding p
 """
 import hashlib
 import os
+import socket
 from typing import Any, Callable, Dict, List, Optional
 
 import datasets
@@ -84,7 +85,7 @@ def build_image_cache(split: datasets.Dataset, transform: Callable, path: str, w
     from tqdm.auto import tqdm
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a disk shared by machines
     name = split_label(split, split_name)
     array, start = None, 0
     try:
