@@ -45,11 +45,12 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 
 
 def make_accelerator(args) -> Accelerator:
-    """The run's ``Accelerator``: precision, trackers, gradient accumulation; batches split over processes."""
+    """The run's ``Accelerator``: precision, trackers, gradient accumulation; batches split over processes and
+    copied to the device asynchronously (from page-locked memory on CUDA)."""
     return Accelerator(mixed_precision=args.mixed_precision, log_with=args.log_with,
                        project_dir=args.output_dir if args.log_with else None,
                        gradient_accumulation_steps=args.grad_accum_steps,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+                       dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=True))
 
 
 def describe(accelerator: Accelerator, settings, data) -> None:

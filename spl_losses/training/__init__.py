@@ -6,7 +6,11 @@
 - :mod:`.run_dir`: whose a run folder is, whether it holds this run, its OS lock.
 - :mod:`.loss_factory`: build any registered loss from the run; the linear-to-fine-tuning hand-off.
 - :mod:`.modeling`: the timm model (BoostLU) and the head hand-off.
-- :mod:`.image_data`: the protocol's image transform, loaders, batched flips, decoding errors named.
+- :mod:`.image_data`: the protocol's image transform (float, or uint8 normalised on the device), loaders,
+  batched flips, decoding errors named.
+- :mod:`.image_cache`: resized uint8 images decoded once into a memory-mapped file per split.
+- :mod:`.input_pipeline`: a run's image loaders: worker count, page-locked memory, device normalisation, cache.
+- :mod:`.device_options`: channels-last memory format and ``torch.compile`` of the network.
 - :mod:`.sampling`: data order and flips as functions of (seed, epoch) (exact resume, any process count).
 - :mod:`.features`: pooled backbone features with an on-disk cache.
 - :mod:`.linear_head`: linear-head training on whole feature tensors.
@@ -24,7 +28,11 @@
 from .arguments import FLAGS, build_parser, load_config_file, parse_args
 from .data import RunData, load_data
 from .evaluation import features_loader, predict_loader, scatter_by_index
+from .device_options import apply_device_options
 from .features import extract_or_load_features, feature_cache_path, pooled_features, weights_fingerprint
+from .image_cache import CachedImages, image_cache_path
+from .image_data import DeviceNormalize, protocol_transform, protocol_uint8_transform
+from .input_pipeline import ImagePipeline, default_workers, resolve_workers
 from .linear_head import predict_linear, train_linear_epoch
 from .loss_factory import build_loss, build_run_loss, hand_off_loss_state, loss_parameters
 from .phases import PhaseOutcome, train_end_to_end_phase, train_linear_phase

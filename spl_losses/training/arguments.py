@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import yaml
 
+from .device_options import COMPILE_MODES
+
 __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser",
            "parse_args", "load_config_file", "flag_defaults", "loss_options"]
 
@@ -76,6 +78,16 @@ positive_float = _bounded(_real, lambda x: x > 0, "a number > 0")
 non_negative_float = _bounded(_real, lambda x: x >= 0, "a number >= 0")
 finite_float = _bounded(_real, lambda x: True, "a finite number")
 probability = _bounded(_real, lambda x: 0.0 <= x <= 1.0, "a number in [0, 1]")
+
+
+def worker_count(value: Any) -> Any:
+    """``auto`` or an integer >= 0."""
+    if value == "auto":
+        return value
+    try:
+        return non_negative_int(value)
+    except argparse.ArgumentTypeError:
+        _fail("'auto' or an integer >= 0", value)
 
 
 def mapping(value: Any) -> Dict[str, Any]:
@@ -154,9 +166,16 @@ FLAGS: Tuple[Flag, ...] = (
          choices=("clean", "observed"), group="data"),
     Flag("--image-size", 448, "input side in pixels (images are squashed to a square, no crop)", positive_int,
          group="data"),
-    Flag("--workers", 0, "DataLoader worker processes per training process", non_negative_int, group="data"),
+    Flag("--workers", "auto", "DataLoader worker processes per training process; auto: on an accelerator the "
+         "process's share of its machine's CPUs (CPUs // processes on the machine, 1 to 16), on the CPU 0",
+         worker_count, group="data"),
     Flag("--cache-dir", None, "feature cache folder (default: $SPL_LOSSES_CACHE/features or "
          "~/.cache/spl_losses/features)", group="data"),
+    Flag("--image-cache", False, "decode and resize each split's images once into a memory-mapped uint8 file "
+         "(3 x SIZE x SIZE bytes per image) that later epochs and runs read instead of decoding", group="data",
+         switch=True),
+    Flag("--image-cache-dir", None, "image cache folder (default: $SPL_LOSSES_CACHE/images or "
+         "~/.cache/spl_losses/images)", group="data"),
     # model
     Flag("--model", "resnet50", "a timm model name, or a published checkpoint hf-hub:ORG/NAME / local-dir:PATH "
          "(a model folder of this recipe); with --pretrained its weights are the start (its classes must be the "
@@ -165,6 +184,11 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--model-kwargs", {}, "extra timm.create_model arguments (YAML mapping)", mapping, group="model"),
     Flag("--boostlu", False, "wrap the model with BoostLU (Kim et al., CVPR 2023)", group="model", switch=True),
     Flag("--boostlu-alpha", 5.0, "BoostLU's boost of the positive class activations", positive_float, group="model"),
+    Flag("--channels-last", False, "channels-last memory format for the network and its input batches (faster "
+         "convolutions with mixed precision on recent GPUs)", group="model", switch=True),
+    Flag("--compile", False, "compile the network's forward with torch.compile (training and prediction; the "
+         "first batches take longer)", group="model", switch=True),
+    Flag("--compile-mode", "default", "torch.compile mode", choices=COMPILE_MODES, group="model"),
     Flag("--feature-backbone", None, "features datasets: the timm model the 'features' column came from (recorded "
          "with the exported LinearProbe, with its preprocessing)", group="model"),
     Flag("--init-loss-state", "auto", "start the loss state (ROLE estimator, LL-Cp / APL matrices) from SOURCE's "

@@ -4,7 +4,7 @@
 the last batch; the rows are then placed by the dataset's ``index`` column and the result is
 checked to hold every index exactly once.
 """
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ def predict_loader(
         input_key: str = "pixel_values",
         show_progress: bool = False,
         description: str = "predict",
+        preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Outputs of ``model`` for every example of a (prepared) loader, gathered over processes.
 
@@ -54,6 +55,8 @@ def predict_loader(
         input_key: Batch key of the model input.
         show_progress: Show a progress bar on the main process.
         description: Progress-bar label.
+        preprocess: Applied to each batch's input on the device before ``model`` (e.g. a
+            ``DeviceNormalize`` of uint8 images).
 
     Returns:
         A (N, D) float32 CPU tensor, row i for the example with ``index == i`` (identical on every process).
@@ -65,8 +68,9 @@ def predict_loader(
     outputs, indices = [], []
     for batch in tqdm(loader, desc=description, disable=not (show_progress and accelerator.is_main_process),
                       leave=False):
+        inputs = batch[input_key] if preprocess is None else preprocess(batch[input_key])
         with accelerator.autocast():
-            out = model(batch[input_key])
+            out = model(inputs)
         out, index = accelerator.gather_for_metrics((out.float().contiguous(), batch["index"]))
         outputs.append(out.cpu())
         indices.append(index.cpu())

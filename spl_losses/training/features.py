@@ -6,6 +6,8 @@ dataset split's fingerprint and the mixed-precision mode of the extraction. File
 """
 import hashlib
 import os
+import socket
+from typing import Optional
 
 import datasets
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 
 from ..data.fingerprint import default_cache_root
 from .evaluation import predict_loader
-from .image_data import loader_for_split
+from .input_pipeline import ImagePipeline
 
 __all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "pooled_features",
            "extract_or_load_features"]
@@ -77,48 +79,60 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
+def _read_cache(path: str, num_rows: int) -> Optional[torch.Tensor]:
+    if not os.path.isfile(path):
+        return None
+    features = load_file(path)["features"]
+    return features if features.shape[0] == num_rows else None
+
+
 @torch.no_grad()
 def extract_or_load_features(
         accelerator,
         model: nn.Module,
         split: datasets.Dataset,
-        transform,
+        pipeline: ImagePipeline,
         cache_path: str,
         batch_size: int,
-        workers: int = 0,
+        fingerprint: Optional[str] = None,
+        split_name: Optional[str] = None,
         show_progress: bool = False,
         description: str = "features",
 ) -> torch.Tensor:
     """The (N, D) pooled features of ``split`` in index order: read from ``cache_path`` or extracted.
 
     Extraction is shared by all processes (each scores part of the split, every example exactly
-    once); the main process writes the cache file.
+    once); the first process of each machine writes the cache file (so machines without a shared disk
+    each keep a copy). The file is read only when every process finds it, so that all of them either
+    read or extract together.
 
     Args:
         accelerator: The ``accelerate.Accelerator``.
         model: The frozen timm backbone (with or without its classifier).
         split: Split with ``image`` and ``index`` columns.
-        transform: PIL-to-tensor transform.
+        pipeline: The image pipeline (loaders of uint8 batches, normalised on the device).
         cache_path: Cache file (see :func:`feature_cache_path`).
         batch_size: Extraction batch size (global).
-        workers: DataLoader workers.
+        fingerprint: The split's ``dataset_fingerprint`` (keys the pipeline's image cache, if any).
+        split_name: The split's name, for errors.
         show_progress: Progress bar on the main process.
         description: Progress-bar label.
 
     Returns:
         A float32 CPU tensor.
     """
-    if os.path.isfile(cache_path):
-        features = load_file(cache_path)["features"]
-        if features.shape[0] == len(split):
-            return features
+    features = _read_cache(cache_path, len(split))
+    found = torch.tensor([int(features is not None)], device=accelerator.device)
+    if bool(accelerator.gather(found).all()):
+        return features
     model = model.to(accelerator.device).eval()
-    loader = accelerator.prepare_data_loader(loader_for_split(split, transform, batch_size, workers=workers))
+    loader = accelerator.prepare_data_loader(pipeline.loader(split, batch_size, fingerprint=fingerprint,
+                                                             split_name=split_name))
     features = predict_loader(lambda x: pooled_features(model, x), loader, accelerator, len(split),
-                              show_progress=show_progress, description=description)
-    if accelerator.is_main_process:
+                              show_progress=show_progress, description=description, preprocess=pipeline.normalize)
+    if accelerator.is_local_main_process:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        tmp = f"{cache_path}.tmp{os.getpid()}"
+        tmp = f"{cache_path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a shared disk
         save_file({"features": features.contiguous()}, tmp)
         os.replace(tmp, cache_path)
     accelerator.wait_for_everyone()

@@ -3,16 +3,25 @@ pretrained config, horizontal flips applied per batch from a (seed, epoch) mask.
 
 Images are decoded here, not by ``datasets``, so that an image that cannot be decoded stops the run
 with an error naming its row and file (the last checkpoint stays intact).
+
+The same preprocessing in two forms:
+
+- :func:`protocol_transform`: timm's eval transform, PIL image -> normalised float tensor on the CPU
+  (what an exported model's config records; ``recipes/evaluate.py`` uses it).
+- :func:`protocol_uint8_transform` then :class:`DeviceNormalize`: the same resize stopping at uint8
+  (timm's prefetcher form), so batches travel to the device as uint8 (4x fewer bytes) and are
+  normalised there. The training recipe uses this form; its result is bit-identical to the first.
 """
 import io
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import datasets
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from timm.data import create_transform, resolve_model_data_config
 
-__all__ = ["protocol_data_config", "protocol_transform", "loader_for_split", "flip_images"]
+__all__ = ["protocol_data_config", "protocol_transform", "protocol_uint8_transform", "decode_image",
+           "loader_for_split", "flip_images", "DeviceNormalize"]
 
 
 def protocol_data_config(model: torch.nn.Module, image_size: int) -> Dict[str, Any]:
@@ -33,13 +42,26 @@ def protocol_data_config(model: torch.nn.Module, image_size: int) -> Dict[str, A
 
 
 def protocol_transform(model: torch.nn.Module, image_size: int):
-    """timm's eval transform that squashes the image to ``image_size`` × ``image_size`` (no crop).
+    """timm's eval transform that squashes the image to ``image_size`` × ``image_size`` (no crop), normalised.
 
     Args:
         model: The timm model (its pretrained config gives mean, std and interpolation).
         image_size: Side in pixels (448 in the protocol).
     """
     return create_transform(is_training=False, **protocol_data_config(model, image_size))
+
+
+def protocol_uint8_transform(model: torch.nn.Module, image_size: int):
+    """The resize of :func:`protocol_transform` without the normalisation: PIL image -> (3, H, W) uint8 tensor.
+
+    timm's eval transform in its prefetcher form (``use_prefetcher=True``); normalise the batches on the
+    device with :class:`DeviceNormalize`.
+
+    Args:
+        model: The timm model (its pretrained config gives the interpolation).
+        image_size: Side in pixels.
+    """
+    return create_transform(is_training=False, use_prefetcher=True, **protocol_data_config(model, image_size))
 
 
 def decode_image(entry: Dict[str, Any], index: int, split: str = "train"):
@@ -80,6 +102,16 @@ class _ApplyTransform:
         return out
 
 
+def split_label(split: datasets.Dataset, split_name: Optional[str] = None) -> str:
+    """The split's name for messages: ``split_name``, else the dataset's own split name, else ``"dataset"``.
+
+    Args:
+        split: The split.
+        split_name: Its name as the caller knows it, or None.
+    """
+    return split_name or (str(split.split) if split.split is not None else "dataset")
+
+
 def loader_for_split(
         split: datasets.Dataset,
         transform,
@@ -88,33 +120,112 @@ def loader_for_split(
         workers: int = 0,
         two_view_transform=None,
         split_name: Optional[str] = None,
+        pin_memory: bool = False,
+        images: Optional[Dataset] = None,
 ) -> DataLoader:
     """A DataLoader yielding ``{"pixel_values": (B, 3, H, W), "index": (B,)}``; nothing is dropped.
 
+    Workers are persistent (started once, kept across epochs).
+
     Args:
         split: A split with ``image`` and ``index`` columns.
-        transform: PIL-to-tensor transform.
+        transform: PIL-to-tensor transform (:func:`protocol_uint8_transform` or :func:`protocol_transform`).
         batch_size: Batch size.
         sampler: Training order (None: the split's order).
         workers: Worker processes.
         two_view_transform: Optional ``spl_losses.transforms.TwoViewTransform``; batches then also
             hold ``view1`` and ``view2`` (contrastive views).
         split_name: The split's name, for errors (default: the dataset's own split name).
+        pin_memory: Collate into page-locked memory (faster, asynchronous copies to a CUDA device).
+        images: Optional already-resized images of the split, e.g. a
+            :class:`~spl_losses.training.image_cache.CachedImages` (items ``{"pixel_values", "index"}``);
+            then nothing is decoded and ``transform`` is not used.
     """
-    if "image" not in split.column_names:
-        raise ValueError(f"expected an 'image' column for image training, got columns {split.column_names}")
-    name = split_name or (str(split.split) if split.split is not None else "dataset")
-    view = (split.select_columns(["image", "index"]).cast_column("image", datasets.Image(decode=False))
-            .with_transform(_ApplyTransform(transform, two_view_transform, name)))
+    if images is not None:
+        if two_view_transform is not None:
+            raise ValueError("contrastive views are drawn from the decoded image: pass images=None with "
+                             "two_view_transform")
+        if len(images) != len(split):
+            raise ValueError(f"{split_label(split, split_name)}: the resized images hold {len(images)} rows, "
+                             f"the split {len(split)}")
+        view = images
+    else:
+        if "image" not in split.column_names:
+            raise ValueError(f"expected an 'image' column for image training, got columns {split.column_names}")
+        view = (split.select_columns(["image", "index"]).cast_column("image", datasets.Image(decode=False))
+                .with_transform(_ApplyTransform(transform, two_view_transform, split_label(split, split_name))))
     return DataLoader(view, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
-                      num_workers=workers, persistent_workers=False)
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
 
 
 def flip_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Flip the images whose ``mask`` entry is True horizontally (one batched op).
 
     Args:
-        images: (B, C, H, W).
+        images: (B, C, H, W), any dtype (uint8 batches are flipped before normalisation: the same result).
         mask: (B,) bool.
     """
     return torch.where(mask.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+class DeviceNormalize:
+    """uint8 image batches -> normalised float32 batches, on the batches' device.
+
+    Computes ``((x / 255) - mean) / std`` elementwise in float32 in the order of torchvision's ``ToTensor``
+    then ``Normalize`` (what :func:`protocol_transform` does on the CPU), each operation with a tensor
+    operand, so the result is bit-identical to the CPU form on any device. (timm's ``PrefetchLoader``
+    computes ``(x - 255 mean) / (255 std)`` instead, which differs from it in the last bit of some values;
+    and CUDA divides by a Python scalar as a multiplication by its reciprocal.)
+
+    Args:
+        mean: Per-channel mean (the model's data config).
+        std: Per-channel standard deviation.
+        channels_last: Return the batch in channels-last memory format (same values).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = False):
+        if len(mean) != len(std) or not len(mean):
+            raise ValueError(f"mean and std need one value per channel, got {tuple(mean)!r} and {tuple(std)!r}")
+        if any(s == 0 for s in std):
+            raise ValueError(f"std must be non-zero, got {tuple(std)!r}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.channels_last = bool(channels_last)
+        self._constants: Dict[torch.device, tuple] = {}
+
+    @classmethod
+    def from_data_config(cls, config: Dict[str, Any], channels_last: bool = False) -> "DeviceNormalize":
+        """From a timm data config (``mean``, ``std``), e.g. :func:`protocol_data_config`.
+
+        Args:
+            config: The data config.
+            channels_last: Return channels-last batches.
+        """
+        return cls(config["mean"], config["std"], channels_last=channels_last)
+
+    def _on(self, device: torch.device) -> tuple:
+        if device not in self._constants:
+            shape = (1, len(self.mean), 1, 1)
+            self._constants[device] = (torch.full((), 255.0, device=device),
+                                       torch.tensor(self.mean, dtype=torch.float32, device=device).view(shape),
+                                       torch.tensor(self.std, dtype=torch.float32, device=device).view(shape))
+        return self._constants[device]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise a batch.
+
+        Args:
+            images: (B, C, H, W) uint8.
+
+        Returns:
+            (B, C, H, W) float32 on the same device.
+        """
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != len(self.mean):
+            raise TypeError(f"expected a (B, {len(self.mean)}, H, W) uint8 batch, got {tuple(images.shape)} "
+                            f"{images.dtype}")
+        scale, mean, std = self._on(images.device)
+        out = images.to(torch.float32).div_(scale).sub_(mean).div_(std)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+    def __repr__(self) -> str:
+        return f"DeviceNormalize(mean={self.mean}, std={self.std}, channels_last={self.channels_last})"

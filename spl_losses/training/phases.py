@@ -18,7 +18,9 @@ from ..checkpoints import load_loss_state
 from .data import RunData
 from .evaluation import predict_loader
 from .features import default_cache_dir, extract_or_load_features, feature_cache_path, weights_fingerprint
-from .image_data import flip_images, loader_for_split, protocol_transform
+from .device_options import apply_device_options, contiguous_parameters
+from .image_data import flip_images
+from .input_pipeline import ImagePipeline
 from .linear_head import predict_linear, train_linear_epoch
 from .loss_factory import build_run_loss, hand_off_loss_state, trainable_state_parameters
 from .modeling import copy_linear_head, create_model, timm_model_of
@@ -80,17 +82,18 @@ def _features(accelerator, settings, data: RunData, model: Optional[nn.Module], 
     if model is None:
         return {s: torch.from_numpy(np.asarray(data.splits[s].with_format("numpy")["features"], dtype=np.float32))
                 for s in ("train", "validation", "test")}
-    backbone = timm_model_of(model)
-    transform = protocol_transform(backbone, settings.image_size)
+    backbone = apply_device_options(timm_model_of(model), channels_last=settings.channels_last)
+    pipeline = ImagePipeline.for_run(accelerator, settings, backbone)
+    accelerator.print(pipeline.summary(accelerator.device))
     weights = weights_fingerprint(backbone)
     feats = {}
     for split in ("train", "validation", "test"):
         path = feature_cache_path(settings.cache_dir or default_cache_dir(), settings.model, weights,
                                   settings.image_size, data.fingerprints[split], precision=settings.mixed_precision)
-        feats[split] = extract_or_load_features(accelerator, backbone, data.splits[split], transform, path,
+        feats[split] = extract_or_load_features(accelerator, backbone, data.splits[split], pipeline, path,
                                                 batch_size=max(batch_size, 64 * accelerator.num_processes),
-                                                workers=settings.workers, show_progress=settings.progress,
-                                                description=f"features {split}")
+                                                fingerprint=data.fingerprints[split], split_name=split,
+                                                show_progress=settings.progress, description=f"features {split}")
     return feats
 
 
@@ -149,7 +152,7 @@ def train_linear_phase(accelerator, settings, data: RunData, phase) -> PhaseOutc
     book.restore_best()
     results = book.results(predict_linear(head, x_test).cpu(), data.test_full, _run_facts(settings, data))
     if model is not None:
-        copy_linear_head(head.cpu(), timm_model_of(model))
+        copy_linear_head(head.cpu(), timm_model_of(contiguous_parameters(model)))
     return PhaseOutcome(results=results, loss=loss_fn.cpu(), model=model, head=head.cpu(), in_features=in_features)
 
 
@@ -169,6 +172,9 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     set_seed(settings.seed)
     model = create_model(settings, data.num_classes)
     loss_fn = build_run_loss(settings, data, phase.epochs)
+    pipeline = ImagePipeline.for_run(accelerator, settings, timm_model_of(model))
+    accelerator.print(pipeline.summary(accelerator.device))
+    apply_device_options(model, settings.channels_last, settings.compile, settings.compile_mode)
     contrastive = two_views = None
     if settings.cl:
         from timm.data import resolve_model_data_config
@@ -184,13 +190,11 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     if handoff is not None and book.resume_point() is None:
         copy_linear_head(handoff.head, timm_model_of(model))
     checkpoint = _start_loss_state(loss_fn, settings, book, handoff)
-    transform = protocol_transform(timm_model_of(model), settings.image_size)
-    splits = data.splits
+    splits, fingerprints = data.splits, data.fingerprints
     eval_bs = max(phase.batch_size, 2 * accelerator.num_processes)
-    loaders = [loader_for_split(splits["train"], transform, phase.batch_size, workers=settings.workers,
-                                sampler=EpochPermutationSampler(data.num_train, settings.seed),
-                                two_view_transform=two_views, split_name="train")]
-    loaders += [loader_for_split(splits[s], transform, eval_bs, workers=settings.workers, split_name=s)
+    loaders = [pipeline.loader(splits["train"], phase.batch_size, fingerprints["train"], two_view_transform=two_views,
+                               sampler=EpochPermutationSampler(data.num_train, settings.seed), split_name="train")]
+    loaders += [pipeline.loader(splits[s], eval_bs, fingerprints[s], split_name=s)
                 for s in ("validation", "test", "train")]
     classifier = timm_model_of(model).get_classifier()
     head_ids = {id(p) for p in classifier.parameters()}
@@ -213,15 +217,15 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
         start = time.perf_counter()
         train_loader.set_epoch(epoch - 1)  # accelerate forwards it to the sampler: order = f(seed, epoch)
         unwrapped.loss.set_epoch(epoch - 1)
-        flips = epoch_flip_mask(data.num_train, settings.seed, epoch - 1)
+        flips = epoch_flip_mask(data.num_train, settings.seed, epoch - 1).to(device)
         step.train()
         total, batches = torch.zeros((), device=device), 0
         for batch in tqdm(train_loader, desc=f"{phase.name} epoch {epoch}", leave=False, disable=not show):
             index = batch["index"]
             views = (batch["view1"], batch["view2"]) if contrastive is not None else (None, None)
             with accelerator.accumulate(step):
-                loss_value = step(flip_images(batch["pixel_values"], flips[index.cpu()]), targets[index], index,
-                                  *views)
+                images = pipeline.normalize(flip_images(batch["pixel_values"], flips[index]))
+                loss_value = step(images, targets[index], index, *views)
                 accelerator.backward(loss_value)
                 if settings.clip_grad is not None and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(step.parameters(), settings.clip_grad)
@@ -238,16 +242,18 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
         train_loss = float(accelerator.reduce(total, "mean")) / max(batches, 1)
         if unwrapped.loss.predictions_due:
             probs = torch.sigmoid(predict_loader(unwrapped.model, train_eval_loader, accelerator, data.num_train,
-                                                 show_progress=show, description="train predictions"))
+                                                 show_progress=show, description="train predictions",
+                                                 preprocess=pipeline.normalize))
             unwrapped.loss.update_from_predictions(probs.to(device))
         val_scores = predict_loader(unwrapped.model, val_loader, accelerator, data.split_size("validation"),
-                                    show_progress=show, description="validation")
+                                    show_progress=show, description="validation", preprocess=pipeline.normalize)
         if not book.end_epoch(epoch, train_loss, val_scores, _val_labels(settings, data), time.perf_counter() - start):
             break
     if not book.finished:
         return PhaseOutcome(results=None)
     book.restore_best()
     test_scores = predict_loader(unwrapped.model, test_loader, accelerator, data.split_size("test"),
-                                 show_progress=show, description="test")
+                                 show_progress=show, description="test", preprocess=pipeline.normalize)
     results = book.results(test_scores, data.test_full, _run_facts(settings, data))
-    return PhaseOutcome(results=results, loss=unwrapped.loss.cpu(), model=unwrapped.model.cpu())
+    return PhaseOutcome(results=results, loss=unwrapped.loss.cpu(),
+                        model=contiguous_parameters(unwrapped.model.cpu()))
