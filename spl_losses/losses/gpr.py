@@ -71,6 +71,7 @@ class GPRLoss(PseudoLabelState, GeneralizedRobustLoss):
             ``sigmaT``, ``q2``, ``q3``) and ``check_inputs``.
     """
 
+    paper = "Tran et al., ICCV 2025"
     citation = TRAN_2025
 
     def __init__(

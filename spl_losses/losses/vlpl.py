@@ -153,6 +153,7 @@ class VLPLLoss(PseudoLabelState, SPLoss):
         check_inputs: Validate inputs on every call.
     """
 
+    paper = "Xing et al., CVPRW 2024"
     citation = XING_2024
     batch_reduction = "mean"
 

@@ -24,7 +24,8 @@ __all__ = ["RunDir", "IDENTITY_IGNORED", "LOCK_FILENAME", "RunDirBusyError"]
 #: config.yaml keys that do not change what a run computes.
 IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "private", "output_dir", "log_with", "workers", "config",
                     "cache_dir", "search", "progress", "linear_phase_dir", "keep_checkpoints", "log_interval",
-                    "search_storage", "search_study", "search_sampler", "search_trials", "teacher_cache_dir")
+                    "search_storage", "search_study", "search_sampler", "search_trials", "teacher_cache_dir",
+                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode")
 LOCK_FILENAME = "run.lock"
 _OWN_FILES = (LOCK_FILENAME,)
 
