@@ -28,14 +28,20 @@ after the ``K``-th add at most ``G·lr_max·rho^(K+1)/(1 - rho)`` with ``rho = b
 which :func:`window_length` makes negligible (it needs ``beta1^2 < beta2``; Adam's defaults give
 ``rho = 0.9005`` and ``K = 307`` for a bound of 1e-13 times one step of size ``G·lr_max``, the
 bound used for float64 parameters, and ``K = 241`` for 1e-10, the one used for the others).
+
+Rows that share their last step share ``w_k``, ``e_k`` and the polynomial's coefficients: they are
+computed once per group of rows (:class:`StepFactors`), and, under a constant learning rate, kept
+between calls for rows all last stepped together. After a full catch-up every row shares its last
+step, so the rows a shuffled epoch reads next reuse one set of factors (O(1) per row, O(P) per entry).
 """
 import functools
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-__all__ = ["SkippedSteps", "window_length", "lr_at_steps", "skipped_step_weights", "skipped_step_updates"]
+__all__ = ["SkippedSteps", "StepFactors", "window_length", "lr_at_steps", "skipped_step_weights", "step_factors",
+           "skipped_step_updates"]
 
 #: Numbers of terms tried for the polynomial in ``t`` (its per-entry cost), each twice the last.
 #: With Adam's defaults and a 1e-12 tolerance, 8 terms do for rows last touched after step ~1,000,
@@ -50,8 +56,11 @@ SERIES_TOL_FLOAT32, TAIL_TOL_FLOAT32 = 1e-9, 1e-10
 _EXACT_CHUNK = 1 << 21
 #: Above this many rows, rows sharing a last step share their per-row factors.
 _GROUP_ROWS_ABOVE = 256
+#: Factors of shared last steps kept between calls (see :func:`_shared_factors`).
+FACTOR_CACHE_SIZE = 16
 
 
+@functools.lru_cache(maxsize=64)
 def window_length(beta1: float, beta2: float, tol: float = TAIL_TOL) -> int:
     """Number K of skipped steps to sum: the later ones add under ``tol`` steps of size ``G·lr_max``.
 
@@ -207,9 +216,10 @@ def _series_sum(s: torch.Tensor, eps: float, centre: torch.Tensor, coefficients:
     cs = centre[:, None] * s
     denom = cs + eps
     t = cs.div_(denom)
-    acc = coefficients[:, -1:].expand_as(s)
-    for p in range(coefficients.shape[1] - 2, -1, -1):
-        acc = torch.addcmul(coefficients[:, p:p + 1], acc, t)
+    columns = coefficients.unsqueeze(2).unbind(1)  # (F, 1) each
+    acc = columns[-1].expand_as(s)
+    for column in columns[-2::-1]:
+        acc = torch.addcmul(column, acc, t)
     return acc / denom
 
 
@@ -224,11 +234,68 @@ def _exact_sum(s: torch.Tensor, eps: float, w: torch.Tensor, e: torch.Tensor) ->
     return out
 
 
+class StepFactors(NamedTuple):
+    """The per-row factors of the skipped steps of rows (one row of factors per last step).
+
+    Attributes:
+        w: (F, K) float64 weights ``w_k`` (0 past a row's skipped steps).
+        e: (F, K) float64 factors ``e_k`` (1 past a row's skipped steps).
+        centre: (F,) float64 centre ``c`` of the polynomial in ``t`` (None when ``eps == 0``).
+        coefficients: (F, P) float64 coefficients of the polynomial (None when ``eps == 0``).
+        terms: (F,) int64 number of terms each row needs; 0: summed term by term (None when ``eps == 0``).
+        exact: Whether any row is summed term by term.
+    """
+
+    w: torch.Tensor
+    e: torch.Tensor
+    centre: Optional[torch.Tensor]
+    coefficients: Optional[torch.Tensor]
+    terms: Optional[torch.Tensor]
+    exact: bool
+
+
+def step_factors(firsts: torch.Tensor, steps: SkippedSteps, window: int) -> StepFactors:
+    """The factors of the skipped steps of rows last stepped at ``firsts``.
+
+    Args:
+        firsts: (F,) int64 last steps.
+        steps: The steps owed.
+        window: Skipped steps summed (at most ``steps.window``).
+    """
+    w, e = skipped_step_weights(firsts, steps, window)
+    if steps.eps == 0.0:
+        return StepFactors(w, e, None, None, None, False)
+    centre, coefficients, terms = _series_coefficients(w, e, steps.tol)
+    return StepFactors(w, e, centre, coefficients, terms, not bool(terms.all()))
+
+
+def _shared_factors(first: int, window: int, steps: SkippedSteps, device, cache: Optional[dict]) -> StepFactors:
+    """The factors of rows that were all last stepped at ``first``, from ``cache`` when it holds them.
+
+    Under a constant learning rate they depend only on ``first`` and the number of steps summed, so
+    the rows read after a full catch-up (every row then shares its last step) reuse them.
+    """
+    key = None
+    if cache is not None and steps.lr_values.numel() == 1:
+        key = (first, window, float(steps.lr_values[0]), steps.beta1, steps.beta2, steps.eps, steps.tol, str(device))
+        factors = cache.get(key)
+        if factors is not None:
+            return factors
+    factors = step_factors(torch.tensor([first], dtype=torch.int64, device=device), steps, window)
+    if key is not None:
+        if len(cache) >= FACTOR_CACHE_SIZE:
+            cache.pop(next(iter(cache)))  # the oldest entry
+        cache[key] = factors
+    return factors
+
+
 def skipped_step_updates(
         exp_avg: torch.Tensor,
         exp_avg_sq: torch.Tensor,
         last_step: torch.Tensor,
         steps: SkippedSteps,
+        cache: Optional[dict] = None,
+        bounds: Optional[Tuple[int, int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What Adam does to rows with zero gradient from ``last_step + 1`` to ``steps.upto``.
 
@@ -237,29 +304,46 @@ def skipped_step_updates(
         exp_avg_sq: (R, C) second moments after each row's ``last_step``.
         last_step: (R,) int64, the step each row is current at (``<= steps.upto``).
         steps: The steps owed.
+        cache: Optional dict (owned by the caller, kept between calls) of the factors of rows that
+            share their last step (see :func:`_shared_factors`).
+        bounds: ``(min, max)`` of ``last_step`` when the caller knows them.
 
     Returns:
         ``(update, exp_avg, exp_avg_sq)`` in float64: the sum of the skipped steps' updates (to be
         subtracted from the parameter) and the moments after step ``upto``.
     """
-    eps = steps.eps
-    skipped = (steps.upto - last_step).double()[:, None]
     m, v = exp_avg.double(), exp_avg_sq.double()
-    m_after, v_after = m * torch.pow(steps.beta1, skipped), v * torch.pow(steps.beta2, skipped)
-    window = min(steps.window, int(skipped.max())) if m.numel() else 0
-    if window <= 0:
-        return torch.zeros_like(m), m_after, v_after
-    if last_step.shape[0] > _GROUP_ROWS_ABOVE:
-        firsts, inverse = torch.unique(last_step, return_inverse=True)
+    if not m.numel():
+        return torch.zeros_like(m), m, v
+    low, high = bounds if bounds is not None else (int(x) for x in torch.aminmax(last_step))
+    window = min(steps.window, steps.upto - low)
+    inverse = None
+    if low == high:  # one last step for every row: one row of factors, broadcast
+        skipped = steps.upto - low
+        m_after, v_after = m * steps.beta1 ** skipped, v * steps.beta2 ** skipped
+        if window <= 0:
+            return torch.zeros_like(m), m_after, v_after
+        factors = _shared_factors(low, window, steps, last_step.device, cache)
+        w, e = factors.w.expand(m.shape[0], -1), factors.e.expand(m.shape[0], -1)
     else:
-        firsts, inverse = last_step, None
-    w, e = skipped_step_weights(firsts, steps, window)
-    s = v.sqrt()
+        skipped = (steps.upto - last_step).double()[:, None]
+        m_after, v_after = m * torch.pow(steps.beta1, skipped), v * torch.pow(steps.beta2, skipped)
+        if last_step.shape[0] > _GROUP_ROWS_ABOVE:
+            firsts, inverse = torch.unique(last_step, return_inverse=True)
+        else:
+            firsts = last_step
+        factors = step_factors(firsts, steps, window)
+        w, e = factors.w, factors.e
+    return _updates(m, v.sqrt(), steps.eps, factors, w, e, inverse), m_after, v_after
+
+
+def _updates(m, s, eps: float, factors: StepFactors, w, e, inverse) -> torch.Tensor:
+    """``m·S(s)``, the sum of the skipped steps' updates, from the factors (row ``inverse[i]`` for row i)."""
     if eps == 0.0:
-        total = (w / e).sum(1)
+        total = (factors.w / factors.e).sum(1)
         total = (total if inverse is None else total[inverse])[:, None] / s
-        return total.nan_to_num_(nan=0.0, posinf=0.0).mul_(m), m_after, v_after
-    centre, coefficients, terms = _series_coefficients(w, e, steps.tol)
+        return total.nan_to_num_(nan=0.0, posinf=0.0).mul_(m)
+    centre, coefficients, terms = factors.centre, factors.coefficients, factors.terms
     if inverse is not None:
         centre, coefficients, terms = centre[inverse], coefficients[inverse], terms[inverse]
     if inverse is None or coefficients.shape[1] <= min(SERIES_TERMS):
@@ -269,8 +353,9 @@ def skipped_step_updates(
         for degree in terms.unique().tolist():
             rows = (terms == degree).nonzero().squeeze(1)
             total[rows] = _series_sum(s[rows], eps, centre[rows], coefficients[rows, :max(degree, 1)])
-    exact = ((terms == 0) & (m != 0).any(1)).nonzero().squeeze(1)  # rows never stepped move by 0
-    if exact.numel():
-        group = exact if inverse is None else inverse[exact]
-        total[exact] = _exact_sum(s[exact], eps, w[group], e[group])
-    return total.mul_(m), m_after, v_after
+    if factors.exact:
+        exact = ((terms == 0) & (m != 0).any(1)).nonzero().squeeze(1)  # rows never stepped move by 0
+        if exact.numel():
+            group = exact if inverse is None else inverse[exact]
+            total[exact] = _exact_sum(s[exact], eps, w[group], e[group])
+    return total.mul_(m)
