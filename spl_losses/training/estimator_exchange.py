@@ -16,6 +16,7 @@ floats (21 MB for COCO, 400 MB at N = 100,000, C = 1,000) although a step reads 
 
 Without an initialised process group, or with one process, nothing is exchanged and nothing is paid.
 """
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -85,7 +86,8 @@ class RowSparseExchange:
         all_rows = torch.cat(rows)
         for param in self.parameters:
             local = _gradient_rows(param, rows[share.rank])
-            gathered = share.gather_varying(local.reshape(sizes[share.rank], -1), sizes, name="estimator gradient")
+            width = math.prod(param.shape[1:])
+            gathered = share.gather_varying(local.reshape(sizes[share.rank], width), sizes, name="estimator gradient")
             values = torch.cat(gathered).view((-1,) + tuple(param.shape[1:]))
             total = torch.sparse_coo_tensor(all_rows[None], values, tuple(param.shape)).coalesce()
             param.grad = torch.sparse_coo_tensor(total.indices(), total.values() / share.world_size,
