@@ -16,7 +16,8 @@ from torch import nn
 
 import spl_losses
 from spl_losses.optim import CombinedOptimizer, LazyAdam
-from spl_losses.training.optim import LAZY_ADAM_MIN_ENTRIES, build_optimizer, estimator_optimizer, param_groups
+from spl_losses.training.optim import (LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR, build_optimizer,
+                                       estimator_optimizer, param_groups)
 
 N, C, D, K = 60, 4, 5, 1.2
 LR, STEPS, SAVE_AT = 1e-2, 300, 140
@@ -142,6 +143,8 @@ def test_estimator_optimizer_choice():
     assert estimator_optimizer("auto", 10 ** 9, "sgd") == "adam"  # the estimator follows --opt
     assert estimator_optimizer("auto", 10 ** 9, "adam", weight_decay=1e-4) == "adam"
     assert estimator_optimizer("auto", 10 ** 9, "adamw") == "lazy_adam"
+    assert estimator_optimizer("auto", 5 * 10 ** 6, device_type="cuda") == "adam"  # dense Adam is cheap on a GPU
+    assert estimator_optimizer("auto", LAZY_ADAM_MIN_ENTRIES_ACCELERATOR, device_type="cuda") == "lazy_adam"
     assert estimator_optimizer("sparse_adam", 10) == "sparse_adam"
     for opt, decay in (("sgd", 0.0), ("adam", 1e-4)):
         with pytest.raises(ValueError, match="--estimator-optimizer lazy_adam is Adam without weight decay"):

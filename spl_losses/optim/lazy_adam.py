@@ -6,6 +6,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 from torch.optim import Optimizer
 
+from .shared_steps import SharedStepFactors
 from .skipped_steps import SkippedSteps, skipped_step_updates, window_length
 
 __all__ = ["LazyAdam", "catch_up_rows"]
@@ -75,7 +76,7 @@ class LazyAdam(Optimizer):
         _check_group(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
         #: Factors of the skipped steps of rows sharing their last step, reused between catch-ups.
-        self._factor_cache: dict = {}
+        self._factor_cache = SharedStepFactors()
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a parameter group (see ``torch.optim.Optimizer.add_param_group``).
@@ -163,8 +164,7 @@ class LazyAdam(Optimizer):
         if state["lr_starts"].numel() >= MAX_LR_SEGMENTS:
             self._catch_up_param(p, None)
         _record_lr(state, t, lr)
-        flat = p.view(p.shape[0], -1)
-        m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
+        flat, m_all, v_all = _as_matrices(p, state)
         if rows is None:
             rows = torch.arange(p.shape[0], device=p.device)
         grad = grad.reshape(rows.shape[0], -1)
@@ -191,9 +191,8 @@ class LazyAdam(Optimizer):
             return values, m, v
         owed = SkippedSteps.for_dtype(flat.dtype, upto, state["lr_starts"], state["lr_values"],
                                       *state["betas_eps"].tolist())
-        update, m64, v64 = skipped_step_updates(m, v, last, owed, self._factor_cache, bounds)
-        values = (values.double() - update).to(flat.dtype)
-        return values, m64.to(flat.dtype), v64.to(flat.dtype)
+        update, m, v = skipped_step_updates(m, v, last, owed, self._factor_cache, bounds)
+        return values.sub_(update), m.to(flat.dtype), v.to(flat.dtype)  # the difference taken in float64
 
     # ---------------------------------------------------------------------------------- catch-up
     @torch.no_grad()
@@ -233,10 +232,9 @@ class LazyAdam(Optimizer):
             bounds = tuple(int(x) for x in torch.aminmax(last))
             if bounds[0] >= upto:  # every row current (e.g. read a second time): nothing to do
                 return
-        flat = p.view(p.shape[0], -1)
-        m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
+        flat, m_all, v_all = _as_matrices(p, state)
         for lo in range(0, pending.shape[0], _CATCH_UP_CHUNK):
-            chunk = pending[lo:lo + _CATCH_UP_CHUNK]
+            chunk = pending if pending.shape[0] <= _CATCH_UP_CHUNK else pending[lo:lo + _CATCH_UP_CHUNK]
             values, m, v = self._caught_up(state, flat, m_all, v_all, chunk, upto, last, bounds)
             _scatter_rows(flat, m_all, v_all, last_step, chunk, values, m, v, upto)
         if rows is None:
@@ -376,6 +374,14 @@ def _record_lr(state: dict, step: int, lr: float) -> None:
         return
     state["lr_starts"] = torch.cat([state["lr_starts"], torch.tensor([step], dtype=torch.int64)])
     state["lr_values"] = torch.cat([values, torch.tensor([lr], dtype=torch.float64)])
+
+
+def _as_matrices(p: torch.Tensor, state: dict):
+    """The parameter and its moments as (rows, everything else) matrices (views)."""
+    if p.dim() == 2:
+        return p, state["exp_avg"], state["exp_avg_sq"]
+    flat = p.view(p.shape[0], -1)
+    return flat, state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
 
 
 def _as_rows(rows, device) -> torch.Tensor:

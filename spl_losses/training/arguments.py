@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import yaml
 
-from .optim import ESTIMATOR_OPTIMIZERS
+from .optim import ESTIMATOR_OPTIMIZERS, LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR
 
 __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser",
            "parse_args", "load_config_file", "flag_defaults", "loss_options"]
@@ -221,10 +221,11 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--early-stop-max-drop", None, "stop when validation mAP falls more than this many points below the best",
          positive_float, group="training"),
     Flag("--estimator-optimizer", "auto", "optimizer of a label estimator (role, label_estimation): lazy_adam "
-         "(sparse gradients and LazyAdam: the reference's Adam, to float tolerance, at O(B*C) per step), adam (a dense "
-         "group of --opt's optimizer, as the reference: O(N*C) per step), sparse_adam (torch's SparseAdam, another "
-         "optimizer: moments decay only when a row is read); auto: lazy_adam from 1e6 estimator entries N*C on (with "
-         "--opt adam and no weight decay), else adam", choices=ESTIMATOR_OPTIMIZERS, group="training"),
+         "(sparse gradients and LazyAdam: the reference's Adam, to float tolerance, at O(B*C) per step; with several "
+         "processes only the batch's rows are exchanged), adam (a dense group of --opt's optimizer, as the reference: "
+         "O(N*C) per step), sparse_adam (torch's SparseAdam, another optimizer: a row's moments decay only when it is "
+         f"read); auto: lazy_adam from N*C = {LAZY_ADAM_MIN_ENTRIES:,} entries on ({LAZY_ADAM_MIN_ENTRIES_ACCELERATOR:,} "
+         "on a GPU) with --opt adam and no weight decay, else adam", choices=ESTIMATOR_OPTIMIZERS, group="training"),
     Flag("--linear-epochs", 25, "linear_init: epochs of the linear phase", positive_int, group="training"),
     Flag("--linear-lr", 1e-3, "linear_init: learning rate of the linear phase", positive_float, group="training"),
     Flag("--linear-batch-size", 8, "linear_init: batch size of the linear phase", positive_int, group="training"),

@@ -25,14 +25,19 @@ from torch import nn
 
 from ..optim import CombinedOptimizer, LazyAdam
 
-__all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "param_groups", "estimator_optimizer", "build_optimizer",
+__all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "LAZY_ADAM_MIN_ENTRIES_ACCELERATOR", "param_groups", "estimator_optimizer", "build_optimizer",
            "build_scheduler"]
 
 #: Choices of ``--estimator-optimizer``.
 ESTIMATOR_OPTIMIZERS = ("auto", "lazy_adam", "adam", "sparse_adam")
-#: ``auto`` picks LazyAdam from this many estimator entries N·C on, where its step (O(B·C)) is faster
-#: than dense Adam's (O(N·C)); see benchmarks/estimator_optimizer.py. Below it both cost little.
+#: ``auto`` picks LazyAdam from this many estimator entries N·C on, where its step (O(B·C), ~1 ms on one
+#: CPU core at B = 16) is faster than dense Adam's (O(N·C)): measured on CPU with
+#: benchmarks/estimator_optimizer.py (crossover 1 to 1.5M entries, C = 80). Below it both cost little.
 LAZY_ADAM_MIN_ENTRIES = 1_000_000
+#: The same on an accelerator (CUDA): LazyAdam's ~100 small kernels and a few host syncs per step against
+#: dense Adam's memory traffic (~36 bytes per entry with the dense gradient) at ~2 TB/s. An estimate, not
+#: a measurement; under data parallelism dense Adam also all-reduces 4·N·C bytes per step.
+LAZY_ADAM_MIN_ENTRIES_ACCELERATOR = 30_000_000
 #: ``--opt`` values that are Adam when the weight decay is 0 (the row-sparse optimizers' family).
 _ADAM_FAMILY = ("adam", "adamw")
 _STATE_GROUP = "loss_state"
@@ -62,15 +67,18 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
-def estimator_optimizer(choice: str, num_entries: int, opt: str = "adam", weight_decay: float = 0.0) -> str:
+def estimator_optimizer(choice: str, num_entries: int, opt: str = "adam", weight_decay: float = 0.0,
+                        device_type: str = "cpu") -> str:
     """The label estimator's optimizer: ``lazy_adam``, ``adam`` (dense, in the ``opt`` optimizer) or ``sparse_adam``.
 
     Args:
         choice: ``auto``, ``lazy_adam``, ``adam`` or ``sparse_adam`` (``--estimator-optimizer``).
         num_entries: N·C, the estimator's entries (``auto`` picks ``lazy_adam`` from
-            :data:`LAZY_ADAM_MIN_ENTRIES` on, when ``opt`` is Adam without weight decay).
+            :data:`LAZY_ADAM_MIN_ENTRIES` on, :data:`LAZY_ADAM_MIN_ENTRIES_ACCELERATOR` off the CPU, when
+            ``opt`` is Adam without weight decay).
         opt: The network's optimizer (``--opt``).
         weight_decay: The weight decay (``--weight-decay``).
+        device_type: The training device's type (``cpu``, ``cuda``, ...).
 
     Raises:
         ValueError: an unknown choice, or a row-sparse one with an optimizer other than Adam.
@@ -79,7 +87,8 @@ def estimator_optimizer(choice: str, num_entries: int, opt: str = "adam", weight
         raise ValueError(f"--estimator-optimizer must be one of {', '.join(ESTIMATOR_OPTIMIZERS)}, got {choice!r}")
     adam = opt in _ADAM_FAMILY and weight_decay == 0.0
     if choice == "auto":
-        return "lazy_adam" if adam and num_entries >= LAZY_ADAM_MIN_ENTRIES else "adam"
+        least = LAZY_ADAM_MIN_ENTRIES if device_type == "cpu" else LAZY_ADAM_MIN_ENTRIES_ACCELERATOR
+        return "lazy_adam" if adam and num_entries >= least else "adam"
     if choice != "adam" and not adam:
         raise ValueError(f"--estimator-optimizer {choice} is Adam without weight decay; with --opt {opt} and "
                          f"--weight-decay {weight_decay:g} the network would train with another optimizer. Use "

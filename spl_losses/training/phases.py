@@ -71,12 +71,12 @@ def _start_loss_state(loss: nn.Module, settings, book: PhaseBook, handoff: Optio
     return checkpoint
 
 
-def _estimator_optimizer(settings, data: RunData) -> str:
-    """``--estimator-optimizer`` resolved for this run's estimator size (``auto``: LazyAdam when large)."""
+def _estimator_optimizer(settings, data: RunData, device) -> str:
+    """``--estimator-optimizer`` resolved for this run's estimator size and device (``auto``: LazyAdam when large)."""
     if "sparse" not in loss_parameters(settings.loss):  # no label estimator
         return "adam"
     return estimator_optimizer(settings.estimator_optimizer, data.num_train * data.num_classes, settings.opt,
-                               settings.weight_decay)
+                               settings.weight_decay, device.type)
 
 
 def _val_labels(settings, data: RunData) -> torch.Tensor:
@@ -121,7 +121,7 @@ def train_linear_phase(accelerator, settings, data: RunData, phase) -> PhaseOutc
     head = nn.Linear(in_features, data.num_classes)
     if model is not None:  # start from the timm classifier's own initialisation
         head.load_state_dict(timm_model_of(model).get_classifier().state_dict())
-    estimator = _estimator_optimizer(settings, data)
+    estimator = _estimator_optimizer(settings, data, device)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam")
     step = LinearStep(head, loss_fn)
     book = PhaseBook(accelerator, settings, phase, data.fingerprints, step)
@@ -174,7 +174,7 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     accelerator.free_memory()
     set_seed(settings.seed)
     model = create_model(settings, data.num_classes)
-    estimator = _estimator_optimizer(settings, data)
+    estimator = _estimator_optimizer(settings, data, device)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam")
     contrastive = two_views = None
     if settings.cl:
