@@ -78,7 +78,8 @@ def train(case, world_size=1, rank=0, num_examples=N):
                 (value / len(batches)).backward()
             out["values"].append(value.item())
         step.sync_estimator_gradients()
-        out["bytes"].append(sum(size for label, size in _distributed.exchange_log[logged:] if label.startswith("estimator")))
+        exchanged = _distributed.exchange_log[logged:]
+        out["bytes"].append(sum(size for label, size in exchanged if label.startswith("estimator")))
         out["grads"].append([p.grad.clone() for p in model.parameters()])
         out["estimator_grads"].append(logits.grad.to_dense())
         optimizer.step()

@@ -12,7 +12,8 @@ import os
 
 import pytest
 import torch
-from test_recipe import _fresh_accelerate_state, data_cache, launch_two_processes, read, recipe, tiny_flags  # noqa: F401
+from test_recipe import (_fresh_accelerate_state, data_cache, launch_two_processes, read, recipe,  # noqa: F401
+                         tiny_flags)
 
 LAZY = ["--estimator-optimizer", "lazy_adam"]
 END_TO_END = ["--train-mode", "end_to_end", "--loss", "role", "--epochs", "3"]

@@ -55,7 +55,8 @@ def test_role_epochs_match_a_plain_training_loop(estimator):
     torch.manual_seed(0)
     n, d, c, batch_size = 13, 6, 3, 4  # 13 = three full batches and a partial one
     x, observed = torch.randn(n, d), _observed(n, c)
-    fast, reference = (_train(loop, estimator, x, observed, batch_size) for loop in (train_linear_epoch, _reference_epoch))
+    fast, reference = (_train(loop, estimator, x, observed, batch_size)
+                       for loop in (train_linear_epoch, _reference_epoch))
     # the estimator would drift far from the reference if its gradients accumulated across steps
     for got, expected in zip(fast[:3], reference[:3]):
         assert torch.allclose(got, expected, atol=1e-6)

@@ -309,7 +309,8 @@ def skipped_step_updates(
             return torch.zeros_like(m, dtype=torch.float64), m_after, v_after
         factors = cache.factors(low, window, steps, last_step.device) if cache is not None else \
             step_factors(last_step[:1], steps, window)
-        return _updates(m, exp_avg_sq.to(torch.float64, copy=True).sqrt_(), steps.eps, factors, None, shared=True), m_after, v_after
+        s = exp_avg_sq.to(torch.float64, copy=True).sqrt_()
+        return _updates(m, s, steps.eps, factors, None, shared=True), m_after, v_after
     m, v = exp_avg.double(), exp_avg_sq.double()
     skipped = (steps.upto - last_step).double()[:, None]
     m_after, v_after = m * torch.pow(steps.beta1, skipped), v * torch.pow(steps.beta2, skipped)

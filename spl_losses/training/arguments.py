@@ -224,8 +224,8 @@ FLAGS: Tuple[Flag, ...] = (
          "(sparse gradients and LazyAdam: the reference's Adam, to float tolerance, at O(B*C) per step; with several "
          "processes only the batch's rows are exchanged), adam (a dense group of --opt's optimizer, as the reference: "
          "O(N*C) per step), sparse_adam (torch's SparseAdam, another optimizer: a row's moments decay only when it is "
-         f"read); auto: lazy_adam from N*C = {LAZY_ADAM_MIN_ENTRIES:,} entries on ({LAZY_ADAM_MIN_ENTRIES_ACCELERATOR:,} "
-         "on a GPU) with --opt adam and no weight decay, else adam", choices=ESTIMATOR_OPTIMIZERS, group="training"),
+         f"read); auto: lazy_adam from N*C = {LAZY_ADAM_MIN_ENTRIES:,} entries on "
+         f"({LAZY_ADAM_MIN_ENTRIES_ACCELERATOR:,} on a GPU) with --opt adam and no weight decay, else adam", choices=ESTIMATOR_OPTIMIZERS, group="training"),
     Flag("--linear-epochs", 25, "linear_init: epochs of the linear phase", positive_int, group="training"),
     Flag("--linear-lr", 1e-3, "linear_init: learning rate of the linear phase", positive_float, group="training"),
     Flag("--linear-batch-size", 8, "linear_init: batch size of the linear phase", positive_int, group="training"),

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..optim import CombinedOptimizer, LazyAdam
 
-__all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "LAZY_ADAM_MIN_ENTRIES_ACCELERATOR", "param_groups", "estimator_optimizer", "build_optimizer",
-           "build_scheduler"]
+__all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "LAZY_ADAM_MIN_ENTRIES_ACCELERATOR", "param_groups",
+           "estimator_optimizer", "build_optimizer", "build_scheduler"]
 
 #: Choices of ``--estimator-optimizer``.
 ESTIMATOR_OPTIMIZERS = ("auto", "lazy_adam", "adam", "sparse_adam")
