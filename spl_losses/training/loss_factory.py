@@ -68,7 +68,7 @@ def build_run_loss(settings, data, epochs: int, sparse: bool = False) -> nn.Modu
         settings: The run's :class:`~spl_losses.training.settings.RunSettings`.
         data: The run's :class:`~spl_losses.training.data.RunData`.
         epochs: Epochs of the phase (losses with epoch schedules).
-        sparse: Sparse gradients for per-example state (``--sparse-estimator``).
+        sparse: Sparse gradients for per-example state (``--estimator-optimizer lazy_adam`` or ``sparse_adam``).
     """
     return build_loss(settings.loss, data.num_classes, data.num_train, data.train_observed,
                       settings.expected_num_pos, epochs, settings.seed, sparse=sparse,
