@@ -30,9 +30,10 @@ __all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "LAZY_ADAM_MIN_ENTRI
 
 #: Choices of ``--estimator-optimizer``.
 ESTIMATOR_OPTIMIZERS = ("auto", "lazy_adam", "adam", "sparse_adam")
-#: ``auto`` picks LazyAdam from this many estimator entries N·C on, where its step (O(B·C), ~1 ms on one
-#: CPU core at B = 16) is faster than dense Adam's (O(N·C)): measured on CPU with
-#: benchmarks/estimator_optimizer.py (crossover 1 to 1.5M entries, C = 80). Below it both cost little.
+#: ``auto`` picks LazyAdam from this many estimator entries N·C on, where its step is faster than dense
+#: Adam's: on one CPU core (B = 16, C = 80; benchmarks/estimator_optimizer.py) LazyAdam's costs 0.6-0.8 ms
+#: whatever N in shuffled epochs with a checkpoint per epoch, 1.2-1.5 ms for rows drawn at random; dense
+#: Adam's ~1.1 ms per million entries (crossover 0.5 to 1.3 million). Below it both cost little.
 LAZY_ADAM_MIN_ENTRIES = 1_000_000
 #: The same on an accelerator (CUDA): LazyAdam's ~100 small kernels and a few host syncs per step against
 #: dense Adam's memory traffic (~36 bytes per entry with the dense gradient) at ~2 TB/s. An estimate, not
@@ -134,6 +135,9 @@ def build_optimizer(
         The ``opt`` optimizer, or a :class:`~spl_losses.optim.CombinedOptimizer` of it and the
         estimator's (the estimator's alone if no other group is given).
     """
+    if estimator not in ESTIMATOR_OPTIMIZERS[1:]:
+        raise ValueError(f"estimator must be lazy_adam, adam or sparse_adam (resolve auto with estimator_optimizer), "
+                         f"got {estimator!r}")
     state = [g for g in groups if g.get("name") == _STATE_GROUP]
     if estimator == "adam" or not state:
         return _timm_optimizer(groups, opt, momentum, weight_decay)
