@@ -10,7 +10,10 @@ time of the optimizer step alone and of the whole step, the time of LazyAdam's f
 end (what an epoch end or a checkpoint costs), and the max deviation from dense Adam after all the
 steps (absolute, and relative to dense Adam's largest change). LazyAdam is timed again after
 ``--steady-steps`` more steps, when the rows it catches up were last touched later in training
-(their skipped steps need fewer terms than in the first ~1,000 steps). At the smallest N, float64 runs of
+(their skipped steps need fewer terms than in the first ~1,000 steps), and in the recipe's regime
+(``lazy_adam epochs``): shuffled epochs, every row caught up at the end of the first (as a checkpoint
+does), then ``--steps`` steps of the second timed, whose rows share their last step (one table of
+factors for all of them). At the smallest N, float64 runs of
 dense Adam (its deviation from the float32 run is float32's own noise: a gradient near zero can
 change sign under rounding, and Adam's step does not shrink with the gradient) and of LazyAdam
 (its deviation is from the float64 dense Adam: the closed form's own error) are added.
@@ -61,7 +64,7 @@ def _clock(device: torch.device) -> float:
     return time.process_time()
 
 
-def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=()):
+def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=(), catch_up_after_untimed=False):
     """Train a copy of ``init`` with optimizer ``kind`` on the batches ``untimed`` then ``order`` (timed).
 
     Args:
@@ -72,6 +75,7 @@ def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=()
         args: Parsed command line (``lr``).
         dtype: Dtype of the trained logits.
         untimed: Batches run first, untimed.
+        catch_up_after_untimed: LazyAdam: catch every row up after the untimed batches.
 
     Returns:
         The trained logits, the step times, the whole-step times and LazyAdam's final catch-up time.
@@ -86,7 +90,9 @@ def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=()
     else:
         optimizer = LazyAdam([logits], lr=args.lr)
     step_times, whole_times = [], []
-    for rows in list(untimed) + list(order):
+    for position, rows in enumerate(list(untimed) + list(order)):
+        if position == len(untimed) and catch_up_after_untimed:
+            optimizer.catch_up()
         start = _clock(device)
         optimizer.zero_grad(set_to_none=True)
         if kind == "lazy_adam":
@@ -138,10 +144,14 @@ def main(argv=None):
                      for _ in range(args.steady_steps)]
             rows.append((f"lazy_adam +{args.steady_steps}", *train(
                 "lazy_adam", init, soft_targets, later[-args.steps:], args, untimed=order + later[:-args.steps])))
+        first, second = (list(torch.randperm(n, generator=generator).to(device).split(args.batch_size))
+                         for _ in range(2))
+        rows.append(("lazy_adam epochs", *train("lazy_adam", init, soft_targets, second[:args.steps], args,
+                                                 untimed=first, catch_up_after_untimed=True)))
         references = {"lazy_adam float64": next((r[1] for r in rows if r[0] == "adam float64"), None)}
         for kind, logits, step_times, whole_times, catch_up_time in rows:
             reference = references.get(kind, dense)
-            deviation = math.nan if kind.startswith("lazy_adam +") else \
+            deviation = math.nan if kind.startswith(("lazy_adam +", "lazy_adam epochs")) else \
                 (logits.double() - reference.double()).abs().max().item()
             warm = slice(min(10, len(step_times) - 1), None)
             print(f"{n:>8} {kind:>17} {1e3 * statistics.median(step_times[warm]):>9.3f} "

@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from spl_losses.optim import LazyAdam, catch_up_rows
 from spl_losses.optim import lazy_adam as lazy_adam_module
 from spl_losses.optim import skipped_steps
+from spl_losses.optim.shared_steps import SharedStepFactors
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -114,6 +115,39 @@ def test_skipped_steps_match_stepwise_adam(first_step, skipped, dtype, rtol):
     torch.testing.assert_close(update, expected_update, rtol=rtol, atol=1e-300)
     torch.testing.assert_close(m_after, expected_m, rtol=1e-12, atol=1e-300)
     torch.testing.assert_close(v_after, expected_v, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-11), (torch.float32, 3e-9)])
+@pytest.mark.parametrize("first_step", [1, 30, 2000])
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_rows_sharing_their_last_step_read_one_table_for_every_number_of_steps(first_step, eps, dtype, rtol):
+    """Rows last stepped together (after a full catch-up) take their factors from one kept table, for
+    few skipped steps and for more than the window, as close to stepwise Adam as the per-row factors
+    (at the tolerances of float64 parameters and of the others; the inputs stay unchanged)."""
+    beta1, beta2 = 0.9, 0.999
+    generator = torch.Generator().manual_seed(first_step)
+    scale = torch.logspace(-14, -1, 30, dtype=torch.float64)
+    m = torch.randn(3, 30, dtype=torch.float64, generator=generator) * scale
+    v = (m.abs() * (1 + 3 * torch.rand(3, 30, dtype=torch.float64, generator=generator))) ** 2
+    m[0], v[0] = 0.0, 0.0
+    m_before, v_before = m.clone(), v.clone()
+    lr = torch.tensor([1e-2], dtype=torch.float64)
+    tables = SharedStepFactors()
+    last = torch.full((3,), first_step, dtype=torch.int64)
+    for skipped in (1, 2, 17, 240, 500):
+        upto = first_step + skipped
+        owed = skipped_steps.SkippedSteps.for_dtype(dtype, upto, torch.tensor([0]), lr, beta1, beta2, eps)
+        update, m_after, v_after = skipped_steps.skipped_step_updates(m, v, last, owed, tables)
+        for r in range(3):
+            expected, expected_m, expected_v = stepwise_zero_grad_adam(m[r], v[r], first_step + 1, upto,
+                                                                       lambda j: 1e-2, beta1, beta2, eps)
+            if r == 0:  # never stepped: no update
+                expected = torch.zeros_like(expected)
+            torch.testing.assert_close(update[r], expected, rtol=rtol, atol=1e-300)
+            torch.testing.assert_close(m_after[r], expected_m, rtol=1e-12, atol=1e-300)
+            torch.testing.assert_close(v_after[r], expected_v, rtol=1e-12, atol=1e-300)
+    assert len(tables._tables) == 1  # one table served every number of skipped steps
+    assert torch.equal(m, m_before) and torch.equal(v, v_before)
 
 
 def test_skipped_steps_without_eps_factor_exactly():

@@ -5,6 +5,7 @@ from torch import nn
 
 import spl_losses
 from spl_losses.training.linear_head import predict_linear, train_linear_epoch
+from spl_losses.training.optim import build_optimizer, param_groups
 
 
 def _observed(num_examples, num_classes):
@@ -19,11 +20,10 @@ def _role(observed, sparse):
                                   observed_labels=observed, seed=0, sparse=sparse)
 
 
-def _optimizers(head, loss, sparse):
-    if sparse:  # head in Adam, estimator in its own SparseAdam (the recipe's --sparse-estimator)
-        return [torch.optim.Adam(head.parameters(), lr=1e-2),
-                torch.optim.SparseAdam(list(loss.parameters()), lr=1e-1)]
-    return [torch.optim.Adam([{"params": head.parameters()}, {"params": loss.parameters(), "lr": 1e-1}], lr=1e-2)]
+def _optimizers(head, loss, estimator):
+    """The recipe's optimizer: head at lr 1e-2, estimator at 10x in Adam, LazyAdam or SparseAdam."""
+    groups = param_groups(1e-2, head=list(head.parameters()), loss_state=list(loss.parameters()))
+    return [build_optimizer(groups, "adam", estimator=estimator)]
 
 
 def _reference_epoch(head, loss, optimizers, x, y, order, batch_size):
@@ -40,26 +40,40 @@ def _reference_epoch(head, loss, optimizers, x, y, order, batch_size):
     return sum(losses) / len(losses)
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_role_epochs_match_a_plain_training_loop(sparse):
+def _train(loop, estimator, x, observed, batch_size, epochs=3):
+    torch.manual_seed(1)
+    head, loss = nn.Linear(x.shape[1], observed.shape[1]), _role(observed, estimator != "adam")
+    optimizers = _optimizers(head, loss, estimator)
+    orders = [torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(e)) for e in range(epochs)]
+    means = [loop(head, loss, optimizers, x, observed, order, batch_size) for order in orders]
+    loss.estimator.estimates()  # every row caught up
+    return head.weight.detach().clone(), head.bias.detach().clone(), loss.estimator.logits.detach().clone(), means
+
+
+@pytest.mark.parametrize("estimator", ["adam", "lazy_adam", "sparse_adam"])
+def test_role_epochs_match_a_plain_training_loop(estimator):
     torch.manual_seed(0)
     n, d, c, batch_size = 13, 6, 3, 4  # 13 = three full batches and a partial one
     x, observed = torch.randn(n, d), _observed(n, c)
-    runs = []
-    for loop in (train_linear_epoch, _reference_epoch):
-        torch.manual_seed(1)
-        head, loss = nn.Linear(d, c), _role(observed, sparse)
-        optimizers = _optimizers(head, loss, sparse)
-        means = [loop(head, loss, optimizers, x, observed, torch.randperm(n, generator=torch.Generator().manual_seed(e)),
-                      batch_size) for e in range(3)]
-        runs.append((head.weight.detach().clone(), head.bias.detach().clone(),
-                     loss.estimator.logits.detach().clone(), means))
-    fast, reference = runs
+    fast, reference = (_train(loop, estimator, x, observed, batch_size)
+                       for loop in (train_linear_epoch, _reference_epoch))
     # the estimator would drift far from the reference if its gradients accumulated across steps
     for got, expected in zip(fast[:3], reference[:3]):
         assert torch.allclose(got, expected, atol=1e-6)
     assert fast[3] == pytest.approx(reference[3], rel=1e-6)
-    assert not torch.equal(reference[2], _role(observed, sparse).estimator.logits)  # the estimator did train
+    assert not torch.equal(reference[2], _role(observed, estimator != "adam").estimator.logits)  # it trained
+
+
+def test_lazy_adam_trains_the_estimator_as_dense_adam_and_sparse_adam_differs():
+    torch.manual_seed(0)
+    n, d, c, batch_size = 40, 6, 3, 4  # rows skip up to ~20 steps between reads
+    x, observed = torch.randn(n, d), _observed(n, c)
+    dense, lazy, sparse = (_train(train_linear_epoch, e, x, observed, batch_size, epochs=6)
+                           for e in ("adam", "lazy_adam", "sparse_adam"))
+    for got, expected in zip(lazy[:3], dense[:3]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert lazy[3] == pytest.approx(dense[3], rel=1e-6)
+    assert (sparse[2] - dense[2]).abs().max() > 1e-2  # SparseAdam is another optimizer
 
 
 def test_loss_input_checks_are_restored_after_the_epoch():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import check_observed_labels
+from ..optim.lazy_adam import catch_up_rows
 from ._checks import check_number, check_positive_int
 from .base import SPLoss
 
@@ -31,17 +32,23 @@ class LabelEstimator(nn.Module):
         ])
 
     By default the gradient is dense, as the reference's Adam expects: every backward pass
-    materialises an (N, C) float32 gradient (400 MB at N = 100,000, C = 1,000), so its cost grows
-    with N. With ``sparse=True`` the gradient is a sparse tensor holding only the batch's rows, so a
-    step costs O(B·C); ``torch.optim.Adam`` rejects sparse gradients, so give the estimator its own
-    optimizer and step both::
+    materialises an (N, C) float32 gradient (400 MB at N = 100,000, C = 1,000) and Adam updates all
+    N·C entries, so a step's cost grows with N. With ``sparse=True`` the gradient is a sparse tensor
+    holding only the batch's rows; pair it with :class:`spl_losses.optim.LazyAdam`, which gives dense
+    Adam's result (to float tolerance) at O(B·C) per step::
 
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        estimator_optimizer = torch.optim.SparseAdam(loss_fn.estimator.parameters(), lr=10 * lr)
+        estimator_optimizer = spl_losses.optim.LazyAdam(loss_fn.estimator.parameters(), lr=10 * lr)
 
-    (SparseAdam updates its moments only for the rows seen, which differs slightly from dense Adam,
-    whose moments decay for every row on every step.) Keep the estimator in float32: cast the model,
-    not the loss, to half precision; the loss reads the estimator in float32 either way.
+    LazyAdam applies the updates of the steps a row skipped when the row is read: this module's
+    :meth:`forward` catches up the rows it reads, and :meth:`estimates`, the ``init_*`` methods,
+    ``state_dict`` and ``load_state_dict`` catch up every row first, so every read sees dense Adam's
+    values. A module no LazyAdam steps pays nothing for it. ``torch.optim.SparseAdam`` also takes
+    the sparse gradient, but it is another optimizer: its moments decay only on the steps a row is
+    read, unlike dense Adam's, which decay for every row on every step.
+
+    Keep the estimator in float32: cast the model, not the loss, to half precision; the loss reads
+    the estimator in float32 either way.
 
     Args:
         num_examples: N, the number of training examples.
@@ -66,6 +73,9 @@ class LabelEstimator(nn.Module):
         self.sparse = bool(sparse)
         self.logits = nn.Parameter(torch.empty(num_examples, num_classes, dtype=torch.float32))
         self.init_from_observed(observed_labels, seed=seed)
+        # a LazyAdam stepping the logits owes rows updates: apply them before the logits are saved or replaced
+        self.register_state_dict_pre_hook(_catch_up_before_saving)
+        self.register_load_state_dict_pre_hook(_catch_up_before_loading)
 
     @torch.no_grad()
     def init_from_observed(self, observed_labels: Optional[torch.Tensor] = None, seed: Optional[int] = None) -> None:
@@ -76,6 +86,7 @@ class LabelEstimator(nn.Module):
             observed_labels: (N, C) {-1, 0, 1} tensor, or None (everything unobserved).
             seed: Seed of the uniform draw; None uses torch's global RNG.
         """
+        catch_up_rows(self.logits)  # pending updates land before the values are replaced
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.logits.device).manual_seed(int(seed))
@@ -107,23 +118,36 @@ class LabelEstimator(nn.Module):
             raise ValueError(f"estimates have shape {tuple(estimates.shape)}, expected {tuple(self.logits.shape)}")
         if not bool(torch.isfinite(estimates).all()) or bool(((estimates < 0) | (estimates > 1)).any()):
             raise ValueError("estimates must be finite probabilities in [0, 1]")
+        catch_up_rows(self.logits)  # pending updates land before the values are replaced
         self.logits.copy_(torch.logit(estimates.float().clamp(clamp, 1.0 - clamp)))
 
     @torch.no_grad()
     def estimates(self) -> torch.Tensor:
         """Return the current (N, C) label estimates ``sigmoid(logits)`` (a detached copy)."""
+        catch_up_rows(self.logits)
         return torch.sigmoid(self.logits.detach())
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
-        """Return the (B, C) estimator logits of the examples ``index``.
+        """Return the (B, C) estimator logits of the examples ``index`` (caught up first, under LazyAdam).
 
         Args:
             index: (B,) int64 example indices.
         """
+        catch_up_rows(self.logits, index)
         return F.embedding(index, self.logits, sparse=self.sparse)
 
     def extra_repr(self) -> str:
         return f"num_examples={self.num_examples}, num_classes={self.num_classes}, sparse={self.sparse}"
+
+
+def _catch_up_before_saving(module: LabelEstimator, prefix: str, keep_vars: bool) -> None:
+    """State-dict pre-hook: every row up to date before the logits are read."""
+    catch_up_rows(module.logits)
+
+
+def _catch_up_before_loading(module: LabelEstimator, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: pending updates land on the old values, not on the loaded ones."""
+    catch_up_rows(module.logits)
 
 
 class EstimatorLoss(SPLoss):

@@ -57,7 +57,7 @@ class LabelEstimationLoss(EstimatorLoss):
     protocol (``set_epoch``, ``update_from_predictions``) is forwarded to the base loss, whose state
     is part of this module's state dict. Every call needs the batch's ``index``. As with ``role``,
     the estimator's gradient is a dense (N, C) tensor unless ``sparse=True`` (then a step costs
-    O(B·C) whatever N; pair it with ``torch.optim.SparseAdam``).
+    O(B·C) whatever N; pair it with ``spl_losses.optim.LazyAdam``, dense Adam's result).
 
     Example::
 
@@ -78,7 +78,7 @@ class LabelEstimationLoss(EstimatorLoss):
             not take is an error.
         observed_labels: Optional (N, C) {-1, 0, 1} training labels; they initialise the estimator.
         estimate_weight: w, weight of the classifier's BCE towards the estimates (0.5, ROLE's weighting).
-        sparse: Sparse estimator gradients (then use ``torch.optim.SparseAdam`` for the estimator).
+        sparse: Sparse estimator gradients (then use ``spl_losses.optim.LazyAdam`` for the estimator).
         seed: Seed of the estimator's random initialisation (None: torch's global generator).
         num_epochs: T, passed to a base loss with epoch schedules (``em_apl``, ``gr``); unused otherwise.
         eps: Epsilon of the reference log ``-log(p + eps)``, here and in the base loss.

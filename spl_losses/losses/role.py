@@ -35,7 +35,7 @@ class ROLELoss(EstimatorLoss):
         num_examples: N, the training-set size.
         expected_num_pos: k, the expected number of positives per image.
         observed_labels: Optional (N, C) {-1, 0, 1} training labels to initialise the estimator.
-        sparse: Give the estimator sparse gradients (pair with ``torch.optim.SparseAdam``).
+        sparse: Give the estimator sparse gradients (pair with ``spl_losses.optim.LazyAdam``: Adam at O(B·C) per step).
         seed: Seed of the estimator's initialisation.
         eps: Epsilon of the reference log ``-log(p + eps)``.
         stable: Use the log-sigmoid form instead of the reference form.

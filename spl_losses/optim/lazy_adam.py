@@ -6,6 +6,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 from torch.optim import Optimizer
 
+from .shared_steps import SharedStepFactors
 from .skipped_steps import SkippedSteps, skipped_step_updates, window_length
 
 __all__ = ["LazyAdam", "catch_up_rows"]
@@ -74,6 +75,8 @@ class LazyAdam(Optimizer):
                  weight_decay: float = 0.0, amsgrad: bool = False):
         _check_group(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        #: Factors of the skipped steps of rows sharing their last step, reused between catch-ups.
+        self._factor_cache = SharedStepFactors()
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a parameter group (see ``torch.optim.Optimizer.add_param_group``).
@@ -161,8 +164,7 @@ class LazyAdam(Optimizer):
         if state["lr_starts"].numel() >= MAX_LR_SEGMENTS:
             self._catch_up_param(p, None)
         _record_lr(state, t, lr)
-        flat = p.view(p.shape[0], -1)
-        m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
+        flat, m_all, v_all = _as_matrices(p, state)
         if rows is None:
             rows = torch.arange(p.shape[0], device=p.device)
         grad = grad.reshape(rows.shape[0], -1)
@@ -175,18 +177,22 @@ class LazyAdam(Optimizer):
         _scatter_rows(flat, m_all, v_all, state["last_step"], rows, values, m, v, t)
         state["step"].fill_(t)
 
-    @staticmethod
-    def _caught_up(state, flat, m_all, v_all, rows, upto):
-        """Rows' values and moments (copies, parameter dtype) after the skipped steps up to ``upto``."""
+    def _caught_up(self, state, flat, m_all, v_all, rows, upto, last=None, bounds=None):
+        """Rows' values and moments (copies, parameter dtype) after the skipped steps up to ``upto``.
+
+        ``last``: the rows' last steps, with ``bounds`` their (min, max) when the caller has them.
+        """
         values, m, v = flat.index_select(0, rows), m_all.index_select(0, rows), v_all.index_select(0, rows)
-        last = state["last_step"].index_select(0, rows)
-        if not rows.numel() or int(last.min()) >= upto:
+        if last is None:
+            last = state["last_step"].index_select(0, rows)
+        if bounds is None and rows.numel():
+            bounds = tuple(int(x) for x in torch.aminmax(last))
+        if not rows.numel() or bounds[0] >= upto:
             return values, m, v
         owed = SkippedSteps.for_dtype(flat.dtype, upto, state["lr_starts"], state["lr_values"],
                                       *state["betas_eps"].tolist())
-        update, m64, v64 = skipped_step_updates(m, v, last, owed)
-        values = (values.double() - update).to(flat.dtype)
-        return values, m64.to(flat.dtype), v64.to(flat.dtype)
+        update, m, v = skipped_step_updates(m, v, last, owed, self._factor_cache, bounds)
+        return values.sub_(update), m.to(flat.dtype), v.to(flat.dtype)  # the difference taken in float64
 
     # ---------------------------------------------------------------------------------- catch-up
     @torch.no_grad()
@@ -214,15 +220,22 @@ class LazyAdam(Optimizer):
             pending = (last_step < upto).nonzero().squeeze(1)
             pending = pending[last_step[pending].argsort()]  # chunks of rows sharing last steps
         else:  # current rows, and repeated ones, are rewritten with the values they hold
-            pending = torch.as_tensor(rows, device=p.device).long().reshape(-1)
-            if pending.numel() and (int(pending.min()) < 0 or int(pending.max()) >= p.shape[0]):
-                raise ValueError(f"rows must lie in [0, {p.shape[0]}), got rows from {int(pending.min())} "
-                                 f"to {int(pending.max())}")
-        flat = p.view(p.shape[0], -1)
-        m_all, v_all = state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
+            pending = _as_rows(rows, p.device)
+            if not pending.numel():
+                return
+            low, high = (int(x) for x in torch.aminmax(pending))
+            if low < 0 or high >= p.shape[0]:
+                raise ValueError(f"rows must lie in [0, {p.shape[0]}), got rows from {low} to {high}")
+        last = bounds = None  # the last steps of the rows (and their bounds) when they make one chunk
+        if rows is not None and pending.shape[0] <= _CATCH_UP_CHUNK:
+            last = last_step.index_select(0, pending)
+            bounds = tuple(int(x) for x in torch.aminmax(last))
+            if bounds[0] >= upto:  # every row current (e.g. read a second time): nothing to do
+                return
+        flat, m_all, v_all = _as_matrices(p, state)
         for lo in range(0, pending.shape[0], _CATCH_UP_CHUNK):
-            chunk = pending[lo:lo + _CATCH_UP_CHUNK]
-            values, m, v = self._caught_up(state, flat, m_all, v_all, chunk, upto)
+            chunk = pending if pending.shape[0] <= _CATCH_UP_CHUNK else pending[lo:lo + _CATCH_UP_CHUNK]
+            values, m, v = self._caught_up(state, flat, m_all, v_all, chunk, upto, last, bounds)
             _scatter_rows(flat, m_all, v_all, last_step, chunk, values, m, v, upto)
         if rows is None:
             state["lr_starts"], state["lr_values"] = _empty_lr_history()
@@ -361,6 +374,21 @@ def _record_lr(state: dict, step: int, lr: float) -> None:
         return
     state["lr_starts"] = torch.cat([state["lr_starts"], torch.tensor([step], dtype=torch.int64)])
     state["lr_values"] = torch.cat([values, torch.tensor([lr], dtype=torch.float64)])
+
+
+def _as_matrices(p: torch.Tensor, state: dict):
+    """The parameter and its moments as (rows, everything else) matrices (views)."""
+    if p.dim() == 2:
+        return p, state["exp_avg"], state["exp_avg_sq"]
+    flat = p.view(p.shape[0], -1)
+    return flat, state["exp_avg"].view_as(flat), state["exp_avg_sq"].view_as(flat)
+
+
+def _as_rows(rows, device) -> torch.Tensor:
+    """``rows`` as a 1-d int64 tensor on ``device``."""
+    if isinstance(rows, torch.Tensor) and rows.dtype == torch.int64 and rows.dim() == 1 and rows.device == device:
+        return rows
+    return torch.as_tensor(rows, device=device).long().reshape(-1)
 
 
 def _scatter_rows(flat, m_all, v_all, last_step, rows, values, m, v, step: int) -> None:

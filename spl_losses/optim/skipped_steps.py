@@ -28,14 +28,19 @@ after the ``K``-th add at most ``G·lr_max·rho^(K+1)/(1 - rho)`` with ``rho = b
 which :func:`window_length` makes negligible (it needs ``beta1^2 < beta2``; Adam's defaults give
 ``rho = 0.9005`` and ``K = 307`` for a bound of 1e-13 times one step of size ``G·lr_max``, the
 bound used for float64 parameters, and ``K = 241`` for 1e-10, the one used for the others).
+
+Rows that share their last step share ``w_k``, ``e_k`` and the polynomial's coefficients: they are
+computed once per group of rows (:class:`StepFactors`), and, for rows all last stepped together,
+taken from a table kept between calls (:mod:`spl_losses.optim.shared_steps`).
 """
 import functools
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-__all__ = ["SkippedSteps", "window_length", "lr_at_steps", "skipped_step_weights", "skipped_step_updates"]
+__all__ = ["SkippedSteps", "StepFactors", "window_length", "lr_at_steps", "skipped_step_weights", "step_factors",
+           "skipped_step_updates"]
 
 #: Numbers of terms tried for the polynomial in ``t`` (its per-entry cost), each twice the last.
 #: With Adam's defaults and a 1e-12 tolerance, 8 terms do for rows last touched after step ~1,000,
@@ -52,6 +57,7 @@ _EXACT_CHUNK = 1 << 21
 _GROUP_ROWS_ABOVE = 256
 
 
+@functools.lru_cache(maxsize=64)
 def window_length(beta1: float, beta2: float, tol: float = TAIL_TOL) -> int:
     """Number K of skipped steps to sum: the later ones add under ``tol`` steps of size ``G·lr_max``.
 
@@ -202,15 +208,21 @@ def _moments(w: torch.Tensor, x: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat([w.sum(1, keepdim=True), (w[:, :, None] * powers).sum(1)], 1)
 
 
-def _series_sum(s: torch.Tensor, eps: float, centre: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """``S(s)`` from the polynomial in ``t`` (rows of ``s`` match rows of ``centre``; ``eps > 0``)."""
-    cs = centre[:, None] * s
+def _columns(centre: torch.Tensor, coefficients: torch.Tensor):
+    """The centre and each coefficient as (F, 1) columns, as :func:`_series_sum` takes them."""
+    return centre[:, None], coefficients.unsqueeze(2).unbind(1)
+
+
+def _series_sum(s: torch.Tensor, eps: float, centre: torch.Tensor, columns) -> torch.Tensor:
+    """``S(s)`` from the polynomial in ``t`` (``centre`` and ``columns`` from :func:`_columns`, rows matching
+    ``s``'s or one row; ``eps > 0``)."""
+    cs = centre * s
     denom = cs + eps
     t = cs.div_(denom)
-    acc = coefficients[:, -1:].expand_as(s)
-    for p in range(coefficients.shape[1] - 2, -1, -1):
-        acc = torch.addcmul(coefficients[:, p:p + 1], acc, t)
-    return acc / denom
+    acc = columns[-1].expand_as(s)
+    for column in columns[-2::-1]:
+        acc = torch.addcmul(column, acc, t)
+    return acc.div_(denom) if len(columns) > 1 else acc / denom
 
 
 def _exact_sum(s: torch.Tensor, eps: float, w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -224,11 +236,50 @@ def _exact_sum(s: torch.Tensor, eps: float, w: torch.Tensor, e: torch.Tensor) ->
     return out
 
 
+class StepFactors(NamedTuple):
+    """The per-row factors of the skipped steps of rows (one row of factors per last step).
+
+    Attributes:
+        w: (F, K) float64 weights ``w_k`` (0 past a row's skipped steps).
+        e: (F, K) float64 factors ``e_k`` (1 past a row's skipped steps).
+        centre: (F,) float64 centre ``c`` of the polynomial in ``t`` (None when ``eps == 0``).
+        coefficients: (F, P) float64 coefficients of the polynomial (None when ``eps == 0``).
+        terms: (F,) int64 number of terms each row needs; 0: summed term by term (None when ``eps == 0``).
+        exact: Whether any row is summed term by term.
+        columns: ``centre`` and the coefficients as (F, 1) columns (:func:`_columns`), or None.
+    """
+
+    w: torch.Tensor
+    e: torch.Tensor
+    centre: Optional[torch.Tensor]
+    coefficients: Optional[torch.Tensor]
+    terms: Optional[torch.Tensor]
+    exact: bool
+    columns: Optional[tuple] = None
+
+
+def step_factors(firsts: torch.Tensor, steps: SkippedSteps, window: int) -> StepFactors:
+    """The factors of the skipped steps of rows last stepped at ``firsts``.
+
+    Args:
+        firsts: (F,) int64 last steps.
+        steps: The steps owed.
+        window: Skipped steps summed (at most ``steps.window``).
+    """
+    w, e = skipped_step_weights(firsts, steps, window)
+    if steps.eps == 0.0:
+        return StepFactors(w, e, None, None, None, False)
+    centre, coefficients, terms = _series_coefficients(w, e, steps.tol)
+    return StepFactors(w, e, centre, coefficients, terms, not bool(terms.all()), _columns(centre, coefficients))
+
+
 def skipped_step_updates(
         exp_avg: torch.Tensor,
         exp_avg_sq: torch.Tensor,
         last_step: torch.Tensor,
         steps: SkippedSteps,
+        cache=None,
+        bounds: Optional[Tuple[int, int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What Adam does to rows with zero gradient from ``last_step + 1`` to ``steps.upto``.
 
@@ -237,40 +288,66 @@ def skipped_step_updates(
         exp_avg_sq: (R, C) second moments after each row's ``last_step``.
         last_step: (R,) int64, the step each row is current at (``<= steps.upto``).
         steps: The steps owed.
+        cache: Optional :class:`~spl_losses.optim.shared_steps.SharedStepFactors` (owned by the caller,
+            kept between calls) giving the factors when every row shares its last step.
+        bounds: ``(min, max)`` of ``last_step`` when the caller knows them.
 
     Returns:
-        ``(update, exp_avg, exp_avg_sq)`` in float64: the sum of the skipped steps' updates (to be
-        subtracted from the parameter) and the moments after step ``upto``.
+        ``(update, exp_avg, exp_avg_sq)``: the sum of the skipped steps' updates in float64 (to be
+        subtracted from the parameter) and the moments after step ``upto`` (float64, or the moments'
+        dtype when every row shares its last step).
     """
-    eps = steps.eps
-    skipped = (steps.upto - last_step).double()[:, None]
+    m = exp_avg
+    if not m.numel():
+        return torch.zeros_like(m, dtype=torch.float64), exp_avg, exp_avg_sq
+    low, high = bounds if bounds is not None else (int(x) for x in torch.aminmax(last_step))
+    window = min(steps.window, steps.upto - low)
+    if low == high:  # one last step for every row: one row of factors, broadcast
+        skipped = steps.upto - low
+        m_after, v_after = m * steps.beta1 ** skipped, exp_avg_sq * steps.beta2 ** skipped
+        if window <= 0:
+            return torch.zeros_like(m, dtype=torch.float64), m_after, v_after
+        factors = cache.factors(low, window, steps, last_step.device) if cache is not None else \
+            step_factors(last_step[:1], steps, window)
+        s = exp_avg_sq.to(torch.float64, copy=True).sqrt_()
+        return _updates(m, s, steps.eps, factors, None, shared=True), m_after, v_after
     m, v = exp_avg.double(), exp_avg_sq.double()
+    skipped = (steps.upto - last_step).double()[:, None]
     m_after, v_after = m * torch.pow(steps.beta1, skipped), v * torch.pow(steps.beta2, skipped)
-    window = min(steps.window, int(skipped.max())) if m.numel() else 0
-    if window <= 0:
-        return torch.zeros_like(m), m_after, v_after
+    inverse = None
     if last_step.shape[0] > _GROUP_ROWS_ABOVE:
         firsts, inverse = torch.unique(last_step, return_inverse=True)
     else:
-        firsts, inverse = last_step, None
-    w, e = skipped_step_weights(firsts, steps, window)
-    s = v.sqrt()
+        firsts = last_step
+    factors = step_factors(firsts, steps, window)
+    return _updates(m, v.sqrt(), steps.eps, factors, inverse), m_after, v_after
+
+
+def _updates(m, s, eps: float, factors: StepFactors, inverse, shared: bool = False) -> torch.Tensor:
+    """``m·S(s)`` in float64, the sum of the skipped steps' updates, from the factors of row ``inverse[i]``
+    for row i (``inverse`` None: row i's own; ``shared``: the one row of factors for every row)."""
     if eps == 0.0:
-        total = (w / e).sum(1)
+        total = (factors.w / factors.e).sum(1)
         total = (total if inverse is None else total[inverse])[:, None] / s
-        return total.nan_to_num_(nan=0.0, posinf=0.0).mul_(m), m_after, v_after
-    centre, coefficients, terms = _series_coefficients(w, e, steps.tol)
-    if inverse is not None:
-        centre, coefficients, terms = centre[inverse], coefficients[inverse], terms[inverse]
-    if inverse is None or coefficients.shape[1] <= min(SERIES_TERMS):
-        total = _series_sum(s, eps, centre, coefficients)
-    else:  # many rows: each group of rows with as many terms as it needs
-        total = torch.empty_like(s)
-        for degree in terms.unique().tolist():
-            rows = (terms == degree).nonzero().squeeze(1)
-            total[rows] = _series_sum(s[rows], eps, centre[rows], coefficients[rows, :max(degree, 1)])
-    exact = ((terms == 0) & (m != 0).any(1)).nonzero().squeeze(1)  # rows never stepped move by 0
-    if exact.numel():
-        group = exact if inverse is None else inverse[exact]
-        total[exact] = _exact_sum(s[exact], eps, w[group], e[group])
-    return total.mul_(m), m_after, v_after
+        return total.nan_to_num_(nan=0.0, posinf=0.0).mul_(m)
+    terms = factors.terms
+    if shared or inverse is None:
+        total = _series_sum(s, eps, *factors.columns)
+    else:
+        centre, coefficients, terms = factors.centre[inverse], factors.coefficients[inverse], terms[inverse]
+        if coefficients.shape[1] <= min(SERIES_TERMS):
+            total = _series_sum(s, eps, *_columns(centre, coefficients))
+        else:  # many rows: each group of rows with as many terms as it needs
+            total = torch.empty_like(s)
+            for degree in terms.unique().tolist():
+                rows = (terms == degree).nonzero().squeeze(1)
+                total[rows] = _series_sum(s[rows], eps, *_columns(centre[rows], coefficients[rows, :max(degree, 1)]))
+    if factors.exact:
+        exact = ((terms == 0) & (m != 0).any(1)).nonzero().squeeze(1)  # rows never stepped move by 0
+        if exact.numel():
+            w, e = factors.w, factors.e
+            if shared:
+                w, e = w.expand(m.shape[0], -1), e.expand(m.shape[0], -1)
+            group = exact if inverse is None else inverse[exact]
+            total[exact] = _exact_sum(s[exact], eps, w[group], e[group])
+    return total.mul_(m)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import yaml
 
 from .device_options import COMPILE_MODES
+from .optim import ESTIMATOR_OPTIMIZERS, LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR
 
 __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser",
            "parse_args", "load_config_file", "flag_defaults", "loss_options"]
@@ -253,8 +254,12 @@ FLAGS: Tuple[Flag, ...] = (
          positive_int, group="training"),
     Flag("--early-stop-max-drop", None, "stop when validation mAP falls more than this many points below the best",
          positive_float, group="training"),
-    Flag("--sparse-estimator", False, "linear training: SparseAdam for per-example loss state (O(B*C) per step; not "
-         "the reference's dense Adam)", group="training", switch=True),
+    Flag("--estimator-optimizer", "auto", "optimizer of a label estimator (role, label_estimation): lazy_adam "
+         "(sparse gradients and LazyAdam: the reference's Adam, to float tolerance, at O(B*C) per step; with several "
+         "processes only the batch's rows are exchanged), adam (a dense group of --opt's optimizer, as the reference: "
+         "O(N*C) per step), sparse_adam (torch's SparseAdam, another optimizer: a row's moments decay only when it is "
+         f"read); auto: lazy_adam from N*C = {LAZY_ADAM_MIN_ENTRIES:,} entries on "
+         f"({LAZY_ADAM_MIN_ENTRIES_ACCELERATOR:,} on a GPU) with --opt adam and no weight decay, else adam", choices=ESTIMATOR_OPTIMIZERS, group="training"),
     Flag("--linear-epochs", 25, "linear_init: epochs of the linear phase", positive_int, group="training"),
     Flag("--linear-lr", 1e-3, "linear_init: learning rate of the linear phase", positive_float, group="training"),
     Flag("--linear-batch-size", 8, "linear_init: batch size of the linear phase", positive_int, group="training"),

@@ -68,7 +68,7 @@ def build_run_loss(settings, data, epochs: int, sparse: bool = False) -> nn.Modu
         settings: The run's :class:`~spl_losses.training.settings.RunSettings`.
         data: The run's :class:`~spl_losses.training.data.RunData`.
         epochs: Epochs of the phase (losses with epoch schedules).
-        sparse: Sparse gradients for per-example state (``--sparse-estimator``).
+        sparse: Sparse gradients for per-example state (``--estimator-optimizer lazy_adam`` or ``sparse_adam``).
     """
     options = dict(settings.loss_options)
     if data.train_pseudo is not None:

@@ -22,9 +22,9 @@ from .device_options import apply_device_options, contiguous_parameters
 from .image_data import flip_images
 from .input_pipeline import ImagePipeline
 from .linear_head import predict_linear, train_linear_epoch
-from .loss_factory import build_run_loss, hand_off_loss_state, trainable_state_parameters
+from .loss_factory import build_run_loss, hand_off_loss_state, loss_parameters, trainable_state_parameters
 from .modeling import copy_linear_head, create_model, timm_model_of
-from .optim import build_optimizers, build_scheduler, param_groups
+from .optim import build_optimizer, build_scheduler, estimator_optimizer, param_groups
 from .phase_book import PhaseBook
 from .sampling import EpochPermutationSampler, epoch_flip_mask, epoch_permutation
 from .train_step import LinearStep, TrainStep
@@ -73,6 +73,14 @@ def _start_loss_state(loss: nn.Module, settings, book: PhaseBook, handoff: Optio
     return checkpoint
 
 
+def _estimator_optimizer(settings, data: RunData, device) -> str:
+    """``--estimator-optimizer`` resolved for this run's estimator size and device (``auto``: LazyAdam when large)."""
+    if "sparse" not in loss_parameters(settings.loss):  # no label estimator
+        return "adam"
+    return estimator_optimizer(settings.estimator_optimizer, data.num_train * data.num_classes, settings.opt,
+                               settings.weight_decay, device.type)
+
+
 def _val_labels(settings, data: RunData) -> torch.Tensor:
     return data.val_full if settings.val_set_variant == "clean" else data.val_observed
 
@@ -116,18 +124,16 @@ def train_linear_phase(accelerator, settings, data: RunData, phase) -> PhaseOutc
     head = nn.Linear(in_features, data.num_classes)
     if model is not None:  # start from the timm classifier's own initialisation
         head.load_state_dict(timm_model_of(model).get_classifier().state_dict())
-    loss_fn = build_run_loss(settings, data, phase.epochs, sparse=settings.sparse_estimator)
+    estimator = _estimator_optimizer(settings, data, device)
+    loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam")
     step = LinearStep(head, loss_fn)
     book = PhaseBook(accelerator, settings, phase, data.fingerprints, step)
     checkpoint = _start_loss_state(loss_fn, settings, book, None)
     step = accelerator.prepare_model(step, evaluation_mode=True)
-    state_params = trainable_state_parameters(loss_fn)
-    sparse = settings.sparse_estimator and any(getattr(m, "sparse", False) for m in loss_fn.modules())
-    groups = param_groups(phase.lr, head=list(head.parameters()), loss_state=[] if sparse else state_params,
+    groups = param_groups(phase.lr, head=list(head.parameters()), loss_state=trainable_state_parameters(loss_fn),
                           state_lr_mult=settings.lr_mult)
-    sparse_groups = [{"params": state_params, "lr": phase.lr * settings.lr_mult}] if sparse and state_params else None
-    optimizers = [accelerator.prepare_optimizer(o) for o in
-                  build_optimizers(groups, settings.opt, settings.momentum, settings.weight_decay, sparse_groups)]
+    optimizers = [accelerator.prepare_optimizer(
+        build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator))]
     steps_per_epoch = -(-data.num_train // phase.batch_size)
     scheduler = build_scheduler(optimizers[0], settings.sched, phase.epochs, steps_per_epoch, settings.warmup_epochs,
                                 settings.warmup_lr, settings.min_lr, settings.decay_epochs, settings.decay_rate)
@@ -171,7 +177,8 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     accelerator.free_memory()
     set_seed(settings.seed)
     model = create_model(settings, data.num_classes)
-    loss_fn = build_run_loss(settings, data, phase.epochs)
+    estimator = _estimator_optimizer(settings, data, device)
+    loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam")
     pipeline = ImagePipeline.for_run(accelerator, settings, timm_model_of(model))
     accelerator.print(pipeline.summary(accelerator.device))
     apply_device_options(model, settings.channels_last, settings.compile, settings.compile_mode)
@@ -203,7 +210,7 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     groups = param_groups(phase.lr, backbone=backbone, head=list(classifier.parameters()),
                           loss_state=trainable_state_parameters(loss_fn), head_lr_mult=phase.head_lr_mult,
                           state_lr_mult=settings.lr_mult)
-    (optimizer,) = build_optimizers(groups, settings.opt, settings.momentum, settings.weight_decay)
+    optimizer = build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)
     step, optimizer, train_loader, val_loader, test_loader, train_eval_loader = accelerator.prepare(
         step, optimizer, *loaders)
     steps_per_epoch = -(-len(train_loader) // settings.grad_accum_steps)
@@ -227,6 +234,8 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
                 images = pipeline.normalize(flip_images(batch["pixel_values"], flips[index]))
                 loss_value = step(images, targets[index], index, *views)
                 accelerator.backward(loss_value)
+                if accelerator.sync_gradients:  # a row-sparse estimator's rows, exchanged outside DDP
+                    unwrapped.sync_estimator_gradients()
                 if settings.clip_grad is not None and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(step.parameters(), settings.clip_grad)
                 optimizer.step()

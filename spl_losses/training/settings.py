@@ -25,6 +25,8 @@ from .data import RunData
 from .label_matrices import estimate_expected_num_pos
 from .loss_factory import build_loss, loss_parameters
 from .pseudo_labels import check_teacher_settings
+from .loss_factory import build_loss, loss_parameters, trainable_state_parameters
+from .optim import estimator_optimizer
 
 __all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]
 
@@ -223,9 +225,6 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
                          "--train-mode linear_fixed_features")
     if (args.cl or args.boostlu) and args.train_mode == "linear_fixed_features":
         raise ValueError("--cl and --boostlu change the network: use them with end_to_end or linear_init")
-    if args.sparse_estimator and args.train_mode == "end_to_end":
-        raise ValueError("--sparse-estimator applies to linear training (linear_fixed_features and the linear phase "
-                         "of linear_init)")
     phases = _phases(args)
     for phase in phases:
         if phase.mode == "end_to_end" and phase.batch_size % num_processes:
@@ -243,6 +242,8 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
     with torch.device("meta"):  # builds nothing: checks the loss's options, gives its state's shapes
         probe = build_loss(args.loss, data.num_classes, data.num_train, None, k, phases[0].epochs, None,
                            options=options)
+    if trainable_state_parameters(probe):  # a label estimator: its optimizer must go with --opt
+        estimator_optimizer(args.estimator_optimizer, data.num_train * data.num_classes, args.opt, args.weight_decay)
     source, note = _init_loss_state(args, probe)
     flags = {flag.dest: getattr(args, flag.dest) for flag in FLAGS}
     flags["expected_num_pos"] = k

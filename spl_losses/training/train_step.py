@@ -1,12 +1,15 @@
 """The modules a training step differentiates and a checkpoint saves, each as one ``nn.Module``.
 
 :class:`TrainStep` holds model + loss (+ contrastive term): ``accelerate`` prepares one module, so
-distributed data parallel also all-reduces the gradients of the loss's trainable state (ROLE's label
-estimator) and of the contrastive projection head, keeping every process's copy identical. Its calls
-treat the batch as split over the processes (``spl_losses.losses.split_batches``): the loss and the
-contrastive term are the global batch's, value and gradient, as on one process. The loss's buffers
-(label matrices, kept identical on every process by the loss itself) are left out of DDP's per-step
-buffer broadcast.
+distributed data parallel also all-reduces the gradients of a dense label estimator (ROLE's, dense Adam)
+and of the contrastive projection head, keeping every process's copy identical. A label estimator with
+sparse gradients (LazyAdam, SparseAdam) is left out of DDP: only the batch's rows are exchanged
+(:class:`~spl_losses.training.estimator_exchange.RowSparseExchange`, O(B·C) per step instead of DDP's
+O(N·C)); call :meth:`TrainStep.sync_estimator_gradients` after the backward pass of each optimizer step.
+Its calls treat the batch as split over the processes (``spl_losses.losses.split_batches``): the loss
+and the contrastive term are the global batch's, value and gradient, as on one process. The loss's
+buffers (label matrices, kept identical on every process by the loss itself) are left out of DDP's
+per-step buffer broadcast.
 :class:`LinearStep` holds a linear head and its loss (the linear mode trains on feature tensors
 directly; the module is what its checkpoints save).
 """
@@ -17,6 +20,8 @@ from torch import nn
 
 from ..losses._distributed import split_batches
 from ..losses.contrastive import pooled_features
+from ..losses.estimator import LabelEstimator
+from .estimator_exchange import RowSparseExchange
 
 __all__ = ["TrainStep", "LinearStep"]
 
@@ -39,11 +44,13 @@ class TrainStep(nn.Module):
         self.model = model
         self.loss = loss
         self.contrastive = contrastive
-        # read by DistributedDataParallel: not broadcast from rank 0 at every forward (N x C tensors). The
-        # label estimator's (N, C) gradient is still all-reduced densely by DDP; a row-sparse exchange would
-        # list "loss.estimator.logits" here and average each process's batch rows itself after backward
-        # (each process's rows carry P times the global gradient, as every input of a split loss does).
-        self._ddp_params_and_buffers_to_ignore = [f"loss.{name}" for name, _ in loss.named_buffers()]
+        # estimators with sparse gradients: their batch rows are exchanged here, not all-reduced by DDP
+        row_sparse = {f"loss.{name}.logits": module.logits for name, module in loss.named_modules()
+                      if isinstance(module, LabelEstimator) and module.sparse}
+        self._estimator_exchange = RowSparseExchange(list(row_sparse.values())) if row_sparse else None
+        # read by DistributedDataParallel: neither broadcast from rank 0 at every forward (N x C tensors) nor
+        # all-reduced
+        self._ddp_params_and_buffers_to_ignore = [f"loss.{name}" for name, _ in loss.named_buffers()] + list(row_sparse)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
                 view1: Optional[torch.Tensor] = None, view2: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -56,6 +63,8 @@ class TrainStep(nn.Module):
             view1: (B, 3, H, W) first contrastive view (with ``contrastive``).
             view2: (B, 3, H, W) second contrastive view.
         """
+        if self._estimator_exchange is not None:  # the global batch's rows, caught up alike on every process
+            self._estimator_exchange.begin(index)
         logits = self.model(images)
         with split_batches(self.loss, self.contrastive):
             if getattr(self.loss, "requires_index", False):
@@ -69,6 +78,16 @@ class TrainStep(nn.Module):
                 first, second = pooled_features(self.model, torch.cat([view1, view2])).chunk(2)
                 value = self.contrastive.combine(value, first, second, targets)
         return value
+
+    def sync_estimator_gradients(self) -> None:
+        """Under data parallelism, give every process the global batch's gradient of a sparse label estimator.
+
+        Call it after the backward pass of each optimizer step (with gradient accumulation, after the last
+        micro-batch's), before clipping and stepping, on every process. A no-op without such an estimator,
+        without a process group or with one process.
+        """
+        if self._estimator_exchange is not None:
+            self._estimator_exchange.exchange()
 
 
 class LinearStep(nn.Module):
