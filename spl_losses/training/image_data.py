@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import datasets
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from timm.data import create_transform, resolve_model_data_config
 
 __all__ = ["protocol_data_config", "protocol_transform", "protocol_uint8_transform", "decode_image",
@@ -122,6 +122,8 @@ def loader_for_split(
         split_name: Optional[str] = None,
         pin_memory: bool = False,
         images: Optional[Dataset] = None,
+        batch_sampler: Optional[Sampler] = None,
+        image_size: Optional[int] = None,
 ) -> DataLoader:
     """A DataLoader yielding ``{"pixel_values": (B, 3, H, W), "index": (B,)}``; nothing is dropped.
 
@@ -140,6 +142,10 @@ def loader_for_split(
         images: Optional already-resized images of the split, e.g. a
             :class:`~spl_losses.training.image_cache.CachedImages` (items ``{"pixel_values", "index"}``);
             then nothing is decoded and ``transform`` is not used.
+        batch_sampler: Yields each batch's row lists instead of ``batch_size`` / ``sampler`` (e.g. a
+            :class:`~spl_losses.training.sampling.ShardedBatchSampler`); an empty list gives an empty batch
+            (``image_size`` then gives its shape).
+        image_size: Side of the images, for empty batches.
     """
     if images is not None:
         if two_view_transform is not None:
@@ -154,8 +160,30 @@ def loader_for_split(
             raise ValueError(f"expected an 'image' column for image training, got columns {split.column_names}")
         view = (split.select_columns(["image", "index"]).cast_column("image", datasets.Image(decode=False))
                 .with_transform(_ApplyTransform(transform, two_view_transform, split_label(split, split_name))))
+    if batch_sampler is not None:
+        return DataLoader(view, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=pin_memory, collate_fn=_EmptyAwareCollate(image_size, two_view_transform))
     return DataLoader(view, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
                       num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
+
+
+class _EmptyAwareCollate:
+    """The default collation, and a batch of zero rows for an empty list of rows."""
+
+    def __init__(self, image_size: Optional[int], two_views: bool):
+        self.image_size = image_size
+        self.two_views = bool(two_views)
+
+    def __call__(self, rows):
+        if rows:
+            return default_collate(rows)
+        if self.image_size is None:
+            raise ValueError("an empty batch needs the loader's image_size")
+        size = (0, 3, self.image_size, self.image_size)
+        batch = {"pixel_values": torch.empty(size, dtype=torch.uint8), "index": torch.empty(0, dtype=torch.long)}
+        if self.two_views:
+            batch.update(view1=torch.empty(size), view2=torch.empty(size))
+        return batch
 
 
 def flip_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ class ImagePipeline:
 
     def loader(self, split: datasets.Dataset, batch_size: int, fingerprint: Optional[str] = None,
                sampler: Optional[Sampler] = None, two_view_transform=None,
-               split_name: Optional[str] = None) -> DataLoader:
+               split_name: Optional[str] = None, batch_sampler: Optional[Sampler] = None) -> DataLoader:
         """A loader of ``split`` yielding ``{"pixel_values": (B, 3, H, W) uint8, "index": (B,)}``.
 
         With an image cache the split's resized images are read from it (built first if missing), except
@@ -179,6 +179,8 @@ class ImagePipeline:
             sampler: Training order (None: the split's order).
             two_view_transform: Optional contrastive views (``view1``, ``view2``; normalised floats).
             split_name: The split's name, for errors (default: the dataset's own split name).
+            batch_sampler: Yields each batch's rows instead of ``batch_size`` / ``sampler`` (this process's shares
+                of the global batches; a share may be empty).
         """
         images = None
         if self.image_cache_dir is not None and two_view_transform is None:
@@ -188,4 +190,5 @@ class ImagePipeline:
                                    workers=self.workers, show_progress=self.show_progress, split_name=split_name)
         return loader_for_split(split, self.transform, batch_size, sampler=sampler, workers=self.workers,
                                 two_view_transform=two_view_transform, split_name=split_name,
-                                pin_memory=self.pin_memory, images=images)
+                                pin_memory=self.pin_memory, images=images, batch_sampler=batch_sampler,
+                                image_size=self.image_size)

@@ -4,6 +4,7 @@ Each phase builds its loss once, starts the loss state once (from the previous p
 checkpoint, or a resumed checkpoint), trains with a validation pass after every epoch, restores the
 best epoch and scores test, and returns one typed :class:`PhaseOutcome`.
 """
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -26,7 +27,7 @@ from .loss_factory import build_run_loss, hand_off_loss_state, loss_parameters, 
 from .modeling import copy_linear_head, create_model, timm_model_of
 from .optim import build_optimizer, build_scheduler, estimator_optimizer, param_groups
 from .phase_book import PhaseBook
-from .sampling import EpochPermutationSampler, epoch_flip_mask, epoch_permutation
+from .sampling import ShardedBatchSampler, epoch_flip_mask, epoch_permutation
 from .train_step import LinearStep, TrainStep
 
 __all__ = ["PhaseOutcome", "train_linear_phase", "train_end_to_end_phase"]
@@ -79,6 +80,16 @@ def _estimator_optimizer(settings, data: RunData, device) -> str:
         return "adam"
     return estimator_optimizer(settings.estimator_optimizer, data.num_train * data.num_classes, settings.opt,
                                settings.weight_decay, device.type)
+
+
+def _check_shares(model: nn.Module, num_examples: int, batch_size: int, num_processes: int) -> None:
+    """Refuse, before training, an epoch whose last global batch leaves a process no rows for a BatchNorm model."""
+    last = num_examples % batch_size
+    if 0 < last < num_processes and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"the last global batch of every epoch has {last} row(s) ({num_examples} training examples, "
+                         f"batch size {batch_size}), fewer than the {num_processes} processes: a process would get "
+                         "no rows, which BatchNorm cannot train on; choose a batch size or process count that leaves "
+                         "at least one row per process")
 
 
 def _val_labels(settings, data: RunData) -> torch.Tensor:
@@ -198,11 +209,15 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
         copy_linear_head(handoff.head, timm_model_of(model))
     checkpoint = _start_loss_state(loss_fn, settings, book, handoff)
     splits, fingerprints = data.splits, data.fingerprints
-    eval_bs = max(phase.batch_size, 2 * accelerator.num_processes)
-    loaders = [pipeline.loader(splits["train"], phase.batch_size, fingerprints["train"], two_view_transform=two_views,
-                               sampler=EpochPermutationSampler(data.num_train, settings.seed), split_name="train")]
-    loaders += [pipeline.loader(splits[s], eval_bs, fingerprints[s], split_name=s)
-                for s in ("validation", "test", "train")]
+    eval_bs = accelerator.num_processes * max(-(-phase.batch_size // accelerator.num_processes), 2)  # split evenly
+    # each process's share of every global batch (the last one too): P processes train one process's batches
+    shares = ShardedBatchSampler(data.num_train, phase.batch_size, settings.seed, accelerator.process_index,
+                                 accelerator.num_processes)
+    _check_shares(model, data.num_train, phase.batch_size, accelerator.num_processes)
+    train_loader = pipeline.loader(splits["train"], phase.batch_size, fingerprints["train"], batch_sampler=shares,
+                                   two_view_transform=two_views, split_name="train")
+    loaders = [pipeline.loader(splits[s], eval_bs, fingerprints[s], split_name=s)
+               for s in ("validation", "test", "train")]
     classifier = timm_model_of(model).get_classifier()
     head_ids = {id(p) for p in classifier.parameters()}
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
@@ -211,8 +226,7 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
                           loss_state=trainable_state_parameters(loss_fn), head_lr_mult=phase.head_lr_mult,
                           state_lr_mult=settings.lr_mult)
     optimizer = build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)
-    step, optimizer, train_loader, val_loader, test_loader, train_eval_loader = accelerator.prepare(
-        step, optimizer, *loaders)
+    step, optimizer, val_loader, test_loader, train_eval_loader = accelerator.prepare(step, optimizer, *loaders)
     steps_per_epoch = -(-len(train_loader) // settings.grad_accum_steps)
     scheduler = build_scheduler(optimizer, settings.sched, phase.epochs, steps_per_epoch, settings.warmup_epochs,
                                 settings.warmup_lr, settings.min_lr, settings.decay_epochs, settings.decay_rate)
@@ -222,32 +236,36 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     updates = book.epochs_done * steps_per_epoch
     for epoch in book.epochs_to_run:
         start = time.perf_counter()
-        train_loader.set_epoch(epoch - 1)  # accelerate forwards it to the sampler: order = f(seed, epoch)
+        shares.set_epoch(epoch - 1)  # the order is a function of (seed, epoch)
         unwrapped.loss.set_epoch(epoch - 1)
         flips = epoch_flip_mask(data.num_train, settings.seed, epoch - 1).to(device)
         step.train()
         total, batches = torch.zeros((), device=device), 0
-        for batch in tqdm(train_loader, desc=f"{phase.name} epoch {epoch}", leave=False, disable=not show):
+        for i, batch in enumerate(tqdm(train_loader, desc=f"{phase.name} epoch {epoch}", leave=False,
+                                       disable=not show)):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             index = batch["index"]
             views = (batch["view1"], batch["view2"]) if contrastive is not None else (None, None)
-            with accelerator.accumulate(step):
+            # gradients are synchronised and applied every grad_accum_steps batches and at the epoch's end
+            update = (i + 1) % settings.grad_accum_steps == 0 or i + 1 == len(train_loader)
+            with contextlib.nullcontext() if update else accelerator.no_sync(step):
                 images = pipeline.normalize(flip_images(batch["pixel_values"], flips[index]))
                 loss_value = step(images, targets[index], index, *views)
                 accelerator.backward(loss_value)
-                if accelerator.sync_gradients:  # a row-sparse estimator's rows, exchanged outside DDP
-                    unwrapped.sync_estimator_gradients()
-                if settings.clip_grad is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(step.parameters(), settings.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
             total += loss_value.detach()
             batches += 1
-            if accelerator.sync_gradients:
-                updates += 1
-                if scheduler is not None:
-                    scheduler.step_update(num_updates=updates)
-                if settings.log_with and updates % settings.log_interval == 0:
-                    book.log_step(updates, float(loss_value.detach()), optimizer.param_groups[0]["lr"])
+            if not update:
+                continue
+            unwrapped.sync_estimator_gradients()  # a row-sparse estimator's rows, exchanged outside DDP
+            if settings.clip_grad is not None:
+                accelerator.clip_grad_norm_(step.parameters(), settings.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            updates += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates=updates)
+            if settings.log_with and updates % settings.log_interval == 0:
+                book.log_step(updates, float(loss_value.detach()), optimizer.param_groups[0]["lr"])
         train_loss = float(accelerator.reduce(total, "mean")) / max(batches, 1)
         if unwrapped.loss.predictions_due:
             probs = torch.sigmoid(predict_loader(unwrapped.model, train_eval_loader, accelerator, data.num_train,

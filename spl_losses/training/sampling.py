@@ -4,12 +4,13 @@ Making every random draw of an epoch a function of the run's seed and the epoch 
 a global RNG's history) is what lets an interrupted run resume exactly, and makes one process and
 several processes see the same global batches.
 """
-from typing import Iterator
+from typing import Iterator, List, Tuple
 
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["epoch_generator", "epoch_permutation", "epoch_flip_mask", "EpochPermutationSampler"]
+__all__ = ["epoch_generator", "epoch_permutation", "epoch_flip_mask", "EpochPermutationSampler",
+           "ShardedBatchSampler", "share_bounds"]
 
 _PERMUTATION_STREAM = 0
 _FLIP_STREAM = 1
@@ -81,3 +82,63 @@ class EpochPermutationSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_examples
+
+
+def share_bounds(batch_rows: int, world_size: int, rank: int) -> Tuple[int, int]:
+    """``[start, stop)`` of process ``rank``'s share of a batch of ``batch_rows`` rows split over ``world_size``.
+
+    Contiguous shares in rank order, the first ``batch_rows % world_size`` one row longer (for a batch
+    divisible by the process count, what accelerate's ``split_batches`` gives). A share may be empty.
+
+    Args:
+        batch_rows: Rows of the global batch.
+        world_size: P.
+        rank: This process's rank.
+    """
+    base, extra = divmod(batch_rows, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class ShardedBatchSampler(Sampler):
+    """This process's share of every global batch of an epoch's order, the last (short) batch included.
+
+    The global batches are ``epoch_permutation(N, seed, epoch)`` cut every ``batch_size`` rows, so P
+    processes together train exactly the batches one process trains: nothing is padded or repeated
+    (accelerate's sharding pads the last batch with rows from the first). A share of the last batch may be
+    empty when it has fewer rows than processes.
+
+    Args:
+        num_examples: N.
+        batch_size: The global batch size B.
+        seed: The run's seed.
+        rank: This process's rank.
+        world_size: P, the number of processes.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if num_examples <= 0 or batch_size <= 0:
+            raise ValueError(f"num_examples and batch_size must be positive, got {num_examples} and {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        self.num_examples, self.batch_size, self.seed = int(num_examples), int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields.
+
+        Args:
+            epoch: 0-based epoch.
+        """
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        order = epoch_permutation(self.num_examples, self.seed, self.epoch).tolist()
+        for begin in range(0, self.num_examples, self.batch_size):
+            batch = order[begin:begin + self.batch_size]
+            start, stop = share_bounds(len(batch), self.world_size, self.rank)
+            yield batch[start:stop]
+
+    def __len__(self) -> int:
+        return -(-self.num_examples // self.batch_size)

@@ -226,10 +226,6 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
     if (args.cl or args.boostlu) and args.train_mode == "linear_fixed_features":
         raise ValueError("--cl and --boostlu change the network: use them with end_to_end or linear_init")
     phases = _phases(args)
-    for phase in phases:
-        if phase.mode == "end_to_end" and phase.batch_size % num_processes:
-            raise ValueError(f"batch size {phase.batch_size} must be divisible by the number of processes "
-                             f"({num_processes}): it is the global batch, split over them")
     options = loss_options(args)
     k, k_source = None, None
     if "expected_num_pos" in loss_parameters(args.loss):
