@@ -11,13 +11,55 @@ rows per step costs about what one permuted copy of the features per epoch costs
 gathered per step.
 """
 import contextlib
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Callable, ContextManager, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["train_linear_epoch", "predict_linear"]
+__all__ = ["train_linear_epoch", "predict_linear", "new_linear_head", "build_linear_optimizers"]
+
+
+def new_linear_head(seed: int, in_features: int, num_classes: int, model: Optional[nn.Module] = None) -> nn.Linear:
+    """A run's linear head: ``nn.Linear`` initialised right after ``set_seed(seed)``, or, for an image dataset,
+    the timm model's own classifier initialisation.
+
+    Args:
+        seed: The run's seed.
+        in_features: D.
+        num_classes: C.
+        model: The run's timm model (or BoostLU around one), or None for a features dataset.
+    """
+    from accelerate.utils import set_seed
+
+    from .modeling import timm_model_of
+
+    set_seed(seed)
+    head = nn.Linear(in_features, num_classes)
+    if model is not None:  # start from the timm classifier's own initialisation
+        head.load_state_dict(timm_model_of(model).get_classifier().state_dict())
+    return head
+
+
+def build_linear_optimizers(settings, lr: float, head: nn.Module, loss_fn: nn.Module) -> List[torch.optim.Optimizer]:
+    """The optimizers of a linear phase: the head at ``lr`` and the loss's trainable state at ``lr * lr_mult``, in
+    one optimizer, or the state in its own sparse one with ``--sparse-estimator``.
+
+    Args:
+        settings: The run's settings (``opt``, ``momentum``, ``weight_decay``, ``lr_mult``, ``sparse_estimator``).
+        lr: The phase's learning rate.
+        head: The linear head.
+        loss_fn: The phase's loss.
+    """
+    from .loss_factory import trainable_state_parameters
+    from .optim import build_optimizers, param_groups
+
+    state_params = trainable_state_parameters(loss_fn)
+    sparse = settings.sparse_estimator and any(getattr(m, "sparse", False) for m in loss_fn.modules())
+    groups = param_groups(lr, head=list(head.parameters()), loss_state=[] if sparse else state_params,
+                          state_lr_mult=settings.lr_mult)
+    sparse_groups = [{"params": state_params, "lr": lr * settings.lr_mult}] if sparse and state_params else None
+    return build_optimizers(groups, settings.opt, settings.momentum, settings.weight_decay, sparse_groups)
 
 
 def train_linear_epoch(

@@ -19,7 +19,7 @@ from .data import RunData
 from .evaluation import predict_loader
 from .features import default_cache_dir, extract_or_load_features, feature_cache_path, weights_fingerprint
 from .image_data import flip_images, loader_for_split, protocol_transform
-from .linear_head import predict_linear, train_linear_epoch
+from .linear_head import build_linear_optimizers, new_linear_head, predict_linear, train_linear_epoch
 from .loss_factory import build_run_loss, hand_off_loss_state, trainable_state_parameters
 from .modeling import copy_linear_head, create_model, timm_model_of
 from .optim import build_optimizers, build_scheduler, param_groups
@@ -109,22 +109,13 @@ def train_linear_phase(accelerator, settings, data: RunData, phase) -> PhaseOutc
     model = create_model(settings, data.num_classes) if data.kind == "image" else None
     feats = _features(accelerator, settings, data, model, phase.batch_size)
     in_features = feats["train"].shape[1]
-    set_seed(settings.seed)
-    head = nn.Linear(in_features, data.num_classes)
-    if model is not None:  # start from the timm classifier's own initialisation
-        head.load_state_dict(timm_model_of(model).get_classifier().state_dict())
+    head = new_linear_head(settings.seed, in_features, data.num_classes, model)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=settings.sparse_estimator)
     step = LinearStep(head, loss_fn)
     book = PhaseBook(accelerator, settings, phase, data.fingerprints, step)
     checkpoint = _start_loss_state(loss_fn, settings, book, None)
     step = accelerator.prepare_model(step, evaluation_mode=True)
-    state_params = trainable_state_parameters(loss_fn)
-    sparse = settings.sparse_estimator and any(getattr(m, "sparse", False) for m in loss_fn.modules())
-    groups = param_groups(phase.lr, head=list(head.parameters()), loss_state=[] if sparse else state_params,
-                          state_lr_mult=settings.lr_mult)
-    sparse_groups = [{"params": state_params, "lr": phase.lr * settings.lr_mult}] if sparse and state_params else None
-    optimizers = [accelerator.prepare_optimizer(o) for o in
-                  build_optimizers(groups, settings.opt, settings.momentum, settings.weight_decay, sparse_groups)]
+    optimizers = [accelerator.prepare_optimizer(o) for o in build_linear_optimizers(settings, phase.lr, head, loss_fn)]
     steps_per_epoch = -(-data.num_train // phase.batch_size)
     scheduler = build_scheduler(optimizers[0], settings.sched, phase.epochs, steps_per_epoch, settings.warmup_epochs,
                                 settings.warmup_lr, settings.min_lr, settings.decay_epochs, settings.decay_rate)
