@@ -114,6 +114,8 @@ def train_linear_group_phase(accelerator, group: Sequence[Any], data: RunData) -
     Returns:
         Each run's :class:`~spl_losses.training.phases.PhaseOutcome` (results None: stopped, resume later).
     """
+    if not group:
+        return []
     first = group[0]
     device, show = accelerator.device, first.progress and accelerator.is_main_process
     feats, points = None, []
