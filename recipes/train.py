@@ -13,8 +13,9 @@ once -> export the model -> push it to the Hub.
 
 Train modes: ``linear_fixed_features`` (a linear head on cached features), ``end_to_end`` (the whole
 network) and ``linear_init`` (the linear mode with its own ``--linear-*`` settings, then fine-tuning from
-its best head with the loss state handed over). ``--search`` runs a hyperparameter grid; a config's
-``losses`` list runs one run per loss and compares them (the demo does).
+its best head with the loss state handed over). ``--search`` runs a hyperparameter grid (in linear mode the
+learning rates of a batch size train together, one data pass per epoch, each point in its own run folder);
+a config's ``losses`` list runs one run per loss and compares them (the demo does).
 
 The run folder (``--output-dir``) holds config.yaml, metrics.jsonl, results.json, val_map.png,
 ``model/`` (a stock timm model, or a LinearProbe for features, plus loss_state.safetensors) and
@@ -172,7 +173,8 @@ def train_point_groups(args, accelerator, study, taken) -> bool:
 
 def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optional[Dict[str, Any]] = None):
     """A hyperparameter search in a shared Optuna study: this worker trains waiting points until none is left
-    (start the same command elsewhere to add workers); the winner by validation mAP."""
+    (start the same command elsewhere to add workers); the winner by validation mAP. In linear mode on one
+    process, the waiting points that differ only in the learning rate are taken and trained together."""
     accelerator = make_accelerator(args)
     study = SearchStudy(args.output_dir, args.search_storage, args.search_study, grid=grid or REFERENCE_GRID,
                         space=space, sampler=args.search_sampler, num_trials=args.search_trials, seed=args.seed,

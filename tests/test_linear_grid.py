@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_recipe import recipe
+from test_recipe import _fresh_accelerate_state, recipe  # noqa: F401 (an autouse fixture)
 from torch import nn
 
 import spl_losses
@@ -26,15 +26,6 @@ from spl_losses.training.linear_group import train_linear_group
 from spl_losses.training.sampling import epoch_permutation
 
 LRS = ["0.3", "0.03", "0.003"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,10 @@ through ``--search-storage``.
   ``GridSampler`` alone may give the same point to two workers, so it only describes the grid.
 - ``search_space`` in the config (``{lr: {low: 1e-5, high: 1e-2, log: true}, batch_size: [8, 16]}``)
   with ``--search-sampler tpe`` and ``--search-trials N`` asks Optuna's TPE sampler for N points.
+- In ``linear_fixed_features`` mode a worker takes the next waiting point together with the waiting points
+  after it that differ only in the learning rate (:meth:`SearchStudy.next_trials`), locks all their run
+  folders, and trains them in one data pass per epoch (:mod:`spl_losses.training.linear_group`); each is
+  told to the study as a point trained alone would be.
 - A point's training holds its run folder's OS lock. A trial that is RUNNING in the study while its run
   folder is not locked has lost its worker (killed, crashed): the next worker marks it failed and
   enqueues the same point again, and the retry resumes the run from its last checkpoint. A point whose
