@@ -145,12 +145,14 @@ def train_linear_group_phase(accelerator, group: Sequence[Any], data: RunData) -
             heads, [p.loss for p in points], [p.optimizers for p in points], x_train, y_train, order, batch_size,
             active=active, schedulers=[p.scheduler for p in points],
             first_update=(epoch - 1) * -(-data.num_train // batch_size))
+        val_scores = {}
         for i in active:
-            point = points[i]
-            if point.loss.predictions_due:
-                point.loss.update_from_predictions(torch.sigmoid(predict_linear(point.head, x_train)))
-            point.running = point.book.end_epoch(epoch, train_losses[i], predict_linear(point.head, x_val).cpu(),
-                                                 val_labels, time.perf_counter() - start)
+            if points[i].loss.predictions_due:
+                points[i].loss.update_from_predictions(torch.sigmoid(predict_linear(points[i].head, x_train)))
+            val_scores[i] = predict_linear(points[i].head, x_val).cpu()
+        seconds = time.perf_counter() - start  # the group's epoch: every point's
+        for i in active:
+            points[i].running = points[i].book.end_epoch(epoch, train_losses[i], val_scores[i], val_labels, seconds)
     return [_finish_point(p, x_test, data) for p in points]
 
 
