@@ -13,13 +13,15 @@ once -> export the model -> push it to the Hub.
 
 Train modes: ``linear_fixed_features`` (a linear head on cached features), ``end_to_end`` (the whole
 network) and ``linear_init`` (the linear mode with its own ``--linear-*`` settings, then fine-tuning from
-its best head with the loss state handed over). ``--search`` runs a hyperparameter grid; a config's
-``losses`` list runs one run per loss and compares them (the demo does).
+its best head with the loss state handed over). ``--search`` runs a hyperparameter grid (in linear mode the
+learning rates of a batch size train together, one data pass per epoch, each point in its own run folder);
+a config's ``losses`` list runs one run per loss and compares them (the demo does).
 
 The run folder (``--output-dir``) holds config.yaml, metrics.jsonl, results.json, val_map.png,
 ``model/`` (a stock timm model, or a LinearProbe for features, plus loss_state.safetensors) and
 ``checkpoints/``. ``--batch-size`` is the global batch, split over processes. Epochs count from 1.
 """
+import contextlib
 import dataclasses
 import os
 import sys
@@ -33,6 +35,7 @@ from spl_losses.data.options import parse_dataset_options
 from spl_losses.training.arguments import flag_defaults, parse_args
 from spl_losses.training.data import load_data
 from spl_losses.training.export import export_model
+from spl_losses.training.linear_group import can_train_as_group, group_key, train_linear_group
 from spl_losses.training.phases import train_end_to_end_phase, train_linear_phase
 from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_dir import RunDir
@@ -137,24 +140,64 @@ def train(args, accelerator: Optional[Accelerator] = None) -> Optional[Dict[str,
 
 
 # --------------------------------------------------------------------------------------------- several runs
+def search_point_args(args, params: Dict[str, Any], name: str):
+    """The arguments of one search point: its values, its run folder ``OUTPUT_DIR/name``, resumable."""
+    point_args = type(args)(**{**vars(args), **params, "output_dir": os.path.join(args.output_dir, name),
+                               "search": False, "resume": True})
+    if args.train_mode == "linear_init" and not args.linear_phase_dir \
+            and not any(k.startswith("linear_") for k in params):
+        point_args.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # trained once, shared
+    return point_args
+
+
+def train_point_groups(args, accelerator, study, taken) -> bool:
+    """Train taken search points, those of one group (:func:`group_key`) together; False when --stop-after
+    stopped them. Every taken point's run folder is locked before any trains (a RUNNING trial whose folder is
+    free counts as abandoned); a failed group's points are told failed, the others are left to be retried."""
+    with contextlib.ExitStack() as locks:
+        for trial, (_, name) in taken:
+            accelerator.print(f"[search] {name}")
+            locks.enter_context(RunDir(os.path.join(args.output_dir, name)).held(accelerator))
+            study.mark_locked(trial)
+        groups: Dict[Any, list] = {}
+        for trial, (params, name) in taken:
+            groups.setdefault(group_key(params), []).append((trial, search_point_args(args, params, name)))
+        for group in groups.values():
+            try:
+                results = train_linear_group([point_args for _, point_args in group], accelerator)
+            except BaseException:
+                for trial, _ in group:
+                    study.finish(trial, None)
+                raise
+            for (trial, _), result in zip(group, results):  # told while the locks are held
+                study.finish(trial, result)
+            if any(result is None for result in results):
+                return False
+    return True
+
+
 def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optional[Dict[str, Any]] = None):
     """A hyperparameter search in a shared Optuna study: this worker trains waiting points until none is left
-    (start the same command elsewhere to add workers); the winner by validation mAP."""
+    (start the same command elsewhere to add workers); the winner by validation mAP. In linear mode on one
+    process, the waiting points that differ only in the learning rate are taken and trained together."""
     accelerator = make_accelerator(args)
     study = SearchStudy(args.output_dir, args.search_storage, args.search_study, grid=grid or REFERENCE_GRID,
                         space=space, sampler=args.search_sampler, num_trials=args.search_trials, seed=args.seed,
                         allowed=list(flag_defaults())) if accelerator.is_main_process else None
-    while True:
+    grouped = study is not None and study.sampler == "grid" and can_train_as_group(args, accelerator)
+    while grouped:  # linear mode: the waiting points of a batch size trained together, one data pass per epoch
+        taken = study.next_trials(group_key)
+        if not taken:
+            break
+        if not train_point_groups(args, accelerator, study, taken):
+            return {}  # --stop-after
+    while not grouped:
         trial, point = study.next_trial() if study else (None, None)
         point = broadcast_object_list([point])[0] if accelerator.num_processes > 1 else point
         if point is None:
             break
         params, name = point
-        point_args = type(args)(**{**vars(args), **params, "output_dir": os.path.join(args.output_dir, name),
-                                   "search": False, "resume": True})
-        if args.train_mode == "linear_init" and not args.linear_phase_dir \
-                and not any(k.startswith("linear_") for k in params):
-            point_args.linear_phase_dir = os.path.join(args.output_dir, "linear_phase")  # trained once, shared
+        point_args = search_point_args(args, params, name)
         accelerator.print(f"[search] {name}")
         with RunDir(point_args.output_dir).held(accelerator):  # a dead worker's point: its lock is free
             if study:

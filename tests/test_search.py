@@ -123,7 +123,10 @@ def test_a_killed_workers_point_is_retried_and_the_search_completes(tmp_path, fe
     assert first in _trained_points([output])
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1  # the killed trial, retried once
+    failed = [t.number for t in study.trials if t.state.name == "FAIL"]
+    retried = sorted(t.user_attrs["retry_of"] for t in study.trials if "retry_of" in t.user_attrs)
+    # the killed worker's trials (in linear mode both points, trained as one group), each failed and retried once
+    assert states.count("COMPLETE") == 2 and failed and retried == failed
     epochs = [m["epoch"] for m in _metrics(out, first)]
     assert epochs == list(range(1, 41))  # resumed from its checkpoint: every epoch logged once
     assert json.load(open(out / "search.json"))["winner"]["name"]
@@ -188,3 +191,46 @@ def test_shared_search_on_postgresql(tmp_path, features_data, postgres):
     assert sorted(_trained_points(outputs)) == sorted(
         f"batch_size-{b}_lr-{lr}" for b in GRID["batch_size"] for lr in GRID["lr"])
     assert json.load(open(tmp_path / "pg_search" / "search.json"))["winner"]["name"]
+
+
+def test_next_trials_takes_the_waiting_points_of_one_group(tmp_path):
+    from spl_losses.training.linear_group import group_key
+    from spl_losses.training.study import SearchStudy
+
+    study = SearchStudy(str(tmp_path), grid=GRID, allowed=list(GRID))
+
+    def params(taken):
+        return [point[0] for _, point in taken]
+
+    assert params(study.next_trials(group_key)) == [{"batch_size": 8, "lr": lr} for lr in GRID["lr"]]
+    assert params(study.next_trials(group_key, limit=3)) == [{"batch_size": 16, "lr": lr} for lr in GRID["lr"][:3]]
+    assert params(study.next_trials(group_key)) == [{"batch_size": 16, "lr": GRID["lr"][3]}]
+    assert study.next_trials(group_key) == []
+
+
+def test_linear_search_trains_each_batch_size_in_one_pass(tmp_path, features_data, monkeypatch):
+    config = _config(tmp_path, features_data, epochs=3, loss="epr")
+    passes = []
+    train_group = recipe.train_linear_group
+
+    def spy(point_args, accelerator):
+        passes.append([(a.batch_size, a.lr) for a in point_args])
+        return train_group(point_args, accelerator)
+
+    monkeypatch.setattr(recipe, "train_linear_group", spy)
+    batched = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "batched")])
+    assert passes == [[(bs, lr) for lr in GRID["lr"]] for bs in GRID["batch_size"]]
+    monkeypatch.setattr(recipe, "can_train_as_group", lambda args, accelerator: False)  # point by point
+    sequential = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "sequential")])
+    assert len(passes) == 2 and len(sequential["runs"]) == len(batched["runs"]) == 8
+    assert json.load(open(tmp_path / "batched" / "search.json"))["winner"]["name"] == sequential["winner"]["name"]
+    by_name = {r["name"]: r for r in batched["runs"]}
+    for run in sequential["runs"]:
+        name = run["name"]
+        assert {"config.yaml", "metrics.jsonl", "results.json", "val_map.png", "model", "checkpoints"} <= \
+            set(os.listdir(tmp_path / "batched" / name))
+        assert by_name[name]["best_epoch"] == run["best_epoch"]
+        assert by_name[name]["val_map"] == pytest.approx(run["val_map"], abs=1e-4)
+        assert by_name[name]["test_map"] == pytest.approx(run["test_map"], abs=1e-4)
+        assert [m["val_map"] for m in _metrics(tmp_path / "batched", name)] == \
+            pytest.approx([m["val_map"] for m in _metrics(tmp_path / "sequential", name)], abs=1e-4)

@@ -14,6 +14,8 @@
 - :mod:`.sampling`: data order and flips as functions of (seed, epoch) (exact resume, any process count).
 - :mod:`.features`: pooled backbone features with an on-disk cache.
 - :mod:`.linear_head`: linear-head training on whole feature tensors.
+- :mod:`.linear_grid`: several linear heads trained on the same batches (a learning-rate grid in one pass).
+- :mod:`.linear_group`: linear runs differing only in the learning rate trained together, each in its own folder.
 - :mod:`.train_step`: model + loss (+ contrastive term) as one module for data parallelism.
 - :mod:`.optim`: timm optimizers and schedules with the recipe's parameter groups.
 - :mod:`.evaluation`: prediction gathered over processes, each example scored exactly once.

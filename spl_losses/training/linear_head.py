@@ -11,13 +11,54 @@ rows per step costs about what one permuted copy of the features per epoch costs
 gathered per step.
 """
 import contextlib
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Callable, ContextManager, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["train_linear_epoch", "predict_linear"]
+__all__ = ["train_linear_epoch", "predict_linear", "new_linear_head", "build_linear_optimizers"]
+
+
+def new_linear_head(seed: int, in_features: int, num_classes: int, model: Optional[nn.Module] = None) -> nn.Linear:
+    """A run's linear head: ``nn.Linear`` initialised right after ``set_seed(seed)``, or, for an image dataset,
+    the timm model's own classifier initialisation.
+
+    Args:
+        seed: The run's seed.
+        in_features: D.
+        num_classes: C.
+        model: The run's timm model (or BoostLU around one), or None for a features dataset.
+    """
+    from accelerate.utils import set_seed
+
+    from .modeling import timm_model_of
+
+    set_seed(seed)
+    head = nn.Linear(in_features, num_classes)
+    if model is not None:  # start from the timm classifier's own initialisation
+        head.load_state_dict(timm_model_of(model).get_classifier().state_dict())
+    return head
+
+
+def build_linear_optimizers(settings, lr: float, head: nn.Module, loss_fn: nn.Module,
+                            estimator: str = "adam") -> List[torch.optim.Optimizer]:
+    """The optimizer of a linear phase, as a one-item list: the head at ``lr`` and the loss's trainable state
+    at ``lr * lr_mult`` (in the ``estimator`` optimizer when it is row-sparse).
+
+    Args:
+        settings: The run's settings (``opt``, ``momentum``, ``weight_decay``, ``lr_mult``).
+        lr: The phase's learning rate.
+        head: The linear head.
+        loss_fn: The phase's loss (built with ``sparse=True`` for a row-sparse ``estimator``).
+        estimator: ``adam``, ``lazy_adam`` or ``sparse_adam`` (``loss_factory.run_estimator_optimizer``).
+    """
+    from .loss_factory import trainable_state_parameters
+    from .optim import build_optimizer, param_groups
+
+    groups = param_groups(lr, head=list(head.parameters()), loss_state=trainable_state_parameters(loss_fn),
+                          state_lr_mult=settings.lr_mult)
+    return [build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)]
 
 
 def train_linear_epoch(

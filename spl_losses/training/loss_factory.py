@@ -12,7 +12,7 @@ from torch import nn
 from .._registry import get_loss_class, loss_kwargs, loss_parameters
 
 __all__ = ["loss_parameters", "build_loss", "build_run_loss", "trainable_state_parameters",
-           "hand_off_loss_state"]
+           "hand_off_loss_state", "run_estimator_optimizer"]
 
 
 def build_loss(
@@ -75,6 +75,22 @@ def build_run_loss(settings, data, epochs: int, sparse: bool = False) -> nn.Modu
         options["pseudo_labels"] = data.train_pseudo
     return build_loss(settings.loss, data.num_classes, data.num_train, data.train_observed,
                       settings.expected_num_pos, epochs, settings.seed, sparse=sparse, options=options)
+
+
+def run_estimator_optimizer(settings, data, device) -> str:
+    """``--estimator-optimizer`` resolved for this run's estimator size and device (``auto``: LazyAdam when large).
+
+    Args:
+        settings: The run's settings (``loss``, ``estimator_optimizer``, ``opt``, ``weight_decay``).
+        data: The run's data (N, C).
+        device: The training device.
+    """
+    from .optim import estimator_optimizer
+
+    if "sparse" not in loss_parameters(settings.loss):  # no label estimator
+        return "adam"
+    return estimator_optimizer(settings.estimator_optimizer, data.num_train * data.num_classes, settings.opt,
+                               settings.weight_decay, torch.device(device).type)
 
 
 @torch.no_grad()

@@ -22,10 +22,10 @@ from .features import default_cache_dir, extract_or_load_features, feature_cache
 from .device_options import apply_device_options, contiguous_parameters
 from .image_data import flip_images
 from .input_pipeline import ImagePipeline
-from .linear_head import predict_linear, train_linear_epoch
-from .loss_factory import build_run_loss, hand_off_loss_state, loss_parameters, trainable_state_parameters
+from .linear_head import build_linear_optimizers, new_linear_head, predict_linear, train_linear_epoch
+from .loss_factory import build_run_loss, hand_off_loss_state, run_estimator_optimizer, trainable_state_parameters
 from .modeling import copy_linear_head, create_model, timm_model_of
-from .optim import build_optimizer, build_scheduler, estimator_optimizer, param_groups
+from .optim import build_optimizer, build_scheduler, param_groups
 from .phase_book import PhaseBook
 from .sampling import ShardedBatchSampler, epoch_flip_mask, epoch_permutation
 from .train_step import LinearStep, TrainStep
@@ -72,14 +72,6 @@ def _start_loss_state(loss: nn.Module, settings, book: PhaseBook, handoff: Optio
     elif checkpoint is None and settings.init_loss_state_source:
         load_loss_state(loss, settings.init_loss_state_source)
     return checkpoint
-
-
-def _estimator_optimizer(settings, data: RunData, device) -> str:
-    """``--estimator-optimizer`` resolved for this run's estimator size and device (``auto``: LazyAdam when large)."""
-    if "sparse" not in loss_parameters(settings.loss):  # no label estimator
-        return "adam"
-    return estimator_optimizer(settings.estimator_optimizer, data.num_train * data.num_classes, settings.opt,
-                               settings.weight_decay, device.type)
 
 
 def _check_shares(model: nn.Module, num_examples: int, batch_size: int, num_processes: int) -> None:
@@ -131,20 +123,15 @@ def train_linear_phase(accelerator, settings, data: RunData, phase) -> PhaseOutc
     model = create_model(settings, data.num_classes) if data.kind == "image" else None
     feats = _features(accelerator, settings, data, model, phase.batch_size)
     in_features = feats["train"].shape[1]
-    set_seed(settings.seed)
-    head = nn.Linear(in_features, data.num_classes)
-    if model is not None:  # start from the timm classifier's own initialisation
-        head.load_state_dict(timm_model_of(model).get_classifier().state_dict())
-    estimator = _estimator_optimizer(settings, data, device)
+    head = new_linear_head(settings.seed, in_features, data.num_classes, model)
+    estimator = run_estimator_optimizer(settings, data, device)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam")
     step = LinearStep(head, loss_fn)
     book = PhaseBook(accelerator, settings, phase, data.fingerprints, step)
     checkpoint = _start_loss_state(loss_fn, settings, book, None)
     step = accelerator.prepare_model(step, evaluation_mode=True)
-    groups = param_groups(phase.lr, head=list(head.parameters()), loss_state=trainable_state_parameters(loss_fn),
-                          state_lr_mult=settings.lr_mult)
-    optimizers = [accelerator.prepare_optimizer(
-        build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator))]
+    optimizers = [accelerator.prepare_optimizer(o) for o in
+                  build_linear_optimizers(settings, phase.lr, head, loss_fn, estimator)]
     steps_per_epoch = -(-data.num_train // phase.batch_size)
     scheduler = build_scheduler(optimizers[0], settings.sched, phase.epochs, steps_per_epoch, settings.warmup_epochs,
                                 settings.warmup_lr, settings.min_lr, settings.decay_epochs, settings.decay_rate)
@@ -188,7 +175,7 @@ def train_end_to_end_phase(accelerator, settings, data: RunData, phase,
     accelerator.free_memory()
     set_seed(settings.seed)
     model = create_model(settings, data.num_classes)
-    estimator = _estimator_optimizer(settings, data, device)
+    estimator = run_estimator_optimizer(settings, data, device)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam")
     pipeline = ImagePipeline.for_run(accelerator, settings, timm_model_of(model))
     accelerator.print(pipeline.summary(accelerator.device))

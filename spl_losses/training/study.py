@@ -12,6 +12,10 @@ through ``--search-storage``.
   ``GridSampler`` alone may give the same point to two workers, so it only describes the grid.
 - ``search_space`` in the config (``{lr: {low: 1e-5, high: 1e-2, log: true}, batch_size: [8, 16]}``)
   with ``--search-sampler tpe`` and ``--search-trials N`` asks Optuna's TPE sampler for N points.
+- In ``linear_fixed_features`` mode a worker takes the next waiting point together with the waiting points
+  after it that differ only in the learning rate (:meth:`SearchStudy.next_trials`), locks all their run
+  folders, and trains them in one data pass per epoch (:mod:`spl_losses.training.linear_group`); each is
+  told to the study as a point trained alone would be.
 - A point's training holds its run folder's OS lock. A trial that is RUNNING in the study while its run
   folder is not locked has lost its worker (killed, crashed): the next worker marks it failed and
   enqueues the same point again, and the retry resumes the run from its last checkpoint. A point whose
@@ -24,7 +28,7 @@ Watch it live with ``optuna-dashboard sqlite:///SEARCH_DIR/search.db`` (``pip in
 import contextlib
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .run_dir import RunDir
 from .search import grid_points, run_name
@@ -192,6 +196,37 @@ class SearchStudy:
         name = trial.user_attrs.get(_POINT_ATTR) or run_name(params)
         trial.set_user_attr(_POINT_ATTR, name)
         return trial, (params, name)
+
+    def next_trials(self, group_of: Callable[[Mapping[str, Any]], Any], limit: Optional[int] = None):
+        """The next point and the waiting points right after it in the same group, to train together.
+
+        Points are taken one at a time in the study's order, as :meth:`next_trial` takes them, while the oldest
+        waiting point is in the first one's group (``group_of(params)`` equal) and fewer than ``limit`` are
+        taken; so workers started together each take a group of the grid. A point another worker took in
+        between may leave one of another group last in the list. Grid sampler only.
+
+        Args:
+            group_of: Maps a point's params to its group.
+            limit: The most points to take (None: no limit).
+
+        Returns:
+            A list of ``(trial, (params, run name))``, empty when nothing is left.
+        """
+        from optuna.trial import TrialState
+
+        if self.sampler != "grid":
+            raise ValueError("points are taken in groups from a grid search only (--search-sampler grid)")
+        trial, point = self.next_trial()
+        taken = [] if trial is None else [(trial, point)]
+        while taken and (limit is None or len(taken) < limit) and group_of(taken[-1][1][0]) == group_of(point[0]):
+            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if not waiting or group_of(waiting[0].system_attrs.get("fixed_params", {})) != group_of(point[0]):
+                break
+            trial, other = self.next_trial()
+            if trial is None:
+                break
+            taken.append((trial, other))
+        return taken
 
     def mark_locked(self, trial) -> None:
         """Record that the trial's worker holds its run folder's lock (from then on, a free lock means it died).
