@@ -234,3 +234,13 @@ def test_linear_search_trains_each_batch_size_in_one_pass(tmp_path, features_dat
         assert by_name[name]["test_map"] == pytest.approx(run["test_map"], abs=1e-4)
         assert [m["val_map"] for m in _metrics(tmp_path / "batched", name)] == \
             pytest.approx([m["val_map"] for m in _metrics(tmp_path / "sequential", name)], abs=1e-4)
+
+
+def test_a_search_stopped_with_stop_after_continues(tmp_path, features_data):
+    config = _config(tmp_path, features_data, epochs=3, grid={"lr": [0.3, 0.1]})
+    out = tmp_path / "stopped"
+    assert recipe.main(["-c", config, "--search", "--output-dir", str(out), "--stop-after", "1"]) == {}
+    summary = recipe.main(["-c", config, "--search", "--output-dir", str(out)])  # continues, not restarts
+    assert len(summary["runs"]) == 2
+    for run in summary["runs"]:
+        assert [m["epoch"] for m in _metrics(out, run["name"])] == [1, 2, 3]

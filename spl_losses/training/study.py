@@ -163,10 +163,16 @@ class SearchStudy:
             except ValueError:
                 continue  # its worker is alive and training
             folder.release()
-            self.study.tell(trial.number, state=TrialState.FAIL)
-            params = {k: trial.params.get(k, trial.system_attrs.get("fixed_params", {}).get(k))
-                      for k in self.distributions}
-            self.study.enqueue_trial(params, user_attrs={_POINT_ATTR: name, "retry_of": trial.number})
+            self._requeue(trial, name)
+
+    def _requeue(self, trial, name: str) -> None:
+        """Close ``trial`` as failed and enqueue its point again (a retry resumes its run folder)."""
+        from optuna.trial import TrialState
+
+        params = {k: trial.params.get(k, trial.system_attrs.get("fixed_params", {}).get(k))
+                  for k in self.distributions}
+        self.study.tell(trial.number, state=TrialState.FAIL)
+        self.study.enqueue_trial(params, user_attrs={_POINT_ATTR: name, "retry_of": trial.number})
 
     def _complete(self) -> int:
         from optuna.trial import TrialState
@@ -237,16 +243,15 @@ class SearchStudy:
         trial.set_user_attr(_LOCKED_ATTR, f"{os.uname().nodename}:{os.getpid()}")
 
     def finish(self, trial, results: Optional[Mapping[str, Any]]) -> None:
-        """Record a trained point: its validation mAP, or a failure.
+        """Record a point: its validation mAP; or, when it failed or stopped (``--stop-after``), enqueue it again
+        so that the next worker continues it from its last checkpoint.
 
         Args:
             trial: The trial from :meth:`next_trial`.
             results: The run's results (None: it failed or stopped).
         """
-        from optuna.trial import TrialState
-
         if results is None or results.get("val_map") is None:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._requeue(self.study.get_trials(deepcopy=False)[trial.number], trial.user_attrs[_POINT_ATTR])
         else:
             for key in ("test_map", "best_epoch"):
                 trial.set_user_attr(key, results.get(key))
