@@ -22,15 +22,14 @@ the load average is printed before and after each measurement.
 import argparse
 import os
 import time
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 import spl_losses
-from spl_losses.optim.lazy_adam import LazyAdam, catch_up_rows
 from spl_losses.training.linear_grid import HeadGroup, train_head_group_epoch
-from spl_losses.training.linear_head import predict_linear, train_linear_epoch
-from spl_losses.training.optim import build_optimizers, param_groups
+from spl_losses.training.linear_head import build_linear_optimizers, predict_linear, train_linear_epoch
 from spl_losses.training.sampling import epoch_permutation
 
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -48,20 +47,12 @@ def make_point(loss_name, features, targets, lr, estimator):
     c = targets.shape[1]
     torch.manual_seed(0)
     head = nn.Linear(d, c)
-    sparse = estimator != "dense"
+    choice = {"lazy": "lazy_adam", "sparse": "sparse_adam", "dense": "adam"}[estimator]
     kwargs = dict(num_classes=c, num_examples=n, expected_num_pos=2.9, observed_labels=targets, seed=0,
-                  sparse=sparse) if loss_name == "role" else {}
+                  sparse=choice != "adam") if loss_name == "role" else {}
     loss = spl_losses.create_loss(loss_name, **kwargs)
-    state = [p for p in loss.parameters() if p.requires_grad]
-    groups = param_groups(lr, head=list(head.parameters()), loss_state=[] if sparse else state)
-    optimizers = build_optimizers(groups, "adam")
-    if sparse and state:
-        if estimator == "lazy":
-            optimizers.append(LazyAdam(state, lr=10 * lr))
-            loss.estimator.register_forward_pre_hook(lambda module, args: catch_up_rows(module.logits, args[0]))
-        else:
-            optimizers.append(torch.optim.SparseAdam(state, lr=10 * lr))
-    return head, loss, optimizers
+    settings = SimpleNamespace(opt="adam", momentum=0.9, weight_decay=0.0, lr_mult=10.0)
+    return head, loss, build_linear_optimizers(settings, lr, head, loss, choice if loss_name == "role" else "adam")
 
 
 def run_sequential(loss_name, features, targets, val_features, epochs, points, estimator):
