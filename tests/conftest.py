@@ -56,3 +56,19 @@ def hub(hub_server):
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """A fresh accelerate state around every test (runs of the recipe create Accelerators in-process)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """A datasets cache folder shared by a module's tests (tiny builds are reused)."""
+    return str(tmp_path_factory.mktemp("hf_datasets"))

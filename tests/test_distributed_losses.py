@@ -14,10 +14,9 @@ sharding never produces but a custom loop can) and an example repeated in a batc
 the same processes cover exact ties in the large-loss selection, a failure on one process (raised on
 all, no hang) and infinite logits on one process only.
 """
-import os
-import tempfile
 
 import pytest
+from forked_ranks import run_ranks
 import torch
 from torch import nn
 
@@ -207,31 +206,20 @@ def infinity_checks(world_size=1, rank=0):
     return out
 
 
-def _child(rank, world_size, init_file, out_dir):
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        _distributed.exchange_log = []
-        results = {"train": {case: train(case, world_size, rank) for case in CASES},
-                   "ties": tie_checks(world_size, rank), "failures": failure_checks(world_size, rank),
-                   "infinity": infinity_checks(world_size, rank)}
-        loss = spl_losses.create_loss("epr", expected_num_pos=K)  # not split: no collective
-        before = len(_distributed.exchange_log)
-        loss(torch.zeros(2, C), torch.eye(2, C))
-        results["unsplit_exchanges"] = len(_distributed.exchange_log) - before
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _rank_results(world_size, rank):
+    _distributed.exchange_log = []
+    results = {"train": {case: train(case, world_size, rank) for case in CASES},
+               "ties": tie_checks(world_size, rank), "failures": failure_checks(world_size, rank),
+               "infinity": infinity_checks(world_size, rank)}
+    loss = spl_losses.create_loss("epr", expected_num_pos=K)  # not split: no collective
+    before = len(_distributed.exchange_log)
+    loss(torch.zeros(2, C), torch.eye(2, C))
+    results["unsplit_exchanges"] = len(_distributed.exchange_log) - before
+    return results
 
 
 def launch(world_size):
-    from torch.multiprocessing import start_processes
-
-    with tempfile.TemporaryDirectory() as tmp:
-        start_processes(_child, args=(world_size, os.path.join(tmp, "init"), tmp), nprocs=world_size,
-                        start_method="fork")
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world_size)]
+    return run_ranks(_rank_results, world_size)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ parameters and estimator against one process; the estimator and its optimizer st
 on every process; DDP not holding the estimator; and the bytes exchanged per step the same at N and 10·N
 (O(B·C): counted from every collective's size) and equal to their formula.
 """
-import os
-import tempfile
 
 import pytest
+from forked_ranks import run_ranks
 import torch
 from torch import nn
 
@@ -90,26 +89,15 @@ def train(case, world_size=1, rank=0, num_examples=N):
     return out
 
 
-def _child(rank, world_size, init_file, out_dir):
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        _distributed.exchange_log = []
-        results = {case: train(case, world_size, rank) for case in CASES}
-        results["role_10n"] = train("role", world_size, rank, num_examples=10 * N)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _rank_results(world_size, rank):
+    _distributed.exchange_log = []
+    results = {case: train(case, world_size, rank) for case in CASES}
+    results["role_10n"] = train("role", world_size, rank, num_examples=10 * N)
+    return results
 
 
 def launch(world_size):
-    from torch.multiprocessing import start_processes
-
-    with tempfile.TemporaryDirectory() as tmp:
-        start_processes(_child, args=(world_size, os.path.join(tmp, "init"), tmp), nprocs=world_size,
-                        start_method="fork")
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world_size)]
+    return run_ranks(_rank_results, world_size)
 
 
 @pytest.fixture(scope="module")

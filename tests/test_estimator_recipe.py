@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from test_recipe import (_fresh_accelerate_state, data_cache, launch_two_processes, read, recipe,  # noqa: F401
+from test_recipe import (launch_two_processes, read, recipe,  # noqa: F401
                          tiny_flags)
 
 LAZY = ["--estimator-optimizer", "lazy_adam"]

@@ -19,7 +19,6 @@ code; an interrupted or failed run leaves every earlier result intact.
 | ``--log-with`` an uninstalled tracker, ``--push-to-hub`` without a token | warned / failed after training | refused before work (``test_recipe_cli::test_uninstalled_tracker_and_bad_push_fail_before_work``) |
 | ``load_loss_state`` with epoch -5, NaN tensors, a garbage file | accepted / ``SafetensorError`` without the file | ValueError naming the file (``test_loss_state_files_are_checked``) |
 """
-import os
 import pickle
 import shutil
 
@@ -32,18 +31,6 @@ from test_recipe import recipe
 
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf_datasets"))
 
 
 def flags(data_cache, out, *extra):

@@ -232,10 +232,6 @@ def _recipe_run(tmp_path, data_cache, name, *extra):
     return results, losses
 
 
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf_datasets"))
-
 
 def test_image_cache_and_workers_leave_the_run_bit_identical(tmp_path, data_cache):
     torch.set_num_threads(1)

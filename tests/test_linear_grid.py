@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_recipe import _fresh_accelerate_state, recipe  # noqa: F401 (an autouse fixture)
+from test_recipe import recipe
 from torch import nn
 
 import spl_losses

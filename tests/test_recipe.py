@@ -28,18 +28,6 @@ def _load_recipe():
 recipe = _load_recipe()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf_datasets"))
 
 
 def tiny_flags(data_cache, out, *extra, model="test_resnet"):

@@ -16,18 +16,6 @@ from test_recipe import CONFIG_DIR, read, recipe
 from spl_losses.training.arguments import FLAGS, build_parser, parse_args
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("hf_datasets"))
 
 
 def flags(data_cache, out, *extra):

@@ -9,13 +9,8 @@ from test_recipe import recipe
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state(tmp_path, monkeypatch):
-    from accelerate.state import AcceleratorState
-
+def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPL_LOSSES_CACHE", str(tmp_path / "cache"))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture

@@ -23,14 +23,6 @@ TRAIN = os.path.join(ROOT, "recipes", "train.py")
 GRID = {"batch_size": [8, 16], "lr": [0.3, 0.1, 0.03, 0.01]}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
 
 @pytest.fixture(scope="module")
 def features_data(tmp_path_factory):

@@ -44,7 +44,7 @@ Example loop::
         if loss_fn.predictions_due:  # needs_predictions, and this epoch's update would change the state
             loss_fn.update_from_predictions(predict_probs(model, train_set))  # (N, C)
 """
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import nn

@@ -23,10 +23,9 @@ from ..data.options import check_dataset_options, parse_dataset_options
 from .arguments import FLAGS, loss_options
 from .data import RunData
 from .label_matrices import estimate_expected_num_pos
-from .loss_factory import build_loss, loss_parameters
-from .pseudo_labels import check_teacher_settings
 from .loss_factory import build_loss, loss_parameters, trainable_state_parameters
 from .optim import estimator_optimizer
+from .pseudo_labels import check_teacher_settings
 
 __all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]
 
