@@ -400,7 +400,7 @@ def test_two_processes_match_one_process_when_the_last_batch_is_uneven(tmp_path,
     two = read(tmp_path / "two")
     log_one = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
     log_two = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl")]
-    assert [r["train_loss"] for r in log_two] == pytest.approx([r["train_loss"] for r in log_one], rel=1e-5)
+    assert [r["train_loss"] for r in log_two] == pytest.approx([r["train_loss"] for r in log_one], rel=1e-4)
     # shares of 11 and 10 rows convolve in another grouping than one batch of 21: rounding-level differences, which
     # a near-tie in a ranking can turn into a small mAP difference
     assert [r["val_map"] for r in log_two] == pytest.approx([r["val_map"] for r in log_one], abs=0.1)
