@@ -15,8 +15,8 @@ from spl_losses.training import input_pipeline
 from spl_losses.training.arguments import parse_args
 from spl_losses.training.device_options import apply_device_options, contiguous_parameters
 from spl_losses.training.image_cache import CachedImages, image_cache_path
-from spl_losses.training.image_data import (DeviceNormalize, decode_image, flip_images, protocol_transform,
-                                            protocol_uint8_transform)
+from spl_losses.training.image_data import (DeviceNormalize, collate_image_rows, decode_image, flip_images,
+                                            protocol_transform, protocol_uint8_transform)
 from spl_losses.training.input_pipeline import ImagePipeline, default_workers, local_process_count, resolve_workers
 from spl_losses.training.sampling import EpochPermutationSampler, epoch_flip_mask
 
@@ -93,6 +93,35 @@ def test_channels_last_batches_hold_the_same_values():
         memory_format=torch.channels_last)
     assert torch.equal(plain, last)
     assert torch.equal(plain[0, 0, 0], (uint8[0, 0, 0].float() / 255 - 0.5) / 0.25)  # hand-checked formula
+
+
+def test_decoded_images_are_stacked_without_reordering_and_normalise_to_the_same_batch(split):
+    model = _model()
+    transform = protocol_uint8_transform(model, 24)
+    entries = split.cast_column("image", datasets.Image(decode=False))["image"]
+    images = [transform(decode_image(entry, i)) for i, entry in enumerate(entries)]
+    assert images[0].stride(0) == 1  # PIL's (H, W, 3) memory seen as (3, H, W): why the collation keeps it
+    rows = [{"pixel_values": img, "index": i} for i, img in enumerate(images)]
+    batch = collate_image_rows(rows)
+    stacked = torch.stack([img.contiguous() for img in images])
+    assert batch["pixel_values"].shape == stacked.shape == (len(SIZES), 3, 24, 24)
+    assert batch["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch["pixel_values"], stacked) and batch["index"].tolist() == list(range(len(SIZES)))
+    normalize = DeviceNormalize.from_data_config(model.pretrained_cfg)
+    out = normalize(batch["pixel_values"])
+    assert out.is_contiguous() and torch.equal(out, normalize(stacked))
+    assert torch.equal(out, torch.stack([protocol_transform(model, 24)(decode_image(e, i))
+                                         for i, e in enumerate(entries)]))
+    # images held (3, H, W) (the image cache's rows) and mixed layouts: the default stacking, same values
+    plain = collate_image_rows([{"pixel_values": img.contiguous(), "index": i} for i, img in enumerate(images)])
+    assert plain["pixel_values"].is_contiguous() and torch.equal(plain["pixel_values"], stacked)
+    mixed = collate_image_rows([{"pixel_values": images[0], "index": 0},
+                                {"pixel_values": images[1].contiguous(), "index": 1}])
+    assert torch.equal(mixed["pixel_values"], stacked[:2])
+    # contrastive views travel alongside, stacked as they are
+    views = collate_image_rows([dict(row, view1=torch.full((3, 2, 2), float(i))) for i, row in enumerate(rows[:3])])
+    assert views["view1"].shape == (3, 3, 2, 2) and views["view1"][2].eq(2).all()
+    assert torch.equal(views["pixel_values"], stacked[:3])
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(2, 3, 4, 4), torch.zeros(3, 4, 4, dtype=torch.uint8),

@@ -164,11 +164,34 @@ def loader_for_split(
         return DataLoader(view, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=pin_memory, collate_fn=_EmptyAwareCollate(image_size, two_view_transform))
     return DataLoader(view, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory)
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
+                      collate_fn=collate_image_rows)
+
+
+def collate_image_rows(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """``default_collate`` of image rows, stacking ``pixel_values`` in the memory order they were decoded in.
+
+    A decoded image converted to a tensor (timm's and torchvision's PIL-to-tensor) is a (3, H, W) view of
+    (H, W, 3) memory. Stacking such views into a (B, 3, H, W) contiguous batch reorders every byte; stacking
+    their memory as it is and returning the (B, 3, H, W) channels-last view of it is a plain copy (about 4x
+    cheaper in a loader worker). Values and shape are the same; :class:`DeviceNormalize` returns contiguous
+    batches whichever layout it gets. Images held another way are stacked by ``default_collate``.
+
+    Args:
+        rows: The batch's rows (dicts with ``pixel_values`` and ``index``, optionally contrastive views).
+    """
+    images = [row["pixel_values"] for row in rows]
+    first = images[0]
+    if not (first.dim() == 3 and first.stride(0) == 1 and first.permute(1, 2, 0).is_contiguous()
+            and all(img.shape == first.shape and img.stride() == first.stride() for img in images)):
+        return default_collate(rows)
+    batch = default_collate([{k: v for k, v in row.items() if k != "pixel_values"} for row in rows])
+    batch["pixel_values"] = default_collate([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
+    return batch
 
 
 class _EmptyAwareCollate:
-    """The default collation, and a batch of zero rows for an empty list of rows."""
+    """:func:`collate_image_rows`, and a batch of zero rows for an empty list of rows."""
 
     def __init__(self, image_size: Optional[int], two_views: bool):
         self.image_size = image_size
@@ -176,7 +199,7 @@ class _EmptyAwareCollate:
 
     def __call__(self, rows):
         if rows:
-            return default_collate(rows)
+            return collate_image_rows(rows)
         if self.image_size is None:
             raise ValueError("an empty batch needs the loader's image_size")
         size = (0, 3, self.image_size, self.image_size)
@@ -246,14 +269,15 @@ class DeviceNormalize:
             images: (B, C, H, W) uint8.
 
         Returns:
-            (B, C, H, W) float32 on the same device.
+            (B, C, H, W) float32 on the same device, contiguous (channels-last with ``channels_last``) whatever
+            the layout of ``images``.
         """
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != len(self.mean):
             raise TypeError(f"expected a (B, {len(self.mean)}, H, W) uint8 batch, got {tuple(images.shape)} "
                             f"{images.dtype}")
         scale, mean, std = self._on(images.device)
-        out = images.to(torch.float32).div_(scale).sub_(mean).div_(std)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return images.to(torch.float32, memory_format=layout).div_(scale).sub_(mean).div_(std)
 
     def __repr__(self) -> str:
         return f"DeviceNormalize(mean={self.mean}, std={self.std}, channels_last={self.channels_last})"
