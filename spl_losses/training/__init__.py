@@ -1,6 +1,7 @@
 """The pieces of the training recipe (recipes/train.py), one job per module.
 
 - :mod:`.arguments`: the flag table; argparse and YAML configs checked the same way.
+- :mod:`.value_types`: the flags' value types (conversion and range checks, shared by argparse and configs).
 - :mod:`.data`: the run's dataset, label matrices and fingerprints, checked once (:class:`RunData`).
 - :mod:`.settings`: every check, then the frozen :class:`RunSettings` and its phases.
 - :mod:`.run_dir`: whose a run folder is, whether it holds this run, its OS lock.

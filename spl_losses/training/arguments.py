@@ -9,7 +9,6 @@ are refused, except the config-only keys ``search_grid`` (the grid of ``--search
 """
 import argparse
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -17,6 +16,8 @@ import yaml
 
 from .device_options import COMPILE_MODES
 from .optim import ESTIMATOR_OPTIMIZERS, LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR
+from .value_types import (boolean, finite_float, mapping, non_negative_float, non_negative_int, positive_float,
+                          positive_int, probability, text, worker_count)
 
 __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser",
            "parse_args", "load_config_file", "flag_defaults", "loss_options"]
@@ -24,84 +25,6 @@ __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LO
 TRAIN_MODES = ("linear_fixed_features", "end_to_end", "linear_init")
 #: Keys a YAML config may hold that are not flags.
 CONFIG_ONLY_KEYS = ("search_grid", "search_space", "losses")
-
-
-# ------------------------------------------------------------------------------------------ value types
-def _fail(expected: str, value: Any):
-    raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
-
-
-def boolean(value: Any) -> bool:
-    """``true/false, yes/no, on/off, 1/0`` (or a YAML bool)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    _fail("a boolean (true/false)", value)
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, bool) or isinstance(value, float):
-        _fail("an integer", value)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        _fail("an integer", value)
-
-
-def _real(value: Any) -> float:
-    if isinstance(value, bool):
-        _fail("a number", value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        _fail("a number", value)
-    if not math.isfinite(number):
-        _fail("a finite number", value)
-    return number
-
-
-def _bounded(convert: Callable[[Any], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[Any], Any]:
-    """A value type: ``convert``, then refuse what ``accept`` rejects (saying what was ``expected``)."""
-    def check(value: Any) -> Any:
-        converted = convert(value)
-        return converted if accept(converted) else _fail(expected, value)
-
-    check.__doc__ = f"{expected[0].upper()}{expected[1:]}."
-    return check
-
-
-positive_int = _bounded(_integer, lambda n: n > 0, "an integer > 0")
-non_negative_int = _bounded(_integer, lambda n: n >= 0, "an integer >= 0")
-positive_float = _bounded(_real, lambda x: x > 0, "a number > 0")
-non_negative_float = _bounded(_real, lambda x: x >= 0, "a number >= 0")
-finite_float = _bounded(_real, lambda x: True, "a finite number")
-probability = _bounded(_real, lambda x: 0.0 <= x <= 1.0, "a number in [0, 1]")
-
-
-def worker_count(value: Any) -> Any:
-    """``auto`` or an integer >= 0."""
-    if value == "auto":
-        return value
-    try:
-        return non_negative_int(value)
-    except argparse.ArgumentTypeError:
-        _fail("'auto' or an integer >= 0", value)
-
-
-def mapping(value: Any) -> Dict[str, Any]:
-    """A YAML/JSON mapping (``'{num_train: 64}'``) or an already parsed dict."""
-    parsed = yaml.safe_load(value) if isinstance(value, str) else value
-    if parsed is None:
-        return {}
-    return dict(parsed) if isinstance(parsed, dict) else _fail("a mapping such as '{key: value}'", value)
-
-
-def text(value: Any) -> str:
-    """A non-empty string."""
-    return value if isinstance(value, str) and value else _fail("a non-empty string", value)
 
 
 # ------------------------------------------------------------------------------------------ the flag table
