@@ -32,13 +32,10 @@ from spl_losses.training.linear_grid import HeadGroup, train_head_group_epoch
 from spl_losses.training.linear_head import build_linear_optimizers, predict_linear, train_linear_epoch
 from spl_losses.training.sampling import epoch_permutation
 
+from linear_probe import coco_sized_features, load_average
+
 GRID_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
 GRID_BATCH_SIZES = (8, 16)
-
-
-def load_average():
-    """The 1-minute load average (other processes competing for the cores), or '?'."""
-    return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
 
 def make_point(loss_name, features, targets, lr, estimator):
@@ -100,12 +97,8 @@ def main():
     p.add_argument("--skip-sequential", action="store_true", help="time only the batched grid and one run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    n, d, c, n_val = 65665, 2048, 80, 16416
-    features = torch.randn(n, d, generator=g).relu_()
-    val_features = torch.randn(n_val, d, generator=g).relu_()
-    targets = torch.zeros(n, c)
-    targets[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
+    features, val_features, targets = coco_sized_features()
+    (n, d), c = features.shape, targets.shape[1]
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; features {n} x {d}, {c} classes, {args.epochs} epoch(s); grid batch size "
           f"{list(GRID_BATCH_SIZES)} x lr {list(GRID_LRS)}; role estimator: {args.estimator}")

@@ -39,6 +39,22 @@ def load_average():
     return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
 
+def coco_sized_features(seed=0):
+    """Random COCO-sized features: (65,665 x 2,048) training and (16,416 x 2,048) validation rows (non-negative,
+    as pooled ReLU features are) and 80 classes with one observed positive per training row.
+
+    Args:
+        seed: Seed of the draws.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, d, c, n_val = 65665, 2048, 80, 16416
+    features = torch.randn(n, d, generator=g).relu_()
+    val_features = torch.randn(n_val, d, generator=g).relu_()
+    targets = torch.zeros(n, c)
+    targets[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
+    return features, val_features, targets
+
+
 class LinearRun:
     """One linear run (loss, estimator optimizer, batch size), trained an epoch at a time."""
 
@@ -97,12 +113,8 @@ def main():
     p.add_argument("--no-extraction", action="store_true", help="skip the feature-extraction throughput")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    n, d, c, n_val = 65665, 2048, 80, 16416
-    features = torch.randn(n, d, generator=g).relu_()
-    val_features = torch.randn(n_val, d, generator=g).relu_()
-    targets = torch.zeros(n, c)
-    targets[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
+    features, val_features, targets = coco_sized_features()
+    (n, d), c = features.shape, targets.shape[1]
     load = load_average()
     print(f"torch threads: {torch.get_num_threads()}; load average {load}; features {n} x {d}, {c} classes, "
           f"{args.epochs} epochs")
