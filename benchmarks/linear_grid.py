@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import spl_losses
-from spl_losses.training.linear_grid import HeadGroup, train_head_group_epoch
+from spl_losses.training.linear_grid import train_head_group_epoch
 from spl_losses.training.linear_head import build_linear_optimizers, predict_linear, train_linear_epoch
 from spl_losses.training.sampling import epoch_permutation
 
@@ -67,11 +67,10 @@ def run_batched(loss_name, features, targets, val_features, epochs, estimator):
     """The grid's batch sizes one after another, each with its learning rates trained together."""
     for batch_size in GRID_BATCH_SIZES:
         made = [make_point(loss_name, features, targets, lr, estimator) for lr in GRID_LRS]
-        group = HeadGroup([head for head, _, _ in made])
         for epoch in range(epochs):
             for _, loss, _ in made:
                 loss.set_epoch(epoch)
-            train_head_group_epoch(group, [m[1] for m in made], [m[2] for m in made], features, targets,
+            train_head_group_epoch([m[0] for m in made], [m[1] for m in made], [m[2] for m in made], features, targets,
                                    epoch_permutation(features.shape[0], 0, epoch), batch_size)
             for head, _, _ in made:
                 predict_linear(head, val_features)

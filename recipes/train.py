@@ -184,9 +184,10 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
     study = SearchStudy(args.output_dir, args.search_storage, args.search_study, grid=grid or REFERENCE_GRID,
                         space=space, sampler=args.search_sampler, num_trials=args.search_trials, seed=args.seed,
                         allowed=list(flag_defaults())) if accelerator.is_main_process else None
-    grouped = study is not None and study.sampler == "grid" and can_train_as_group(args, accelerator)
+    grouped = (study is not None and study.sampler == "grid" and args.search_group_size != 1
+               and can_train_as_group(args, accelerator))
     while grouped:  # linear mode: the waiting points of a batch size trained together, one data pass per epoch
-        taken = study.next_trials(group_key)
+        taken = study.next_trials(group_key, limit=args.search_group_size)
         if not taken:
             break
         if not train_point_groups(args, accelerator, study, taken):

@@ -21,7 +21,7 @@ from test_recipe import recipe
 from torch import nn
 
 import spl_losses
-from spl_losses.training.linear_grid import HeadGroup, train_head_group_epoch
+from spl_losses.training.linear_grid import train_head_group_epoch
 from spl_losses.training.linear_group import train_linear_group
 from spl_losses.training.sampling import epoch_permutation
 
@@ -89,11 +89,10 @@ def test_epoch_loop_trains_each_head_as_a_plain_loop_trains_it_alone(name):
     optimizers = [[torch.optim.Adam([{"params": list(head.parameters()), "lr": lr},
                                      {"params": list(loss.parameters()), "lr": 10 * lr}], foreach=False)]
                   for head, loss, lr in zip(heads, losses, lrs)]
-    group = HeadGroup(heads)
     for epoch in range(epochs):
         for loss in losses:
             loss.set_epoch(epoch)
-        train_head_group_epoch(group, losses, optimizers, x, y, epoch_permutation(n, 5, epoch), batch)
+        train_head_group_epoch(heads, losses, optimizers, x, y, epoch_permutation(n, 5, epoch), batch, block_steps=2)
     for (want_head, want_loss), head, loss in zip(expected, heads, losses):
         torch.testing.assert_close(head.weight, want_head.weight, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(head.bias, want_head.bias, rtol=1e-5, atol=1e-6)
@@ -120,19 +119,51 @@ def test_idle_heads_are_left_untouched_and_their_losses_uncalled():
             return F.binary_cross_entropy_with_logits(logits, targets)
 
     optimizers = [[torch.optim.SGD(h.parameters(), lr=0.5)] for h in heads]
-    out = train_head_group_epoch(HeadGroup(heads), [Counting(h) for h in range(3)], optimizers, x, y,
-                                 torch.arange(20), 8, active=[0, 2])
+    out = train_head_group_epoch(heads, [Counting(h) for h in range(3)], optimizers, x, y, torch.arange(20), 8,
+                                 active=[0, 2])
     assert out[1] is None and out[0] > 0 and out[2] > 0
     assert sorted(set(calls)) == [0, 2] and len(calls) == 6  # 3 batches (8, 8, 4) for each active head
     assert torch.equal(heads[1].weight, before[1])
     assert not torch.equal(heads[0].weight, before[0]) and not torch.equal(heads[2].weight, before[2])
 
 
-def test_head_group_refuses_unlike_heads():
-    with pytest.raises(ValueError, match="every head alike"):
-        HeadGroup([nn.Linear(4, 3), nn.Linear(5, 3)])
-    with pytest.raises(TypeError, match="with bias"):
-        HeadGroup([nn.Linear(4, 3, bias=False)])
+def test_block_size_does_not_change_the_result_and_schedules_count_every_update():
+    g = torch.Generator().manual_seed(2)
+    n, d, c = 37, 5, 4
+    x, y = torch.randn(n, d, generator=g), torch.zeros(n, c)
+    y[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
+    start = nn.Linear(d, c)
+
+    class Schedule:  # records the update counts it is told, as timm's step_update is called
+        def __init__(self):
+            self.seen = []
+
+        def step_update(self, num_updates):
+            self.seen.append(num_updates)
+
+    outcomes = []
+    for block_steps in (1, 2, 3, 100):
+        heads = [nn.Linear(d, c) for _ in range(2)]
+        for head in heads:
+            head.load_state_dict(start.state_dict())
+        losses = [_loss("role", n, c, y) for _ in heads]
+        optimizers = [[torch.optim.Adam(list(h.parameters()) + list(l.parameters()), lr=lr)]
+                      for h, l, lr in zip(heads, losses, (0.1, 0.01))]
+        schedules = [Schedule(), Schedule()]
+        means = train_head_group_epoch(heads, losses, optimizers, x, y, epoch_permutation(n, 1, 0), 8,
+                                       schedulers=schedules, first_update=10, block_steps=block_steps)
+        assert [s.seen for s in schedules] == [[11, 12, 13, 14, 15]] * 2  # 5 batches (8, 8, 8, 8, 5), after 10
+        outcomes.append((means, [h.weight.detach().clone() for h in heads], [l.estimator.logits.detach().clone()
+                                                                             for l in losses]))
+    first = outcomes[0]
+    for means, weights, estimators in outcomes[1:]:
+        assert means == first[0]
+        assert all(torch.equal(a, b) for a, b in zip(weights, first[1]))
+        assert all(torch.equal(a, b) for a, b in zip(estimators, first[2]))
+    with pytest.raises(ValueError, match="block_steps"):
+        train_head_group_epoch(heads, losses, optimizers, x, y, torch.arange(n), 8, block_steps=0)
+    with pytest.raises(ValueError, match="2 heads need 2 losses"):
+        train_head_group_epoch(heads, losses[:1], optimizers, x, y, torch.arange(n), 8)
 
 
 # ------------------------------------------------------------------------------------------------ whole runs

@@ -215,6 +215,16 @@ def test_linear_search_trains_each_batch_size_in_one_pass(tmp_path, features_dat
     monkeypatch.setattr(recipe, "can_train_as_group", lambda args, accelerator: False)  # point by point
     sequential = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "sequential")])
     assert len(passes) == 2 and len(sequential["runs"]) == len(batched["runs"]) == 8
+    passes.clear()  # --search-group-size: at most that many points per pass; 1: point by point
+    monkeypatch.undo()
+    monkeypatch.setattr(recipe, "train_linear_group", spy)
+    recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "pairs"), "--search-group-size", "3"])
+    assert passes == [[(bs, lr) for lr in GRID["lr"][:3]] if i % 2 == 0 else [(bs, GRID["lr"][3])]
+                      for bs in GRID["batch_size"] for i in range(2)]
+    passes.clear()
+    single = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "single"), "--search-group-size", "1"])
+    assert passes == [] and [r["name"] for r in single["runs"]] == [r["name"] for r in sequential["runs"]]
+    assert [r["val_map"] for r in single["runs"]] == pytest.approx([r["val_map"] for r in sequential["runs"]], abs=1e-4)
     assert json.load(open(tmp_path / "batched" / "search.json"))["winner"]["name"] == sequential["winner"]["name"]
     by_name = {r["name"]: r for r in batched["runs"]}
     for run in sequential["runs"]:

@@ -207,6 +207,9 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--search-sampler", "grid", "grid (every point of search_grid once) or tpe (search_space of the config)",
          choices=("grid", "tpe")),
     Flag("--search-trials", None, "points of a tpe search", positive_int),
+    Flag("--search-group-size", None, "linear_fixed_features grid searches on one process: the most waiting points "
+         "of one batch size a worker trains together in one data pass (default: all of them; 1: one at a time, "
+         "which spreads the points over more workers)", positive_int),
     Flag("--log-with", None, "accelerate tracker (tensorboard, wandb, mlflow, ...)"),
     Flag("--log-interval", 50, "optimizer steps between the training loss and learning rate sent to the tracker",
          positive_int),

@@ -28,7 +28,7 @@ from ..data.options import parse_dataset_options
 from .arguments import flag_defaults
 from .data import RunData, load_data
 from .export import export_model
-from .linear_grid import HeadGroup, train_head_group_epoch
+from .linear_grid import train_head_group_epoch
 from .linear_head import build_linear_optimizers, new_linear_head, predict_linear
 from .loss_factory import build_run_loss, run_estimator_optimizer
 from .modeling import copy_linear_head, create_model, timm_model_of
@@ -127,7 +127,6 @@ def train_linear_group_phase(accelerator, group: Sequence[Any], data: RunData) -
         if feats is None:  # the same frozen features for every point
             feats = _features(accelerator, settings, data, model, settings.phases[0].batch_size)
         points.append(_start_point(accelerator, settings, data, feats["train"].shape[1], model))
-    heads = HeadGroup([p.head for p in points])
     batch_size, epochs = first.phases[0].batch_size, first.phases[0].epochs
     x_train, x_val, x_test = (feats[s].to(device) for s in ("train", "validation", "test"))
     y_train = (data.train_full if first.targets == "full" else data.train_observed).to(device)
@@ -144,8 +143,8 @@ def train_linear_group_phase(accelerator, group: Sequence[Any], data: RunData) -
             points[i].loss.set_epoch(epoch - 1)
         order = epoch_permutation(data.num_train, first.seed, epoch - 1).to(device)
         train_losses = train_head_group_epoch(
-            heads, [p.loss for p in points], [p.optimizers for p in points], x_train, y_train, order, batch_size,
-            active=active, schedulers=[p.scheduler for p in points],
+            [p.head for p in points], [p.loss for p in points], [p.optimizers for p in points], x_train, y_train,
+            order, batch_size, active=active, schedulers=[p.scheduler for p in points],
             first_update=(epoch - 1) * -(-data.num_train // batch_size))
         val_scores = {}
         for i in active:

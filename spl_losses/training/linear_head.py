@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["train_linear_epoch", "predict_linear", "new_linear_head", "build_linear_optimizers"]
+__all__ = ["LinearHeadSteps", "check_epoch_inputs", "train_linear_epoch", "predict_linear", "new_linear_head",
+           "build_linear_optimizers"]
 
 
 def new_linear_head(seed: int, in_features: int, num_classes: int, model: Optional[nn.Module] = None) -> nn.Linear:
@@ -61,6 +62,103 @@ def build_linear_optimizers(settings, lr: float, head: nn.Module, loss_fn: nn.Mo
     return [build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)]
 
 
+class LinearHeadSteps:
+    """The training steps of one head on gathered batches: what :func:`train_linear_epoch` runs per batch.
+
+    The loss is called as ``loss_fn(logits, targets, index=idx)`` when it keeps per-example state
+    (``loss_fn.requires_index``), else without ``index``; its per-call input checks are off until
+    :meth:`close` (check the targets once before training). For a float32 ``nn.Linear`` without mixed
+    precision autograd runs through the loss only and the head's gradients are two matmuls into
+    preallocated buffers (bit-identical to autograd).
+
+    Args:
+        head: The linear layer (or any module mapping (B, D) features to (B, C) logits).
+        loss_fn: A project loss (``SPLoss``) or any ``loss(logits, targets)`` criterion.
+        optimizers: Optimizers to zero and step every batch (e.g. Adam for the head, LazyAdam for a
+            sparse label estimator).
+        dtype: The features' dtype.
+        autocast: Optional zero-argument callable returning an autocast context; pass it only under
+            mixed precision (None enables the fast float32 path for ``nn.Linear`` heads).
+    """
+
+    def __init__(self, head: nn.Module, loss_fn: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                 dtype: torch.dtype = torch.float32, autocast: Optional[Callable[[], ContextManager]] = None):
+        self.head, self.loss_fn, self.optimizers = head, loss_fn, list(optimizers)
+        self.requires_index = bool(getattr(loss_fn, "requires_index", False))
+        self.had_check = getattr(loss_fn, "check_inputs", None)
+        if self.had_check is not None:
+            loss_fn.check_inputs = False
+        self.manual = (autocast is None and type(head) is nn.Linear and head.weight.dtype == torch.float32
+                       and dtype == torch.float32)
+        self.autocast = autocast or contextlib.nullcontext
+        weight, bias = head.weight, head.bias
+        # detached views share storage with the parameters, so they see the optimizer's in-place updates
+        self.weight_t = weight.detach().t() if self.manual else None
+        self.bias_data = bias.detach() if self.manual and bias is not None else None
+        self.grad_weight = torch.zeros_like(weight) if self.manual else None
+        self.grad_bias = torch.zeros_like(bias) if self.manual and bias is not None else None
+        # On the fast path the head's gradients are overwritten every step, so only the other parameters
+        # (a loss's trainable state) need their gradients cleared: a list walk instead of zero_grad calls.
+        head_params = {id(weight), id(bias)}
+        self.other_params = [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]
+                             if id(p) not in head_params]
+        head.train()
+
+    def step(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on a batch; returns the batch's loss (detached, no device sync).
+
+        Args:
+            idx: (B,) the batch's example indices.
+            x: (B, D) its features.
+            y: (B, C) its targets.
+        """
+        head = self.head
+        if self.manual:
+            logits = torch.addmm(self.bias_data, x, self.weight_t) if head.bias is not None else x.mm(self.weight_t)
+            logits.requires_grad_()
+            for p in self.other_params:
+                p.grad = None
+        else:
+            with self.autocast():
+                logits = F.linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(logits, y, index=idx) if self.requires_index else self.loss_fn(logits, y)
+        loss.backward()
+        if self.manual:
+            grad_logits = logits.grad
+            torch.mm(grad_logits.t(), x, out=self.grad_weight)
+            head.weight.grad = self.grad_weight
+            if head.bias is not None:
+                torch.sum(grad_logits, dim=0, out=self.grad_bias)
+                head.bias.grad = self.grad_bias
+        for opt in self.optimizers:
+            opt.step()
+        return loss.detach()
+
+    def close(self) -> None:
+        """Give the loss its per-call input checks back."""
+        if self.had_check is not None:
+            self.loss_fn.check_inputs = self.had_check
+
+
+def check_epoch_inputs(features: torch.Tensor, targets: torch.Tensor, order: torch.Tensor, batch_size: int) -> None:
+    """Refuse an epoch's features, targets and order of different lengths, or a batch size below 1.
+
+    Args:
+        features: (N, D) features.
+        targets: (N, C) targets.
+        order: (N,) the epoch's permutation.
+        batch_size: Examples per step.
+    """
+    if features.shape[0] != targets.shape[0] or order.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"features ({features.shape[0]} rows), targets ({targets.shape[0]} rows) and order "
+            f"({order.shape[0]} entries) must have the same length")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
 def train_linear_epoch(
         head: nn.Module,
         loss_fn: nn.Module,
@@ -73,7 +171,7 @@ def train_linear_epoch(
         scheduler=None,
         first_update: int = 0,
 ) -> float:
-    """Run one epoch of mini-batch training of ``head`` on feature tensors.
+    """Run one epoch of mini-batch training of ``head`` on feature tensors (:class:`LinearHeadSteps`).
 
     The loss is called as ``loss_fn(logits, targets[idx], index=idx)`` when it keeps per-example
     state (``loss_fn.requires_index``), else without ``index``. Targets must be valid for the loss
@@ -96,67 +194,18 @@ def train_linear_epoch(
     Returns:
         The mean training loss over the epoch's batches (one device sync at the end).
     """
-    if features.shape[0] != targets.shape[0] or order.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"features ({features.shape[0]} rows), targets ({targets.shape[0]} rows) and order "
-            f"({order.shape[0]} entries) must have the same length")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    requires_index = bool(getattr(loss_fn, "requires_index", False))
-    had_check = getattr(loss_fn, "check_inputs", None)
-    if had_check is not None:
-        loss_fn.check_inputs = False
-    # Fast path for a float32 nn.Linear without mixed precision: autograd runs through the loss only
-    # and the head's gradients are two matmuls into preallocated buffers (bit-identical to autograd).
-    manual_head = (autocast is None and type(head) is nn.Linear and head.weight.dtype == torch.float32
-                   and features.dtype == torch.float32)
-    autocast = autocast or contextlib.nullcontext
-    weight, bias = head.weight, head.bias
-    # detached views share storage with the parameters, so they see the optimizer's in-place updates
-    weight_t = weight.detach().t() if manual_head else None
-    bias_data = bias.detach() if manual_head and bias is not None else None
-    grad_weight = torch.zeros_like(weight) if manual_head else None
-    grad_bias = torch.zeros_like(bias) if manual_head and bias is not None else None
-    # On the fast path the head's gradients are overwritten every step, so only the other parameters
-    # (a loss's trainable state) need their gradients cleared: a list walk instead of zero_grad calls.
-    head_params = {id(weight), id(bias)}
-    other_params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]
-                    if id(p) not in head_params]
-    head.train()
+    check_epoch_inputs(features, targets, order, batch_size)
+    steps = LinearHeadSteps(head, loss_fn, optimizers, features.dtype, autocast)
     total = torch.zeros((), device=features.device)
     num_batches = 0
     try:
         for idx in torch.split(order, batch_size):
-            x = features.index_select(0, idx)
-            y = targets.index_select(0, idx)
-            if manual_head:
-                logits = torch.addmm(bias_data, x, weight_t) if bias is not None else x.mm(weight_t)
-                logits.requires_grad_()
-                for p in other_params:
-                    p.grad = None
-            else:
-                with autocast():
-                    logits = F.linear(x, weight, bias) if type(head) is nn.Linear else head(x)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-            loss = loss_fn(logits, y, index=idx) if requires_index else loss_fn(logits, y)
-            loss.backward()
-            if manual_head:
-                grad_logits = logits.grad
-                torch.mm(grad_logits.t(), x, out=grad_weight)
-                weight.grad = grad_weight
-                if bias is not None:
-                    torch.sum(grad_logits, dim=0, out=grad_bias)
-                    bias.grad = grad_bias
-            for opt in optimizers:
-                opt.step()
-            total += loss.detach()
+            total += steps.step(idx, features.index_select(0, idx), targets.index_select(0, idx))
             num_batches += 1
             if scheduler is not None:
                 scheduler.step_update(num_updates=first_update + num_batches)
     finally:
-        if had_check is not None:
-            loss_fn.check_inputs = had_check
+        steps.close()
     return float(total) / max(num_batches, 1)
 
 
