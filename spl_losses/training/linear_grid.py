@@ -14,7 +14,7 @@ its points are grouped.
 Why head by head over a block rather than every head at every step (COCO-sized features, D = 2,048,
 C = 80, one CPU thread): a step of a head streams its weights, weight gradient and Adam moments (~2.6 MB)
 through memory, and training four heads step by step keeps ~10 MB in play, more than a core's L2 cache;
-measured, that was 15 % slower than training the points one by one. A block of 32 batches (4 MB of
+measured here, that ran up to 15 % slower than training the points one by one. A block of 32 batches (4 MB of
 features at batch 16) trains one head with its state in cache, as a run alone does, and the block's
 gathers are shared. No pass can share the per-head work itself (the products, Adam, the loss): a grid of
 H heads costs about H runs, less the gathers and some per-step Python.
