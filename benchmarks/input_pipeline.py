@@ -219,7 +219,7 @@ def main(argv=None):
 
         def bracketed(measure):
             """A loader's rates and the single-core rate around it (mean of the windows before and after)."""
-            before = windows[-1] if windows else core_rate()
+            before = windows[-1]  # the last window measured: right before this loader
             rates = measure()
             return rates, (before + core_rate()) / 2
 
