@@ -110,7 +110,7 @@ def test_model_card_body_escapes_hostile_names():
     # the YAML of the resolved arguments still reads back the hostile value
     after = text.split("All resolved training arguments:", 1)[1].lstrip("\n")
     fence, rest = after.split("\n", 1)
-    assert fence.startswith("```yaml")
+    assert fence.endswith("yaml") and set(fence[:-len("yaml")]) == {"`"} and len(fence) > len("```yaml")
     fence = fence[:-len("yaml")]
     assert yaml.safe_load(rest.split("\n" + fence + "\n", 1)[0])["model"] == HOSTILE
     metrics = [line for line in outside if line.startswith("Other test metrics")]

@@ -3,19 +3,28 @@
 :func:`build_model_card` makes the card from the run's ``config.yaml`` and ``results.json``: what was
 trained (backbone, loss, train mode, dataset and its single-positive seed, hyperparameters), the
 results as ``model-index`` metadata (mAP on validation and test in both conventions), the method's
-citation and a usage snippet. :func:`write_training_record` copies the run's config and results beside
+citation and a usage snippet. :func:`write_training_record` writes the run's config and results beside
 the model, so a published repo records how it was trained.
+
+Both publish only :func:`~spl_losses.hub.public.public_training_config` of the run's files: credentials
+masked, absolute local paths reduced to ``<local>/NAME``. The card's body is escaped: a value that is not
+a plain name (a hostile class, dataset or model name with ``|``, backticks, newlines or HTML) is written
+as HTML-escaped text, table cells escape ``|``, and every code block's fence is longer than any run of
+backticks inside it, so no value can break a table or a code block or put raw HTML in the card.
 """
+import html
 import json
 import math
 import os
-import shutil
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
 from ..checkpoints import LOSS_STATE_FILENAME, TRAINING_CONFIG_FILENAME, TRAINING_RESULTS_FILENAME
+from .public import public_training_config
 
 __all__ = ["MODEL_CARD_TAG", "read_run", "build_model_card", "write_model_card", "write_training_record"]
 
@@ -24,6 +33,30 @@ MODEL_CARD_TAG = "spl_losses"
 PathLike = Union[str, os.PathLike]
 _DATASET_NAMES = {"voc2012": "PASCAL VOC 2012", "coco2014": "MS-COCO 2014", "nuswide": "NUS-WIDE",
                   "cub200": "CUB-200-2011"}
+
+
+_PLAIN = re.compile(r"[\w.\-/:@+=,]+")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def _text(value: Any) -> str:
+    """A value as Markdown text: one line, HTML-escaped, Markdown punctuation backslash-escaped."""
+    flat = " ".join(str(value).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
+
+
+def _code(value: Any) -> str:
+    """A value as inline code when it is a plain name (``resnet50.a1_in1k``), else as escaped text."""
+    text = str(value)
+    return f"`{text}`" if _PLAIN.fullmatch(text) else _text(text)
+
+
+def _fenced(lines: List[str], info: str = "") -> List[str]:
+    """A fenced code block whose fence is longer than any run of backticks inside it."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, *lines, fence]
 
 
 def citations_for_run(loss: Optional[str], boostlu: bool = False) -> List[str]:
@@ -110,6 +143,7 @@ def build_model_card(
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    config, results = public_training_config(config), public_training_config(results)
     model_config = model_config or {}
     timm_export = _is_timm_export(model_config)
     dataset = str(results.get("dataset") or config.get("dataset") or "unknown")
@@ -144,29 +178,30 @@ def build_model_card(
         pipeline_tag="image-classification" if timm_export else None,
         license=license,
         tags=tags,
-        datasets=[dataset] if "/" in dataset else None,
+        datasets=[dataset] if _HUB_ID.fullmatch(dataset) else None,
         metrics=["map"],
         model_name=name,
         eval_results=eval_results or None,
     )
 
     label_names = model_config.get("label_names") or results.get("label_names") or []
-    lines = [f"# {name}", ""]
-    kind = f"`{model}`" + (" (timm)" if timm_export else " (a linear probe on fixed features)")
-    lines += [f"{kind} trained for multi-label classification of **{dataset_name}** ({len(label_names)} classes) "
-              f"from **single positive labels**: each training image carries one positive label, every other "
-              f"class is unobserved. Trained with the `{loss}` loss of the `spl_losses` package "
-              f"in the `{train_mode}` mode.", ""]
+    lines = [f"# {_text(name)}", ""]
+    kind = _code(model) + (" (timm)" if timm_export else " (a linear probe on fixed features)")
+    lines += [f"{kind} trained for multi-label classification of **{_text(dataset_name)}** ({len(label_names)} "
+              f"classes) from **single positive labels**: each training image carries one positive label, every "
+              f"other class is unobserved. Trained with the {_code(loss)} loss of the `spl_losses` package "
+              f"in the {_code(train_mode)} mode.", ""]
     lines += ["## Training", "", "| | |", "|---|---|",
-              f"| Backbone | `{model}` |", f"| Loss | `{loss}` |", f"| Train mode | `{train_mode}` |",
-              f"| Dataset | `{dataset}` |",
-              f"| Single-positive seed | {seed if seed is not None else 'unknown'} |"]
+              f"| Backbone | {_code(model)} |", f"| Loss | {_code(loss)} |", f"| Train mode | {_code(train_mode)} |",
+              f"| Dataset | {_code(dataset)} |",
+              f"| Single-positive seed | {_text(seed) if seed is not None else 'unknown'} |"]
     if "best_epoch" in results:
-        lines.append(f"| Best epoch (by validation mAP) | {results['best_epoch']} |")
+        lines.append(f"| Best epoch (by validation mAP) | {_text(results['best_epoch'])} |")
     if config.get("val_set_variant"):
-        lines.append(f"| Validation labels | `{config['val_set_variant']}` |")
-    lines += ["", "All resolved training arguments:", "", "```yaml"]
-    lines += [yaml.safe_dump(config, sort_keys=True, default_flow_style=False).rstrip(), "```", ""]
+        lines.append(f"| Validation labels | {_code(config['val_set_variant'])} |")
+    lines += ["", "All resolved training arguments:", ""]
+    lines += _fenced(yaml.safe_dump(config, sort_keys=True, default_flow_style=False).rstrip().split("\n"), "yaml")
+    lines += [""]
 
     lines += ["## Results", "", "mAP in percent, against the full labels. Two conventions: *AP 0* counts a class "
               "without positives in the evaluated split as AP 0 (the reference of Cole et al.); "
@@ -178,43 +213,48 @@ def build_model_card(
     test_metrics = results.get("test_metrics") or {}
     others = {k: v for k, v in test_metrics.items() if k not in ("map", "map_skip_empty") and _number(v) is not None}
     if others:
-        lines += ["", "Other test metrics (percent): " + ", ".join(f"{k} {float(v):.2f}" for k, v in others.items())]
+        lines += ["", "Other test metrics (percent): " + ", ".join(f"{_text(k)} {float(v):.2f}"
+                                                                 for k, v in others.items())]
     lines.append("")
 
     lines += ["## Usage", ""]
     size = config.get("image_size") or (model_config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
     alpha = model_config.get("boostlu_alpha")
+    size = " ".join(str(size).split())
     if timm_export:
-        lines += ["```python", "import timm, torch", "from PIL import Image"]
+        code = ["import timm, torch", "from PIL import Image"]
         if alpha is not None:
-            lines += ["from spl_losses.models import BoostLU"]
-        lines += ["", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()']
+            code += ["from spl_losses.models import BoostLU"]
+        code += ["", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()']
         if alpha is not None:
-            lines += [f"# trained and scored with BoostLU (alpha {alpha}): plain timm gives the un-boosted logits",
-                      f"model = BoostLU(model, alpha={alpha}).eval()"]
-        lines += [f"# the training preprocessing, recorded in config.json: squash to {size}x{size} (no crop), "
-                  "the model's normalisation",
-                  "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
-                  'label_names = model.pretrained_cfg["label_names"]',
-                  "with torch.no_grad():",
-                  '    probs = torch.sigmoid(model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)))[0]',
-                  "print({label_names[i]: round(float(p), 3) for i, p in enumerate(probs) if p > 0.5})", "```", ""]
+            code += [f"# trained and scored with BoostLU (alpha {alpha}): plain timm gives the un-boosted logits",
+                     f"model = BoostLU(model, alpha={alpha}).eval()"]
+        code += [f"# the training preprocessing, recorded in config.json: squash to {size}x{size} (no crop), "
+                 "the model's normalisation",
+                 "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+                 'label_names = model.pretrained_cfg["label_names"]',
+                 "with torch.no_grad():",
+                 '    probs = torch.sigmoid(model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)))[0]',
+                 "print({label_names[i]: round(float(p), 3) for i, p in enumerate(probs) if p > 0.5})"]
+        lines += _fenced(code, "python") + [""]
         if alpha is not None:
-            lines += [f"This model was trained with BoostLU (alpha {alpha}) and the results above were measured "
+            lines += [f"This model was trained with BoostLU (alpha {_text(alpha)}) and the results above were measured "
                       "with it. The weights are those of the stock timm model, so "
                       "`timm.create_model` alone loads it and gives the **un-boosted** logits; wrap it in "
                       "`spl_losses.models.BoostLU` as above to reproduce the reported mAP "
                       "(`recipes/evaluate.py` does so).", ""]
     else:
-        lines += ["```python", "import torch", "from spl_losses.models import LinearProbe", "",
-                  f'probe = LinearProbe.from_pretrained("{repo_id}").eval()',
-                  "# probe.backbone and probe.preprocessing say how to compute the (B, in_features) features",
-                  "probs = torch.sigmoid(probe(features))", "```", ""]
-    lines += ["Evaluate or continue training with spl_losses:", "", "```bash",
-              f"python recipes/evaluate.py --checkpoint hf-hub:{repo_id} --dataset {dataset} --split test",
-              f"python recipes/train.py --model hf-hub:{repo_id} --dataset {dataset} --loss {loss} ...", "```", ""]
-    lines += ["## Citation", "", "```bibtex",
-              "\n\n".join(citations_for_run(loss, boostlu=bool(config.get("boostlu")))), "```", ""]
+        lines += _fenced(["import torch", "from spl_losses.models import LinearProbe", "",
+                          f'probe = LinearProbe.from_pretrained("{repo_id}").eval()',
+                          "# probe.backbone and probe.preprocessing say how to compute the (B, in_features) features",
+                          "probs = torch.sigmoid(probe(features))"], "python") + [""]
+    shell_dataset, shell_loss = shlex.quote(" ".join(dataset.split())), shlex.quote(" ".join(loss.split()))
+    lines += ["Evaluate or continue training with spl_losses:", ""]
+    lines += _fenced([f"python recipes/evaluate.py --checkpoint hf-hub:{repo_id} --dataset {shell_dataset} --split test",
+                      f"python recipes/train.py --model hf-hub:{repo_id} --dataset {shell_dataset} --loss {shell_loss} ..."],
+                     "bash") + [""]
+    citations = "\n\n".join(citations_for_run(loss, boostlu=bool(config.get("boostlu"))))
+    lines += ["## Citation", ""] + _fenced(citations.split("\n"), "bibtex") + [""]
     return ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
                                    body="\n".join(lines))
 
@@ -245,9 +285,10 @@ def write_model_card(run_dir: PathLike, repo_id: str, license: Optional[str] = N
 
 
 def write_training_record(run_dir: PathLike) -> List[Path]:
-    """Copy the run's config.yaml and results.json into ``model/`` as ``training_config.yaml`` and
+    """Write the run's config.yaml and results.json into ``model/`` as ``training_config.yaml`` and
     ``training_results.json``, so the published repo records how it was trained (machine-readable; e.g.
-    ``recipes/evaluate.py`` reads the training image size from it).
+    ``recipes/evaluate.py`` reads the training image size from it). What is written is
+    :func:`~spl_losses.hub.public.public_training_config` of each: no credentials, no absolute local paths.
 
     Args:
         run_dir: A run directory of ``recipes/train.py``.
@@ -255,10 +296,11 @@ def write_training_record(run_dir: PathLike) -> List[Path]:
     Returns:
         The two files written.
     """
-    run_dir = Path(run_dir)
-    read_run(run_dir)  # checks the run directory
-    written = []
-    for source, target in (("config.yaml", TRAINING_CONFIG_FILENAME), ("results.json", TRAINING_RESULTS_FILENAME)):
-        shutil.copyfile(run_dir / source, run_dir / "model" / target)
-        written.append(run_dir / "model" / target)
+    run = read_run(run_dir)
+    model_dir = run["model_dir"]
+    config_path, results_path = model_dir / TRAINING_CONFIG_FILENAME, model_dir / TRAINING_RESULTS_FILENAME
+    config_path.write_text(yaml.safe_dump(public_training_config(run["config"]), sort_keys=False,
+                                          default_flow_style=False), encoding="utf-8")
+    results_path.write_text(json.dumps(public_training_config(run["results"]), indent=2), encoding="utf-8")
+    written = [config_path, results_path]
     return written
