@@ -1,9 +1,8 @@
 """Hostile or broken inputs to the data builders and the data command line.
 
 One rule: every input is checked where it enters, before any work, with a message naming the
-file, row or flag; nothing read can smuggle another file into a dataset. Symbolic links are followed
-(an image folder linked to another disk is ordinary); what they point to must still decode as an
-image when images are verified. One test per case, then the general rule over several spellings.
+file, row or flag; nothing read can smuggle another file into a dataset. Symbolic links may not lead
+out of the folder (tests/test_hostile_data_round2.py); images kept elsewhere are listed by absolute path. One test per case, then the general rule over several spellings.
 
 | case | before | after |
 |---|---|---|
@@ -12,7 +11,7 @@ image when images are verified. One test per case, then the general rule over se
 | listed ``.png`` that is a text file | written, failed later at decoding | refused naming file and listing (``verify_images``) |
 | ``verify_images=False`` | (no option) | files are not opened; escaping paths still refused |
 | split above the automatic verification limit | (no option) | relative rows not opened, absolute rows still verified |
-| symlink inside the folder to a non-image outside | embedded | refused as not an image |
+| symlink inside the folder to a non-image outside | embedded | refused: its real path leaves the folder (round 2) |
 | empty path, NUL byte, non-string JSON path | joined to the folder / TypeError traceback | refused naming the row / line |
 | listing not UTF-8 | UnicodeDecodeError traceback | refused naming the file |
 | CSV row missing its labels field | AttributeError traceback | refused naming the row |
@@ -131,7 +130,7 @@ def test_symlink_to_a_non_image_outside_the_folder(listing_dir, tmp_path):
     root, write = listing_dir
     (tmp_path / "outside.txt").write_text("secret")
     os.symlink(tmp_path / "outside.txt", root / "img" / "link.png")
-    with pytest.raises(ValueError, match=r"link\.png .* is not a readable image"):
+    with pytest.raises(ValueError, match=r"'img/link\.png' is a symbolic link.*leaves the folder"):  # issue 22
         _build_listing(write(GOOD_ROWS + [("img/link.png", "dog")]), tmp_path)
 
 

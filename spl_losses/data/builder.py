@@ -39,7 +39,7 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
-from .image_checks import should_verify, verify_images
+from .image_checks import images_to_verify, verify_images
 from .protocol import SPLIT_NAMES, PreparedSplit, check_protocol_options, prepare_splits, read_class_weights
 from .raw_files import RawSplit, check_raw_split
 from .registry import get_dataset_class
@@ -161,13 +161,14 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         return None
 
     def _images_to_verify(self, split: str, paths: Sequence[str]) -> Sequence[str]:
-        """The image files of a split that ``verify_images`` opens (all or none by default).
+        """The image files of a split that ``verify_images`` opens (by default all of them, or above the
+        automatic limit the symbolic links: :func:`~spl_losses.data.image_checks.images_to_verify`).
 
         Args:
             split: The official split.
             paths: Its listed image files.
         """
-        return paths if should_verify(self.config.verify_images, len(paths)) else []
+        return images_to_verify(self.config.verify_images, paths)
 
     # ----------------------------------------------------------------- helpers for subclasses
     @property

@@ -100,7 +100,8 @@ class MultilabelFiles(SPMLBuilder):
     Relative image paths must stay inside the listing's folder (``../x`` is refused, naming the row);
     absolute paths are taken as they are. Listed files are checked to be images (``verify_images``:
     by default every image of a split listing at most 20,000 of them, and above that the rows with
-    absolute paths, which may point anywhere).
+    absolute paths and the symbolic links, which may point anywhere). A relative row whose real path
+    (links resolved) leaves the listing's folder is refused whatever the split size.
 
     Args:
         cache_dir: Cache folder of the prepared Arrow files.
@@ -168,8 +169,9 @@ class MultilabelFiles(SPMLBuilder):
 
     def _images_to_verify(self, split: str, paths: Sequence[str]) -> Sequence[str]:
         chosen = super()._images_to_verify(split, paths)
-        if self.config.verify_images is None and not chosen:  # a large split: still verify absolute rows
-            return [p for p in paths if p in self._absolute_rows]
+        if self.config.verify_images is None and len(chosen) < len(paths):  # a large split: links and absolute rows
+            picked = set(chosen)
+            return list(chosen) + [p for p in paths if p in self._absolute_rows and p not in picked]
         return chosen
 
     def _load_class_names(self) -> List[str]:

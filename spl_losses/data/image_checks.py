@@ -7,19 +7,22 @@ read, before any work.
   the listing's folder for ``multilabel_files``): after normalisation (``a/../../x``) it must not leave
   that folder, so a row such as ``../../etc/passwd`` is refused, naming the row and the file it is
   listed in. This check is cheap and always on.
+- Symbolic links may not lead out either: the real path of every relative row (``os.path.realpath``,
+  links in any component resolved) must be inside the real path of its folder, whatever the split
+  size, or the row is refused naming the link and its target. The folder itself may be a link (its
+  real path is the reference). Images kept on another disk are listed by absolute path instead.
 - Absolute paths are accepted only where a builder allows them (``multilabel_files`` listings).
-- Symbolic links are the folder owner's choice (an image folder linked to another disk is common) and
-  are followed; what they point to must still decode as an image when images are verified.
 - Verifying images (``PIL.Image.open`` + ``verify``: the header and structure are read, the pixels are
   not decoded, about 0.05 ms per cached JPEG) proves each listed file is an image, so a listing can
   never embed another kind of file into a dataset. It is the builders' ``verify_images`` option:
   ``True``, ``False``, or ``None`` (default) for "every image when a split lists at most
-  :data:`VERIFY_AUTO_LIMIT` of them".
+  :data:`VERIFY_AUTO_LIMIT` of them, and above that every row that is a symbolic link or absolute"
+  (:func:`images_to_verify`).
 """
 import os
 from typing import Callable, List, Optional, Sequence
 
-__all__ = ["VERIFY_AUTO_LIMIT", "join_inside", "should_verify", "verify_images"]
+__all__ = ["VERIFY_AUTO_LIMIT", "join_inside", "should_verify", "images_to_verify", "verify_images"]
 
 #: With ``verify_images=None``, splits listing at most this many images are verified.
 VERIFY_AUTO_LIMIT = 20_000
@@ -49,14 +52,42 @@ def join_inside(folder: str, names: Sequence[str], listed_in: str, allow_absolut
     """
     folder = os.path.abspath(folder)
     prefix = folder.rstrip(os.sep) + os.sep
+    real_folder = os.path.realpath(folder)
+    real_dirs = {}  # the real path of each listed folder, resolved once
     out = []
     for index, name in enumerate(names):
         if isinstance(name, str) and name.strip() and name[0] != os.sep and ".." not in name and "\x00" not in name:
-            out.append(prefix + name)  # the common case: nothing to normalise
-            continue
-        out.append(_checked_path(prefix, name, allow_absolute,
-                                 lambda why: f"{listed_in}, {entry_name(index)}: {why}"))
+            path = prefix + name  # the common case: nothing to normalise
+        else:
+            path = _checked_path(prefix, name, allow_absolute,
+                                 lambda why: f"{listed_in}, {entry_name(index)}: {why}")
+            if os.path.isabs(name):
+                out.append(path)  # absolute rows may point anywhere (and are always verified)
+                continue
+        _check_real_path(path, name, real_folder, real_dirs,
+                         lambda why: f"{listed_in}, {entry_name(index)}: {why}")
+        out.append(path)
     return out
+
+
+def _inside(real: str, real_folder: str) -> bool:
+    try:
+        return os.path.commonpath([real, real_folder]) == real_folder
+    except ValueError:  # different drives
+        return False
+
+
+def _check_real_path(path: str, name: str, real_folder: str, real_dirs: dict, where: Callable[[str], str]) -> None:
+    """Refuse a row whose real path (symbolic links resolved) leaves ``real_folder``."""
+    directory = os.path.dirname(path)
+    real_dir = real_dirs.get(directory)
+    if real_dir is None:
+        real_dir = real_dirs[directory] = os.path.realpath(directory)
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_dir, os.path.basename(path))
+    if not _inside(real, real_folder):
+        raise ValueError(where(f"the image path {name!r} is a symbolic link (or lies in a linked folder) whose "
+                               f"target {real} leaves the folder {real_folder}; a listed path must stay inside its "
+                               "folder after links are resolved (list images kept elsewhere by absolute path)"))
 
 
 def _checked_path(prefix: str, name, allow_absolute: bool, where: Callable[[str], str]) -> str:
@@ -85,6 +116,24 @@ def should_verify(option: Optional[bool], num_images: int) -> bool:
     if option is None:
         return num_images <= VERIFY_AUTO_LIMIT
     return bool(option)
+
+
+def images_to_verify(option: Optional[bool], paths: Sequence[str]) -> List[str]:
+    """The files of a split that ``verify_images=option`` opens.
+
+    All of them when :func:`should_verify` says so; with ``option=None`` above :data:`VERIFY_AUTO_LIMIT`,
+    still every symbolic link (one ``lstat`` per row): a link is the one kind of listed file whose
+    content the folder's layout does not vouch for. ``option=False`` opens nothing.
+
+    Args:
+        option: The builder's ``verify_images``.
+        paths: The split's listed image files.
+    """
+    if should_verify(option, len(paths)):
+        return list(paths)
+    if option is None:
+        return [p for p in paths if os.path.islink(p)]
+    return []
 
 
 def verify_images(paths: Sequence[str], listed_in: str) -> None:

@@ -1,0 +1,96 @@
+"""Hostile or careless data, round 2 (issue 22): symlinks leaving the folder, stale builds, files changed in
+place, images listed twice, decompression bombs, 16-bit images, feature values and widths, a full disk.
+
+| case | before | after |
+|---|---|---|
+| symlink (file or folder) leading out of the dataset folder, split above the verification limit | its target's bytes embedded | refused naming the row, the path and its target, whatever the split size |
+| symlink inside the folder to a non-image, above the limit | not opened, embedded | verified as an image (every link or absolute row is) |
+"""
+import os
+
+import datasets
+import pytest
+from PIL import Image
+
+import spl_losses.data.image_checks as image_checks
+from spl_losses.data import build_dataset
+
+datasets.disable_progress_bars()
+
+
+def _image(path, value=0, size=(4, 4)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", size, (value, 0, 0)).save(path)
+
+
+@pytest.fixture
+def listing_dir(tmp_path):
+    """A folder with images and a helper writing a listing of (path, labels) rows into it."""
+    root = tmp_path / "data"
+    for i in range(6):
+        _image(str(root / "img" / f"{i}.png"), i)
+
+    def write(rows, name="all.csv"):
+        with open(root / name, "w", encoding="utf-8") as f:
+            f.write("path,labels\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+        return str(root / name)
+    return root, write
+
+
+GOOD_ROWS = [(f"img/{i}.png", "cat" if i % 2 else "cat|dog") for i in range(6)]
+
+
+def _build(path, tmp_path, **options):
+    return build_dataset("multilabel_files", listing=path, cache_dir=str(tmp_path / "cache"), **options)
+
+
+# ----------------------------------------------------------------------------------- item 2: symlinks
+@pytest.fixture
+def above_the_limit(monkeypatch):
+    """Every split counts as large: images are not verified by default (as above 20,000 rows)."""
+    monkeypatch.setattr(image_checks, "VERIFY_AUTO_LIMIT", 1)
+
+
+def test_symlink_to_a_file_outside_is_refused_above_the_limit(listing_dir, tmp_path, above_the_limit):
+    root, write = listing_dir
+    (tmp_path / "token.txt").write_text("hf_secret_token")
+    os.symlink(tmp_path / "token.txt", root / "img" / "link.png")
+    with pytest.raises(ValueError, match=r"all\.csv, row 7: the image path 'img/link\.png' is a symbolic link.*"
+                                         r"token\.txt.*leaves the folder"):
+        _build(write(GOOD_ROWS + [("img/link.png", "dog")]), tmp_path)
+
+
+def test_symlink_to_an_image_outside_is_refused_too(listing_dir, tmp_path, above_the_limit):
+    root, write = listing_dir
+    _image(str(tmp_path / "elsewhere" / "x.png"), 7)
+    os.symlink(tmp_path / "elsewhere" / "x.png", root / "img" / "link.png")
+    with pytest.raises(ValueError, match="leaves the folder"):
+        _build(write(GOOD_ROWS + [("img/link.png", "dog")]), tmp_path, verify_images=False)
+
+
+def test_linked_folder_leading_outside_is_refused(listing_dir, tmp_path, above_the_limit):
+    root, write = listing_dir
+    _image(str(tmp_path / "elsewhere" / "x.png"), 7)
+    os.symlink(tmp_path / "elsewhere", root / "linked")
+    with pytest.raises(ValueError, match=r"row 7: .*'linked/x\.png'.*leaves the folder"):
+        _build(write(GOOD_ROWS + [("linked/x.png", "dog")]), tmp_path)
+
+
+def test_symlink_inside_the_folder_is_verified_above_the_limit(listing_dir, tmp_path, above_the_limit):
+    root, write = listing_dir
+    (root / "notes.txt").write_text("not an image")
+    os.symlink(root / "notes.txt", root / "img" / "link.png")
+    with pytest.raises(ValueError, match=r"link\.png \(listed in .*all\.csv\) is not a readable image"):
+        _build(write(GOOD_ROWS + [("img/link.png", "dog")]), tmp_path)
+    os.remove(root / "img" / "link.png")
+    os.symlink(root / "img" / "0.png", root / "img" / "link.png")  # a link to an image inside: fine
+    ds = _build(write(GOOD_ROWS + [("img/link.png", "dog")]), tmp_path / "b")
+    assert sum(len(ds[s]) for s in ds) == 7
+
+
+def test_dataset_folder_that_is_itself_a_link_is_accepted(listing_dir, tmp_path, above_the_limit):
+    root, write = listing_dir
+    write(GOOD_ROWS)
+    os.symlink(root, tmp_path / "alias")
+    ds = _build(str(tmp_path / "alias" / "all.csv"), tmp_path)
+    assert sum(len(ds[s]) for s in ds) == 6
