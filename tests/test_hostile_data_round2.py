@@ -94,3 +94,51 @@ def test_dataset_folder_that_is_itself_a_link_is_accepted(listing_dir, tmp_path,
     os.symlink(root, tmp_path / "alias")
     ds = _build(str(tmp_path / "alias" / "all.csv"), tmp_path)
     assert sum(len(ds[s]) for s in ds) == 6
+
+
+# ------------------------------------------------------------------------------- item 3: stale builds
+def _label_names(ds):
+    return ds["train"].features["labels"].feature.names
+
+
+def test_changed_listing_is_rebuilt_not_reused(listing_dir, tmp_path, capsys):
+    root, write = listing_dir
+    path = write(GOOD_ROWS[:5] + [("img/5.png", "dgo")])  # a typo
+    assert "dgo" in _label_names(_build(path, tmp_path))
+    capsys.readouterr()
+    _build(path, tmp_path)  # unchanged: reused, and said so
+    assert "reusing the cached build" in capsys.readouterr().err
+    write(GOOD_ROWS)  # the typo fixed in place
+    ds = _build(path, tmp_path)
+    assert _label_names(ds) == ["cat", "dog"]
+    assert "reusing" not in capsys.readouterr().err
+
+
+def test_changed_classes_file_is_rebuilt(listing_dir, tmp_path):
+    root, write = listing_dir
+    path = write(GOOD_ROWS)
+    (root / "classes.txt").write_text("cat\ndog\n")
+    assert _label_names(_build(path, tmp_path, classes_file=str(root / "classes.txt"))) == ["cat", "dog"]
+    (root / "classes.txt").write_text("cat\ndog\nbird\n")
+    assert _label_names(_build(path, tmp_path, classes_file=str(root / "classes.txt"))) == ["cat", "dog", "bird"]
+
+
+def test_changed_default_listing_under_root_is_rebuilt(listing_dir, tmp_path):
+    root, write = listing_dir
+    write(GOOD_ROWS[:4], "train.csv")
+    write(GOOD_ROWS[4:], "test.csv")
+    build = lambda: build_dataset("multilabel_files", root=str(root), cache_dir=str(tmp_path / "cache"))  # noqa: E731
+    assert len(build()["test"]) == 2
+    write(GOOD_ROWS[3:], "test.csv")
+    assert len(build()["test"]) == 3
+
+
+def test_force_rebuild_through_the_loader(listing_dir, tmp_path, capsys):
+    from spl_losses.data import load_spml_dataset
+
+    root, write = listing_dir
+    path = write(GOOD_ROWS)
+    load_spml_dataset("multilabel_files", listing=path, cache_dir=str(tmp_path / "cache"))
+    capsys.readouterr()
+    load_spml_dataset("multilabel_files", listing=path, cache_dir=str(tmp_path / "cache"), force_rebuild=True)
+    assert "reusing" not in capsys.readouterr().err

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import datasets
 
+from .build_cache import is_built
 from .builder import create_builder
 from .card import make_dataset_card, merge_card_metadata
 from .image_checks import VERIFY_AUTO_LIMIT
@@ -187,6 +188,9 @@ def build_command(args: argparse.Namespace) -> int:
     try:
         builder = create_builder(args.name, root=args.data_dir, seed=args.seed, split_seed=args.split_seed,
                                  cache_dir=args.cache_dir, **options)
+        if not args.force and is_built(builder):
+            print(f"reusing the cached build at {builder.cache_dir} (same options, code and input files; --force "
+                  "rebuilds)", file=sys.stderr)
         builder.download_and_prepare(download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD if args.force else None)
     except BaseException:
         if created and not os.listdir(args.output):

@@ -17,9 +17,10 @@ positive class indices). The base does the rest, identically for every benchmark
   only: test metrics use ``labels``), optionally ``observed_negatives``, and ``index`` (int64 row
   position within the split), and a build report.
 
-Every config parameter (``root``, ``seed``, ...) is part of the ``datasets`` config id and the hash
-of the builder's source code is the builder hash, so a cached build is reused only for the same root,
-parameters and code.
+Every config parameter (``root``, ``seed``, ...) is part of the ``datasets`` config id; the builder hash
+covers the source code and the input files (path, size, ``st_mtime_ns``: :mod:`.build_cache`), so a
+cached build is reused only for the same parameters, code and unchanged listings / annotation files.
+:func:`build_dataset` says on stderr when it reuses a build; ``force_rebuild=True`` rebuilds anyway.
 
 Example::
 
@@ -39,6 +40,7 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
+from .build_cache import input_files_signature, is_built
 from .image_checks import images_to_verify, verify_images
 from .protocol import SPLIT_NAMES, PreparedSplit, check_protocol_options, prepare_splits, read_class_weights
 from .raw_files import RawSplit, check_raw_split
@@ -365,7 +367,9 @@ def create_builder(name: str, root: Optional[str] = None, seed: int = 1200, cach
             config[key] = os.path.normpath(os.path.join(base, value))
     if root is not None:
         config["root"] = root
-    return cls(cache_dir=cache_dir, dataset_name=name, hash=_code_hash(cls), **config)
+    build_hash = Hasher.hash([_code_hash(cls), input_files_signature(cls, config)])
+    return cls(cache_dir=cache_dir, dataset_name=name, hash=build_hash, **config)
+
 
 
 def build_dataset(name: str, root: Optional[str] = None, seed: int = 1200, cache_dir: Optional[str] = None,
@@ -378,8 +382,8 @@ def build_dataset(name: str, root: Optional[str] = None, seed: int = 1200, cache
         root: Folder of the raw download (None for ``digits_mosaic``).
         seed: Seed of the observed single positives (1200 in the reference protocol).
         cache_dir: Cache folder for the prepared Arrow files (``datasets``' default cache if None).
-        force_rebuild: Rebuild even when a cached build with the same parameters exists (use it when the
-            raw files changed in place).
+        force_rebuild: Rebuild even when a cached build with the same parameters and input files exists
+            (listings and annotation files changed in place are noticed without it; images are not).
         **kwargs: Further builder config fields (``split_seed``, ``val_fraction``, ``observed_sampling``,
             ``sampling_rng``, ``verify_images``, ...).
 
@@ -387,6 +391,9 @@ def build_dataset(name: str, root: Optional[str] = None, seed: int = 1200, cache
         A ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``.
     """
     builder = create_builder(name, root=root, seed=seed, cache_dir=cache_dir, **kwargs)
+    if not force_rebuild and is_built(builder):
+        print(f"spl_losses: reusing the cached build of {name!r} at {builder.cache_dir} (same options, code and "
+              "input files; force_rebuild=True rebuilds)", file=sys.stderr)
     mode = datasets.DownloadMode.FORCE_REDOWNLOAD if force_rebuild else None
     builder.download_and_prepare(download_mode=mode)
     return builder.as_dataset()

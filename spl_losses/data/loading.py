@@ -71,6 +71,7 @@ def load_spml_dataset(
         cache_dir: Optional[str] = None,
         sample_if_missing: bool = False,
         split_seed: int = 1200,
+        force_rebuild: bool = False,
         **kwargs,
 ) -> datasets.DatasetDict:
     """Load an SPML dataset from wherever it lives, as a checked ``DatasetDict``.
@@ -88,6 +89,10 @@ def load_spml_dataset(
         cache_dir: ``datasets`` cache folder.
         sample_if_missing: Draw ``observed_labels`` (``seed``) for splits that lack them instead of raising.
         split_seed: Seed of the validation split carved when none exists.
+        force_rebuild: Build again even when a cached build with the same options and unchanged input
+            files (listings, annotation files: their path, size and modification time) exists; for a folder
+            or Hub id read by ``datasets.load_dataset``, its ``download_mode="force_redownload"``. A reused
+            build is said on stderr. Ignored for a ``save_to_disk`` folder (read as it is).
         **kwargs: Builder config fields for a builder name; ``load_dataset`` arguments otherwise
             (``revision``, ``token``, ...).
 
@@ -104,10 +109,13 @@ def load_spml_dataset(
         if data_dir is None and get_dataset_info(name_or_path).needs_root:
             raise ValueError(f"dataset {name_or_path!r} is built from its raw download: pass "
                              f"data_dir=<folder of the raw files>")
-        dsd = build_dataset(name_or_path, root=data_dir, seed=seed, cache_dir=cache_dir, **kwargs)
+        dsd = build_dataset(name_or_path, root=data_dir, seed=seed, cache_dir=cache_dir, force_rebuild=force_rebuild,
+                            **kwargs)
         check_spml_dataset(dsd, source=f"builder {name_or_path!r}")
         return dsd
 
+    if force_rebuild:
+        kwargs["download_mode"] = datasets.DownloadMode.FORCE_REDOWNLOAD
     tried: List[str] = [f"registered builders ({', '.join(list_datasets())})"]
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded):
