@@ -142,3 +142,25 @@ def test_force_rebuild_through_the_loader(listing_dir, tmp_path, capsys):
     capsys.readouterr()
     load_spml_dataset("multilabel_files", listing=path, cache_dir=str(tmp_path / "cache"), force_rebuild=True)
     assert "reusing" not in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------- item 6: images changed in place
+def _first_path(split):
+    return split.cast_column("image", datasets.Image(decode=False))[0]["image"]["path"]
+
+
+def test_fingerprint_changes_when_a_referenced_image_changes_in_place(listing_dir, tmp_path):
+    from spl_losses.data import dataset_fingerprint
+
+    root, write = listing_dir
+    train = _build(write(GOOD_ROWS), tmp_path)["train"]
+    before = dataset_fingerprint(train)
+    assert dataset_fingerprint(train) == before == dataset_fingerprint(train, use_memo=False)  # untouched: same
+    path = _first_path(train)
+    stat = os.stat(path)
+    Image.new("RGB", (4, 4), (0, 255, 255)).save(path)  # other pixels, same name
+    if os.stat(path).st_mtime_ns == stat.st_mtime_ns:  # a coarse clock: make the rewrite visible
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    after = dataset_fingerprint(train)
+    assert after != before
+    assert dataset_fingerprint(train) == after == dataset_fingerprint(train, use_memo=False)

@@ -10,6 +10,13 @@ Hashing reads the whole split once (about 1 GB/s). For a split backed by files o
 ``save_to_disk`` dataset), the result is remembered in ``$SPL_LOSSES_CACHE/fingerprints.json``, keyed
 by the files' paths, sizes and modification times, so later runs on the same files pay nothing.
 The feature cache, resume checks and teacher caches all key on this fingerprint.
+
+Image files referenced by path (a built image dataset stores ``{"path": ..., "bytes": None}``) are
+part of what a split holds: the fingerprint also covers the size and ``st_mtime_ns`` of every such file
+(one ``stat`` per row, about 1 s per million rows on a local disk, paid on every call; the files are not
+read). An image rewritten in place, or replaced by another file, changes the fingerprint; a file
+rewritten with the same size and modification time (restored with ``touch -r``) does not. Splits whose
+images are embedded bytes, and feature splits, keep the fingerprint of their rows alone.
 """
 import hashlib
 import json
@@ -113,6 +120,40 @@ def _content_hash(split: datasets.Dataset) -> str:
     return digest.hexdigest()[:32]
 
 
+def _image_columns(split: datasets.Dataset):
+    return [name for name, feature in split.features.items() if isinstance(feature, datasets.Image)]
+
+
+def _referenced_files_digest(split: datasets.Dataset) -> Optional[str]:
+    """A hash of ``(path, size, st_mtime_ns)`` of every image file the split references by path, or None
+    when it references none."""
+    columns = _image_columns(split)
+    if not columns:
+        return None
+    digest, count = hashlib.sha256(), 0
+    view = split.select_columns(columns).with_format("arrow")
+    for batch in view.iter(batch_size=_ROWS_PER_BATCH):
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        for name in columns:
+            column = table.column(name)
+            if not pa.types.is_struct(column.type):
+                continue
+            column = column.combine_chunks()
+            paths = column.field("path").to_pylist()
+            data = column.field("bytes").is_null().to_pylist()
+            for path, no_bytes in zip(paths, data):
+                if not path or not no_bytes:
+                    continue
+                try:
+                    stat = os.stat(path)
+                    entry = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+                except OSError:
+                    entry = f"{path}\0missing\n"
+                digest.update(entry.encode("utf-8", "surrogatepass"))
+                count += 1
+    return digest.hexdigest() if count else None
+
+
 def dataset_fingerprint(split: datasets.Dataset, use_memo: bool = True) -> str:
     """A 32-hex-digit content fingerprint of a dataset split.
 
@@ -122,7 +163,8 @@ def dataset_fingerprint(split: datasets.Dataset, use_memo: bool = True) -> str:
             (paths, sizes and modification times); False always reads the rows.
 
     Returns:
-        The fingerprint: equal for splits with the same features and the same rows in the same order.
+        The fingerprint: equal for splits with the same features and the same rows in the same order,
+        whose image files referenced by path have the same sizes and modification times.
 
     Raises:
         TypeError: ``split`` is not a ``datasets.Dataset``.
@@ -130,11 +172,16 @@ def dataset_fingerprint(split: datasets.Dataset, use_memo: bool = True) -> str:
     if not isinstance(split, datasets.Dataset):
         raise TypeError(f"dataset_fingerprint expects a datasets.Dataset (one split), got {type(split).__name__}")
     key = _files_key(split) if use_memo else None
+    value = None
     if key is not None:
         known = _read_memo().get(key)
         if isinstance(known, str):
-            return known
-    value = _content_hash(split)
-    if key is not None:
-        _write_memo(key, value)
-    return value
+            value = known
+    if value is None:
+        value = _content_hash(split)
+        if key is not None:
+            _write_memo(key, value)
+    files = _referenced_files_digest(split)
+    if files is None:
+        return value
+    return hashlib.sha256(f"{value}:{files}".encode()).hexdigest()[:32]
