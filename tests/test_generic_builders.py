@@ -176,11 +176,15 @@ def test_cache_is_keyed_by_root_and_reused_with_its_report(tmp_path):
     a = build_dataset("multilabel_features", root=root_a, cache_dir=cache)
     b = build_dataset("multilabel_features", root=root_b, cache_dir=cache)
     assert list(a["test"]["labels"]) == [[0], [1], [2]] and list(b["test"]["labels"]) == [[2], [1], [0]]
-    # same root and parameters: the cached build and its report are reused, even if files changed in place
-    np.save(root_a / "test_labels.npy", np.array([[1, 1, 0], [0, 1, 0], [1, 0, 0]]))
+    # same root, parameters and files: the cached build and its report are reused
     again = create_builder("multilabel_features", root=root_a, cache_dir=cache)
     assert again.build_report["splits"]["test"]["num_examples"] == 3  # read back from the cache folder
     assert list(again.as_dataset()["test"]["labels"]) == [[0], [1], [2]]
+    # a file changed in place is a new build (issue 22: a stale build was reused)
+    np.save(root_a / "test_labels.npy", np.array([[1, 1, 0], [0, 1, 0], [1, 0, 0]]))
+    assert not create_builder("multilabel_features", root=root_a, cache_dir=cache).build_report
+    assert list(build_dataset("multilabel_features", root=root_a, cache_dir=cache)["test"]["labels"]) == \
+        [[0, 1], [1], [0]]
     forced = build_dataset("multilabel_features", root=root_a, cache_dir=cache, force_rebuild=True)
     assert list(forced["test"]["labels"]) == [[0, 1], [1], [0]]
 

@@ -125,8 +125,8 @@ def test_changed_classes_file_is_rebuilt(listing_dir, tmp_path):
 
 def test_changed_default_listing_under_root_is_rebuilt(listing_dir, tmp_path):
     root, write = listing_dir
-    write(GOOD_ROWS[:4], "train.csv")
-    write(GOOD_ROWS[4:], "test.csv")
+    write(GOOD_ROWS[:3], "train.csv")
+    write(GOOD_ROWS[3:5], "test.csv")
     build = lambda: build_dataset("multilabel_files", root=str(root), cache_dir=str(tmp_path / "cache"))  # noqa: E731
     assert len(build()["test"]) == 2
     write(GOOD_ROWS[3:], "test.csv")
@@ -164,3 +164,19 @@ def test_fingerprint_changes_when_a_referenced_image_changes_in_place(listing_di
     after = dataset_fingerprint(train)
     assert after != before
     assert dataset_fingerprint(train) == after == dataset_fingerprint(train, use_memo=False)
+
+
+# ------------------------------------------------------------------------------ item 7: listed twice
+def test_image_listed_twice_in_one_listing_is_refused_naming_both_rows(listing_dir, tmp_path):
+    root, write = listing_dir
+    path = write(GOOD_ROWS + [("./img/1.png", "dog")])
+    with pytest.raises(ValueError, match=r"all\.csv, row 2 and .*all\.csv, row 7 list the same image .*1\.png"):
+        _build(path, tmp_path)
+
+
+def test_image_listed_in_train_and_test_is_refused(listing_dir, tmp_path):
+    root, write = listing_dir
+    write(GOOD_ROWS[:4], "train.csv")
+    write(GOOD_ROWS[4:] + [(str(root / "img" / "0.png"), "cat")], "test.csv")  # absolute spelling of img/0.png
+    with pytest.raises(ValueError, match=r"train\.csv, row 1 and .*test\.csv, row 3 list the same image"):
+        build_dataset("multilabel_files", root=str(root), cache_dir=str(tmp_path / "cache"))

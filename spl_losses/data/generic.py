@@ -14,7 +14,8 @@ beyond CSV's)::
     images/0002.jpg,traffic light
 
 Image paths are relative to the listing's folder and must stay inside it (``../x`` is refused);
-absolute paths are accepted as they are. Classes: ``class_names`` or ``classes_file`` (one per line),
+absolute paths are accepted as they are. An image listed twice (in one listing, or in two split
+listings) is refused, naming both rows: merge them into one row with the union of the labels. Classes: ``class_names`` or ``classes_file`` (one per line),
 or else the sorted union of all names in the listings.
 
 ``multilabel_features`` reads pre-extracted features, as the reference distributes its ResNet-50
@@ -159,12 +160,15 @@ class MultilabelFiles(SPMLBuilder):
                 listing = self._read_listing(resolve_file(root, cfg.listing, [], "listing", required=True))
                 fraction = 0.2 if cfg.test_fraction is None else float(cfg.test_fraction)
                 rest, test = split_train_validation(len(listing.images), fraction, cfg.split_seed, salt=_TEST_SALT)
+                _refuse_duplicates([listing])
                 self._listings = {"train": listing.subset(rest), "validation": None, "test": listing.subset(test)}
             else:
-                self._listings = {}
+                listings = {}
                 for split in ("train", "validation", "test"):
                     path = self._listing_path(split)
-                    self._listings[split] = None if path is None else self._read_listing(path)
+                    listings[split] = None if path is None else self._read_listing(path)
+                _refuse_duplicates([listing for listing in listings.values() if listing is not None])
+                self._listings = listings
         return self._listings
 
     def _images_to_verify(self, split: str, paths: Sequence[str]) -> Sequence[str]:
@@ -203,6 +207,21 @@ class MultilabelFiles(SPMLBuilder):
                                  f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
             labels.append([position[n] for n in row])
         return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path)
+
+
+def _refuse_duplicates(listings: Sequence[_Listing]) -> None:
+    """Refuse an image listed twice (within a listing or in two split listings), naming both rows: kept
+    twice it would weigh double, or leak test images into training. Paths are compared after
+    normalisation (``./img/a.png``, ``img//a.png`` and the absolute spelling are the same file)."""
+    seen: Dict[str, Tuple[str, str]] = {}
+    for listing in listings:
+        for image, entry in zip(listing.images, listing.entries):
+            key = os.path.normcase(os.path.normpath(image))
+            first = seen.setdefault(key, (listing.path, entry))
+            if first != (listing.path, entry):
+                raise ValueError(f"{first[0]}, {first[1]} and {listing.path}, {entry} list the same image {key}: "
+                                 "an image listed twice is kept twice (and may land in both training and test); "
+                                 "keep one row, with the union of its labels")
 
 
 @dataclass
