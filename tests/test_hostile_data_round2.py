@@ -180,3 +180,50 @@ def test_image_listed_in_train_and_test_is_refused(listing_dir, tmp_path):
     write(GOOD_ROWS[4:] + [(str(root / "img" / "0.png"), "cat")], "test.csv")  # absolute spelling of img/0.png
     with pytest.raises(ValueError, match=r"train\.csv, row 1 and .*test\.csv, row 3 list the same image"):
         build_dataset("multilabel_files", root=str(root), cache_dir=str(tmp_path / "cache"))
+
+
+# ---------------------------------------------- items 9, 14: one decode rule (bombs, 16 bits, EXIF)
+def test_open_rgb_reports_a_decompression_bomb_like_any_undecodable_image(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from spl_losses.data.image_checks import ImageDecodeError, open_rgb
+
+    path = tmp_path / "bomb.png"
+    _image(str(path), size=(64, 64))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 > 2 x 100: a "bomb"
+    with pytest.raises(ImageDecodeError, match=r"decompression bomb"):
+        open_rgb(str(path))
+    with pytest.raises(ValueError, match="decompression bomb"):  # a ValueError: the training decode names the row
+        open_rgb(path.read_bytes())
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ImageDecodeError):
+        open_rgb(str(tmp_path / "text.png"))
+
+
+def test_open_rgb_scales_16_bit_images_to_8_bits(tmp_path):
+    import numpy as np
+
+    from spl_losses.data.image_checks import open_rgb
+
+    values = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)  # a 16-bit grayscale PNG
+    pixels = np.asarray(open_rgb(str(path)))
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 2, 3)
+    assert pixels[..., 0].tolist() == [[0, 64], [128, 255]]  # scaled, not clipped to white
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_open_rgb_applies_the_exif_orientation(tmp_path):
+    import numpy as np
+
+    from spl_losses.data.image_checks import open_rgb
+
+    image = Image.new("RGB", (4, 2), (255, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    decoded = open_rgb(str(tmp_path / "rotated.jpg"))
+    assert decoded.size == (2, 4) and decoded.mode == "RGB"
+    via_datasets = datasets.Image(mode="RGB").decode_example({"path": str(tmp_path / "rotated.jpg"), "bytes": None})
+    assert np.array_equal(np.asarray(decoded), np.asarray(via_datasets))  # the same rule as datasets

@@ -18,11 +18,19 @@ read, before any work.
   ``True``, ``False``, or ``None`` (default) for "every image when a split lists at most
   :data:`VERIFY_AUTO_LIMIT` of them, and above that every row that is a symbolic link or absolute"
   (:func:`images_to_verify`).
-"""
-import os
-from typing import Callable, List, Optional, Sequence
 
-__all__ = ["VERIFY_AUTO_LIMIT", "join_inside", "should_verify", "images_to_verify", "verify_images"]
+Decoding: :func:`open_rgb` is the one rule for turning a stored image into pixels (the training decode,
+teachers, anything that reads an image): the EXIF orientation applied (as ``datasets`` does), 16-bit
+images scaled to 8 bits (``value / 257``, not clipped to white), then RGB; an image that cannot be decoded
+(a decompression bomb included) raises :class:`ImageDecodeError`, a ``ValueError`` the caller names the
+row and file in.
+"""
+import io
+import os
+from typing import Callable, List, Optional, Sequence, Union
+
+__all__ = ["VERIFY_AUTO_LIMIT", "ImageDecodeError", "open_rgb", "join_inside", "should_verify", "images_to_verify",
+           "verify_images"]
 
 #: With ``verify_images=None``, splits listing at most this many images are verified.
 VERIFY_AUTO_LIMIT = 20_000
@@ -156,3 +164,56 @@ def verify_images(paths: Sequence[str], listed_in: str) -> None:
             raise ValueError(f"{path} (listed in {listed_in}) is not a readable image: {type(err).__name__}: "
                              f"{err}. Every listed file must be an image (set verify_images=False to skip "
                              "this check)") from None
+
+
+class ImageDecodeError(ValueError):
+    """An image cannot be decoded (unreadable, truncated, not an image, or a decompression bomb)."""
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_rgb8(image):
+    """RGB with 8 bits per channel; 16-bit (and 32-bit integer) grayscale scaled by 1/257, not clipped."""
+    from PIL import Image
+    import numpy as np
+
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if image.mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+            values = (np.clip(values, 0, 65535) + 128) // 257
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_rgb(source: Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase]):
+    """Decode an image file or its bytes into an RGB PIL image, by the package's one decode rule.
+
+    The EXIF orientation is applied (``PIL.ImageOps.exif_transpose``, as ``datasets`` decodes), 16-bit
+    grayscale (PNG ``I;16``) is scaled to 8 bits (``round(value / 257)``), everything else is converted
+    with ``Image.convert("RGB")`` (alpha dropped, palettes expanded).
+
+    Args:
+        source: A path, the encoded bytes, or a binary file object.
+
+    Returns:
+        A loaded ``PIL.Image.Image`` in mode ``RGB`` (the file is closed).
+
+    Raises:
+        ImageDecodeError: (a ``ValueError``) the image cannot be decoded: unreadable or truncated, not an
+            image, or over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``); the message
+            says why (``"a decompression bomb (...)"``, ``"UnidentifiedImageError: ..."``), the caller
+            adds the row and file.
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    try:
+        with Image.open(source) as image:
+            image.load()
+            return _to_rgb8(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(f"a decompression bomb ({err})") from None
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) for a bad file
+        raise ImageDecodeError(f"{type(err).__name__}: {err}") from None
