@@ -227,3 +227,34 @@ def test_open_rgb_applies_the_exif_orientation(tmp_path):
     assert decoded.size == (2, 4) and decoded.mode == "RGB"
     via_datasets = datasets.Image(mode="RGB").decode_example({"path": str(tmp_path / "rotated.jpg"), "bytes": None})
     assert np.array_equal(np.asarray(decoded), np.asarray(via_datasets))  # the same rule as datasets
+
+
+# ---------------------------------------------------------- item 15: feature values and widths
+def _features_tree(root, train, test=None):
+    import numpy as np
+
+    os.makedirs(root, exist_ok=True)
+    np.save(os.path.join(root, "train_features.npy"), train)
+    np.save(os.path.join(root, "train_labels.npy"), np.eye(len(train), 3, dtype=np.int64)
+            + np.eye(len(train), 3, -3, dtype=np.int64))
+    test = np.ones((2, train.shape[1]), dtype=np.float32) if test is None else test
+    np.save(os.path.join(root, "test_features.npy"), test)
+    np.save(os.path.join(root, "test_labels.npy"), np.eye(len(test), 3, dtype=np.int64))
+
+
+def test_float64_features_beyond_float32_range_are_refused(tmp_path):
+    import numpy as np
+
+    features = np.zeros((6, 4), dtype=np.float64)
+    features[4, 1] = 1e39  # finite in float64, infinite once stored as float32
+    _features_tree(str(tmp_path / "f"), features)
+    with pytest.raises(ValueError, match=r"train_features\.npy, row 4, column 1: .*1e\+39.*float32"):
+        build_dataset("multilabel_features", root=str(tmp_path / "f"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_feature_widths_differing_between_splits_are_refused_naming_the_files(tmp_path):
+    import numpy as np
+
+    _features_tree(str(tmp_path / "f"), np.zeros((6, 4), dtype=np.float32), test=np.zeros((2, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"test_features\.npy has 5 features per row but .*train_features\.npy has 4"):
+        build_dataset("multilabel_features", root=str(tmp_path / "f"), cache_dir=str(tmp_path / "cache"))

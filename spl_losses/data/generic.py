@@ -22,7 +22,8 @@ or else the sorted union of all names in the listings.
 features: ``{split}_features.npy`` (N, D) and ``{split}_labels.npy`` (N, C) multi-hot {0, 1} under
 ``root`` (or explicit ``train_features=``, ``train_labels=``, ...), class names from ``class_names`` /
 ``classes_file`` / ``class_names.txt`` under root, else ``"0"`` … ``"C-1"``. Features must be finite
-numbers (a NaN or infinite value is refused, naming the row and the file).
+numbers once stored as float32 (a NaN or infinite value, or a float64 beyond float32's range, is refused,
+naming the row and the file), and every split must have the train split's width.
 """
 import os
 from dataclasses import dataclass
@@ -319,6 +320,12 @@ class MultilabelFeatures(SPMLBuilder):
         bad = (labels != 0) & (labels != 1)
         if bad.any():
             raise ValueError(f"{labels_path}: labels must be multi-hot {{0, 1}}, found {np.unique(labels[bad])[:5]}")
+        if split != "train":
+            train_path = self._arrays("train")[0]
+            width = _open_npy(train_path).shape[1]
+            if features.shape[1] != width:
+                raise ValueError(f"{features_path} has {features.shape[1]} features per row but {train_path} has "
+                                 f"{width}: every split needs the same feature width")
         _check_finite_features(features, features_path)
         return RawSplit(class_names=class_names, labels=index_lists(labels), features=features, source=labels_path)
 
@@ -331,10 +338,13 @@ def _check_finite_features(features: np.ndarray, path: str) -> None:
     if features.dtype.kind != "f":
         return
     for start in range(0, features.shape[0], _FINITE_CHECK_ROWS):
-        finite = np.isfinite(np.asarray(features[start:start + _FINITE_CHECK_ROWS])).all(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked after the cast to float32, as stored
+            stored = np.asarray(features[start:start + _FINITE_CHECK_ROWS]).astype(np.float32)
+        finite = np.isfinite(stored).all(axis=1)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite)[0])
             values = np.asarray(features[row])
-            column = int(np.flatnonzero(~np.isfinite(values))[0])
+            column = int(np.flatnonzero(~np.isfinite(stored[row - start]))[0])
+            beyond = " (beyond float32's range: features are stored as float32)" if np.isfinite(values[column]) else ""
             raise ValueError(f"{path}, row {row}, column {column}: features must be finite numbers, "
-                             f"found {values[column]}")
+                             f"found {values[column]}{beyond}")
