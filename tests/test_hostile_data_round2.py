@@ -258,3 +258,24 @@ def test_feature_widths_differing_between_splits_are_refused_naming_the_files(tm
     _features_tree(str(tmp_path / "f"), np.zeros((6, 4), dtype=np.float32), test=np.zeros((2, 5), dtype=np.float32))
     with pytest.raises(ValueError, match=r"test_features\.npy has 5 features per row but .*train_features\.npy has 4"):
         build_dataset("multilabel_features", root=str(tmp_path / "f"), cache_dir=str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------- item 13: a full disk
+@pytest.mark.parametrize("code", ["ENOSPC", "EFBIG"])
+def test_cli_build_on_a_full_disk_names_the_cause_and_the_path(tmp_path, capsys, monkeypatch, code):
+    import errno
+
+    from spl_losses.data.__main__ import main
+
+    def full(self, *args, **kwargs):
+        number = getattr(errno, code)
+        raise OSError(number, os.strerror(number), str(tmp_path / "cache" / "part-00000.arrow"))
+
+    monkeypatch.setattr(datasets.arrow_writer.ArrowWriter, "write", full)
+    assert main(["build", "digits_mosaic", "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                 "--dataset-option", "num_train=8", "--dataset-option", "num_validation=4",
+                 "--dataset-option", "num_test=4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and code in err and os.strerror(getattr(errno, code)) in err
+    assert "part-00000.arrow" in err

@@ -16,6 +16,7 @@ with the images embedded (read back with ``datasets.load_dataset(OUT_DIR)``). Bo
 card ``README.md`` and the build report ``build_report.json``.
 """
 import argparse
+import errno
 import json
 import os
 import sys
@@ -257,8 +258,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, TypeError) as err:  # input errors (HubPushError is a ValueError): the message says it all
         print(f"error: {err}", file=sys.stderr)
     except Exception as err:  # anything else (disk full, an interrupted download): no traceback either
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"error: {describe_failure(err)}", file=sys.stderr)
     return 2
+
+
+_DISK_HINTS = {errno.ENOSPC: "free some space, or choose another --cache-dir / --output",
+               errno.EFBIG: "the file system's largest file is smaller: choose another --cache-dir / --output",
+               errno.EDQUOT: "the disk quota is reached: free some space, or choose another --cache-dir / --output"}
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for an unexpected failure: its type and message, then its causes (``__cause__`` /
+    ``__context__``), so that a ``DatasetGenerationError`` still says "No space left on device" and the file.
+
+    Args:
+        err: The exception.
+    """
+    parts, seen, current = [], set(), err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if isinstance(current, OSError) and current.errno in _DISK_HINTS:
+            name = errno.errorcode.get(current.errno, str(current.errno))
+            where = f": {current.filename}" if current.filename else ""
+            text = f"{name} {current.strerror or os.strerror(current.errno)}{where} ({_DISK_HINTS[current.errno]})"
+        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return " <- caused by ".join(parts)
 
 
 if __name__ == "__main__":
