@@ -115,3 +115,23 @@ def test_model_card_body_escapes_hostile_names():
     assert yaml.safe_load(rest.split("\n" + fence + "\n", 1)[0])["model"] == HOSTILE
     metrics = [line for line in outside if line.startswith("Other test metrics")]
     assert len(metrics) == 1 and "<script>" not in metrics[0]
+
+
+def test_dataset_card_escapes_hostile_class_names():
+    import datasets
+
+    from spl_losses.data.card import make_dataset_card
+
+    names = [HOSTILE, "b|c", "plain_name"]
+    labels = datasets.List(datasets.ClassLabel(names=names))
+    split = datasets.Dataset.from_dict({"features": [[0.0, 1.0]], "labels": [[0, 1]], "observed_labels": [[0]],
+                                        "index": [0]},
+                                       features=datasets.Features({"features": datasets.List(datasets.Value("float32")),
+                                                                   "labels": labels, "observed_labels": labels,
+                                                                   "index": datasets.Value("int64")}))
+    card = make_dataset_card(datasets.DatasetDict(train=split, test=split), pretty_name=HOSTILE,
+                             local_load='datasets.load_from_disk("/data/```/x")')
+    outside, open_fence = _body_without_code(card.text)
+    assert open_fence is None
+    assert "<script>" not in "\n".join(outside)
+    assert "`plain_name`" in card.text and "b\\|c" in card.text

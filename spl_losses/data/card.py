@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..hub.markdown import code as md_code, fenced, text as md_text
 from .registry import get_dataset_class, is_dataset
 
 __all__ = ["make_dataset_card", "merge_card_metadata", "size_category"]
@@ -22,7 +23,7 @@ _RULES = {
             "class's boxes, of 1 / (distance from the box centre to the image centre), a distance of 0 counting "
             "as 0.0005 (the location bias of Arroyo, Perona & Cole, ICLR 2023 Tiny Papers)"),
     "weights": ("one positive is drawn among its true positives with probability proportional to a fixed "
-                "per-class weight (`{class_weights_file}`)"),
+                "per-class weight ({class_weights_file})"),
 }
 _HASH_DRAWS = (
     "The draw of row `r` uses the SplitMix64 key `mix(mix(mix(mix(seed) + salt) + r) + c)` of each positive `c` "
@@ -44,8 +45,10 @@ def _sampling_text(report: Dict[str, Any]) -> str:
     val_fraction = float(report.get("val_fraction", 0.2))
     fields = {"val_pct": int(round(100 * val_fraction)), "val_fraction": val_fraction,
               "split_seed": report.get("split_seed", 1200)}
-    text = "For every image " + _RULES.get(rule, f"`{rule}`").format(
-        class_weights_file=os.path.basename(str(report.get("class_weights_file")))) + ". "
+    template = _RULES.get(rule)
+    text = "For every image " + (template.format(
+        class_weights_file=md_code(os.path.basename(str(report.get("class_weights_file")))))
+        if template else md_code(rule)) + ". "
     if report.get("sampling_rng") == "reference":
         stream = ("`numpy.random.RandomState(seed)`, each row's positives then negatives shuffled (Cole et al.)"
                   if rule == "uniform" else
@@ -144,13 +147,13 @@ def make_dataset_card(
         entry = report.get("splits", {}).get(split, {})
         dropped = entry.get("dropped_without_positive", "?") if report else "?"
         kept = entry.get("kept_without_positive", "?") if report else "?"
-        split_rows.append(f"| {split} | {len(ds):,} | {dropped} | {kept} |")
+        split_rows.append(f"| {md_text(split)} | {len(ds):,} | {md_text(dropped)} | {md_text(kept)} |")
     seed = report.get("seed", "not recorded")
     k = facts.get("expected_num_pos")
     load_id = repo_id or "ORG/NAME"
-    classes = ", ".join(f"`{c}`" for c in class_names)
+    classes = ", ".join(md_code(c) for c in class_names)
     body = [
-        f"# {title}",
+        f"# {md_text(title)}",
         "",
         facts.get("description") or "A multi-label dataset with single-positive (SPML) annotations.",
         "",
@@ -197,29 +200,29 @@ def make_dataset_card(
     body += [
         "## Loading",
         "",
-        "```python",
-        "import datasets",
-        *([f"ds = {local_load}  # this local copy"] if local_load else []),
-        f'ds = datasets.load_dataset("{load_id}")' + ("" if repo_id else "  # once pushed to the Hub"),
-        'names = ds["train"].features["labels"].feature.names',
-        "",
-        "# or, checked against the SPML data contract:",
-        "from spl_losses.data import load_spml_dataset",
-        f'ds = load_spml_dataset("{load_id}")  # also a local save_to_disk folder',
-        "",
-        "# dense targets for a loss: 1 = observed positive, 0 = unobserved",
-        "from spl_losses.labels import indices_to_dense",
-        'targets = indices_to_dense(ds["train"]["observed_labels"], len(names))',
-        "```",
+        *fenced([
+            "import datasets",
+            *([f"ds = {local_load}  # this local copy"] if local_load else []),
+            f'ds = datasets.load_dataset("{load_id}")' + ("" if repo_id else "  # once pushed to the Hub"),
+            'names = ds["train"].features["labels"].feature.names',
+            "",
+            "# or, checked against the SPML data contract:",
+            "from spl_losses.data import load_spml_dataset",
+            f'ds = load_spml_dataset("{load_id}")  # also a local save_to_disk folder',
+            "",
+            "# dense targets for a loss: 1 = observed positive, 0 = unobserved",
+            "from spl_losses.labels import indices_to_dense",
+            'targets = indices_to_dense(ds["train"]["observed_labels"], len(names))',
+        ], "python"),
         "",
     ]
     if input_column == "image" and _images_stored_by_path(dataset_dict["train"]):
         body += ["A local `save_to_disk` copy references the image files by path (they must stay where they "
                  "are); Parquet files written by the command line and `push_to_hub` embed them.", ""]
-    body += ["## Licence", "", f"Source data licence: `{license}`"
+    body += ["## Licence", "", f"Source data licence: {md_code(license)}"
              + (f" (see {facts['homepage']})." if facts.get("homepage") else "."), ""]
     if citation:
-        body += ["## Citation", "", "```bibtex", citation.strip(), "```", ""]
+        body += ["## Citation", "", *fenced(citation.strip().split("\n"), "bibtex"), ""]
     content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(body)
     return DatasetCard(content)
 

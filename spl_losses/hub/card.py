@@ -12,11 +12,9 @@ a plain name (a hostile class, dataset or model name with ``|``, backticks, newl
 as HTML-escaped text, table cells escape ``|``, and every code block's fence is longer than any run of
 backticks inside it, so no value can break a table or a code block or put raw HTML in the card.
 """
-import html
 import json
 import math
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -24,6 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from ..checkpoints import LOSS_STATE_FILENAME, TRAINING_CONFIG_FILENAME, TRAINING_RESULTS_FILENAME
+from .markdown import code as _code, fenced as _fenced, hub_id as _hub_id, text as _text
 from .public import public_training_config
 
 __all__ = ["MODEL_CARD_TAG", "read_run", "build_model_card", "write_model_card", "write_training_record"]
@@ -33,30 +32,6 @@ MODEL_CARD_TAG = "spl_losses"
 PathLike = Union[str, os.PathLike]
 _DATASET_NAMES = {"voc2012": "PASCAL VOC 2012", "coco2014": "MS-COCO 2014", "nuswide": "NUS-WIDE",
                   "cub200": "CUB-200-2011"}
-
-
-_PLAIN = re.compile(r"[\w.\-/:@+=,]+")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
-
-
-def _text(value: Any) -> str:
-    """A value as Markdown text: one line, HTML-escaped, Markdown punctuation backslash-escaped."""
-    flat = " ".join(str(value).split())
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
-
-
-def _code(value: Any) -> str:
-    """A value as inline code when it is a plain name (``resnet50.a1_in1k``), else as escaped text."""
-    text = str(value)
-    return f"`{text}`" if _PLAIN.fullmatch(text) else _text(text)
-
-
-def _fenced(lines: List[str], info: str = "") -> List[str]:
-    """A fenced code block whose fence is longer than any run of backticks inside it."""
-    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return [fence + info, *lines, fence]
 
 
 def citations_for_run(loss: Optional[str], boostlu: bool = False) -> List[str]:
@@ -178,7 +153,7 @@ def build_model_card(
         pipeline_tag="image-classification" if timm_export else None,
         license=license,
         tags=tags,
-        datasets=[dataset] if _HUB_ID.fullmatch(dataset) else None,
+        datasets=[dataset] if _hub_id(dataset) else None,
         metrics=["map"],
         model_name=name,
         eval_results=eval_results or None,
