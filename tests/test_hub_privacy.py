@@ -38,6 +38,7 @@ def test_mask_url_credentials():
     assert "pw" not in masked and "password=***" in masked and "sslmode=require" in masked
     assert "xyzzy" not in mask_url_credentials("https://x.org/a?access_token=xyzzy")
     assert mask_url_credentials("sqlite:///search.db") == "sqlite:///search.db"
+    assert mask_url_credentials("https://ghp_abc@github.com/o/r.git") == "https://***@github.com/o/r.git"
     assert mask_url_credentials("not a url") == "not a url"
 
 
@@ -54,6 +55,9 @@ def test_public_training_config_masks_secrets_and_local_paths():
     assert public["loss"] == "role" and public["lr"] == CONFIG["lr"] and public["val_set_variant"] == "clean"
     assert public_training_config({"dataset": "org/name", "teacher": "clip:ViT-B-32@openai"}) == \
         {"dataset": "org/name", "teacher": "clip:ViT-B-32@openai"}
+    assert public_training_config({"data_dir": f"{HOME}/My Photos/set 1"}) == {"data_dir": "<local>/set 1"}
+    kept = {"label_names": ["/m/01g317", "cat"], "data_dir": "relative/folder", "lr": 0.1}
+    assert public_training_config(kept) == kept
 
 
 def test_pushed_card_and_training_config_hold_no_secret_nor_local_path(hub, tmp_path):

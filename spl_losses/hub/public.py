@@ -31,8 +31,10 @@ LOCAL_PATH_MARKER = "<local>"
 
 _SECRET_WORDS = {"password", "passwd", "pwd", "pass", "token", "secret", "apikey", "credential", "credentials",
                  "auth", "signature", "sig"}
+_NAMES_NOT_PATHS = {"label_names", "class_names"}
 _SECRET_PHRASES = ("password", "api_key", "access_key", "private_key", "secret", "credential")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+_ABSOLUTE = re.compile(r"(?:~[^/\\]*|[A-Za-z]:)?[\\/]")
 _PATH = re.compile(r"(?:^|(?<=[\s:=@,;(]))(?:~[^\s/\\'\",;]*|[A-Za-z]:)?[\\/][^\s'\",;]*")
 
 
@@ -51,7 +53,8 @@ def mask_url_credentials(url: str) -> str:
 
     ``postgresql://user:password@host/db`` becomes ``postgresql://user:***@host/db``;
     ``...?password=pw&sslmode=require`` becomes ``...?password=***&sslmode=require`` (likewise ``token``,
-    ``access_token``, ``api_key``, ``secret``, ...). A URL without credentials, or a string that is not a
+    ``access_token``, ``api_key``, ``secret``, ...); the user of an HTTP(S) URL without a password
+    (``https://TOKEN@host``) is masked too, other schemes keep a user without a password. A URL without credentials, or a string that is not a
     URL, is returned unchanged.
 
     Args:
@@ -72,6 +75,8 @@ def mask_url_credentials(url: str) -> str:
         userinfo, host = netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:{MASK}@{host}"
+    elif "@" in netloc and parts.scheme.lower() in ("http", "https"):  # https://TOKEN@host: the user is a token
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -95,6 +100,8 @@ def _public_url(url: str) -> str:
 
 
 def _public_string(text: str) -> str:
+    if "://" not in text and _ABSOLUTE.match(text):
+        return _local_name(text)  # a whole value that is a path, spaces and all
     pieces, last = [], 0
     for match in _URL.finditer(text):
         pieces.append(_PATH.sub(lambda m: _local_name(m.group(0)), text[last:match.start()]))
@@ -113,6 +120,8 @@ def public_value(value: Any, name: str = "") -> Any:
     """
     if name and _is_secret_name(name) and value not in (None, "", False):
         return MASK
+    if name in _NAMES_NOT_PATHS:
+        return value  # class names such as Open Images' "/m/01g317" are not paths
     if isinstance(value, Mapping):
         return {key: public_value(item, str(key)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
