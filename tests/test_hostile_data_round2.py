@@ -1,10 +1,17 @@
 """Hostile or careless data, round 2 (issue 22): symlinks leaving the folder, stale builds, files changed in
 place, images listed twice, decompression bombs, 16-bit images, feature values and widths, a full disk.
 
-| case | before | after |
+| case (issue item) | before | after |
 |---|---|---|
-| symlink (file or folder) leading out of the dataset folder, split above the verification limit | its target's bytes embedded | refused naming the row, the path and its target, whatever the split size |
-| symlink inside the folder to a non-image, above the limit | not opened, embedded | verified as an image (every link or absolute row is) |
+| symlink (file or folder) leading out of the folder, split above the verification limit (2) | the target's bytes embedded | refused naming the row, path and target, whatever the split size |
+| symlink inside the folder to a non-image, above the limit (2) | not opened, embedded | verified (every link or absolute row is) |
+| listing / classes file / default listing under root changed in place (3) | the stale build reused | a new build; a reused build is said on stderr; ``force_rebuild=True`` |
+| image rewritten in place (6) | same split fingerprint | another fingerprint (size + mtime_ns per referenced file) |
+| image listed twice, in one listing or in train and test (7) | kept twice | refused naming both rows |
+| decompression bomb (9) | raw ``DecompressionBombError`` | ``ImageDecodeError`` (a ValueError) from ``open_rgb`` |
+| 16-bit grayscale PNG, EXIF orientation (14) | clipped to white; orientation ignored in training | scaled to 8 bits; orientation applied, as ``datasets`` does |
+| float64 features beyond float32's range, widths differing per split (15) | infinite after the cast; an error inside ``datasets`` | refused naming row, column and file / both files |
+| ``spl-data build`` on a full disk (13) | ``error: DatasetGenerationError`` only | the cause, errno name, file and a hint on one line |
 """
 import os
 

@@ -15,7 +15,8 @@ beyond CSV's)::
 
 Image paths are relative to the listing's folder and must stay inside it (``../x`` is refused);
 absolute paths are accepted as they are. An image listed twice (in one listing, or in two split
-listings) is refused, naming both rows: merge them into one row with the union of the labels. Classes: ``class_names`` or ``classes_file`` (one per line),
+listings) is refused, naming both rows: merge them into one row with the union of the labels.
+Classes: ``class_names`` or ``classes_file`` (one per line),
 or else the sorted union of all names in the listings.
 
 ``multilabel_features`` reads pre-extracted features, as the reference distributes its ResNet-50

@@ -225,9 +225,10 @@ def build_model_card(
                           "probs = torch.sigmoid(probe(features))"], "python") + [""]
     shell_dataset, shell_loss = shlex.quote(" ".join(dataset.split())), shlex.quote(" ".join(loss.split()))
     lines += ["Evaluate or continue training with spl_losses:", ""]
-    lines += _fenced([f"python recipes/evaluate.py --checkpoint hf-hub:{repo_id} --dataset {shell_dataset} --split test",
-                      f"python recipes/train.py --model hf-hub:{repo_id} --dataset {shell_dataset} --loss {shell_loss} ..."],
-                     "bash") + [""]
+    lines += _fenced([
+        f"python recipes/evaluate.py --checkpoint hf-hub:{repo_id} --dataset {shell_dataset} --split test",
+        f"python recipes/train.py --model hf-hub:{repo_id} --dataset {shell_dataset} --loss {shell_loss} ..."],
+        "bash") + [""]
     citations = "\n\n".join(citations_for_run(loss, boostlu=bool(config.get("boostlu"))))
     lines += ["## Citation", ""] + _fenced(citations.split("\n"), "bibtex") + [""]
     return ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",

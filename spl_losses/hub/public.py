@@ -54,8 +54,8 @@ def mask_url_credentials(url: str) -> str:
     ``postgresql://user:password@host/db`` becomes ``postgresql://user:***@host/db``;
     ``...?password=pw&sslmode=require`` becomes ``...?password=***&sslmode=require`` (likewise ``token``,
     ``access_token``, ``api_key``, ``secret``, ...); the user of an HTTP(S) URL without a password
-    (``https://TOKEN@host``) is masked too, other schemes keep a user without a password. A URL without credentials, or a string that is not a
-    URL, is returned unchanged.
+    (``https://TOKEN@host``) is masked too, other schemes keep a user without a password. A URL without
+    credentials, or a string that is not a URL, is returned unchanged.
 
     Args:
         url: The URL (an SQLAlchemy storage URL, an HTTP URL, ...).
