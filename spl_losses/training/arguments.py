@@ -79,7 +79,8 @@ class Flag:
 
 
 def _loss_option(name: str, help_text: str, kind=finite_float, argument: Optional[str] = None) -> Flag:
-    return Flag(name, None, f"loss option ({help_text}) (default: unset, the loss's own default)", kind, group="loss",
+    default = "" if "(default" in help_text else " (default: unset, the loss's own default)"  # said once
+    return Flag(name, None, f"loss option ({help_text}){default}", kind, group="loss",
                 loss_option=argument or name[2:].replace("-", "_"))
 
 
