@@ -3,29 +3,20 @@
 Runs are in-process (``main(argv)``); the two-process checks fork two CPU processes with gloo, the
 way ``accelerate.debug_launcher`` does, on a free port.
 """
-import importlib.util
 import json
 import os
 import socket
 import tempfile
 
 import pytest
-from recipe_flags import digits as digits_flags
+from recipe_flags import digits as digits_flags, load_recipe
 import torch
 import yaml
 
-RECIPE = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "train.py")
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "configs")
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("spl_train_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_recipe()
 
 
 
@@ -408,7 +399,7 @@ def test_two_processes_match_one_process_when_the_last_batch_is_uneven(tmp_path,
 
 
 def test_a_batchnorm_model_with_an_empty_share_is_refused_before_training(tmp_path, data_cache):
-    from spl_losses.training.phases import _check_shares
+    from spl_losses.training.sampling import check_process_shares as _check_shares
 
     import timm
 

@@ -130,7 +130,10 @@ FLAGS: Tuple[Flag, ...] = (
          "of positives of the clean validation labels", positive_float, group="loss"),
     _loss_option("--ls-coef", "label smoothing of an_ls/bce_ls", probability),
     _loss_option("--alpha", "EM's entropy weight"),
-    _loss_option("--beta", "APL's soft-negative weight"),
+    _loss_option("--beta", "APL's soft-negative weight (em_apl); vlpl: weight of positive pseudo-labels (default: "
+                 "0.7, VLPL's; 1 with --pseudo-label-rule prevalence)", non_negative_float),
+    _loss_option("--beta-neg", "vlpl: weight of negative pseudo-labels (default: 1 where the rule gives negatives, "
+                 "which then need a weight > 0)", non_negative_float),
     _loss_option("--apl-warmup-epochs", "EM+APL's warm-up epochs before pseudo-labelling", non_negative_int,
                  argument="warmup_epochs"),
     _loss_option("--theta", "APL's share of unknowns pseudo-labelled", probability),
@@ -142,7 +145,8 @@ FLAGS: Tuple[Flag, ...] = (
     _loss_option("--change-epoch", "SPLC's first correcting epoch (0-based)", non_negative_int),
     Flag("--loss-kwargs", {}, "further loss constructor arguments (YAML mapping)", mapping, group="loss"),
     Flag("--teacher", None, "pseudo-labels for vlpl/gpr from a teacher: clip:MODEL[@TAG] (open_clip, hf-hub: or "
-         "local-dir:), model:CHECKPOINT (an earlier run) or knn (label propagation over the features)",
+         "local-dir:), model:CHECKPOINT (an earlier run), scores:PATH (an (N, C) array of scores in [0, 1] of the "
+         "training split: .npy, .safetensors or Parquet keyed by index) or knn (label propagation over the features)",
          group="teacher"),
     Flag("--teacher-kwargs", {}, "teacher options (YAML mapping): temperature, grid, gate, fusion, templates, "
          "num_neighbors, device, ...", mapping, group="teacher"),

@@ -14,7 +14,7 @@ through ``--search-storage``.
   with ``--search-sampler tpe`` and ``--search-trials N`` asks Optuna's TPE sampler for N points.
 - In ``linear_fixed_features`` mode a worker takes the next waiting point together with the waiting points
   after it that differ only in the learning rate (:meth:`SearchStudy.next_trials`), locks all their run
-  folders, and trains them in one data pass per epoch (:mod:`spl_losses.training.linear_group`); each is
+  folders, and trains them with one call of the recipe's run (one linear loop, one data pass per epoch); each is
   told to the study as a point trained alone would be.
 - A point's training holds its run folder's OS lock. A trial that is RUNNING in the study while its run
   folder is not locked has lost its worker (killed, crashed): the next worker marks it failed and
