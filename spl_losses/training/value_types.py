@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any, Callable, Dict
 
-import yaml
+from ..safe_yaml import load_yaml
 
 __all__ = ["boolean", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "finite_float",
            "probability", "worker_count", "mapping", "text"]
@@ -78,8 +78,14 @@ def worker_count(value: Any) -> Any:
 
 
 def mapping(value: Any) -> Dict[str, Any]:
-    """A YAML/JSON mapping (``'{num_train: 64}'``) or an already parsed dict."""
-    parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    """A YAML/JSON mapping (``'{num_train: 64}'``) or an already parsed dict (YAML aliases bounded)."""
+    if isinstance(value, str):
+        try:
+            parsed = load_yaml(value, "the value")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a mapping such as '{{key: value}}': {err}") from None
+    else:
+        parsed = value
     if parsed is None:
         return {}
     return dict(parsed) if isinstance(parsed, dict) else _fail("a mapping such as '{key: value}'", value)
