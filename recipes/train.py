@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from spl_losses.checkpoints import load_loss_state
 from spl_losses.data.options import parse_dataset_options
 from spl_losses.training.arguments import flag_defaults, parse_args
+from spl_losses.training.cli import run_cli
 from spl_losses.training.data import RunData, load_data
 from spl_losses.training.device_options import apply_device_options, contiguous_parameters
 from spl_losses.training.evaluation import predict_loader
@@ -457,7 +458,13 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
         pseudo, counts = teacher_pseudo_labels(accelerator, settings.pseudo_labels, settings.teacher_kwargs,
                                                settings.teacher_cache_dir, settings.dataset, data)
         data = dataclasses.replace(data, train_pseudo=pseudo)
-        outcomes = train_phases(accelerator, training, data)
+        try:
+            outcomes = train_phases(accelerator, training, data)
+        except KeyboardInterrupt:  # every finished epoch is checkpointed: say how to continue
+            command = " ".join(["accelerate launch recipes/train.py", *sys.argv[1:]])
+            accelerator.print(f"\ninterrupted: the epochs finished so far are saved in {settings.output_dir}/checkpoints; "
+                              f"continue with\n  {command}{'' if settings.resume else ' --resume'}")
+            raise
         for i, outcome in zip(todo, outcomes):
             if outcome.finished:
                 results[i] = finish_run(accelerator, group[i], data, outcome, counts)
@@ -619,4 +626,4 @@ def main(argv: Optional[List[str]] = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

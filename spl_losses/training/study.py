@@ -25,12 +25,11 @@ through ``--search-storage``.
 
 Watch it live with ``optuna-dashboard sqlite:///SEARCH_DIR/search.db`` (``pip install optuna-dashboard``).
 """
-import contextlib
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from .run_dir import RunDir
+from .run_dir import RunDir, os_file_lock
 from .search import grid_points, run_name
 
 __all__ = ["SearchStudy", "default_storage"]
@@ -50,14 +49,9 @@ def default_storage(search_dir: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(search_dir, 'search.db'))}"
 
 
-@contextlib.contextmanager
 def _search_lock(search_dir: str):
-    """An OS lock on ``SEARCH_DIR/search.lock`` (waits for the holder)."""
-    import fcntl
-
-    with open(os.path.join(search_dir, "search.lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
+    """The OS lock on ``SEARCH_DIR/search.lock`` (waits for the holder)."""
+    return os_file_lock(os.path.join(search_dir, "search.lock"))
 
 
 def _storage(url: str):
