@@ -161,16 +161,14 @@ def test_contrastive_and_boostlu_options_train_end_to_end(tmp_path, data_cache, 
 
 def test_em_apl_warm_up_epochs_skip_the_training_set_predictions(tmp_path, data_cache, monkeypatch):
     """predictions_due: with 2 warm-up epochs of 3, only epochs 2 and 3 (1-based) predict the training set."""
-    from spl_losses.training import phases
-
     calls = []
-    original = phases.predict_linear
+    original = recipe.predict_linear
 
     def counting(head, x):
         calls.append(x.shape[0])
         return original(head, x)
 
-    monkeypatch.setattr(phases, "predict_linear", counting)
+    monkeypatch.setattr(recipe, "predict_linear", counting)
     recipe.main(tiny_flags(data_cache, tmp_path / "apl", "--train-mode", "linear_fixed_features", "--loss", "em_apl",
                            "--epochs", "3", "--apl-warmup-epochs", "2"))
     assert calls.count(64) == 2  # training set (64 rows): not in the first epoch

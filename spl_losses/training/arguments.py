@@ -14,7 +14,7 @@ config key is one error line naming the closest flags (``--bach-size``: ``--batc
 import argparse
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..safe_yaml import load_yaml
 from .cli import COMMON_NAMES, FlagParser, close_names
@@ -62,6 +62,14 @@ class Flag:
     @property
     def dest(self) -> str:
         return self.name[2:].replace("-", "_")
+
+    @property
+    def annotation(self) -> Any:
+        """The Python type of the flag's value (its field type in the run's settings)."""
+        value = bool if self.switch else getattr(self.type, "value_type", Any)
+        if self.repeat:
+            value = List[value]
+        return Optional[value] if self.default is None else value
 
     def convert(self, value: Any) -> Any:
         """Check one value (from a config file or a default) and return it converted."""

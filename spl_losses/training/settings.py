@@ -75,7 +75,7 @@ def _to_config(self) -> Dict[str, Any]:
 #: The flags (as attributes, checked) plus the derived settings below.
 RunSettings = make_dataclass(
     "RunSettings",
-    [(flag.dest, Any) for flag in FLAGS] + [
+    [(flag.dest, flag.annotation) for flag in FLAGS] + [
         ("config", Optional[str]),
         ("expected_num_pos_source", Optional[str]),
         ("dataset_options", Mapping[str, Any]),
