@@ -15,7 +15,6 @@ in training. Every example is scored exactly once across processes.
 import argparse
 import json
 import os
-import sys
 from typing import Any, Dict, Optional, Sequence
 
 from accelerate import Accelerator
@@ -25,6 +24,8 @@ from spl_losses.checkpoints import check_checkpoint_classes, load_exported_model
 from spl_losses.data.options import parse_dataset_options
 from spl_losses.metrics import compute_metrics
 from spl_losses.models import BoostLU
+from spl_losses.training.arguments import DefaultsOnceHelpFormatter
+from spl_losses.training.cli import FlagParser, run_cli
 from spl_losses.training.data import load_data
 from spl_losses.training.evaluation import features_loader, predict_loader
 from spl_losses.training.image_data import loader_for_split, protocol_transform
@@ -33,8 +34,7 @@ from spl_losses.training.label_matrices import dense_labels
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line arguments."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = FlagParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsOnceHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run folder, model folder, local-dir:PATH or hf-hub:ORG/NAME")
     parser.add_argument("--dataset", default=None, help="builder name, saved/Parquet folder or Hub dataset id "
                         "(default: the dataset recorded with the checkpoint)")
@@ -119,4 +119,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, prog="recipes/evaluate.py")

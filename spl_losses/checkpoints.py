@@ -145,7 +145,7 @@ def read_training_config(checkpoint: Union[PathLike, CheckpointSource],
         checkpoint: A checkpoint name or :class:`CheckpointSource`.
         token: Hub token for a private repo.
     """
-    import yaml
+    from .safe_yaml import load_yaml
 
     source = checkpoint if isinstance(checkpoint, CheckpointSource) else parse_checkpoint(checkpoint)
     path = None
@@ -156,7 +156,7 @@ def read_training_config(checkpoint: Union[PathLike, CheckpointSource],
     if path is None:
         return None
     with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
+        config = load_yaml(f, path)
     return config if isinstance(config, dict) else None
 
 

@@ -1,4 +1,18 @@
-"""Flags shared by the tests that run recipes/train.py on tiny digits_mosaic data."""
+"""The recipes as modules, and flags shared by the tests that run recipes/train.py on tiny digits_mosaic data."""
+import functools
+import importlib.util
+import os
+
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "recipes")
+
+
+@functools.lru_cache(maxsize=None)
+def load_recipe(name: str = "train"):
+    """``recipes/NAME.py`` as a module, loaded once per test session (every test runs the same module)."""
+    spec = importlib.util.spec_from_file_location(f"spl_recipe_{name}", os.path.join(RECIPES_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def dataset_options(**options):

@@ -297,11 +297,15 @@ def test_reference_checks_are_not_vacuous(reference):
 
 def test_split_batches_is_scoped_and_free_without_a_process_group():
     loss = spl_losses.create_loss("an")
-    step = TrainStep(Tiny(), loss)
+    with _distributed.split_batches(loss):
+        assert loss._split_group is not None and loss.batch_share() is None  # on, but no process group: nothing
+    assert loss._split_group is None  # the split ends with the block
+    step = TrainStep(Tiny(), loss)  # the step tells its loss once: every call it makes gets a share
+    assert loss._split_group is not None
     features, _, observed, _ = data()
     step(features[:4], observed[:4], torch.arange(4))
-    assert loss.batch_share() is None and loss._split_group is None  # TrainStep's split ends with its call
-    assert loss.set_batch_split() is loss and loss.batch_share() is None  # on, but no process group: nothing
+    assert loss.batch_share() is None  # no process group: nothing
+    assert loss.set_batch_split() is loss and loss.batch_share() is None
     assert step._ddp_params_and_buffers_to_ignore == []
     assert TrainStep(Tiny(), spl_losses.create_loss("ll_cp", **STATE))._ddp_params_and_buffers_to_ignore == \
         ["loss.corrected"]

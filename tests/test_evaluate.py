@@ -1,12 +1,11 @@
 """recipes/evaluate.py: scores exported checkpoints on tiny datasets built here; expected metrics are
 computed independently (model outputs scored with sklearn directly)."""
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from recipe_flags import digits as digits_flags
+from recipe_flags import digits as digits_flags, load_recipe
 import torch
 import yaml
 from sklearn.metrics import average_precision_score
@@ -20,14 +19,7 @@ NAMES = ["a", "b", "c"]
 TEST_LABELS = [[0], [1], [0, 1], [1], [0]]
 
 
-def _load_evaluate():
-    spec = importlib.util.spec_from_file_location("spl_evaluate_recipe", ROOT / "recipes" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate_recipe = _load_evaluate()
+evaluate_recipe = load_recipe("evaluate")
 
 
 def _expected_maps(logits: np.ndarray, labels):
@@ -155,9 +147,7 @@ def test_evaluate_reproduces_the_test_map_of_a_boostlu_run(tmp_path):
     import timm
     from accelerate.state import AcceleratorState
 
-    spec = importlib.util.spec_from_file_location("spl_train_recipe_for_evaluate", ROOT / "recipes" / "train.py")
-    train_recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_recipe)
+    train_recipe = load_recipe()
     data_flags = digits_flags(tmp_path / "data", num_test=24)
     out = tmp_path / "run"
     AcceleratorState._reset_state(reset_partial_state=True)

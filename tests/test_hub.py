@@ -164,13 +164,9 @@ def test_loss_state_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------------ push + load
 def _load_train_recipe():
-    import importlib.util
+    from recipe_flags import load_recipe
 
-    spec = importlib.util.spec_from_file_location("spl_train_recipe_for_hub",
-                                                  Path(__file__).resolve().parents[1] / "recipes" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe()
 
 
 _LOAD_SCRIPT = textwrap.dedent("""

@@ -3,7 +3,7 @@
 - The epoch loop (``train_head_group_epoch``) against a plain loop written here (``nn.Linear``, autograd,
   ``torch.optim.Adam``, one head at a time) for a loss with a batch statistic (epr), a selection (ll_r) and a
   per-example estimator (role): each head's own statistics, selection and estimator.
-- Whole runs (``train_linear_group``) against ``recipes/train.py`` training each point alone: the same
+- Whole runs (the recipe's ``run`` of several points) against ``recipes/train.py`` training each point alone: the same
   per-epoch validation mAP, best epoch, test mAP, exported head and loss state, and the same run folder.
 - Checkpoints: a group stopped with --stop-after continues alone, or in another group with a fresh point
   (points at different epochs), and ends where uninterrupted runs end.
@@ -22,7 +22,6 @@ from torch import nn
 
 import spl_losses
 from spl_losses.training.linear_grid import train_head_group_epoch
-from spl_losses.training.linear_group import train_linear_group
 from spl_losses.training.sampling import epoch_permutation
 
 LRS = ["0.3", "0.03", "0.003"]
@@ -202,7 +201,7 @@ def _assert_same_run(got, want):
 def test_grid_points_trained_together_equal_runs_trained_alone(tmp_path, features_data, loss, extra):
     from accelerate import Accelerator
 
-    together = train_linear_group([_args(features_data, tmp_path / "group" / lr, loss, lr, *extra) for lr in LRS],
+    together = recipe.run([_args(features_data, tmp_path / "group" / lr, loss, lr, *extra) for lr in LRS],
                                   Accelerator())
     assert all(r is not None for r in together)
     for lr, results in zip(LRS, together):
@@ -223,12 +222,12 @@ def test_a_stopped_group_continues_alone_or_in_another_group(tmp_path, features_
     def args(root, lr, *extra):
         return _args(features_data, tmp_path / root / lr, "role", lr, "--estimator-optimizer", "lazy_adam", *extra)
 
-    stopped = train_linear_group([args("run", lr, "--stop-after", "1") for lr in LRS[:2]], Accelerator())
+    stopped = recipe.run([args("run", lr, "--stop-after", "1") for lr in LRS[:2]], Accelerator())
     assert stopped == [None, None]
     assert [m["epoch"] for m in _metrics(tmp_path / "run" / LRS[0])] == [1]
     recipe.train(args("run", LRS[0], "--resume"))  # its checkpoint continues in a run of its own
     # the other continues from epoch 2 in a group with a fresh point (it trains epoch 1 alone, then both)
-    train_linear_group([args("run", lr, "--resume") for lr in LRS[1:]], Accelerator())
+    recipe.run([args("run", lr, "--resume") for lr in LRS[1:]], Accelerator())
     for lr in LRS:
         recipe.train(args("straight", lr))
         assert [m["epoch"] for m in _metrics(tmp_path / "run" / lr)] == [1, 2, 3]
@@ -238,11 +237,11 @@ def test_a_stopped_group_continues_alone_or_in_another_group(tmp_path, features_
 def test_finished_points_are_reused_and_unlike_points_refused(tmp_path, features_data):
     from accelerate import Accelerator
 
-    first = train_linear_group([_args(features_data, tmp_path / "a", "an", "0.1", epochs=2)], Accelerator())
+    first = recipe.run([_args(features_data, tmp_path / "a", "an", "0.1", epochs=2)], Accelerator())
     stamp = os.path.getmtime(tmp_path / "a" / "results.json")
-    again = train_linear_group([_args(features_data, tmp_path / "a", "an", "0.1", "--resume", epochs=2)],
+    again = recipe.run([_args(features_data, tmp_path / "a", "an", "0.1", "--resume", epochs=2)],
                                Accelerator())
     assert again == first and os.path.getmtime(tmp_path / "a" / "results.json") == stamp
     with pytest.raises(ValueError, match=r"differ only in lr.*batch_size"):
-        train_linear_group([_args(features_data, tmp_path / "b", "an", "0.1"),
+        recipe.run([_args(features_data, tmp_path / "b", "an", "0.1"),
                             _args(features_data, tmp_path / "c", "an", "0.1", batch_size=16)], Accelerator())

@@ -3,29 +3,20 @@
 Runs are in-process (``main(argv)``); the two-process checks fork two CPU processes with gloo, the
 way ``accelerate.debug_launcher`` does, on a free port.
 """
-import importlib.util
 import json
 import os
 import socket
 import tempfile
 
 import pytest
-from recipe_flags import digits as digits_flags
+from recipe_flags import digits as digits_flags, load_recipe
 import torch
 import yaml
 
-RECIPE = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "train.py")
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "configs")
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("spl_train_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_recipe()
 
 
 
@@ -170,16 +161,14 @@ def test_contrastive_and_boostlu_options_train_end_to_end(tmp_path, data_cache, 
 
 def test_em_apl_warm_up_epochs_skip_the_training_set_predictions(tmp_path, data_cache, monkeypatch):
     """predictions_due: with 2 warm-up epochs of 3, only epochs 2 and 3 (1-based) predict the training set."""
-    from spl_losses.training import phases
-
     calls = []
-    original = phases.predict_linear
+    original = recipe.predict_linear
 
     def counting(head, x):
         calls.append(x.shape[0])
         return original(head, x)
 
-    monkeypatch.setattr(phases, "predict_linear", counting)
+    monkeypatch.setattr(recipe, "predict_linear", counting)
     recipe.main(tiny_flags(data_cache, tmp_path / "apl", "--train-mode", "linear_fixed_features", "--loss", "em_apl",
                            "--epochs", "3", "--apl-warmup-epochs", "2"))
     assert calls.count(64) == 2  # training set (64 rows): not in the first epoch
@@ -408,7 +397,7 @@ def test_two_processes_match_one_process_when_the_last_batch_is_uneven(tmp_path,
 
 
 def test_a_batchnorm_model_with_an_empty_share_is_refused_before_training(tmp_path, data_cache):
-    from spl_losses.training.phases import _check_shares
+    from spl_losses.training.sampling import check_process_shares as _check_shares
 
     import timm
 

@@ -186,7 +186,7 @@ def test_shared_search_on_postgresql(tmp_path, features_data, postgres):
 
 
 def test_next_trials_takes_the_waiting_points_of_one_group(tmp_path):
-    from spl_losses.training.linear_group import group_key
+    from spl_losses.training.search import group_key
     from spl_losses.training.study import SearchStudy
 
     study = SearchStudy(str(tmp_path), grid=GRID, allowed=list(GRID))
@@ -203,27 +203,29 @@ def test_next_trials_takes_the_waiting_points_of_one_group(tmp_path):
 def test_linear_search_trains_each_batch_size_in_one_pass(tmp_path, features_data, monkeypatch):
     config = _config(tmp_path, features_data, epochs=3, loss="epr")
     passes = []
-    train_group = recipe.train_linear_group
+    run = recipe.run
 
-    def spy(point_args, accelerator):
+    def spy(point_args, accelerator=None):  # every call of the one run function: its points
         passes.append([(a.batch_size, a.lr) for a in point_args])
-        return train_group(point_args, accelerator)
+        return run(point_args, accelerator)
 
-    monkeypatch.setattr(recipe, "train_linear_group", spy)
+    monkeypatch.setattr(recipe, "run", spy)
     batched = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "batched")])
     assert passes == [[(bs, lr) for lr in GRID["lr"]] for bs in GRID["batch_size"]]
-    monkeypatch.setattr(recipe, "can_train_as_group", lambda args, accelerator: False)  # point by point
+    monkeypatch.setattr(recipe, "can_train_together", lambda args, accelerator: False)  # point by point
     sequential = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "sequential")])
-    assert len(passes) == 2 and len(sequential["runs"]) == len(batched["runs"]) == 8
+    assert passes[2:] == [[(bs, lr)] for bs in GRID["batch_size"] for lr in GRID["lr"]]  # the same run, one by one
+    assert len(sequential["runs"]) == len(batched["runs"]) == 8
     passes.clear()  # --search-group-size: at most that many points per pass; 1: point by point
     monkeypatch.undo()
-    monkeypatch.setattr(recipe, "train_linear_group", spy)
+    monkeypatch.setattr(recipe, "run", spy)
     recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "pairs"), "--search-group-size", "3"])
     assert passes == [[(bs, lr) for lr in GRID["lr"][:3]] if i % 2 == 0 else [(bs, GRID["lr"][3])]
                       for bs in GRID["batch_size"] for i in range(2)]
     passes.clear()
     single = recipe.main(["-c", config, "--search", "--output-dir", str(tmp_path / "single"), "--search-group-size", "1"])
-    assert passes == [] and [r["name"] for r in single["runs"]] == [r["name"] for r in sequential["runs"]]
+    assert passes == [[(bs, lr)] for bs in GRID["batch_size"] for lr in GRID["lr"]]
+    assert [r["name"] for r in single["runs"]] == [r["name"] for r in sequential["runs"]]
     assert [r["val_map"] for r in single["runs"]] == pytest.approx([r["val_map"] for r in sequential["runs"]], abs=1e-4)
     assert json.load(open(tmp_path / "batched" / "search.json"))["winner"]["name"] == sequential["winner"]["name"]
     by_name = {r["name"]: r for r in batched["runs"]}

@@ -8,7 +8,8 @@
 ``--data-dir`` (alias ``--root``) and ``--dataset-option`` (alias ``--option``) are the training
 recipe's flags too. Everything is checked before the build starts: the options, that ``--output`` can
 be created and is empty, and, with ``--push-to-hub``, that a token exists and the Hub accepts it.
-Every failure prints ``error: ...`` and exits with status 2.
+Every failure prints ``error: ...`` and exits with status 2; flags are never abbreviated, and an
+unknown flag is named with the closest ones.
 
 ``--format arrow`` (default) writes ``DatasetDict.save_to_disk`` (read back with
 ``datasets.load_from_disk(OUT_DIR)``); ``--format parquet`` writes ``OUT_DIR/data/{split}-*.parquet``
@@ -25,9 +26,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import datasets
 
+from ..training.cli import FlagParser
 from .build_cache import is_built
 from .builder import create_builder
 from .card import make_dataset_card, merge_card_metadata
+from .generic import ClassListWarning
 from .image_checks import VERIFY_AUTO_LIMIT
 from .options import check_dataset_options, parse_dataset_options
 from .registry import get_dataset_info, list_datasets
@@ -55,6 +58,14 @@ dataset options (--dataset-option KEY=VALUE, values read as YAML; see each build
                         their folder are always refused
   listing=PATH, test_fraction=0.2
                         multilabel_files: one CSV / JSON-lines listing of all images, test carved out
+  classes_file=PATH     multilabel_files, multilabel_features: the class list, one name a line, in
+                        label-index order (relative to --data-dir when given); a listing row naming
+                        another class is refused, so a typo (circel for circle) cannot become a class
+  class_names=[a, b, ...]
+                        the same, as a YAML list; without either, the classes are the sorted names
+                        found in the listings (and the build warns about classes seen in fewer than
+                        3 rows, missing from validation or test, only in test, or differing only in
+                        case)
   val_fraction=0.2, num_negatives=0, drop_without_positive=..., num_train=... (digits_mosaic)
 """
 
@@ -65,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     Args:
         (none)
     """
-    parser = argparse.ArgumentParser(prog="python -m spl_losses.data",
-                                     description="Build SPML datasets (single-positive multi-label benchmarks).")
+    parser = FlagParser(prog="python -m spl_losses.data",
+                        description="Build SPML datasets (single-positive multi-label benchmarks).")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build a dataset, write it with its card, optionally push it",
                            epilog=_OPTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,7 +265,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(name if k is None else f"{name} (k={k})")
         return 0
     try:
-        return build_command(args)
+        with warnings.catch_warnings():
+            default_show = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, ClassListWarning):  # a message for the user, not a code location
+                    print(f"warning: {message}", file=sys.stderr)
+                else:
+                    default_show(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            return build_command(args)
     except (ValueError, TypeError) as err:  # input errors (HubPushError is a ValueError): the message says it all
         print(f"error: {err}", file=sys.stderr)
     except Exception as err:  # anything else (disk full, an interrupted download): no traceback either

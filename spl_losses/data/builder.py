@@ -162,6 +162,17 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         """Length D of the ``features`` vectors when known before the build (a fixed-length list column)."""
         return None
 
+    def _check_class_usage(self, prepared: Sequence[PreparedSplit], class_names: Sequence[str]) -> None:
+        """Look at how the built splits use the classes, e.g. to warn about a class that is likely a typo.
+
+        Called once per build, after the protocol made the final splits; nothing by default (a
+        benchmark's class list is fixed). The generic builders warn (:mod:`spl_losses.data.generic`).
+
+        Args:
+            prepared: The final ``train``, ``validation`` and ``test`` splits.
+            class_names: The dataset's class names, in label-index order.
+        """
+
     def _images_to_verify(self, split: str, paths: Sequence[str]) -> Sequence[str]:
         """The image files of a split that ``verify_images`` opens (by default all of them, or above the
         automatic limit the symbolic links: :func:`~spl_losses.data.image_checks.images_to_verify`).
@@ -236,6 +247,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager) -> List[datasets.SplitGenerator]:
         prepared = self._prepare_splits()
+        self._check_class_usage(prepared, self.info.features["labels"].feature.names)
         cfg = self.config
         self._report = {
             "dataset": self.name_for_messages,

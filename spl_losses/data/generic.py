@@ -17,33 +17,130 @@ Image paths are relative to the listing's folder and must stay inside it (``../x
 absolute paths are accepted as they are. An image listed twice (in one listing, or in two split
 listings) is refused, naming both rows: merge them into one row with the union of the labels.
 Classes: ``class_names`` or ``classes_file`` (one per line),
-or else the sorted union of all names in the listings.
+or else the sorted union of all names in the listings. A pinned class list (either option) refuses a
+row naming any other class, so a typo cannot become a class; an unpinned one is checked once the splits
+are made, and the build warns (:class:`ClassListWarning`) about each class seen in fewer than
+:data:`MIN_CLASS_ROWS` rows, missing from validation or test, present only in test, or whose name differs
+from another's only in case, naming the class, its rows per split and the closest other class name.
 
 ``multilabel_features`` reads pre-extracted features, as the reference distributes its ResNet-50
 features: ``{split}_features.npy`` (N, D) and ``{split}_labels.npy`` (N, C) multi-hot {0, 1} under
 ``root`` (or explicit ``train_features=``, ``train_labels=``, ...), class names from ``class_names`` /
 ``classes_file`` / ``class_names.txt`` under root, else ``"0"`` … ``"C-1"``. Features must be finite
 numbers once stored as float32 (a NaN or infinite value, or a float64 beyond float32's range, is refused,
-naming the row and the file), and every split must have the train split's width.
+naming the row and the file), and every split must have the train split's width. Rare classes, and
+classes missing from a split, are warned about as for ``multilabel_files``.
 """
+import difflib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from .builder import SPMLBuilder, SPMLConfig
+from .protocol import PreparedSplit
 from .image_checks import join_inside
 from .listing import SPLIT_ALIASES, read_class_file, read_listing_rows, resolve_file
 from .raw_files import RawSplit, index_lists
 from .registry import register_dataset
 from .sampling import split_train_validation
 
-__all__ = ["MultilabelFilesConfig", "MultilabelFiles", "MultilabelFeaturesConfig", "MultilabelFeatures"]
+__all__ = ["MultilabelFilesConfig", "MultilabelFiles", "MultilabelFeaturesConfig", "MultilabelFeatures",
+           "ClassListWarning", "class_usage_problems", "MIN_CLASS_ROWS"]
 
 _LISTING_EXTENSIONS = (".csv", ".jsonl", ".json")
 _TEST_SALT = 0x544553  # "TES": the salt of the test carve of a single listing
 _FINITE_CHECK_ROWS = 65_536
+#: A class in fewer rows than this (all splits together) is warned about.
+MIN_CLASS_ROWS = 3
+#: At most this many classes are named one by one; the rest are counted in one more warning.
+_MAX_CLASS_WARNINGS = 10
+_PIN_HINT = ("if it is a typo, fix the listing; to pin the class list, give the option classes_file=PATH (one "
+             "name a line) or class_names=[a, b, ...] (--dataset-option KEY=VALUE on the command line): rows "
+             "naming any other class are then refused")
+
+
+class ClassListWarning(UserWarning):
+    """A class of a user's dataset looks like a mistake: a typo, or too rare to train on or to score."""
+
+
+def _closest(name: str, others: Sequence[str]) -> Optional[str]:
+    """The other class name closest to ``name`` (the same name in another case first), or None."""
+    folded = [o for o in others if o.casefold() == name.casefold()]
+    if folded:
+        return folded[0]
+    close = difflib.get_close_matches(name, list(others), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def class_usage_problems(counts: Dict[str, np.ndarray], class_names: Sequence[str],
+                         suggest_names: bool = True) -> List[str]:
+    """What looks wrong in how the splits use the classes, one sentence per suspicious class.
+
+    A class is suspicious when it has fewer than :data:`MIN_CLASS_ROWS` rows in all, is missing from
+    validation or test (it cannot be validated or scored there), is present only in test (nothing trains
+    it), or its name differs from another's only in case.
+
+    Args:
+        counts: Per split (``train``, ``validation``, ``test``), the number of rows of each class (length C).
+        class_names: The class names, in label-index order.
+        suggest_names: Name the closest other class (off for names such as ``"0"`` ... ``"C-1"``).
+
+    Returns:
+        The sentences, in class order (empty when nothing looks wrong).
+    """
+    splits = [s for s in ("train", "validation", "test") if s in counts]
+    by_fold: Dict[str, List[str]] = {}
+    for name in class_names:
+        by_fold.setdefault(name.casefold(), []).append(name)
+    problems = []
+    for c, name in enumerate(class_names):
+        per_split = {s: int(counts[s][c]) for s in splits}
+        total = sum(per_split.values())
+        issues = []
+        if total < MIN_CLASS_ROWS:
+            issues.append(f"is in only {total} row{'s' if total != 1 else ''}")
+        trained = per_split.get("train", 0) + per_split.get("validation", 0)
+        if trained == 0 and per_split.get("test", 0) > 0:
+            issues.append("is only in test (no example trains it)")
+        elif trained > 0:
+            missing = [s for s in ("validation", "test") if s in per_split and per_split[s] == 0]
+            if missing:
+                cannot = {("validation",): "validated", ("test",): "scored"}.get(tuple(missing), "validated or scored")
+                issues.append(f"is missing from {' and '.join(missing)} (it cannot be {cannot})")
+        twins = [n for n in by_fold[name.casefold()] if n != name]
+        if twins:
+            issues.append(f"differs only in case from {', '.join(repr(t) for t in twins)}")
+        if not issues:
+            continue
+        rows = ", ".join(f"{s} {n}" for s, n in per_split.items())
+        sentence = f"class {name!r} (rows: {rows}) {', '.join(issues)}"
+        if suggest_names:
+            others = [n for n in class_names if n != name]
+            closest = _closest(name, others)
+            sentence += f"; closest other class: {closest!r}" if closest is not None else "; no other class is close"
+        problems.append(sentence)
+    return problems
+
+
+def _class_counts(prepared: Sequence[PreparedSplit], num_classes: int) -> Dict[str, np.ndarray]:
+    counts = {}
+    for split in prepared:
+        flat = [c for row in split.labels for c in row]
+        counts[split.name] = np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def _warn_class_usage(dataset: str, prepared: Sequence[PreparedSplit], class_names: Sequence[str],
+                      hint: str, suggest_names: bool = True) -> None:
+    problems = class_usage_problems(_class_counts(prepared, len(class_names)), class_names, suggest_names)
+    for sentence in problems[:_MAX_CLASS_WARNINGS]:
+        warnings.warn(f"{dataset}: {sentence}; {hint}", ClassListWarning, stacklevel=3)
+    if len(problems) > _MAX_CLASS_WARNINGS:
+        warnings.warn(f"{dataset}: {len(problems) - _MAX_CLASS_WARNINGS} more classes look suspicious (rare, "
+                      f"missing from a split, or differing only in case); {hint}", ClassListWarning, stacklevel=3)
 
 
 def _open_npy(path: str) -> np.ndarray:
@@ -195,6 +292,13 @@ class MultilabelFiles(SPMLBuilder):
             raise ValueError("the listings name no class; give class_names or classes_file")
         return sorted(found)
 
+    def _check_class_usage(self, prepared: Sequence[PreparedSplit], class_names: Sequence[str]) -> None:
+        cfg = self.config
+        pinned = cfg.class_names is not None or cfg.classes_file is not None
+        hint = ("the class list is pinned (class_names / classes_file): check the listing's rows" if pinned
+                else _PIN_HINT)
+        _warn_class_usage(self.name_for_messages, prepared, class_names, hint)
+
     def _load_raw_split(self, split: str) -> Optional[RawSplit]:
         listing = self._all_listings()[split]
         if listing is None:
@@ -205,7 +309,9 @@ class MultilabelFiles(SPMLBuilder):
         for entry, row in zip(listing.entries, listing.names):
             unknown = [n for n in row if n not in position]
             if unknown:
-                raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}; "
+                closest = _closest(unknown[0], class_names)
+                hint = f" (did you mean {closest!r}?)" if closest is not None else ""
+                raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}{hint}; "
                                  f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
             labels.append([position[n] for n in row])
         return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path)
@@ -267,6 +373,12 @@ class MultilabelFeatures(SPMLBuilder):
     root_path_options = path_options[1:]
     source_description = "Pre-extracted image features with multi-label annotations."
     class_list_note = "the classes given by the user, else '0' ... 'C-1'"
+
+    def _check_class_usage(self, prepared: Sequence[PreparedSplit], class_names: Sequence[str]) -> None:
+        default_names = list(class_names) == [str(i) for i in range(len(class_names))]
+        _warn_class_usage(self.name_for_messages, prepared, class_names,
+                          "check the labels arrays (a class without rows in a split cannot be trained or scored "
+                          "there)", suggest_names=not default_names)
 
     def _arrays(self, split: str) -> Optional[Tuple[str, str]]:
         cfg = self.config

@@ -1,7 +1,7 @@
 """``KEY=VALUE`` builder options, parsed the same way by the data CLI and the training recipe."""
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-import yaml
+from ..safe_yaml import load_yaml
 
 __all__ = ["parse_dataset_options", "check_dataset_options"]
 
@@ -21,7 +21,8 @@ def parse_dataset_options(options: Optional[Union[Sequence[str], Mapping[str, An
         The options as a dict.
 
     Raises:
-        ValueError: an item is not ``KEY=VALUE`` or a key is empty.
+        ValueError: an item is not ``KEY=VALUE``, a key is empty, or a value is not YAML (or an alias bomb:
+            values are read with :func:`spl_losses.safe_yaml.load_yaml`).
     """
     if options is None:
         return {}
@@ -35,7 +36,7 @@ def parse_dataset_options(options: Optional[Union[Sequence[str], Mapping[str, An
             if not isinstance(item, str) or "=" not in item:
                 raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
-            items.append((key, yaml.safe_load(value)))
+            items.append((key, load_yaml(value, f"{flag} {key.strip()}")))
     parsed = {}
     for key, value in items:
         key = str(key).strip().replace("-", "_")

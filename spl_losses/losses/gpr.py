@@ -74,6 +74,10 @@ class GPRLoss(PseudoLabelState, GeneralizedRobustLoss):
     paper = "Tran et al., ICCV 2025"
     citation = TRAN_2025
 
+    #: The constructor argument weighing negative pseudo-labels (positives are weighed by lambda1/lambda2).
+    pseudo_positive_weight_arg = None
+    pseudo_negative_weight_arg = "neg_weight"
+
     def __init__(
             self,
             num_classes: int,

@@ -156,6 +156,10 @@ class VLPLLoss(PseudoLabelState, SPLoss):
     paper = "Xing et al., CVPRW 2024"
     citation = XING_2024
     batch_reduction = "mean"
+    #: The constructor arguments weighing positive and negative pseudo-labels (read by the training recipe,
+    #: which sets both explicitly for the rule that makes the pseudo-labels).
+    pseudo_positive_weight_arg = "beta"
+    pseudo_negative_weight_arg = "beta_neg"
 
     def __init__(
             self,

@@ -13,7 +13,7 @@ teacher, computed once per dataset split and cached (:func:`teacher_scores`), an
 
 Teachers: :class:`CLIPTeacher` (any ``open_clip`` / SigLIP model; global view and grid crops),
 :class:`ModelTeacher` (an earlier run: self-training rounds), :class:`KNNTeacher` (label propagation over
-the frozen features). Rules: :class:`ThresholdRule`, :class:`TopKRule`, :class:`PrevalenceRule`,
+the frozen features), :class:`ScoresTeacher` (precomputed scores from a file, read each time, never cached). Rules: :class:`ThresholdRule`, :class:`TopKRule`, :class:`PrevalenceRule`,
 :class:`SoftRule`. Files travel with the dataset: :func:`export_teacher_scores` puts one in a dataset folder
 or Hub dataset repo, where :func:`teacher_scores` looks first (``dataset_source``).
 """
@@ -24,4 +24,5 @@ from .factory import AEVLP_PSEUDO_LABEL_DEFAULTS, VLPL_PSEUDO_LABEL_DEFAULTS, cr
 from .knn import KNNTeacher, propagate_labels
 from .model import ModelTeacher
 from .rules import RULES, PrevalenceRule, PseudoLabelRule, SoftRule, ThresholdRule, TopKRule, create_rule
+from .scores import ScoresTeacher
 from .views import fuse_views, grid_boxes

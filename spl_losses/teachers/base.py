@@ -13,6 +13,7 @@ cache, computes and stores it when absent, and returns the scores. Rows follow t
 column (row i is the example ``index == i``), as the losses' ``pseudo_labels`` expect.
 """
 import os
+import tempfile
 from typing import Any, Dict, List, Optional
 
 import datasets
@@ -52,8 +53,11 @@ class Teacher:
     output is not already the scores, :meth:`scores_from_raw`.
     """
 
-    #: Short name of the teacher family, the prefix of its cache files (``clip``, ``model``, ``knn``).
+    #: Short name of the teacher family, the prefix of its cache files (``clip``, ``model``, ``knn``, ``scores``).
     kind: str = "teacher"
+    #: Whether :func:`teacher_scores` caches the raw output. False for a teacher whose raw output is already
+    #: a file (``scores:PATH``): it is read each time, never looked for beside the dataset, never written.
+    cacheable: bool = True
 
     def describe(self) -> Dict[str, Any]:
         """Everything the raw output depends on besides the split, JSON-able: the cache key.
@@ -93,15 +97,13 @@ def _locate_or_compute(teacher: Teacher, split: datasets.Dataset, cache_dir: Opt
     description = teacher.describe()
     filename = cache.scores_filename(teacher.kind, cache.cache_key(description, fingerprint))
     local = os.path.join(cache_dir or cache.default_teacher_cache_dir(), filename)
-    if not recompute:
+    if not recompute and teacher.cacheable:
         candidates = [cache.find_beside_dataset(dataset_source, filename, token)] if dataset_source else []
         for path in candidates + [local]:
             raw = cache.load_raw_scores(path, fingerprint, len(split)) if path else None
             if raw is not None:
                 return path, raw
-    raw = teacher.compute_raw(split)
-    if raw.shape[0] != len(split):
-        raise RuntimeError(f"{type(teacher).__name__}.compute_raw returned {raw.shape[0]} rows for a split of {len(split)}")
+    raw = _checked_raw(teacher, split)
     try:
         class_names = split_class_names(split)
     except ValueError:
@@ -109,6 +111,14 @@ def _locate_or_compute(teacher: Teacher, split: datasets.Dataset, cache_dir: Opt
     metadata = {"teacher": description, "dataset_fingerprint": fingerprint, "num_rows": len(split),
                 "class_names": class_names}
     return cache.save_raw_scores(local, raw, metadata), raw.float()
+
+
+def _checked_raw(teacher: Teacher, split: datasets.Dataset) -> torch.Tensor:
+    """``teacher.compute_raw(split)``, refused unless it has one row per example of ``split``."""
+    raw = teacher.compute_raw(split)
+    if raw.shape[0] != len(split):
+        raise RuntimeError(f"{type(teacher).__name__}.compute_raw returned {raw.shape[0]} rows for a split of {len(split)}")
+    return raw
 
 
 def teacher_scores(
@@ -133,7 +143,12 @@ def teacher_scores(
 
     Returns:
         A float32 (N, C) tensor in [0, 1].
+
+    A teacher with ``cacheable = False`` (``scores:PATH``) is read directly: ``cache_dir``, ``dataset_source``,
+    ``token`` and ``recompute`` are then unused and nothing is written.
     """
+    if not teacher.cacheable:
+        return teacher.scores_from_raw(_checked_raw(teacher, split)).float()
     raw = _locate_or_compute(teacher, split, cache_dir, dataset_source, token, recompute)[1]
     return teacher.scores_from_raw(raw).float()
 
@@ -150,11 +165,16 @@ def export_teacher_scores(teacher: Teacher, split: datasets.Dataset, destination
         teacher: The teacher.
         split: The split it scored.
         destination: A local dataset folder, or a Hub dataset repo (``hf-hub:ORG/NAME`` or ``ORG/NAME``).
-        cache_dir: Cache folder (default ``$SPL_LOSSES_CACHE/teacher_scores``).
+        cache_dir: Cache folder (default ``$SPL_LOSSES_CACHE/teacher_scores``; unused by a teacher with
+            ``cacheable = False``, whose file is written to a temporary folder, exported, then removed).
         token: Hub token with write access.
 
     Returns:
         The local path or the ``hf-hub:`` path of the exported file.
     """
+    if not teacher.cacheable:  # its file is not in the teacher format: write one where no cache sees it
+        with tempfile.TemporaryDirectory() as folder:
+            return cache.export_file(_locate_or_compute(teacher, split, folder, None, token, True)[0], destination,
+                                     token)
     path = _locate_or_compute(teacher, split, cache_dir, None, token, False)[0]
     return cache.export_file(path, destination, token)

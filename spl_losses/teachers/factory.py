@@ -6,7 +6,9 @@ Teacher strings:
   ``clip:hf-hub:timm/ViT-B-16-SigLIP``, ``clip:local-dir:/path/to/model``;
 - ``model:CHECKPOINT``: :class:`ModelTeacher` of an exported run (``model:runs/round1``,
   ``model:hf-hub:ORG/NAME``);
-- ``knn``: :class:`KNNTeacher` over the split's (or the given) features.
+- ``knn``: :class:`KNNTeacher` over the split's (or the given) features;
+- ``scores:PATH``: :class:`ScoresTeacher` of precomputed (N, C) probabilities (``.npy``, ``.safetensors`` or
+  ``.parquet`` keyed by the dataset's ``index``): any tagger's scores, or the true labels as an oracle.
 """
 from typing import Any, Dict
 
@@ -14,6 +16,7 @@ from .base import Teacher
 from .clip import CLIPTeacher
 from .knn import KNNTeacher
 from .model import ModelTeacher
+from .scores import ScoresTeacher
 
 __all__ = ["create_teacher", "VLPL_PSEUDO_LABEL_DEFAULTS", "AEVLP_PSEUDO_LABEL_DEFAULTS"]
 
@@ -37,16 +40,17 @@ def create_teacher(spec: str, **kwargs) -> Teacher:
     """A teacher from its string (see the module docstring).
 
     Args:
-        spec: ``clip:MODEL[@TAG]``, ``model:CHECKPOINT`` or ``knn``.
+        spec: ``clip:MODEL[@TAG]``, ``model:CHECKPOINT``, ``knn`` or ``scores:PATH``.
         **kwargs: The teacher's other arguments (``temperature``, ``grid``, ``gate``, ``fusion``, ``templates``,
-            ``class_names``, ``features``, ``num_neighbors``, ``device``, ...).
+            ``class_names``, ``features``, ``num_neighbors``, ``device``, ...; ``scores:`` takes only
+            ``class_names``).
 
     Returns:
         The teacher.
     """
     if not isinstance(spec, str):
-        raise TypeError(f"teacher must be a string like 'clip:ViT-L-14-336@openai', 'model:RUN_DIR' or 'knn', "
-                        f"got {type(spec).__name__}")
+        raise TypeError("teacher must be a string like 'clip:ViT-L-14-336@openai', 'model:RUN_DIR', 'knn' or "
+                        f"'scores:PATH', got {type(spec).__name__}")
     kind, _, rest = spec.partition(":")
     if kind == "clip" and rest:
         model_name, pretrained = rest, None
@@ -55,7 +59,10 @@ def create_teacher(spec: str, **kwargs) -> Teacher:
         return CLIPTeacher(model_name, pretrained=pretrained, **kwargs)
     if kind == "model" and rest:
         return ModelTeacher(rest, **kwargs)
+    if kind == "scores" and rest:
+        return ScoresTeacher(rest, **kwargs)
     if spec == "knn":
         return KNNTeacher(**kwargs)
     raise ValueError(f"unknown teacher {spec!r}: expected 'clip:MODEL[@TAG]' (an open_clip model, hf-hub: or "
-                     "local-dir:), 'model:CHECKPOINT' (an exported run) or 'knn'")
+                     "local-dir:), 'model:CHECKPOINT' (an exported run), 'knn' or 'scores:PATH' (an (N, C) "
+                     ".npy, .safetensors or .parquet file of scores in [0, 1])")

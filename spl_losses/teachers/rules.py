@@ -43,6 +43,11 @@ class PseudoLabelRule:
 
     soft: bool = False
 
+    @property
+    def emits_negatives(self) -> bool:
+        """Whether the rule, as configured, can give negative pseudo-labels (a loss must then weigh them)."""
+        return False
+
     def select(self, scores: torch.Tensor, observed_labels: Optional[torch.Tensor]):
         """The (N, C) bool masks ``(positive, negative)`` of the rule (negatives win where both).
 
@@ -107,6 +112,10 @@ class ThresholdRule(PseudoLabelRule):
             _number("negative_threshold", self.negative_threshold)
         _number("negative_fraction", self.negative_fraction, 0.0, 1.0)
 
+    @property
+    def emits_negatives(self) -> bool:
+        return self.negative_threshold is not None or self.negative_fraction > 0
+
     def select(self, scores, observed_labels):
         positive = scores > self.threshold if self.strict else scores >= self.threshold
         negative = _lowest_per_row(scores, self.negative_fraction)
@@ -135,6 +144,10 @@ class TopKRule(PseudoLabelRule):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
             raise ValueError(f"k must be a positive int, got {self.k!r}")
         _number("threshold", self.threshold)
+
+    @property
+    def emits_negatives(self) -> bool:
+        return self.negative_threshold is not None
 
     def select(self, scores, observed_labels):
         top = torch.zeros_like(scores, dtype=torch.bool)
@@ -168,6 +181,10 @@ class PrevalenceRule(PseudoLabelRule):
         _number("expected_num_pos", self.expected_num_pos, 1.0)
         _number("positive_margin", self.positive_margin, 0.0, 1.0)
         _number("negative_margin", self.negative_margin, 0.0)
+
+    @property
+    def emits_negatives(self) -> bool:
+        return True
 
     def select(self, scores, observed_labels):
         if observed_labels is None:

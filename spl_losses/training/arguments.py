@@ -6,21 +6,26 @@ line or the file, goes through the same type and range check, so ``epochs: 1.7``
 ``train_mode: end2end`` in a config is refused as ``--epochs 1.7`` would be. Keys that are not flags
 are refused, except the config-only keys ``search_grid`` (the grid of ``--search``), ``search_space``
 (ranges of a ``--search-sampler tpe`` search) and ``losses`` (several losses to compare, one run each).
+
+Flags are never abbreviated (``--epoch 3`` is refused, not taken as ``--epochs``); an unknown flag or
+config key is one error line naming the closest flags (``--bach-size``: ``--batch-size``;
+``learning_rate``: ``lr``). YAML is read with :func:`spl_losses.safe_yaml.load_yaml` (aliases bounded).
 """
 import argparse
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
+from ..safe_yaml import load_yaml
+from .cli import COMMON_NAMES, FlagParser, close_names
 from .device_options import COMPILE_MODES
 from .optim import ESTIMATOR_OPTIMIZERS, LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR
 from .value_types import (boolean, finite_float, mapping, non_negative_float, non_negative_int, positive_float,
                           positive_int, probability, text, worker_count)
 
 __all__ = ["Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS", "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser",
-           "parse_args", "load_config_file", "flag_defaults", "loss_options"]
+           "parse_args", "load_config_file", "flag_defaults", "loss_options", "DefaultsOnceHelpFormatter",
+           "unknown_keys_message"]
 
 TRAIN_MODES = ("linear_fixed_features", "end_to_end", "linear_init")
 #: Keys a YAML config may hold that are not flags.
@@ -58,6 +63,14 @@ class Flag:
     def dest(self) -> str:
         return self.name[2:].replace("-", "_")
 
+    @property
+    def annotation(self) -> Any:
+        """The Python type of the flag's value (its field type in the run's settings)."""
+        value = bool if self.switch else getattr(self.type, "value_type", Any)
+        if self.repeat:
+            value = List[value]
+        return Optional[value] if self.default is None else value
+
     def convert(self, value: Any) -> Any:
         """Check one value (from a config file or a default) and return it converted."""
         if value is None:
@@ -74,7 +87,8 @@ class Flag:
 
 
 def _loss_option(name: str, help_text: str, kind=finite_float, argument: Optional[str] = None) -> Flag:
-    return Flag(name, None, f"loss option ({help_text}); unset: the loss's default", kind, group="loss",
+    default = "" if "(default" in help_text else " (default: unset, the loss's own default)"  # said once
+    return Flag(name, None, f"loss option ({help_text}){default}", kind, group="loss",
                 loss_option=argument or name[2:].replace("-", "_"))
 
 
@@ -124,7 +138,10 @@ FLAGS: Tuple[Flag, ...] = (
          "of positives of the clean validation labels", positive_float, group="loss"),
     _loss_option("--ls-coef", "label smoothing of an_ls/bce_ls", probability),
     _loss_option("--alpha", "EM's entropy weight"),
-    _loss_option("--beta", "APL's soft-negative weight"),
+    _loss_option("--beta", "APL's soft-negative weight (em_apl); vlpl: weight of positive pseudo-labels (default: "
+                 "0.7, VLPL's; 1 with --pseudo-label-rule prevalence)", non_negative_float),
+    _loss_option("--beta-neg", "vlpl: weight of negative pseudo-labels (default: 1 where the rule gives negatives, "
+                 "which then need a weight > 0)", non_negative_float),
     _loss_option("--apl-warmup-epochs", "EM+APL's warm-up epochs before pseudo-labelling", non_negative_int,
                  argument="warmup_epochs"),
     _loss_option("--theta", "APL's share of unknowns pseudo-labelled", probability),
@@ -136,7 +153,8 @@ FLAGS: Tuple[Flag, ...] = (
     _loss_option("--change-epoch", "SPLC's first correcting epoch (0-based)", non_negative_int),
     Flag("--loss-kwargs", {}, "further loss constructor arguments (YAML mapping)", mapping, group="loss"),
     Flag("--teacher", None, "pseudo-labels for vlpl/gpr from a teacher: clip:MODEL[@TAG] (open_clip, hf-hub: or "
-         "local-dir:), model:CHECKPOINT (an earlier run) or knn (label propagation over the features)",
+         "local-dir:), model:CHECKPOINT (an earlier run), scores:PATH (an (N, C) array of scores in [0, 1] of the "
+         "training split: .npy, .safetensors or Parquet keyed by index) or knn (label propagation over the features)",
          group="teacher"),
     Flag("--teacher-kwargs", {}, "teacher options (YAML mapping): temperature, grid, gate, fusion, templates, "
          "num_neighbors, device, ...", mapping, group="teacher"),
@@ -144,7 +162,8 @@ FLAGS: Tuple[Flag, ...] = (
          choices=("threshold", "topk", "prevalence", "soft"), group="teacher"),
     Flag("--pseudo-label-kwargs", {}, "rule options (YAML mapping): threshold, k, negative_fraction, "
          "expected_num_pos, ...", mapping, group="teacher"),
-    Flag("--teacher-cache-dir", None, "teacher score cache (default $SPL_LOSSES_CACHE/teacher_scores)",
+    Flag("--teacher-cache-dir", None, "teacher score cache (default: $SPL_LOSSES_CACHE/teacher_scores or "
+         "~/.cache/spl_losses/teacher_scores)",
          group="teacher"),
     Flag("--cl", False, "add the contrastive auxiliary loss (NT-Xent over two views)", group="loss", switch=True),
     Flag("--cl-coef", 0.1, "weight of the contrastive term", non_negative_float, group="loss"),
@@ -186,7 +205,7 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--linear-epochs", 25, "linear_init: epochs of the linear phase", positive_int, group="training"),
     Flag("--linear-lr", 1e-3, "linear_init: learning rate of the linear phase", positive_float, group="training"),
     Flag("--linear-batch-size", 8, "linear_init: batch size of the linear phase", positive_int, group="training"),
-    Flag("--linear-phase-dir", None, "linear_init: folder of the linear phase (default OUTPUT_DIR/linear_phase); "
+    Flag("--linear-phase-dir", None, "linear_init: folder of the linear phase (default: OUTPUT_DIR/linear_phase); "
          "a finished phase with the same settings there is reused", group="training"),
     Flag("--mixed-precision", "no", "mixed precision of accelerate", choices=("no", "fp16", "bf16"),
          group="training"),
@@ -202,7 +221,7 @@ FLAGS: Tuple[Flag, ...] = (
          "{8, 16} x lr {1e-2, 1e-3, 1e-4, 1e-5}); start the same command again, anywhere, to add workers",
          switch=True),
     Flag("--search-storage", None, "the shared Optuna study: an SQLAlchemy URL (postgresql://..., mysql://...) or "
-         "journal:PATH (a journal file on a shared file system); default sqlite:///OUTPUT_DIR/search.db"),
+         "journal:PATH (a journal file on a shared file system) (default: sqlite:///OUTPUT_DIR/search.db)"),
     Flag("--search-study", "search", "name of the study in the storage"),
     Flag("--search-sampler", "grid", "grid (every point of search_grid once) or tpe (search_space of the config)",
          choices=("grid", "tpe")),
@@ -216,6 +235,7 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--progress", True, "show progress bars", switch=True),
     Flag("--push-to-hub", None, "ORG/NAME: upload the exported model with its model card"),
     Flag("--private", False, "create the Hub repository as private", switch=True),
+    Flag("--debug", False, "show tracebacks of errors", switch=True),
 )
 
 FLAG_NAMES = tuple(flag.dest for flag in FLAGS)
@@ -236,15 +256,32 @@ class _SwitchAction(argparse.Action):
             setattr(namespace, self.dest, True if values is None else boolean(values))
 
 
+class DefaultsOnceHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``ArgumentDefaultsHelpFormatter`` that adds ``(default: ...)`` only to help that does not say its default.
+
+    Help such as "feature cache folder (default: $SPL_LOSSES_CACHE/features)" already states it in words
+    (better than argparse's ``None``); the stock formatter would append a second ``(default: None)``.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's argument parser: every flag of :data:`FLAGS`, with its help and default.
+
+    No abbreviations; errors are one line, an unknown flag named with the closest flags
+    (:class:`~spl_losses.training.cli.FlagParser`).
 
     Returns:
         An ``argparse.ArgumentParser``.
     """
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         description="Train a timm model with a single-positive multi-label loss (Cole et al., CVPR 2021 protocol).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsOnceHelpFormatter, flag_aliases=COMMON_NAMES)
     parser.add_argument("-c", "--config", default=None, help="YAML file whose keys are flag names (underscores)")
     groups = {}
     for flag in FLAGS:
@@ -280,17 +317,15 @@ def load_config_file(path: str) -> Dict[str, Any]:
     """
     try:
         with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
+            config = load_yaml(f, f"config {path}") or {}
     except OSError as err:
-        raise ValueError(f"cannot read config {path}: {err}") from err
-    except yaml.YAMLError as err:
-        raise ValueError(f"config {path} is not valid YAML: {err}") from err
+        raise ValueError(f"cannot read config {path}: {err.strerror or err}") from None
     if not isinstance(config, dict):
         raise ValueError(f"config {path} must hold a mapping of flag names to values, got {type(config).__name__}")
     unknown = sorted(str(k) for k in config if k not in _BY_DEST and k not in CONFIG_ONLY_KEYS)
     if unknown:
-        raise ValueError(f"config {path} has keys that are not flags: {unknown}; use flag names with underscores "
-                         f"(e.g. batch_size)")
+        raise ValueError(f"config {path} has keys that are not flags: {unknown_keys_message(unknown)}; use flag "
+                         f"names with underscores (e.g. batch_size)")
     checked = {}
     for key, value in config.items():
         if key in CONFIG_ONLY_KEYS:
@@ -308,6 +343,21 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return checked
 
 
+def unknown_keys_message(keys: Sequence[str]) -> str:
+    """``"learning_rate (did you mean lr?), bach_size (did you mean batch_size?)"``: each key with the closest
+    flags (config-key form) or config-only keys.
+
+    Args:
+        keys: The config keys that are not flags.
+    """
+    names = list(FLAG_NAMES) + list(CONFIG_ONLY_KEYS)
+    parts = []
+    for key in keys:
+        suggestions = close_names(key, names, COMMON_NAMES)
+        parts.append(f"{key} (did you mean {' or '.join(suggestions)}?)" if suggestions else key)
+    return ", ".join(parts)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     """Parse the command line, applying the YAML config first (timm's ``_parse_args`` convention).
 
@@ -317,7 +367,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     Returns:
         ``(args, extra)``: the namespace (``args.config`` is the config path) and the config-only keys.
     """
-    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser = FlagParser(add_help=False)
     config_parser.add_argument("-c", "--config", default=None)
     known, remaining = config_parser.parse_known_args(argv)
     parser = build_parser()

@@ -24,7 +24,7 @@ def export_model(output_dir: str, settings, class_names, outcome) -> str:
         output_dir: The run folder.
         settings: The run's settings.
         class_names: The dataset's class names.
-        outcome: The last phase's :class:`~spl_losses.training.phases.PhaseOutcome`.
+        outcome: The last phase's :class:`~spl_losses.training.phase_book.PhaseOutcome`.
 
     Returns:
         The model folder.

@@ -7,7 +7,7 @@ dataset split's fingerprint and the mixed-precision mode of the extraction. File
 import hashlib
 import os
 import socket
-from typing import Optional
+from typing import Dict, Optional
 
 import datasets
 import torch
@@ -19,7 +19,7 @@ from .evaluation import predict_loader
 from .input_pipeline import ImagePipeline
 
 __all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "pooled_features",
-           "extract_or_load_features"]
+           "extract_or_load_features", "run_features"]
 
 
 def default_cache_dir() -> str:
@@ -137,3 +137,37 @@ def extract_or_load_features(
         os.replace(tmp, cache_path)
     accelerator.wait_for_everyone()
     return features
+
+
+def run_features(accelerator, settings, data, model: Optional[nn.Module], batch_size: int) -> Dict[str, torch.Tensor]:
+    """The (N, D) float32 features of every split of a run: the dataset's ``features`` column, or the frozen
+    backbone's (extracted once, cached on disk by model, weights, image size, precision and split fingerprint).
+
+    Args:
+        accelerator: The ``accelerate.Accelerator``.
+        settings: The run's settings (cache folder, image size, precision, input pipeline options).
+        data: The run's :class:`~spl_losses.training.data.RunData`.
+        model: The run's timm model (or BoostLU around one), or None for a features dataset.
+        batch_size: The phase's batch size (extraction uses at least 64 rows per process).
+    """
+    import numpy as np
+
+    from .device_options import apply_device_options
+    from .modeling import timm_model_of
+
+    if model is None:
+        return {s: torch.from_numpy(np.asarray(data.splits[s].with_format("numpy")["features"], dtype=np.float32))
+                for s in ("train", "validation", "test")}
+    backbone = apply_device_options(timm_model_of(model), channels_last=settings.channels_last)
+    pipeline = ImagePipeline.for_run(accelerator, settings, backbone)
+    accelerator.print(pipeline.summary(accelerator.device))
+    weights = weights_fingerprint(backbone)
+    feats = {}
+    for split in ("train", "validation", "test"):
+        path = feature_cache_path(settings.cache_dir or default_cache_dir(), settings.model, weights,
+                                  settings.image_size, data.fingerprints[split], precision=settings.mixed_precision)
+        feats[split] = extract_or_load_features(accelerator, backbone, data.splits[split], pipeline, path,
+                                                batch_size=max(batch_size, 64 * accelerator.num_processes),
+                                                fingerprint=data.fingerprints[split], split_name=split,
+                                                show_progress=settings.progress, description=f"features {split}")
+    return feats

@@ -44,13 +44,14 @@ def train_head_group_epoch(
         schedulers: Optional[Sequence] = None,
         first_update: int = 0,
         block_steps: int = BLOCK_STEPS,
+        autocast=None,
 ) -> List[Optional[float]]:
     """One epoch of mini-batch training of several heads on the same batches (see the module docstring).
 
     Each head is trained as :func:`~spl_losses.training.linear_head.train_linear_epoch` trains one: its loss
     is called as ``losses[h](logits_h, targets[idx], index=idx)`` (``index`` when the loss keeps per-example
-    state), its optimizers step every batch, its scheduler after every update, and the losses' per-call
-    input checks are off during the epoch (check the targets once before).
+    state), its optimizers step every batch and its scheduler after every update. One head is a run's
+    linear loop: the recipe trains a single run and the points of a search alike through this function.
 
     Args:
         heads: The heads (H of them), each mapping (B, D) features to (B, C) logits.
@@ -64,6 +65,7 @@ def train_head_group_epoch(
         schedulers: Per head, a timm scheduler (``step_update(num_updates)``) or None.
         first_update: Updates done before this epoch (the schedulers' step count).
         block_steps: Batches gathered at once and trained head by head (the results do not depend on it).
+        autocast: Optional zero-argument callable returning an autocast context (mixed precision only).
 
     Returns:
         Per head, the mean training loss over the epoch's batches (None for a head not trained).
@@ -79,21 +81,17 @@ def train_head_group_epoch(
     schedulers = list(schedulers) if schedulers is not None else [None] * num
     steps, totals = {}, {}
     batches = torch.split(order, batch_size)
-    try:
+    for h in active:
+        steps[h] = LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast)
+        totals[h] = torch.zeros((), device=features.device)
+    for start in range(0, len(batches), block_steps):
+        block = batches[start:start + block_steps]
+        gathered = [(idx, features.index_select(0, idx), targets.index_select(0, idx)) for idx in block]
         for h in active:
-            steps[h] = LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype)
-            totals[h] = torch.zeros((), device=features.device)
-        for start in range(0, len(batches), block_steps):
-            block = batches[start:start + block_steps]
-            gathered = [(idx, features.index_select(0, idx), targets.index_select(0, idx)) for idx in block]
-            for h in active:
-                for offset, (idx, x, y) in enumerate(gathered, start=1):
-                    totals[h] += steps[h].step(idx, x, y)
-                    if schedulers[h] is not None:
-                        schedulers[h].step_update(num_updates=first_update + start + offset)
-    finally:
-        for step in steps.values():
-            step.close()
+            for offset, (idx, x, y) in enumerate(gathered, start=1):
+                totals[h] += steps[h].step(idx, x, y)
+                if schedulers[h] is not None:
+                    schedulers[h].step_update(num_updates=first_update + start + offset)
     out: List[Optional[float]] = [None] * num
     for h in active:
         out[h] = float(totals[h]) / max(len(batches), 1)

@@ -66,10 +66,10 @@ class LinearHeadSteps:
     """The training steps of one head on gathered batches: what :func:`train_linear_epoch` runs per batch.
 
     The loss is called as ``loss_fn(logits, targets, index=idx)`` when it keeps per-example state
-    (``loss_fn.requires_index``), else without ``index``; its per-call input checks are off until
-    :meth:`close` (check the targets once before training). For a float32 ``nn.Linear`` without mixed
-    precision autograd runs through the loss only and the head's gradients are two matmuls into
-    preallocated buffers (bit-identical to autograd).
+    (``loss_fn.requires_index``), else without ``index``. Its per-call input checks cost a device sync per
+    step: build it with ``check_inputs=False`` when the targets are checked once before training (the recipe
+    does). For a float32 ``nn.Linear`` without mixed precision autograd runs through the loss only and the
+    head's gradients are two matmuls into preallocated buffers (bit-identical to autograd).
 
     Args:
         head: The linear layer (or any module mapping (B, D) features to (B, C) logits).
@@ -85,9 +85,6 @@ class LinearHeadSteps:
                  dtype: torch.dtype = torch.float32, autocast: Optional[Callable[[], ContextManager]] = None):
         self.head, self.loss_fn, self.optimizers = head, loss_fn, list(optimizers)
         self.requires_index = bool(getattr(loss_fn, "requires_index", False))
-        self.had_check = getattr(loss_fn, "check_inputs", None)
-        if self.had_check is not None:
-            loss_fn.check_inputs = False
         self.manual = (autocast is None and type(head) is nn.Linear and head.weight.dtype == torch.float32
                        and dtype == torch.float32)
         self.autocast = autocast or contextlib.nullcontext
@@ -135,11 +132,6 @@ class LinearHeadSteps:
         for opt in self.optimizers:
             opt.step()
         return loss.detach()
-
-    def close(self) -> None:
-        """Give the loss its per-call input checks back."""
-        if self.had_check is not None:
-            self.loss_fn.check_inputs = self.had_check
 
 
 def check_epoch_inputs(features: torch.Tensor, targets: torch.Tensor, order: torch.Tensor, batch_size: int) -> None:
@@ -198,14 +190,11 @@ def train_linear_epoch(
     steps = LinearHeadSteps(head, loss_fn, optimizers, features.dtype, autocast)
     total = torch.zeros((), device=features.device)
     num_batches = 0
-    try:
-        for idx in torch.split(order, batch_size):
-            total += steps.step(idx, features.index_select(0, idx), targets.index_select(0, idx))
-            num_batches += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates=first_update + num_batches)
-    finally:
-        steps.close()
+    for idx in torch.split(order, batch_size):
+        total += steps.step(idx, features.index_select(0, idx), targets.index_select(0, idx))
+        num_batches += 1
+        if scheduler is not None:
+            scheduler.step_update(num_updates=first_update + num_batches)
     return float(total) / max(num_batches, 1)
 
 

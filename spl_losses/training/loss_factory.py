@@ -61,16 +61,18 @@ def trainable_state_parameters(loss: nn.Module):
     return [p for p in loss.parameters() if p.requires_grad]
 
 
-def build_run_loss(settings, data, epochs: int, sparse: bool = False) -> nn.Module:
+def build_run_loss(settings, data, epochs: int, sparse: bool = False, check_inputs: bool = True) -> nn.Module:
     """The loss of one phase of a run, built once (on the CPU; the phase moves it).
 
     Args:
         settings: The run's :class:`~spl_losses.training.settings.RunSettings`.
-        data: The run's :class:`~spl_losses.training.data.RunData`.
+        data: The run's :class:`~spl_losses.training.data.RunData` (with its teacher's pseudo-labels, if any).
         epochs: Epochs of the phase (losses with epoch schedules).
         sparse: Sparse gradients for per-example state (``--estimator-optimizer lazy_adam`` or ``sparse_adam``).
+        check_inputs: The loss's per-call input checks (off where the targets are the run's own label
+            matrices, checked when they were built: a device sync per step saved).
     """
-    options = dict(settings.loss_options)
+    options = dict(settings.loss_options, check_inputs=check_inputs)
     if data.train_pseudo is not None:
         options["pseudo_labels"] = data.train_pseudo
     return build_loss(settings.loss, data.num_classes, data.num_train, data.train_observed,

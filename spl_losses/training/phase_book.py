@@ -8,6 +8,7 @@ best epoch's weights are restored and test is scored with them.
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -18,7 +19,32 @@ from .checkpointing import PhaseCheckpoints
 from .progress import BestEpochTracker, EarlyStopping
 from .run_files import MetricsLog
 
-__all__ = ["PhaseBook"]
+__all__ = ["PhaseBook", "PhaseOutcome"]
+
+
+@dataclass
+class PhaseOutcome:
+    """What a phase leaves: its results (None when it stopped before its last epoch: resume it) and, at the
+    best epoch, the trained network and loss.
+
+    Args:
+        results: The phase's results (best epoch, validation and test metrics), or None.
+        loss: The loss, with its state at the best epoch (CPU).
+        model: The network (a timm model, or BoostLU around one), or None for a features dataset.
+        head: The linear head of a linear phase, else None.
+        in_features: The head's input size (linear phase).
+    """
+
+    results: Optional[Dict[str, Any]]
+    loss: Optional[nn.Module] = None
+    model: Optional[nn.Module] = None
+    head: Optional[nn.Linear] = None
+    in_features: Optional[int] = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the phase trained all its epochs (or stopped early)."""
+        return self.results is not None
 
 
 class PhaseBook:
@@ -30,14 +56,17 @@ class PhaseBook:
         phase: The :class:`~spl_losses.training.settings.PhaseSettings`.
         fingerprints: The dataset's split fingerprints (checked on resume).
         module: The unwrapped module whose weights are the phase's (model or head, and the loss).
+        checkpoint_accelerator: The ``Accelerator`` whose prepared objects a checkpoint saves (default
+            ``accelerator``; each head of a linear loop has its own, so its checkpoints hold its objects only).
     """
 
-    def __init__(self, accelerator, settings, phase, fingerprints, module: nn.Module):
+    def __init__(self, accelerator, settings, phase, fingerprints, module: nn.Module, checkpoint_accelerator=None):
         self.accelerator, self.settings, self.phase, self.module = accelerator, settings, phase, module
         self.tracker = BestEpochTracker()
         self.stopping = EarlyStopping(settings.early_stop_patience, settings.early_stop_max_drop)
         self.log = MetricsLog(os.path.join(phase.output_dir, "metrics.jsonl"))
-        self.checkpoints = PhaseCheckpoints(accelerator, phase.output_dir, fingerprints, settings.keep_checkpoints)
+        self.checkpoints = PhaseCheckpoints(checkpoint_accelerator or accelerator, phase.output_dir, fingerprints,
+                                            settings.keep_checkpoints)
         self.epochs_done = 0
         self.stop_reason: Optional[str] = None
         self._epochs_this_call = 0

@@ -17,17 +17,28 @@ import contextlib
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+import filelock
 import yaml
 
-__all__ = ["RunDir", "IDENTITY_IGNORED", "LOCK_FILENAME", "RunDirBusyError"]
+__all__ = ["RunDir", "IDENTITY_IGNORED", "LOCK_FILENAME", "RunDirBusyError", "os_file_lock"]
 
 #: config.yaml keys that do not change what a run computes.
 IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "private", "output_dir", "log_with", "workers", "config",
                     "cache_dir", "search", "progress", "linear_phase_dir", "keep_checkpoints", "log_interval",
                     "search_storage", "search_study", "search_sampler", "search_trials", "teacher_cache_dir",
-                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode")
+                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode", "debug")
 LOCK_FILENAME = "run.lock"
 _OWN_FILES = (LOCK_FILENAME,)
+
+
+def os_file_lock(path: str) -> filelock.FileLock:
+    """The project's one kind of lock: an OS lock on ``path`` (``filelock``; released when the process dies, even
+    by ``kill -9``; the file is kept, so a waiting process never locks a deleted file).
+
+    Args:
+        path: The lock file.
+    """
+    return filelock.FileLock(path, thread_local=False, preserve_lock_file=True)
 
 
 class RunDirBusyError(ValueError):
@@ -145,25 +156,18 @@ class RunDir:
         Raises:
             RunDirBusyError: another process holds it (``wait=False``).
         """
-        import fcntl
-
         key = os.path.abspath(self.path)
         if key in RunDir._held:
             RunDir._held[key][1] += 1
             return
         os.makedirs(self.path, exist_ok=True)
-        handle = open(self.file(LOCK_FILENAME), "a+")
+        lock = os_file_lock(self.file(LOCK_FILENAME))
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError:
-            handle.close()
+            lock.acquire(timeout=-1 if wait else 0)
+        except filelock.Timeout:
             raise RunDirBusyError(f"--output-dir {self.path} is in use by another run (it holds {LOCK_FILENAME}); "
                                   "wait for it or choose another --output-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        RunDir._held[key] = [handle, 1]
+        RunDir._held[key] = [lock, 1]
 
     def release(self) -> None:
         """Release the lock once (the lock file stays: deleting it would race with a waiting process)."""
@@ -172,7 +176,7 @@ class RunDir:
             return
         RunDir._held[key][1] -= 1
         if RunDir._held[key][1] == 0:
-            RunDir._held.pop(key)[0].close()
+            RunDir._held.pop(key)[0].release()
 
     @contextlib.contextmanager
     def held(self, accelerator, wait: bool = False):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Sampler
 
 __all__ = ["epoch_generator", "epoch_permutation", "epoch_flip_mask", "EpochPermutationSampler",
-           "ShardedBatchSampler", "share_bounds"]
+           "ShardedBatchSampler", "share_bounds", "check_process_shares"]
 
 _PERMUTATION_STREAM = 0
 _FLIP_STREAM = 1
@@ -142,3 +142,23 @@ class ShardedBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return -(-self.num_examples // self.batch_size)
+
+
+def check_process_shares(model: torch.nn.Module, num_examples: int, batch_size: int, num_processes: int) -> None:
+    """Refuse, before training, an epoch whose last global batch leaves a process no rows for a BatchNorm model.
+
+    Args:
+        model: The network.
+        num_examples: Training examples.
+        batch_size: The global batch size.
+        num_processes: Processes the batch is split over.
+
+    Raises:
+        ValueError: naming the sizes and what to change.
+    """
+    last = num_examples % batch_size
+    if 0 < last < num_processes and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"the last global batch of every epoch has {last} row(s) ({num_examples} training examples, "
+                         f"batch size {batch_size}), fewer than the {num_processes} processes: a process would get "
+                         "no rows, which BatchNorm cannot train on; choose a batch size or process count that leaves "
+                         "at least one row per process")

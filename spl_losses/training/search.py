@@ -1,8 +1,8 @@
 """Bookkeeping of the hyperparameter grid search: run names, skipping, the winner."""
 import itertools
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["REFERENCE_GRID", "grid_points", "run_name", "select_winner"]
+__all__ = ["REFERENCE_GRID", "grid_points", "group_key", "run_name", "select_winner"]
 
 #: The grid of Cole et al.'s protocol: batch size {8, 16} x learning rate {1e-2, 1e-3, 1e-4, 1e-5}.
 REFERENCE_GRID: Dict[str, List[Any]] = {"batch_size": [8, 16], "lr": [1e-2, 1e-3, 1e-4, 1e-5]}
@@ -52,3 +52,12 @@ def select_winner(runs: Sequence[Mapping[str, Any]], key: str = "val_map") -> Di
     if best is None:
         raise ValueError(f"no run has a finite {key!r}")
     return dict(best)
+
+
+def group_key(params: Mapping[str, Any]) -> Tuple:
+    """What the grid points trained by one linear loop share: a point's values other than the learning rate.
+
+    Args:
+        params: A grid point (flag name -> value).
+    """
+    return tuple((k, repr(v)) for k, v in sorted(params.items()) if k != "lr")

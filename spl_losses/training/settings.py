@@ -25,7 +25,7 @@ from .data import RunData
 from .label_matrices import estimate_expected_num_pos
 from .loss_factory import build_loss, loss_parameters, trainable_state_parameters
 from .optim import estimator_optimizer
-from .pseudo_labels import check_teacher_settings
+from .pseudo_labels import PseudoLabelSettings, resolve_pseudo_label_settings, rule_takes_k
 
 __all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]
 
@@ -63,14 +63,19 @@ class PhaseSettings:
 
 
 def _to_config(self) -> Dict[str, Any]:
-    """The flags as resolved for this run (``expected_num_pos`` resolved): what ``config.yaml`` records."""
-    return {f.dest: getattr(self, f.dest) for f in FLAGS}
+    """The flags as resolved for this run (``expected_num_pos`` resolved), and the pseudo-labels' resolved rule
+    options and loss weights: what ``config.yaml`` records."""
+    config = {f.dest: getattr(self, f.dest) for f in FLAGS}
+    pseudo = self.pseudo_labels
+    config["pseudo_label_options"] = dict(pseudo.rule_options) if pseudo else None
+    config["pseudo_label_loss_weights"] = dict(pseudo.loss_weights) if pseudo else None
+    return config
 
 
 #: The flags (as attributes, checked) plus the derived settings below.
 RunSettings = make_dataclass(
     "RunSettings",
-    [(flag.dest, Any) for flag in FLAGS] + [
+    [(flag.dest, flag.annotation) for flag in FLAGS] + [
         ("config", Optional[str]),
         ("expected_num_pos_source", Optional[str]),
         ("dataset_options", Mapping[str, Any]),
@@ -80,6 +85,7 @@ RunSettings = make_dataclass(
         ("init_loss_state_note", Optional[str]),
         ("phases", Tuple[PhaseSettings, ...]),
         ("num_processes", int),
+        ("pseudo_labels", Optional[PseudoLabelSettings]),
     ],
     frozen=True, namespace={"to_config": _to_config, "__module__": __name__},
 )
@@ -97,6 +103,7 @@ Args:
     init_loss_state_note: A line for the log about it, or None.
     phases: The phases to train, in order.
     num_processes: Processes of the run.
+    pseudo_labels: The teacher's resolved rule and loss weights (``--teacher``), or None.
 """
 
 
@@ -227,13 +234,19 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
     phases = _phases(args)
     options = loss_options(args)
     k, k_source = None, None
-    if "expected_num_pos" in loss_parameters(args.loss):
+    k_for = [f"--loss {args.loss}"] if "expected_num_pos" in loss_parameters(args.loss) else []
+    if args.teacher and rule_takes_k(args.pseudo_label_rule, args.pseudo_label_kwargs):
+        k_for.append(f"--pseudo-label-rule {args.pseudo_label_rule}")
+    if k_for:  # k reaches every consumer: the loss and the pseudo-label rule alike
         k, k_source = _expected_num_pos(args, data)
         if k is None:
-            raise ValueError(f"--loss {args.loss} needs k, the expected number of positives per image: "
+            raise ValueError(f"{' and '.join(k_for)} need(s) k, the expected number of positives per image: "
                              f"{args.dataset!r} is not a benchmark with a known k and has no clean validation labels "
                              "to estimate it from; pass --expected-num-pos")
-    check_teacher_settings(args, "pseudo_labels" in loss_parameters(args.loss), k)
+    pseudo = resolve_pseudo_label_settings(args.loss, args.teacher, args.pseudo_label_rule, args.pseudo_label_kwargs,
+                                           k, options)
+    if pseudo is not None:
+        options.update(pseudo.loss_weights)  # every pseudo-label the rule emits gets a loss term
     with torch.device("meta"):  # builds nothing: checks the loss's options, gives its state's shapes
         probe = build_loss(args.loss, data.num_classes, data.num_train, None, k, phases[0].epochs, None,
                            options=options)
@@ -245,7 +258,8 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
     settings = RunSettings(
         **flags, config=getattr(args, "config", None), expected_num_pos_source=k_source,
         dataset_options=parse_dataset_options(args.dataset_option), loss_options=options, targets=targets,
-        init_loss_state_source=source, init_loss_state_note=note, phases=phases, num_processes=num_processes)
+        init_loss_state_source=source, init_loss_state_note=note, phases=phases, num_processes=num_processes,
+        pseudo_labels=pseudo)
     if phases[0].name == "linear_phase":
         shared = {k: v for k, v in settings.to_config().items()
                   if k not in ("lr", "batch_size", "epochs", "head_lr_mult", "output_dir")}

@@ -14,7 +14,7 @@ through ``--search-storage``.
   with ``--search-sampler tpe`` and ``--search-trials N`` asks Optuna's TPE sampler for N points.
 - In ``linear_fixed_features`` mode a worker takes the next waiting point together with the waiting points
   after it that differ only in the learning rate (:meth:`SearchStudy.next_trials`), locks all their run
-  folders, and trains them in one data pass per epoch (:mod:`spl_losses.training.linear_group`); each is
+  folders, and trains them with one call of the recipe's run (one linear loop, one data pass per epoch); each is
   told to the study as a point trained alone would be.
 - A point's training holds its run folder's OS lock. A trial that is RUNNING in the study while its run
   folder is not locked has lost its worker (killed, crashed): the next worker marks it failed and
@@ -25,12 +25,11 @@ through ``--search-storage``.
 
 Watch it live with ``optuna-dashboard sqlite:///SEARCH_DIR/search.db`` (``pip install optuna-dashboard``).
 """
-import contextlib
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from .run_dir import RunDir
+from .run_dir import RunDir, os_file_lock
 from .search import grid_points, run_name
 
 __all__ = ["SearchStudy", "default_storage"]
@@ -50,14 +49,9 @@ def default_storage(search_dir: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(search_dir, 'search.db'))}"
 
 
-@contextlib.contextmanager
 def _search_lock(search_dir: str):
-    """An OS lock on ``SEARCH_DIR/search.lock`` (waits for the holder)."""
-    import fcntl
-
-    with open(os.path.join(search_dir, "search.lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
+    """The OS lock on ``SEARCH_DIR/search.lock`` (waits for the holder)."""
+    return os_file_lock(os.path.join(search_dir, "search.lock"))
 
 
 def _storage(url: str):

@@ -6,8 +6,8 @@ and of the contrastive projection head, keeping every process's copy identical. 
 sparse gradients (LazyAdam, SparseAdam) is left out of DDP: only the batch's rows are exchanged
 (:class:`~spl_losses.training.estimator_exchange.RowSparseExchange`, O(B·C) per step instead of DDP's
 O(N·C)); call :meth:`TrainStep.sync_estimator_gradients` after the backward pass of each optimizer step.
-Its calls treat the batch as split over the processes (``spl_losses.losses.split_batches``): the loss
-and the contrastive term are the global batch's, value and gradient, as on one process. The loss's
+The step tells its loss and contrastive term once that every call gets this process's share of a split
+batch (``set_batch_split``): they are the global batch's, value and gradient, as on one process. The loss's
 buffers (label matrices, kept identical on every process by the loss itself) are left out of DDP's
 per-step buffer broadcast.
 :class:`LinearStep` holds a linear head and its loss (the linear mode trains on feature tensors
@@ -18,7 +18,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..losses._distributed import split_batches
 from ..losses.contrastive import pooled_features
 from ..losses.estimator import LabelEstimator
 from .estimator_exchange import RowSparseExchange
@@ -51,6 +50,10 @@ class TrainStep(nn.Module):
         # read by DistributedDataParallel: neither broadcast from rank 0 at every forward (N x C tensors) nor
         # all-reduced
         self._ddp_params_and_buffers_to_ignore = [f"loss.{name}" for name, _ in loss.named_buffers()] + list(row_sparse)
+        # every call of the step passes this process's share of a split batch: the modules are told once, here
+        for module in (loss, contrastive):
+            if module is not None and hasattr(module, "set_batch_split"):
+                module.set_batch_split(True)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor,
                 view1: Optional[torch.Tensor] = None, view2: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -66,17 +69,16 @@ class TrainStep(nn.Module):
         if self._estimator_exchange is not None:  # the global batch's rows, caught up alike on every process
             self._estimator_exchange.begin(index)
         logits = self.model(images)
-        with split_batches(self.loss, self.contrastive):
-            if getattr(self.loss, "requires_index", False):
-                value = self.loss(logits, targets, index=index)
-            else:
-                value = self.loss(logits, targets)
-            if self.contrastive is not None:
-                if view1 is None or view2 is None:
-                    raise ValueError("the contrastive term needs view1 and view2")
-                # both views through the backbone as one batch of 2B, as the original does (BatchNorm sees both)
-                first, second = pooled_features(self.model, torch.cat([view1, view2])).chunk(2)
-                value = self.contrastive.combine(value, first, second, targets)
+        if getattr(self.loss, "requires_index", False):
+            value = self.loss(logits, targets, index=index)
+        else:
+            value = self.loss(logits, targets)
+        if self.contrastive is not None:
+            if view1 is None or view2 is None:
+                raise ValueError("the contrastive term needs view1 and view2")
+            # both views through the backbone as one batch of 2B, as the original does (BatchNorm sees both)
+            first, second = pooled_features(self.model, torch.cat([view1, view2])).chunk(2)
+            value = self.contrastive.combine(value, first, second, targets)
         return value
 
     def sync_estimator_gradients(self) -> None:

@@ -5,9 +5,9 @@ turns it into its usage error, and a config file's keys are checked with the sam
 """
 import argparse
 import math
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Union
 
-import yaml
+from ..safe_yaml import load_yaml
 
 __all__ = ["boolean", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "finite_float",
            "probability", "worker_count", "mapping", "text"]
@@ -49,22 +49,25 @@ def _real(value: Any) -> float:
     return number
 
 
-def _bounded(convert: Callable[[Any], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[Any], Any]:
-    """A value type: ``convert``, then refuse what ``accept`` rejects (saying what was ``expected``)."""
+def _bounded(convert: Callable[[Any], Any], accept: Callable[[Any], bool], expected: str,
+             value_type: type) -> Callable[[Any], Any]:
+    """A value type: ``convert``, then refuse what ``accept`` rejects (saying what was ``expected``); its
+    ``value_type`` is the Python type of what it returns (the settings' field type)."""
     def check(value: Any) -> Any:
         converted = convert(value)
         return converted if accept(converted) else _fail(expected, value)
 
     check.__doc__ = f"{expected[0].upper()}{expected[1:]}."
+    check.value_type = value_type
     return check
 
 
-positive_int = _bounded(_integer, lambda n: n > 0, "an integer > 0")
-non_negative_int = _bounded(_integer, lambda n: n >= 0, "an integer >= 0")
-positive_float = _bounded(_real, lambda x: x > 0, "a number > 0")
-non_negative_float = _bounded(_real, lambda x: x >= 0, "a number >= 0")
-finite_float = _bounded(_real, lambda x: True, "a finite number")
-probability = _bounded(_real, lambda x: 0.0 <= x <= 1.0, "a number in [0, 1]")
+positive_int = _bounded(_integer, lambda n: n > 0, "an integer > 0", int)
+non_negative_int = _bounded(_integer, lambda n: n >= 0, "an integer >= 0", int)
+positive_float = _bounded(_real, lambda x: x > 0, "a number > 0", float)
+non_negative_float = _bounded(_real, lambda x: x >= 0, "a number >= 0", float)
+finite_float = _bounded(_real, lambda x: True, "a finite number", float)
+probability = _bounded(_real, lambda x: 0.0 <= x <= 1.0, "a number in [0, 1]", float)
 
 
 def worker_count(value: Any) -> Any:
@@ -77,14 +80,29 @@ def worker_count(value: Any) -> Any:
         _fail("'auto' or an integer >= 0", value)
 
 
+worker_count.value_type = Union[str, int]
+
+
 def mapping(value: Any) -> Dict[str, Any]:
-    """A YAML/JSON mapping (``'{num_train: 64}'``) or an already parsed dict."""
-    parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    """A YAML/JSON mapping (``'{num_train: 64}'``) or an already parsed dict (YAML aliases bounded)."""
+    if isinstance(value, str):
+        try:
+            parsed = load_yaml(value, "the value")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a mapping such as '{{key: value}}': {err}") from None
+    else:
+        parsed = value
     if parsed is None:
         return {}
     return dict(parsed) if isinstance(parsed, dict) else _fail("a mapping such as '{key: value}'", value)
 
 
+mapping.value_type = Dict[str, Any]
+
+
 def text(value: Any) -> str:
     """A non-empty string."""
     return value if isinstance(value, str) and value else _fail("a non-empty string", value)
+
+
+text.value_type = str

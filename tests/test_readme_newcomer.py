@@ -1,0 +1,43 @@
+"""What a newcomer reads in the README holds: the CPU-only install, timm's task import, em_apl's warm-up."""
+import inspect
+import os
+import re
+import textwrap
+
+import pytest
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+
+@pytest.fixture(scope="module")
+def readme():
+    with open(README, encoding="utf-8") as f:
+        return f.read()
+
+
+def test_the_cpu_only_install_is_given_beside_the_default(readme):
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu && pip install -e ." \
+        in readme
+    assert "CUDA build" in readme
+
+
+def test_timm_task_is_imported_before_it_is_used(readme):
+    usage = readme.index("timm.task.MultiLabelClassificationTask")
+    assert "import timm.task" in readme[:usage]
+    block = textwrap.dedent(re.search(r"```python\n( *import timm\.task\n.*?) *```", readme, re.S).group(1))
+    import torch
+
+    import spl_losses
+
+    model = torch.nn.Linear(4, 3)
+    namespace = {"model": model, "spl_losses": spl_losses}
+    exec(block, namespace)  # the README's snippet, as written
+    assert namespace["task"].criterion.__class__.__name__
+
+
+def test_em_apl_default_warm_up_is_stated(readme):
+    from spl_losses.losses import EntropyMaximizationAPLLoss
+
+    default = inspect.signature(EntropyMaximizationAPLLoss.__init__).parameters["warmup_epochs"].default
+    assert f"`warmup_epochs=%d`" % default in readme
+    assert f"{default} by default" in readme
