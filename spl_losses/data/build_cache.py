@@ -7,12 +7,33 @@ of the code), so the cache folder of a build changes when an input file does. Th
 (there may be millions): the fingerprint of the built splits (:mod:`spl_losses.data.fingerprint`)
 covers them.
 """
+import inspect
 import os
-from typing import Any, Dict, List, Tuple
+import sys
+from typing import Any, Dict, List, Sequence, Tuple
 
 import datasets
+from datasets.fingerprint import Hasher
 
-__all__ = ["input_files_signature", "is_built"]
+__all__ = ["code_hash", "input_files_signature", "is_built"]
+
+
+def code_hash(cls: type, modules: Sequence[str]) -> str:
+    """Hash of the source of the builder's module and of ``modules`` (the base and the protocol), so code
+    changes invalidate caches.
+
+    Args:
+        cls: The builder class.
+        modules: Further module names whose source is part of the key.
+    """
+    texts = []
+    for module_name in {cls.__module__, *modules}:
+        module = sys.modules.get(module_name)
+        try:
+            texts.append(inspect.getsource(module))
+        except (OSError, TypeError):
+            texts.append(module_name)
+    return Hasher.hash(sorted(texts))
 
 #: Subfolders of ``root`` with more entries than this are image folders: their files are not part of the key.
 _SIGNATURE_MAX_DIR_ENTRIES = 256

@@ -29,7 +29,6 @@ Example::
     >>> ds["train"].features["labels"].feature.names  # doctest: +SKIP
 """
 import collections
-import inspect
 import json
 import os
 import sys
@@ -40,7 +39,7 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
-from .build_cache import input_files_signature, is_built
+from .build_cache import code_hash, input_files_signature, is_built
 from .image_checks import images_to_verify, verify_images
 from .protocol import SPLIT_NAMES, PreparedSplit, check_protocol_options, prepare_splits, read_class_weights
 from .raw_files import RawSplit, check_raw_split
@@ -342,18 +341,6 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         return prepare_splits(raws, self.config, len(class_names))
 
 
-def _code_hash(cls: type) -> str:
-    """Hash of the source of the builder's module, this base and the protocol, so code changes invalidate caches."""
-    texts = []
-    for module_name in {cls.__module__, __name__, *_PROTOCOL_MODULES}:
-        module = sys.modules.get(module_name)
-        try:
-            texts.append(inspect.getsource(module))
-        except (OSError, TypeError):
-            texts.append(module_name)
-    return Hasher.hash(sorted(texts))
-
-
 def create_builder(name: str, root: Optional[str] = None, seed: int = 1200, cache_dir: Optional[str] = None,
                    **kwargs) -> SPMLBuilder:
     """Instantiate a registered builder (nothing is built yet; call ``download_and_prepare``).
@@ -379,9 +366,8 @@ def create_builder(name: str, root: Optional[str] = None, seed: int = 1200, cach
             config[key] = os.path.normpath(os.path.join(base, value))
     if root is not None:
         config["root"] = root
-    build_hash = Hasher.hash([_code_hash(cls), input_files_signature(cls, config)])
+    build_hash = Hasher.hash([code_hash(cls, (__name__, *_PROTOCOL_MODULES)), input_files_signature(cls, config)])
     return cls(cache_dir=cache_dir, dataset_name=name, hash=build_hash, **config)
-
 
 
 def build_dataset(name: str, root: Optional[str] = None, seed: int = 1200, cache_dir: Optional[str] = None,

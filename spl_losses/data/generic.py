@@ -42,7 +42,7 @@ import numpy as np
 from .builder import SPMLBuilder, SPMLConfig
 from .protocol import PreparedSplit
 from .image_checks import join_inside
-from .listing import SPLIT_ALIASES, read_class_file, read_listing_rows, resolve_file
+from .listing import SPLIT_ALIASES, read_class_file, read_listing_rows, refuse_duplicate_images, resolve_file
 from .raw_files import RawSplit, index_lists
 from .registry import register_dataset
 from .sampling import split_train_validation
@@ -259,14 +259,14 @@ class MultilabelFiles(SPMLBuilder):
                 listing = self._read_listing(resolve_file(root, cfg.listing, [], "listing", required=True))
                 fraction = 0.2 if cfg.test_fraction is None else float(cfg.test_fraction)
                 rest, test = split_train_validation(len(listing.images), fraction, cfg.split_seed, salt=_TEST_SALT)
-                _refuse_duplicates([listing])
+                refuse_duplicate_images([listing])
                 self._listings = {"train": listing.subset(rest), "validation": None, "test": listing.subset(test)}
             else:
                 listings = {}
                 for split in ("train", "validation", "test"):
                     path = self._listing_path(split)
                     listings[split] = None if path is None else self._read_listing(path)
-                _refuse_duplicates([listing for listing in listings.values() if listing is not None])
+                refuse_duplicate_images([listing for listing in listings.values() if listing is not None])
                 self._listings = listings
         return self._listings
 
@@ -315,21 +315,6 @@ class MultilabelFiles(SPMLBuilder):
                                  f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
             labels.append([position[n] for n in row])
         return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path)
-
-
-def _refuse_duplicates(listings: Sequence[_Listing]) -> None:
-    """Refuse an image listed twice (within a listing or in two split listings), naming both rows: kept
-    twice it would weigh double, or leak test images into training. Paths are compared after
-    normalisation (``./img/a.png``, ``img//a.png`` and the absolute spelling are the same file)."""
-    seen: Dict[str, Tuple[str, str]] = {}
-    for listing in listings:
-        for image, entry in zip(listing.images, listing.entries):
-            key = os.path.normcase(os.path.normpath(image))
-            first = seen.setdefault(key, (listing.path, entry))
-            if first != (listing.path, entry):
-                raise ValueError(f"{first[0]}, {first[1]} and {listing.path}, {entry} list the same image {key}: "
-                                 "an image listed twice is kept twice (and may land in both training and test); "
-                                 "keep one row, with the union of its labels")
 
 
 @dataclass

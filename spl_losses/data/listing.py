@@ -2,9 +2,9 @@
 import csv
 import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["SPLIT_ALIASES", "read_listing_rows", "read_class_file", "resolve_file"]
+__all__ = ["SPLIT_ALIASES", "read_listing_rows", "read_class_file", "refuse_duplicate_images", "resolve_file"]
 
 #: File-name stems under which a split's files are looked for.
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
@@ -105,3 +105,26 @@ def resolve_file(root: Optional[str], value: Optional[str], candidates: Sequence
         where = f"under {root}" if root is not None else "(no root given)"
         raise ValueError(f"missing {what}: none of {list(candidates)} found {where}; pass it explicitly")
     return None
+
+
+def refuse_duplicate_images(listings: Sequence) -> None:
+    """Refuse an image listed twice (within a listing or in two split listings), naming both rows: kept
+    twice it would weigh double, or leak test images into training. Paths are compared after
+    normalisation (``./img/a.png``, ``img//a.png`` and the absolute spelling are the same file).
+
+    Args:
+        listings: Read listings, each with ``path`` (its file), ``images`` (absolute image paths) and
+            ``entries`` (each row's name in messages).
+
+    Raises:
+        ValueError: naming both rows, their listings and the image.
+    """
+    seen: Dict[str, Tuple[str, str]] = {}
+    for listing in listings:
+        for image, entry in zip(listing.images, listing.entries):
+            key = os.path.normcase(os.path.normpath(image))
+            first = seen.setdefault(key, (listing.path, entry))
+            if first != (listing.path, entry):
+                raise ValueError(f"{first[0]}, {first[1]} and {listing.path}, {entry} list the same image {key}: "
+                                 "an image listed twice is kept twice (and may land in both training and test); "
+                                 "keep one row, with the union of its labels")
