@@ -425,7 +425,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
     accelerator = accelerator or make_accelerator(first)
     for args in point_args:
         RunDir(args.output_dir).check_writable()
-    data = load_data(first.dataset, first.data_dir, parse_dataset_options(first.dataset_option), first.observed_seed)
+    data = load_data(first.dataset, first.data_dir, parse_dataset_options(first.dataset_option), first.observed_seed,
+                     force_rebuild=first.rebuild_dataset)
     group = [resolve_settings(args, data, accelerator.num_processes) for args in point_args]
     check_group(group)
     results: List[Optional[Dict[str, Any]]] = [None] * len(group)

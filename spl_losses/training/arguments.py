@@ -99,6 +99,8 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--data-dir", None, "raw data root of a registered builder", group="data"),
     Flag("--dataset-option", [], "builder option KEY=VALUE, value read as YAML (repeatable), e.g. num_train=2000; "
          "a config may give a mapping", group="data", repeat=True),
+    Flag("--rebuild-dataset", False, "build the dataset again even where a cached build of the same input files "
+         "exists (a reused build is said in the log)", group="data", switch=True),
     Flag("--observed-seed", 1200, "seed of the dataset's single positives", non_negative_int, group="data"),
     Flag("--val-set-variant", "clean", "validate against full labels (clean) or the single positives (observed)",
          choices=("clean", "observed"), group="data"),

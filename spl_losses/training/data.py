@@ -67,7 +67,7 @@ class RunData:
 
 
 def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
-              observed_seed: int = 1200) -> RunData:
+              observed_seed: int = 1200, force_rebuild: bool = False) -> RunData:
     """Load and check a dataset for training; every label matrix is built here, once.
 
     Args:
@@ -75,6 +75,7 @@ def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Di
         data_dir: Raw data root of a builder.
         options: Builder options (``--dataset-option``).
         observed_seed: Seed of the single positives.
+        force_rebuild: Build the dataset again even where a cached build of the same inputs exists.
 
     Returns:
         The :class:`RunData`.
@@ -83,7 +84,8 @@ def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Di
         ValueError: a split, an ``index``/``observed_labels``/``labels`` column or the image/features column
             is missing (named).
     """
-    ds = load_spml_dataset(dataset, data_dir=data_dir, seed=observed_seed, **dict(options or {}))
+    ds = load_spml_dataset(dataset, data_dir=data_dir, seed=observed_seed, force_rebuild=force_rebuild,
+                           **dict(options or {}))
     for split in SPLITS:
         if split not in ds:
             raise ValueError(f"dataset {dataset!r} has no {split!r} split (splits: {list(ds)})")

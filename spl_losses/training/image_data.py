@@ -75,12 +75,11 @@ def decode_image(entry: Dict[str, Any], index: int, split: str = "train"):
     Raises:
         ValueError: the image cannot be read or decoded (naming the split, row and file).
     """
-    from PIL import Image
+    from ..data.image_checks import open_rgb  # the one decode rule: EXIF orientation, 16-bit scaled, bombs refused
 
     data, path = entry.get("bytes"), entry.get("path")
     try:
-        with Image.open(io.BytesIO(data) if data else path) as image:
-            return image.convert("RGB")
+        return open_rgb(io.BytesIO(data) if data else path)
     except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for unreadable or truncated files
         where = f"file {path!r}" if path else "its embedded bytes"
         raise ValueError(f"{split} row {index}: the image ({where}) cannot be decoded: {err}") from None

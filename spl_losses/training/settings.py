@@ -66,6 +66,10 @@ def _to_config(self) -> Dict[str, Any]:
     """The flags as resolved for this run (``expected_num_pos`` resolved), and the pseudo-labels' resolved rule
     options and loss weights: what ``config.yaml`` records."""
     config = {f.dest: getattr(self, f.dest) for f in FLAGS}
+    if config["search_storage"]:  # a database URL's password never reaches a file
+        from ..hub.public import mask_url_credentials
+
+        config["search_storage"] = mask_url_credentials(config["search_storage"])
     pseudo = self.pseudo_labels
     config["pseudo_label_options"] = dict(pseudo.rule_options) if pseudo else None
     config["pseudo_label_loss_weights"] = dict(pseudo.loss_weights) if pseudo else None
