@@ -35,7 +35,7 @@ def write_jpegs(folder: str, num_images: int, seed: int = 0, width: int = 640, h
         width: Width in pixels.
         height: Height in pixels.
     """
-    from spl_losses.training.input_pipeline import available_cpus
+    from spl_losses.training.images import available_cpus
 
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     jobs = [(os.path.join(folder, "images", f"{i:06d}.jpg"), [seed, i], width, height) for i in range(num_images)]

@@ -132,7 +132,7 @@ def recipe_training(args, dataset_dir, work, workers):
 def _timm_loader(folder, model, args, workers, batch_size, device):
     from timm.data import ImageDataset, create_loader
 
-    from spl_losses.training.image_data import protocol_data_config
+    from spl_losses.training.images import protocol_data_config
 
     cfg = protocol_data_config(model, args.image_size)
     return create_loader(ImageDataset(folder), input_size=cfg["input_size"], batch_size=batch_size,
@@ -264,7 +264,7 @@ def main(argv=None):
         argv: Command-line arguments.
     """
     args = parse_args(argv)
-    from spl_losses.training.input_pipeline import available_cpus, resolve_workers
+    from spl_losses.training.images import available_cpus, resolve_workers
 
     torch.set_num_threads(args.threads or available_cpus())
     workers = resolve_workers("auto" if args.workers == "auto" else int(args.workers), args.device)

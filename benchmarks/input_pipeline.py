@@ -92,7 +92,7 @@ def single_core_rate(split, transform, limit_images=128):
     """Images per CPU-second of decode + ``transform`` of the split's first ``limit_images`` images, in this process."""
     import datasets
 
-    from spl_losses.training.image_data import decode_image
+    from spl_losses.training.images import decode_image
 
     entries = split.cast_column("image", datasets.Image(decode=False))["image"][:limit_images]
     start = time.process_time()
@@ -130,8 +130,8 @@ def time_epochs(make_loader, epochs, consume, release=lambda: None):
 def recipe_loader_rates(accelerator, pipeline, split, args, fingerprint=None, normalise=True):
     """Epoch rates of the recipe's training loader (with ``normalise``: flipped and normalised on the device, as
     the recipe's step does)."""
-    from spl_losses.training.image_data import flip_images
-    from spl_losses.training.sampling import EpochPermutationSampler, epoch_flip_mask
+    from spl_losses.training.images import flip_images
+    from spl_losses.training.parallel import EpochPermutationSampler, epoch_flip_mask
 
     def make_loader():
         return accelerator.prepare_data_loader(pipeline.loader(
@@ -179,8 +179,8 @@ def main(argv=None):
     from accelerate.utils import DataLoaderConfiguration
 
     from spl_losses.data import dataset_fingerprint
-    from spl_losses.training.image_data import protocol_transform
-    from spl_losses.training.input_pipeline import (ImagePipeline, available_cpus, default_workers,
+    from spl_losses.training.images import protocol_transform
+    from spl_losses.training.images import (ImagePipeline, available_cpus, default_workers,
                                                     local_process_count)
 
     cpus = available_cpus()

@@ -4,8 +4,8 @@ On generated COCO-sized features (65,665 x 2,048, 80 classes, one observed posit
 validation rows scored every epoch), for each loss:
 
 - batched: the four learning rates of a batch size trained together
-  (spl_losses.training.linear_grid.train_head_group_epoch), one data pass per epoch, two passes;
-- sequential: the eight points one after another (spl_losses.training.linear_head.train_linear_epoch);
+  (spl_losses.training.linear.train_head_group_epoch), one data pass per epoch, two passes;
+- sequential: the eight points one after another (spl_losses.training.linear.train_linear_epoch);
 - one run: a single batch-16 point, the unit of the targets.
 
 Each point has what the recipe gives it: Adam (fused) on its head; for ``role`` its own label estimator
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import spl_losses
-from spl_losses.training.linear_grid import train_head_group_epoch
-from spl_losses.training.linear_head import build_linear_optimizers, predict_linear, train_linear_epoch
-from spl_losses.training.sampling import epoch_permutation
+from spl_losses.training.linear import train_head_group_epoch
+from spl_losses.training.linear import build_linear_optimizers, predict_linear, train_linear_epoch
+from spl_losses.training.parallel import epoch_permutation
 
 from linear_probe import coco_sized_features, load_average
 

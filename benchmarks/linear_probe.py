@@ -2,8 +2,8 @@
 
 1. A 25-epoch linear run (the protocol's linear mode) on generated COCO-sized features
    (65,665 x 2,048, 80 classes, one observed positive per row) for `an` and `role`, through the
-   recipe's own loop (spl_losses.training.linear_head.train_linear_epoch) and optimizer
-   (spl_losses.training.optim.build_optimizer), with validation scoring of 16,416 rows per epoch and,
+   recipe's own loop (spl_losses.training.linear.train_linear_epoch) and optimizer
+   (spl_losses.training.builders.build_optimizer), with validation scoring of 16,416 rows per epoch and,
    as the recipe's per-epoch checkpoint does, the loss's state dict read after every epoch (which
    brings a LazyAdam estimator's rows up to date). `role` runs with each `--estimator-optimizer`
    given: `auto` (the recipe's default: LazyAdam at this size, 5.3M estimator entries), `lazy_adam`,
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 import spl_losses
-from spl_losses.training.linear_head import predict_linear, train_linear_epoch
-from spl_losses.training.optim import build_optimizer, estimator_optimizer, param_groups
-from spl_losses.training.sampling import epoch_permutation
+from spl_losses.training.linear import predict_linear, train_linear_epoch
+from spl_losses.training.builders import build_optimizer, estimator_optimizer, param_groups
+from spl_losses.training.parallel import epoch_permutation
 
 
 def load_average():

@@ -44,9 +44,9 @@ from spl_losses.labels import indices_to_dense
 from spl_losses.metrics import compute_metrics
 from spl_losses.teachers import (KNNTeacher, ModelTeacher, PrevalenceRule, SoftRule, ThresholdRule, TopKRule,
                                  teacher_scores)
-from spl_losses.training.linear_head import predict_linear, train_linear_epoch
-from spl_losses.training.loss_factory import build_loss
-from spl_losses.training.sampling import epoch_permutation
+from spl_losses.training.linear import predict_linear, train_linear_epoch
+from spl_losses.training.builders import build_loss
+from spl_losses.training.parallel import epoch_permutation
 
 BASELINES = ["an", "an_ls", "wan", "epr", "role", "em", "em_apl", "ll_r", "ll_ct", "ll_cp", "gr", "hill", "splc", "asl"]
 EXPECTED_NUM_POS = 3.439  # 10 * (1 - 0.9 ** 4)

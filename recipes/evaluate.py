@@ -24,11 +24,11 @@ from spl_losses.checkpoints import check_checkpoint_classes, load_exported_model
 from spl_losses.data.options import parse_dataset_options
 from spl_losses.metrics import compute_metrics
 from spl_losses.models import BoostLU
-from spl_losses.training.arguments import DefaultsOnceHelpFormatter
+from spl_losses.training.flags import DefaultsOnceHelpFormatter
 from spl_losses.training.cli import FlagParser, run_cli
-from spl_losses.training.data import load_data
+from spl_losses.training.run_data import load_data
 from spl_losses.training.evaluation import features_loader, predict_loader
-from spl_losses.training.image_data import loader_for_split, protocol_transform
+from spl_losses.training.images import loader_for_split, protocol_transform
 from spl_losses.training.label_matrices import dense_labels
 
 

@@ -44,30 +44,25 @@ from tqdm.auto import tqdm
 
 from spl_losses.checkpoints import load_loss_state
 from spl_losses.data.options import parse_dataset_options
-from spl_losses.training.arguments import flag_defaults, parse_args
+from spl_losses.training.builders import (build_optimizer, build_run_loss, build_scheduler, copy_linear_head,
+                                          create_model, hand_off_loss_state, param_groups, run_estimator_optimizer,
+                                          timm_model_of, trainable_state_parameters)
 from spl_losses.training.cli import run_cli
-from spl_losses.training.data import RunData, load_data
-from spl_losses.training.device_options import apply_device_options, contiguous_parameters
 from spl_losses.training.evaluation import predict_loader
-from spl_losses.training.export import export_model
 from spl_losses.training.features import run_features
-from spl_losses.training.image_data import flip_images
-from spl_losses.training.input_pipeline import ImagePipeline
-from spl_losses.training.linear_grid import train_head_group_epoch
-from spl_losses.training.linear_head import build_linear_optimizers, new_linear_head, predict_linear
-from spl_losses.training.loss_factory import (build_run_loss, hand_off_loss_state, run_estimator_optimizer,
-                                              trainable_state_parameters)
-from spl_losses.training.modeling import copy_linear_head, create_model, timm_model_of
-from spl_losses.training.optim import build_optimizer, build_scheduler, param_groups
+from spl_losses.training.flags import flag_defaults, parse_args
+from spl_losses.training.images import ImagePipeline, apply_device_options, contiguous_parameters, flip_images
+from spl_losses.training.linear import (build_linear_optimizers, new_linear_head, predict_linear,
+                                        train_head_group_epoch)
+from spl_losses.training.parallel import (LinearStep, ShardedBatchSampler, TrainStep, check_process_shares,
+                                          epoch_flip_mask, epoch_permutation)
 from spl_losses.training.phase_book import PhaseBook, PhaseOutcome
 from spl_losses.training.pseudo_labels import teacher_pseudo_labels
-from spl_losses.training.run_dir import IDENTITY_IGNORED, RunDir
-from spl_losses.training.run_files import plot_val_map, read_json, read_jsonl, write_json
-from spl_losses.training.sampling import ShardedBatchSampler, check_process_shares, epoch_flip_mask, epoch_permutation
-from spl_losses.training.search import REFERENCE_GRID, group_key, select_winner
+from spl_losses.training.run_data import RunData, load_data
+from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model, plot_val_map, read_json, read_jsonl,
+                                         write_json)
 from spl_losses.training.settings import RunSettings, check_args, resolve_settings
-from spl_losses.training.study import SearchStudy
-from spl_losses.training.train_step import LinearStep, TrainStep
+from spl_losses.training.study import REFERENCE_GRID, SearchStudy, group_key, select_winner
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
 #: The one setting the runs trained together by one linear loop may differ in (besides their folders).

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from spl_losses import loss_parameters
-from spl_losses.training.arguments import LOSS_OPTION_FLAGS, load_config_file, parse_args
-from spl_losses.training.progress import BestEpochTracker, EarlyStopping
+from spl_losses.training.flags import LOSS_OPTION_FLAGS, load_config_file, parse_args
+from spl_losses.training.phase_book import BestEpochTracker, EarlyStopping
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "recipes", "configs")
 DATASETS = ("voc2012", "coco2014", "nuswide", "cub200")

@@ -242,7 +242,7 @@ def test_train_step_runs_both_views_through_the_backbone_as_one_batch():
 
     import spl_losses
     from spl_losses.losses import ContrastiveAuxiliary
-    from spl_losses.training.train_step import TrainStep
+    from spl_losses.training.parallel import TrainStep
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3, pretrained=False).train()

@@ -24,7 +24,7 @@ import spl_losses
 from spl_losses.losses import _distributed
 from spl_losses.losses.contrastive import ContrastiveAuxiliary
 from spl_losses.metrics import mean_average_precision
-from spl_losses.training.train_step import TrainStep
+from spl_losses.training.parallel import TrainStep
 
 N, C, D, H = 24, 5, 6, 8
 K = 1.5  # expected positives per image

@@ -18,8 +18,8 @@ from torch import nn
 
 import spl_losses
 from spl_losses.losses import _distributed
-from spl_losses.training.optim import build_optimizer, param_groups
-from spl_losses.training.train_step import TrainStep
+from spl_losses.training.builders import build_optimizer, param_groups
+from spl_losses.training.parallel import TrainStep
 
 N, C, D, H, K = 24, 5, 6, 8, 1.5
 #: Optimizer steps, each a list of global batches (more than one: accumulated before the step).

@@ -1,4 +1,4 @@
-"""The label estimator's optimizers in the recipe (spl_losses.training.optim): LazyAdam is dense Adam.
+"""The label estimator's optimizers in the recipe (spl_losses.training.builders): LazyAdam is dense Adam.
 
 ROLE trains a linear head and its (N, C) estimator for a few hundred random batches three ways: dense
 ``torch.optim.Adam`` over both (the reference's optimizer, written out here), and the recipe's optimizer
@@ -16,7 +16,7 @@ from torch import nn
 
 import spl_losses
 from spl_losses.optim import CombinedOptimizer, LazyAdam
-from spl_losses.training.optim import (LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR, build_optimizer,
+from spl_losses.training.builders import (LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR, build_optimizer,
                                        estimator_optimizer, param_groups)
 
 N, C, D, K = 60, 4, 5, 1.2

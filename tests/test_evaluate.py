@@ -172,7 +172,7 @@ def test_evaluate_reproduces_the_test_map_of_a_boostlu_run(tmp_path):
     from spl_losses.labels import indices_to_dense
     from spl_losses.metrics import compute_metrics
     from spl_losses.training.evaluation import predict_loader
-    from spl_losses.training.image_data import loader_for_split, protocol_transform
+    from spl_losses.training.images import loader_for_split, protocol_transform
 
     plain = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
     test = load_spml_dataset("digits_mosaic", seed=1200, num_train=32, num_validation=16, num_test=24, image_size=16,

@@ -107,7 +107,7 @@ def test_users_files_inside_a_run_folder_survive(tmp_path, data_cache):
 
 
 def test_unwritable_output_dir_fails_before_the_data_is_loaded(tmp_path, data_cache, monkeypatch):
-    import spl_losses.training.data as training_data
+    import spl_losses.training.run_data as training_data
 
     def never(*args, **kwargs):
         raise AssertionError("the data was loaded")

@@ -11,14 +11,14 @@ import torch
 import yaml
 from PIL import Image
 
-from spl_losses.training import input_pipeline
-from spl_losses.training.arguments import parse_args
-from spl_losses.training.device_options import apply_device_options, contiguous_parameters
-from spl_losses.training.image_cache import CachedImages, image_cache_path
-from spl_losses.training.image_data import (DeviceNormalize, collate_image_rows, decode_image, flip_images,
+from spl_losses.training import images
+from spl_losses.training.flags import parse_args
+from spl_losses.training.images import apply_device_options, contiguous_parameters
+from spl_losses.training.images import CachedImages, image_cache_path
+from spl_losses.training.images import (DeviceNormalize, collate_image_rows, decode_image, flip_images,
                                             protocol_transform, protocol_uint8_transform)
-from spl_losses.training.input_pipeline import ImagePipeline, default_workers, local_process_count, resolve_workers
-from spl_losses.training.sampling import EpochPermutationSampler, epoch_flip_mask
+from spl_losses.training.images import ImagePipeline, default_workers, local_process_count, resolve_workers
+from spl_losses.training.parallel import EpochPermutationSampler, epoch_flip_mask
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -200,14 +200,14 @@ def test_default_worker_count(cpus, procs, accelerator, expected):
 
 
 def test_processes_per_machine_and_auto_from_the_environment(monkeypatch):
-    for name in input_pipeline.LOCAL_PROCESS_VARIABLES:
+    for name in images.LOCAL_PROCESS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert local_process_count() == 1
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
     assert local_process_count() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun / accelerate launch win
     assert local_process_count() == 4
-    monkeypatch.setattr(input_pipeline, "available_cpus", lambda: 32)
+    monkeypatch.setattr(images, "available_cpus", lambda: 32)
     assert resolve_workers("auto", "cuda") == 8 and resolve_workers("auto", torch.device("cuda", 1)) == 8
     assert resolve_workers("auto", "cpu") == 0 and resolve_workers(3, "cpu") == 3
     with pytest.raises(ValueError, match="'auto' or an integer >= 0, got -1"):

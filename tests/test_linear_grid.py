@@ -21,8 +21,8 @@ from test_recipe import recipe
 from torch import nn
 
 import spl_losses
-from spl_losses.training.linear_grid import train_head_group_epoch
-from spl_losses.training.sampling import epoch_permutation
+from spl_losses.training.linear import train_head_group_epoch
+from spl_losses.training.parallel import epoch_permutation
 
 LRS = ["0.3", "0.03", "0.003"]
 

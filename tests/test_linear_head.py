@@ -1,11 +1,11 @@
-"""The linear-head loop (spl_losses.training.linear_head) against a plain PyTorch training loop."""
+"""The linear-head loop (spl_losses.training.linear) against a plain PyTorch training loop."""
 import pytest
 import torch
 from torch import nn
 
 import spl_losses
-from spl_losses.training.linear_head import predict_linear, train_linear_epoch
-from spl_losses.training.optim import build_optimizer, param_groups
+from spl_losses.training.linear import predict_linear, train_linear_epoch
+from spl_losses.training.builders import build_optimizer, param_groups
 
 
 def _observed(num_examples, num_classes):

@@ -397,7 +397,7 @@ def test_two_processes_match_one_process_when_the_last_batch_is_uneven(tmp_path,
 
 
 def test_a_batchnorm_model_with_an_empty_share_is_refused_before_training(tmp_path, data_cache):
-    from spl_losses.training.sampling import check_process_shares as _check_shares
+    from spl_losses.training.parallel import check_process_shares as _check_shares
 
     import timm
 

@@ -13,7 +13,7 @@ from recipe_flags import dataset_options
 from recipe_flags import digits as digits_flags
 from test_recipe import CONFIG_DIR, read, recipe
 
-from spl_losses.training.arguments import FLAGS, build_parser, parse_args
+from spl_losses.training.flags import FLAGS, build_parser, parse_args
 
 
 
@@ -114,7 +114,7 @@ def test_checkpoint_holds_the_weights_once_in_safetensors(tmp_path, data_cache):
 
 
 def test_schedule_warmup_and_clipping_reach_the_optimizer(tmp_path, data_cache):
-    from spl_losses.training.optim import build_scheduler
+    from spl_losses.training.builders import build_scheduler
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([param], lr=0.1)

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from spl_losses.training.arguments import FLAGS, build_parser, load_config_file, parse_args
+from spl_losses.training.flags import FLAGS, build_parser, load_config_file, parse_args
 
 
 def _error_of(argv, capsys):

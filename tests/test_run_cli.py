@@ -98,7 +98,7 @@ def test_debug_requested_reads_the_switch_forms():
 
 
 def test_the_recipe_flags_errors_print_once_under_a_launch(capsys, monkeypatch):
-    from spl_losses.training.arguments import parse_args
+    from spl_losses.training.flags import parse_args
 
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(SystemExit) as info:

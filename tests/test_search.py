@@ -186,7 +186,7 @@ def test_shared_search_on_postgresql(tmp_path, features_data, postgres):
 
 
 def test_next_trials_takes_the_waiting_points_of_one_group(tmp_path):
-    from spl_losses.training.search import group_key
+    from spl_losses.training.study import group_key
     from spl_losses.training.study import SearchStudy
 
     study = SearchStudy(str(tmp_path), grid=GRID, allowed=list(GRID))

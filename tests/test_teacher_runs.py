@@ -127,7 +127,7 @@ def test_two_processes_train_with_the_teacher_as_one(oracle, em_run, tmp_path):
 
 def test_end_to_end_trains_with_the_teacher(tmp_path, data_cache):
     from spl_losses.data.options import parse_dataset_options
-    from spl_losses.training.data import load_data
+    from spl_losses.training.run_data import load_data
 
     data_flags = digits_flags(data_cache, num_train=64, num_validation=30, num_test=31)
     options = parse_dataset_options([data_flags[i + 1] for i, f in enumerate(data_flags) if f == "--dataset-option"])
@@ -162,9 +162,9 @@ def test_every_pseudo_negative_gets_a_downward_gradient(oracle, tmp_path):
     (a descent step lowers the logit) and every pseudo-positive's negative."""
     from accelerate import Accelerator
 
-    from spl_losses.training.arguments import parse_args
-    from spl_losses.training.data import load_data
-    from spl_losses.training.loss_factory import build_run_loss
+    from spl_losses.training.flags import parse_args
+    from spl_losses.training.run_data import load_data
+    from spl_losses.training.builders import build_run_loss
     from spl_losses.training.pseudo_labels import teacher_pseudo_labels
     from spl_losses.training.settings import resolve_settings
 

@@ -4,15 +4,15 @@ import torch
 import yaml
 from torch import nn
 
-from spl_losses.training.arguments import load_config_file, parse_args
+from spl_losses.training.flags import load_config_file, parse_args
 from spl_losses.training.evaluation import scatter_by_index
 from spl_losses.training.features import weights_fingerprint
-from spl_losses.training.linear_head import train_linear_epoch
-from spl_losses.training.loss_factory import build_loss, loss_parameters
-from spl_losses.training.progress import BestEpochTracker
+from spl_losses.training.linear import train_linear_epoch
+from spl_losses.training.builders import build_loss, loss_parameters
+from spl_losses.training.phase_book import BestEpochTracker
 from spl_losses.training.run_dir import RunDir, RunDirBusyError
-from spl_losses.training.sampling import epoch_flip_mask, epoch_permutation
-from spl_losses.training.search import REFERENCE_GRID, grid_points, run_name, select_winner
+from spl_losses.training.parallel import epoch_flip_mask, epoch_permutation
+from spl_losses.training.study import REFERENCE_GRID, grid_points, run_name, select_winner
 
 
 def test_scatter_by_index_places_rows_and_refuses_gaps_or_repeats():
@@ -112,7 +112,7 @@ def test_run_dir_lock_refuses_another_holder_and_is_reentrant(tmp_path):
 
 
 def test_early_stopping_rules():
-    from spl_losses.training.progress import EarlyStopping
+    from spl_losses.training.phase_book import EarlyStopping
 
     t, patience, drop = BestEpochTracker(), EarlyStopping(patience=1), EarlyStopping(max_drop=2.0)
     t.update(1, 50.0)
@@ -224,7 +224,7 @@ def test_protocol_data_config_squashes_to_the_training_size():
     import timm
     from PIL import Image
 
-    from spl_losses.training.image_data import protocol_data_config, protocol_transform
+    from spl_losses.training.images import protocol_data_config, protocol_transform
 
     model = timm.create_model("test_resnet", pretrained=False)  # timm default: 160 px, crop 0.95, center
     config = protocol_data_config(model, 24)

@@ -8,7 +8,7 @@ import pytest
 
 from spl_losses.data.options import parse_dataset_options
 from spl_losses.safe_yaml import MAX_EXPANDED_SIZE, BoundedSafeLoader, load_yaml
-from spl_losses.training.arguments import load_config_file, parse_args
+from spl_losses.training.flags import load_config_file, parse_args
 
 
 def _bomb(levels=9, width=9, indent=""):

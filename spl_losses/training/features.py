@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.fingerprint import default_cache_root
 from .evaluation import predict_loader
-from .input_pipeline import ImagePipeline
+from .images import ImagePipeline
 
 __all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "pooled_features",
            "extract_or_load_features", "run_features"]
@@ -146,14 +146,14 @@ def run_features(accelerator, settings, data, model: Optional[nn.Module], batch_
     Args:
         accelerator: The ``accelerate.Accelerator``.
         settings: The run's settings (cache folder, image size, precision, input pipeline options).
-        data: The run's :class:`~spl_losses.training.data.RunData`.
+        data: The run's :class:`~spl_losses.training.run_data.RunData`.
         model: The run's timm model (or BoostLU around one), or None for a features dataset.
         batch_size: The phase's batch size (extraction uses at least 64 rows per process).
     """
     import numpy as np
 
-    from .device_options import apply_device_options
-    from .modeling import timm_model_of
+    from .images import apply_device_options
+    from .builders import timm_model_of
 
     if model is None:
         return {s: torch.from_numpy(np.asarray(data.splits[s].with_format("numpy")["features"], dtype=np.float32))

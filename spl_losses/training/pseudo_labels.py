@@ -168,7 +168,7 @@ def teacher_pseudo_labels(accelerator, pseudo: Optional[PseudoLabelSettings], te
         teacher_kwargs: ``--teacher-kwargs``.
         teacher_cache_dir: ``--teacher-cache-dir``.
         dataset: ``--dataset`` (a local folder or Hub id: cached scores may travel with it).
-        data: The run's :class:`~spl_losses.training.data.RunData`.
+        data: The run's :class:`~spl_losses.training.run_data.RunData`.
     """
     if pseudo is None:
         return None, None

@@ -20,11 +20,10 @@ import torch
 from .._registry import get_loss_class
 from ..checkpoints import check_checkpoint_classes, load_loss_state, parse_checkpoint, read_model_config
 from ..data.options import check_dataset_options, parse_dataset_options
-from .arguments import FLAGS, loss_options
-from .data import RunData
+from .flags import FLAGS, loss_options
+from .run_data import RunData
 from .label_matrices import estimate_expected_num_pos
-from .loss_factory import build_loss, loss_parameters, trainable_state_parameters
-from .optim import estimator_optimizer
+from .builders import build_loss, estimator_optimizer, loss_parameters, trainable_state_parameters
 from .pseudo_labels import PseudoLabelSettings, resolve_pseudo_label_settings, rule_takes_k
 
 __all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]

@@ -1,5 +1,7 @@
 """The data of one run: the dataset's splits, their label matrices and fingerprints, checked once.
 
+The data of one run: the dataset's splits, their label matrices and fingerprints, checked once.
+
 ``load_data`` loads anything ``spl_losses.data.load_spml_dataset`` takes and checks the contract the
 recipe needs (train / validation / test splits, an ``index`` column equal to the row position,
 single positives on train and validation, full labels on test, images or features), before any
@@ -15,6 +17,7 @@ from ..data import dataset_fingerprint, load_spml_dataset
 from .label_matrices import check_index_column, dense_labels, has_full_labels, label_names
 
 __all__ = ["RunData", "load_data", "SPLITS"]
+
 
 SPLITS = ("train", "validation", "test")
 

@@ -1,4 +1,6 @@
-"""Optimizers and learning-rate schedules from timm, with the recipe's parameter groups.
+"""What a run trains, built from its settings: the timm model, any registered loss, optimizers and schedules.
+
+Optimizers and learning-rate schedules from timm, with the recipe's parameter groups.
 
 Parameter groups: the backbone at ``lr``, the classifier at ``lr * head_lr_mult`` (10 in the large-loss
 reference), the loss's trainable state (ROLE's estimator) at ``lr * state_lr_mult`` (10 in the ROLE
@@ -15,18 +17,31 @@ weight decay, and take its betas and eps. Either way :func:`build_optimizer` ret
 group's rate and a checkpoint saves every state. The schedule is ``timm.scheduler.create_scheduler_v2``
 stepped per update (none by default: a constant rate, as the protocol); it is a pure function of the step
 count, so a resumed run continues it exactly.
-"""
-from typing import Dict, List, Sequence
 
+The networks a run trains: a timm model (optionally BoostLU-wrapped) and the linear-head hand-off.
+
+Building any registered loss from a run, and handing a loss state from one phase to the next.
+
+The constructor decides what a loss receives (``spl_losses.loss_kwargs``, the registry's router):
+``num_classes``, ``num_examples``, ``observed_labels`` (dense {-1, 0, 1} training labels),
+``expected_num_pos``, ``num_epochs``, ``seed``, ``sparse`` and the options the user set.
+"""
+from typing import Any, Dict, List, Optional, Sequence
+
+import timm
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
+from .._registry import get_loss_class, loss_kwargs, loss_parameters
 from ..optim import CombinedOptimizer, LazyAdam
 
 __all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "LAZY_ADAM_MIN_ENTRIES_ACCELERATOR", "param_groups",
-           "estimator_optimizer", "build_optimizer", "build_scheduler"]
+           "estimator_optimizer", "build_optimizer", "build_scheduler", "create_model", "timm_model_of",
+           "copy_linear_head", "loss_parameters", "build_loss", "build_run_loss", "trainable_state_parameters",
+           "hand_off_loss_state", "run_estimator_optimizer"]
+
 
 #: Choices of ``--estimator-optimizer``.
 ESTIMATOR_OPTIMIZERS = ("auto", "lazy_adam", "adam", "sparse_adam")
@@ -177,3 +192,157 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: str, epochs: int, u
                                        warmup_epochs=warmup_epochs, step_on_epochs=False,
                                        updates_per_epoch=max(updates_per_epoch, 1))
     return scheduler
+
+
+def create_model(settings, num_classes: int) -> nn.Module:
+    """The run's network: ``timm.create_model`` (a timm name or a published ``hf-hub:``/``local-dir:``
+    checkpoint), wrapped in :class:`~spl_losses.models.BoostLU` with ``--boostlu``.
+
+    Args:
+        settings: The run's settings (``model``, ``pretrained``, ``model_kwargs``, ``boostlu``, ``boostlu_alpha``).
+        num_classes: C.
+    """
+    kwargs = dict(settings.model_kwargs or {})
+    if settings.boostlu:
+        from ..models import create_boostlu_model
+
+        return create_boostlu_model(settings.model, alpha=settings.boostlu_alpha, pretrained=settings.pretrained,
+                                    num_classes=num_classes, **kwargs)
+    return timm.create_model(settings.model, pretrained=settings.pretrained, num_classes=num_classes, **kwargs)
+
+
+def timm_model_of(model: nn.Module) -> nn.Module:
+    """The stock timm model inside a BoostLU wrapper, or the model itself.
+
+    Args:
+        model: A timm model or a :class:`~spl_losses.models.BoostLU`.
+    """
+    from ..models import BoostLU
+
+    return model.model if isinstance(model, BoostLU) else model
+
+
+@torch.no_grad()
+def copy_linear_head(head: nn.Linear, model: nn.Module) -> None:
+    """Copy a trained linear head into a timm model's classifier (``model.get_classifier()``).
+
+    Args:
+        head: The trained ``nn.Linear`` (D -> C).
+        model: The timm model (its classifier must be an ``nn.Linear`` of the same shape).
+    """
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        raise TypeError(f"the model's classifier is {type(classifier).__name__}, expected nn.Linear")
+    if classifier.weight.shape != head.weight.shape:
+        raise ValueError(f"head shape {tuple(head.weight.shape)} does not match the classifier's "
+                         f"{tuple(classifier.weight.shape)}")
+    classifier.weight.copy_(head.weight)
+    if classifier.bias is not None and head.bias is not None:
+        classifier.bias.copy_(head.bias)
+
+
+def build_loss(
+        name: str,
+        num_classes: int,
+        num_examples: int,
+        observed_labels: Optional[torch.Tensor] = None,
+        expected_num_pos: Optional[float] = None,
+        num_epochs: Optional[int] = None,
+        seed: Optional[int] = None,
+        sparse: bool = False,
+        options: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """Create loss ``name`` with the arguments its constructor takes.
+
+    Args:
+        name: Registered loss name.
+        num_classes: C.
+        num_examples: N, the training-set size (losses with per-example state).
+        observed_labels: (N, C) {-1, 0, 1} training labels (estimator / label-matrix initialisation).
+        expected_num_pos: k of EPR/ROLE-like losses.
+        num_epochs: Total epochs (losses with epoch schedules).
+        seed: Seed of the loss's own random initialisation.
+        sparse: Ask for sparse gradients of per-example state (when the loss supports it).
+        options: Loss options set by the user; an option the loss does not take is an error.
+
+    Returns:
+        The loss module.
+    """
+    options = dict(options or {})
+    available = {"num_classes": num_classes, "num_examples": num_examples, "observed_labels": observed_labels,
+                 "expected_num_pos": expected_num_pos, "num_epochs": num_epochs, "seed": seed,
+                 "sparse": True if sparse else None}
+    kwargs = loss_kwargs(name, available, options)
+    if "expected_num_pos" in loss_parameters(name) and "expected_num_pos" not in kwargs:
+        raise ValueError(f"loss {name!r} needs expected_num_pos (k): pass --expected-num-pos")
+    return get_loss_class(name)(**kwargs)
+
+
+def trainable_state_parameters(loss: nn.Module):
+    """The loss's trainable parameters (ROLE's label estimator), as a list (possibly empty).
+
+    Args:
+        loss: The loss module.
+    """
+    return [p for p in loss.parameters() if p.requires_grad]
+
+
+def build_run_loss(settings, data, epochs: int, sparse: bool = False, check_inputs: bool = True) -> nn.Module:
+    """The loss of one phase of a run, built once (on the CPU; the phase moves it).
+
+    Args:
+        settings: The run's :class:`~spl_losses.training.settings.RunSettings`.
+        data: The run's :class:`~spl_losses.training.run_data.RunData` (with its teacher's pseudo-labels, if any).
+        epochs: Epochs of the phase (losses with epoch schedules).
+        sparse: Sparse gradients for per-example state (``--estimator-optimizer lazy_adam`` or ``sparse_adam``).
+        check_inputs: The loss's per-call input checks (off where the targets are the run's own label
+            matrices, checked when they were built: a device sync per step saved).
+    """
+    options = dict(settings.loss_options, check_inputs=check_inputs)
+    if data.train_pseudo is not None:
+        options["pseudo_labels"] = data.train_pseudo
+    return build_loss(settings.loss, data.num_classes, data.num_train, data.train_observed,
+                      settings.expected_num_pos, epochs, settings.seed, sparse=sparse, options=options)
+
+
+def run_estimator_optimizer(settings, data, device) -> str:
+    """``--estimator-optimizer`` resolved for this run's estimator size and device (``auto``: LazyAdam when large).
+
+    Args:
+        settings: The run's settings (``loss``, ``estimator_optimizer``, ``opt``, ``weight_decay``).
+        data: The run's data (N, C).
+        device: The training device.
+    """
+    from .builders import estimator_optimizer
+
+    if "sparse" not in loss_parameters(settings.loss):  # no label estimator
+        return "adam"
+    return estimator_optimizer(settings.estimator_optimizer, data.num_train * data.num_classes, settings.opt,
+                               settings.weight_decay, torch.device(device).type)
+
+
+@torch.no_grad()
+def hand_off_loss_state(source: nn.Module, target: nn.Module) -> None:
+    """Start ``target``'s state from ``source``'s (linear_init: linear phase -> fine-tuning).
+
+    Label estimators are handed over as ROLE's reference does, through their probabilities
+    (``init_from_estimates``, which clips them before the inverse sigmoid); every other tensor of the
+    state is copied exactly.
+
+    Args:
+        source: The linear phase's loss.
+        target: The fine-tuning loss (built for the same data).
+    """
+    from ..losses import LabelEstimator
+
+    estimators = {name for name, module in target.named_modules() if isinstance(module, LabelEstimator)}
+    logit_keys = {f"{name}.logits" if name else "logits" for name in estimators}
+    result = target.load_state_dict({k: v for k, v in source.state_dict().items() if k not in logit_keys},
+                                    strict=False)
+    missing = sorted(set(result.missing_keys) - logit_keys)
+    if missing or result.unexpected_keys:
+        raise ValueError(f"cannot hand the loss state over: missing {missing[:5]}, unexpected "
+                         f"{list(result.unexpected_keys)[:5]}")
+    sources = dict(source.named_modules())
+    for name in estimators:
+        target.get_submodule(name).init_from_estimates(sources[name].estimates())
