@@ -19,7 +19,7 @@ input raises ``ValueError`` naming the column and the first bad row.
 """
 import os
 import warnings
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,8 @@ __all__ = ["ListColumn", "arrow_column", "feature_matrix", "feature_tensor", "li
 _FLOAT_TYPES = (pa.float16(), pa.float32(), pa.float64())
 
 
-class ListColumn(NamedTuple):
+@dataclass(frozen=True)
+class ListColumn:
     """A list column as Arrow holds it: row ``i`` is ``values[offsets[i]:offsets[i + 1]]``.
 
     Args:
