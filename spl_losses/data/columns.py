@@ -7,8 +7,10 @@
 rows. The functions here read the pyarrow column itself, identically on datasets 3, 4 and 5:
 
 - :func:`feature_matrix`: a fixed-size (or equal-length) float list column as one (N, D) float32 array,
-  a reshape of the flattened child values: zero-copy (memory-mapped for a split loaded from disk)
-  when the column is float32, in one chunk, without an indices mapping; otherwise one copy.
+  a reshape of the flattened child values of each Arrow chunk: zero-copy (a view of the memory map for
+  a split loaded from disk) when the column is float32 in one chunk without an indices mapping,
+  otherwise one copy of the chunks into the result. ``save_to_disk`` writes record batches of 1,000
+  rows, each a chunk, so a larger saved split is copied once out of its memory map (a memcpy).
 - :func:`list_column`: a list column's offsets and flattened values (:class:`ListColumn`).
 - :func:`label_matrix`: a list-of-class-indices column as a dense (N, C) {0, 1} tensor, one scatter.
 - :func:`index_column`: an integer column as an int64 array.
@@ -165,11 +167,12 @@ def feature_matrix(split, column: str = "features") -> np.ndarray:
 
     A ``List(Value("float32"), length=D)`` column stored in one Arrow chunk without an indices mapping
     is returned without a copy: a read-only view of the Arrow buffer, memory-mapped when the split
-    was loaded from disk (a feature set larger than RAM stays on disk; ``np.array(m)`` to write).
-    Several chunks (a saved split of several files), an indices mapping (``select``, ``shuffle``), a
-    variable-length list type with equal lengths, or float16/float64 values cost one copy (float64
-    is cast to float32, and values beyond float32's range are refused after the cast). A copy larger
-    than the machine's physical memory is refused before it is made.
+    was loaded from disk (``np.array(m)`` to write). Several chunks (``save_to_disk`` writes record
+    batches of 1,000 rows, each a chunk once loaded), an indices mapping (``select``, ``shuffle``: one
+    Arrow ``take``), a variable-length list type with equal lengths, or float16/float64 values cost one
+    copy into the result (float64 is cast to float32, and values beyond float32's range are refused
+    after the cast). A copy larger than the machine's physical memory is refused before it is made,
+    naming the column, the size and the split's files.
 
     Args:
         split: A ``datasets.Dataset`` (any datasets version) or a ``pyarrow.Table``.
