@@ -119,12 +119,26 @@ def test_wrong_types_and_missing_columns():
 
 def test_indices_mapping_is_read_in_the_split_order(where):
     ds = where(_dataset())
-    for view, order in ((ds.select([4, 0, 2]), [4, 0, 2]), (ds.shuffle(seed=3), None), (ds.select(range(1, 4)), [1, 2, 3])):
+    views = ((ds.select([4, 0, 2]), [4, 0, 2]), (ds.shuffle(seed=3), None), (ds.select(range(1, 4)), [1, 2, 3]))
+    for view, order in views:
         order = order if order is not None else view["index"][:]
         np.testing.assert_array_equal(feature_matrix(view), FEATURES[order])
         assert torch.equal(label_matrix(view, "labels", 4), DENSE[order])
         np.testing.assert_array_equal(index_column(view), order)
         assert list_column(view, "labels").values.tolist() == [c for i in order for c in LABELS[i]]
+
+
+def test_bad_rows_of_a_mapped_view_are_named_in_its_order(where):
+    values = FEATURES.copy()
+    values[2, 1] = np.nan
+    view = where(_dataset(values.tolist())).select([4, 2, 0])
+    with pytest.raises(ValueError, match=r"'features': row 1 holds nan"):
+        feature_matrix(view)
+    feature_matrix(where(_dataset(values.tolist())).select([4, 0]))  # the bad row is not in the view
+    rows = FEATURES.tolist()
+    rows[3] = None
+    with pytest.raises(ValueError, match=r"'features': row 0 is null"):
+        feature_matrix(where(_dataset(rows)).select([3, 1]))
 
 
 def test_several_chunks():

@@ -16,7 +16,7 @@ rows. The functions here read the pyarrow column itself, identically on datasets
 - :func:`index_column`: an integer column as an int64 array.
 - :func:`equal_list_rows`: which rows of two list columns hold the same entries (order ignored).
 
-Rows are always in the split's order (its indices mapping applied with Arrow's ``take``), and bad
+Rows are always in the split's order (its indices mapping applied by a gather), and bad
 input raises ``ValueError`` naming the column and the first bad row.
 """
 import os
@@ -70,6 +70,12 @@ def arrow_column(split, column: str) -> pa.ChunkedArray:
         ValueError: the split has no such column (the message lists its columns).
         TypeError: ``split`` is neither a ``datasets.Dataset`` nor a ``pyarrow.Table``.
     """
+    values, indices = _stored_column(split, column)
+    return values if indices is None else values.take(indices)
+
+
+def _stored_column(split, column: str):
+    """(the column as stored, the split's indices mapping or None)."""
     if isinstance(split, pa.Table):
         table, indices = split, None
     else:
@@ -81,10 +87,7 @@ def arrow_column(split, column: str) -> pa.ChunkedArray:
         indices = None if mapping is None else mapping.column(0)
     if column not in table.column_names:
         raise ValueError(f"split has no {column!r} column; columns are {table.column_names}")
-    values = table.column(column)
-    if indices is not None:
-        values = values.take(indices)
-    return values
+    return table.column(column), indices
 
 
 def _chunks(values: pa.ChunkedArray):
@@ -169,8 +172,8 @@ def feature_matrix(split, column: str = "features") -> np.ndarray:
     is returned without a copy: a read-only view of the Arrow buffer, memory-mapped when the split
     was loaded from disk (``np.array(m)`` to write). Several chunks (``save_to_disk`` writes record
     batches of 1,000 rows, each a chunk once loaded), an indices mapping (``select``, ``shuffle``: one
-    Arrow ``take``), a variable-length list type with equal lengths, or float16/float64 values cost one
-    copy into the result (float64 is cast to float32, and values beyond float32's range are refused
+    gather of the stored rows), a variable-length list type with equal lengths, or float16/float64
+    values cost one copy into the result (float64 is cast to float32, and values beyond float32's range are refused
     after the cast). A copy larger than the machine's physical memory is refused before it is made,
     naming the column, the size and the split's files.
 
@@ -186,7 +189,22 @@ def feature_matrix(split, column: str = "features") -> np.ndarray:
             row, a null entry, rows of different lengths, a NaN or inf, or a float64 value beyond
             float32's range; the message names the column and the first bad row.
     """
-    values = arrow_column(split, column)
+    stored, indices = _stored_column(split, column)
+    if indices is not None and _gather_in_numpy(stored):
+        # a gather of the stored rows' matrix is several times faster than Arrow's take over many chunks;
+        # taken only without nulls (the structural errors would name stored rows, not the split's)
+        out = np.take(_matrix(stored, column, split, check=False), indices.to_numpy().astype(np.intp), axis=0)
+        _check_finite(column, 0, out, out)
+        return out
+    return _matrix(stored if indices is None else stored.take(indices), column, split)
+
+
+def _gather_in_numpy(stored: pa.ChunkedArray) -> bool:
+    return pa.types.is_fixed_size_list(stored.type) and stored.type.value_type == pa.float32() and all(
+        chunk.null_count == 0 and chunk.flatten().null_count == 0 for chunk in stored.chunks)
+
+
+def _matrix(values: pa.ChunkedArray, column: str, split, check: bool = True) -> np.ndarray:
     kind = values.type
     if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
             or kind.value_type not in _FLOAT_TYPES:
@@ -206,7 +224,8 @@ def feature_matrix(split, column: str = "features") -> np.ndarray:
     pieces = [(start, _flat_floats(column, start, chunk, width)) for start, chunk in _chunks(values)]
     if len(pieces) == 1 and pieces[0][1].dtype == np.float32:
         out = pieces[0][1]
-        _check_finite(column, 0, out, out)
+        if check:
+            _check_finite(column, 0, out, out)
         return out
     needed = num_rows * width * 4
     memory = _physical_memory()
@@ -221,7 +240,8 @@ def feature_matrix(split, column: str = "features") -> np.ndarray:
         target = out[start:start + piece.shape[0]]
         with np.errstate(over="ignore", invalid="ignore"):
             target[...] = piece
-        _check_finite(column, start, piece, target)
+        if check:
+            _check_finite(column, start, piece, target)
     return out
 
 
