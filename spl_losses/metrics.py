@@ -15,8 +15,6 @@ from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
 import torch
-from scipy.special import expit
-from sklearn.metrics import average_precision_score
 
 __all__ = [
     "per_class_average_precision",
@@ -42,6 +40,12 @@ def _to_numpy(name: str, value: ArrayLike) -> np.ndarray:
     return arr
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function (``scipy.special.expit``), 1 / (1 + exp(-x)); exp's overflow gives 0."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
 def _prepare(scores: ArrayLike, labels: ArrayLike):
     scores = _to_numpy("scores", scores).astype(np.float64)
     labels = _to_numpy("labels", labels)
@@ -54,8 +58,36 @@ def _prepare(scores: ArrayLike, labels: ArrayLike):
     return scores, labels.astype(np.int64)
 
 
+_AP_BLOCK_ELEMENTS = 1 << 22  # classes per pass bounded so the sort's temporaries stay ~100 MB
+
+
+def _average_precision_block(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AP of every row of a (c, N) block (one class per row) in one vectorised pass.
+
+    sklearn sorts by decreasing score and sums ``(R_k - R_{k-1}) P_k`` over the distinct scores k;
+    a tie group's precision is taken at its last example. Hence AP = mean, over the positives, of the
+    precision at the end of the positive's tie group.
+    """
+    n = scores.shape[1]
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.take_along_axis(scores, order, axis=1)
+    hits = np.take_along_axis(labels, order, axis=1)
+    true_pos = np.cumsum(hits, axis=1)
+    group_end = np.ones(ranked.shape, dtype=bool)
+    group_end[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+    last = np.where(group_end, np.arange(n), n - 1)
+    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]  # each example's tie-group end
+    precision = np.take_along_axis(true_pos, last, axis=1) / (last + 1.0)
+    total = true_pos[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (precision * hits).sum(axis=1) / total, np.nan)
+
+
 def per_class_average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """Average precision of each class (sklearn's definition), as a fraction in [0, 1].
+
+    All classes are scored in one vectorised pass (blocks of classes for large inputs), equal to
+    ``sklearn.metrics.average_precision_score`` per class, ties included.
 
     Args:
         scores: (N, C) scores.
@@ -65,11 +97,13 @@ def per_class_average_precision(scores: ArrayLike, labels: ArrayLike) -> np.ndar
         A (C,) float array; classes with no positive example are NaN.
     """
     scores, labels = _prepare(scores, labels)
-    ap = np.full(labels.shape[1], np.nan)
-    has_pos = labels.sum(axis=0) > 0
-    for c in np.flatnonzero(has_pos):
-        ap[c] = average_precision_score(labels[:, c], scores[:, c])
-    return ap
+    num_classes = labels.shape[1]
+    if labels.shape[0] == 0:
+        return np.full(num_classes, np.nan)
+    width = max(1, _AP_BLOCK_ELEMENTS // labels.shape[0])
+    scores, labels = np.ascontiguousarray(scores.T), np.ascontiguousarray(labels.T)
+    return np.concatenate([_average_precision_block(scores[c:c + width], labels[c:c + width])
+                           for c in range(0, num_classes, width)]) if num_classes else np.full(0, np.nan)
 
 
 def mean_average_precision(scores: ArrayLike, labels: ArrayLike, no_positive: str = "zero") -> float:
@@ -218,7 +252,7 @@ def compute_metrics(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1
         out[f"recall@{k}"] = recall_at_k(scores, labels, k)
         out[f"top{k}_hit"] = top_k_hit_rate(scores, labels, k)
     if threshold is not None:
-        probs = expit(scores) if scores_are_logits else scores
+        probs = _sigmoid(scores) if scores_are_logits else scores
         out.update(precision_recall_f1(probs, labels, threshold))
         if top_k_prf is not None:
             out.update({f"{k}_top{top_k_prf}": v for k, v in

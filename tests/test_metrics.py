@@ -27,6 +27,24 @@ def test_per_class_ap_matches_sklearn_on_random_data():
     assert metrics.mean_average_precision(scores, labels) == pytest.approx(100 * np.mean(expected), rel=1e-12)
 
 
+@pytest.mark.parametrize("levels", [2, 5, 1000])
+def test_per_class_ap_matches_sklearn_with_tied_scores(levels, monkeypatch):
+    """Tie groups take the precision at their end, as sklearn; also across the blocks of classes."""
+    scores, labels = random_case(n=300, c=9, seed=levels)
+    scores = np.round(scores * levels) / levels
+    expected = [average_precision_score(labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
+    np.testing.assert_allclose(metrics.per_class_average_precision(scores, labels), expected, rtol=1e-12)
+    monkeypatch.setattr(metrics, "_AP_BLOCK_ELEMENTS", 2 * 300)  # two classes per pass
+    np.testing.assert_allclose(metrics.per_class_average_precision(scores, labels), expected, rtol=1e-12)
+
+
+def test_logits_thresholded_as_the_logistic_function():
+    from scipy.special import expit
+
+    logits = np.array([[-800.0, 0.0, 3.0], [800.0, -3.0, 0.1]])
+    np.testing.assert_array_equal(metrics._sigmoid(logits), expit(logits))
+
+
 def test_average_precision_hand_case():
     # positives ranked 1st and 3rd: AP = (1/1 + 2/3) / 2
     ap = metrics.per_class_average_precision([[0.9], [0.8], [0.7], [0.6]], [[1], [0], [1], [0]])

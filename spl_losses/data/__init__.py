@@ -2,8 +2,10 @@
 
 Every builder yields a ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test`` and
 columns ``image`` (or ``features``), ``labels``, ``observed_labels`` (``List(ClassLabel)``) and
-``index`` (int64). See :func:`build_dataset` and :func:`load_spml_dataset`.
+``index`` (int64). See :func:`build_dataset` and :func:`load_spml_dataset`; :mod:`.columns` reads whole
+columns in bulk from Arrow (:func:`feature_matrix`, :func:`label_matrix`).
 """
+from .columns import ListColumn, feature_matrix, feature_tensor, index_column, label_matrix, list_column
 from .registry import DatasetInfo, get_dataset_class, get_dataset_info, is_dataset, list_datasets, register_dataset
 from .sampling import ObservedLabels, add_observed_labels, hash_keys, sample_single_positive, split_train_validation
 from .raw_files import RawSplit

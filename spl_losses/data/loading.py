@@ -5,6 +5,7 @@ import re
 from typing import List, Optional
 
 import datasets
+import numpy as np
 
 from .builder import build_dataset
 from .registry import get_dataset_info, is_dataset, list_datasets
@@ -28,7 +29,7 @@ def _with_index(ds: datasets.Dataset) -> datasets.Dataset:
     """Set the ``index`` column to the row position (adding it when absent)."""
     if "index" in ds.column_names:
         ds = ds.remove_columns("index")
-    return ds.add_column("index", list(range(len(ds))), feature=datasets.Value("int64"))
+    return ds.add_column("index", np.arange(len(ds), dtype=np.int64), feature=datasets.Value("int64"))
 
 
 def check_spml_dataset(dsd: datasets.DatasetDict, source: str = "dataset") -> None:

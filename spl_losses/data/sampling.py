@@ -28,6 +28,8 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .columns import ListColumn, list_column
+
 __all__ = [
     "ObservedLabels",
     "hash_keys",
@@ -120,13 +122,18 @@ def _to_coordinates(labels, num_classes: Optional[int], weights=None):
                 raise ValueError(f"weights must have the labels' shape {labels.shape}, got {dense.shape}")
             entry_weights = dense[rows, classes]
         return n, c, rows.astype(np.int64), classes.astype(np.int64), entry_weights
-    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+    if isinstance(labels, ListColumn):  # a dataset's column as Arrow holds it (offsets and values)
+        lengths, classes = labels.lengths, labels.values.astype(np.int64)
+        rows = labels.rows
+        lists = labels
+    elif isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
         raise TypeError(f"labels must be a dense (N, C) array or a sequence of class-index lists, "
                         f"got {type(labels).__name__}")
-    lists = labels if isinstance(labels, list) else list(labels)
-    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-    rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
-    classes = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
+    else:
+        lists = labels if isinstance(labels, list) else list(labels)
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
+        classes = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
     entry_weights = None if weights is None else _flat_weights(weights, lengths)
     if classes.size and classes.min() < 0:
         raise ValueError(f"class indices must be non-negative, got {int(classes.min())}")
@@ -146,6 +153,15 @@ def _to_coordinates(labels, num_classes: Optional[int], weights=None):
 
 def _flat_weights(weights, lengths: np.ndarray) -> np.ndarray:
     """Flatten per-row weights that must align with the per-row class lists."""
+    if isinstance(weights, ListColumn):
+        if len(weights) != lengths.size:
+            raise ValueError(f"weights has {len(weights)} rows but the labels have {lengths.size}")
+        bad = np.flatnonzero(weights.lengths != lengths)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"weights row {i} has {int(weights.lengths[i])} entries for {int(lengths[i])} listed "
+                             "classes (one weight per class)")
+        return weights.values.astype(np.float64)
     rows = list(weights)
     if len(rows) != lengths.size:
         raise ValueError(f"weights has {len(rows)} rows but the labels have {lengths.size}")
@@ -218,7 +234,8 @@ def sample_single_positive(
     objects (``observed_sampling="size"`` / ``"loc"`` of ``coco2014``), or fixed per-class weights.
 
     Args:
-        labels: Full labels: a dense (N, C) {0, 1} array/tensor, or N sequences of positive class indices.
+        labels: Full labels: a dense (N, C) {0, 1} array/tensor, N sequences of positive class indices, or
+            a :class:`~spl_losses.data.columns.ListColumn` (a dataset's column read by ``list_column``).
         num_positives: Observed positives per row (1 for SPML).
         seed: Non-negative int seed (1200 in the reference protocol).
         num_negatives: Observed negatives per row (0 for SPML).
@@ -324,8 +341,8 @@ def add_observed_labels(
     if weights_column is not None:
         if weights_column not in dataset.column_names:
             raise ValueError(f"dataset has no column {weights_column!r}; columns: {dataset.column_names}")
-        weights = dataset[weights_column]
-    drawn = sample_single_positive(dataset[labels_column], num_positives=num_positives, seed=seed,
+        weights = list_column(dataset, weights_column)
+    drawn = sample_single_positive(list_column(dataset, labels_column), num_positives=num_positives, seed=seed,
                                    num_negatives=num_negatives, num_classes=num_classes, salt=salt,
                                    weights=weights)
     out = dataset.add_column(column, drawn.positives, feature=feature)

@@ -79,14 +79,35 @@ def predict_loader(
     return scatter_by_index(torch.cat(outputs), torch.cat(indices), num_examples)
 
 
-class _FeatureRows:
-    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        return {"features": [torch.as_tensor(f, dtype=torch.float32) for f in batch["features"]],
-                "index": batch["index"]}
+class _FeatureRows(torch.utils.data.Dataset):
+    """Rows of a features split read whole from Arrow once; a batch is one slice (``__getitems__``)."""
+
+    def __init__(self, split):
+        from ..data.columns import feature_tensor, index_column
+
+        self.features = feature_tensor(split, "features")
+        self.index = torch.from_numpy(index_column(split, "index"))
+
+    def __len__(self) -> int:
+        return self.index.numel()
+
+    def __getitem__(self, row: int) -> Dict[str, Any]:
+        return {"features": self.features[row].clone(), "index": self.index[row]}
+
+    def __getitems__(self, rows) -> Dict[str, Any]:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return {"features": self.features[rows], "index": self.index[rows]}
+
+
+def _batch_as_is(batch: Dict[str, Any]) -> Dict[str, Any]:
+    return batch
 
 
 def features_loader(split, batch_size: int, workers: int = 0):
     """A DataLoader yielding ``{"features": (B, D), "index": (B,)}`` of a features split, in order.
+
+    The ``features`` and ``index`` columns are read in bulk (:func:`spl_losses.data.columns.feature_matrix`)
+    and each batch is one gather.
 
     Args:
         split: A split with ``features`` and ``index`` columns.
@@ -95,5 +116,5 @@ def features_loader(split, batch_size: int, workers: int = 0):
     """
     from torch.utils.data import DataLoader
 
-    view = split.select_columns(["features", "index"]).with_transform(_FeatureRows())
-    return DataLoader(view, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers)
+    return DataLoader(_FeatureRows(split), batch_size=batch_size, shuffle=False, drop_last=False,
+                      num_workers=workers, collate_fn=_batch_as_is)

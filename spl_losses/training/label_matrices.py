@@ -2,18 +2,20 @@
 
 Rows are in the split's ``index`` order (the contract: ``index`` is the row's position).
 """
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import datasets
 import numpy as np
 import torch
 
-from ..labels import indices_to_dense
+from ..data.columns import equal_list_rows, index_column, label_matrix
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
 
 __all__ = ["label_names", "dense_labels", "has_full_labels", "estimate_expected_num_pos", "check_index_column"]
 
 
-def label_names(split: datasets.Dataset) -> List[str]:
+def label_names(split: "datasets.Dataset") -> List[str]:
     """Class names of a split (from the ``observed_labels`` or ``labels`` ClassLabel feature).
 
     Args:
@@ -29,7 +31,7 @@ def label_names(split: datasets.Dataset) -> List[str]:
                      f"List(ClassLabel(names=...)), got features {split.features}")
 
 
-def check_index_column(split: datasets.Dataset, split_name: str) -> None:
+def check_index_column(split: "datasets.Dataset", split_name: str) -> None:
     """Check that the ``index`` column is the row position 0..N-1.
 
     Args:
@@ -38,29 +40,32 @@ def check_index_column(split: datasets.Dataset, split_name: str) -> None:
     """
     if "index" not in split.column_names:
         raise ValueError(f"split {split_name!r} has no 'index' column (expected int64 row positions)")
-    index = np.asarray(split["index"])
-    if not np.array_equal(index, np.arange(len(split))):
-        raise ValueError(f"split {split_name!r}: the 'index' column must equal the row position 0..{len(split) - 1}")
+    try:
+        index = index_column(split, "index")
+    except ValueError as err:
+        raise ValueError(f"split {split_name!r}: {err}") from None
+    wrong = np.flatnonzero(index != np.arange(index.size))
+    if wrong.size:
+        raise ValueError(f"split {split_name!r}: the 'index' column must equal the row position 0..{len(split) - 1}; "
+                         f"row {int(wrong[0])} has index {int(index[wrong[0]])}")
 
 
-def dense_labels(split: datasets.Dataset, column: str, num_classes: int) -> torch.Tensor:
-    """The (N, C) {0, 1} matrix of a list-of-class-indices column.
+def dense_labels(split: "datasets.Dataset", column: str, num_classes: int) -> torch.Tensor:
+    """The (N, C) {0, 1} float32 matrix of a list-of-class-indices column (read in bulk from Arrow).
 
     Args:
         split: The split.
         column: ``"labels"`` (full) or ``"observed_labels"`` (single positives).
         num_classes: C.
     """
-    if column not in split.column_names:
-        raise ValueError(f"split has no {column!r} column; columns are {split.column_names}")
-    return indices_to_dense(split[column], num_classes)
+    return label_matrix(split, column, num_classes)
 
 
-def has_full_labels(split: datasets.Dataset) -> bool:
+def has_full_labels(split: "datasets.Dataset") -> bool:
     """Whether a split carries full labels that differ from its single positives.
 
     False when ``labels`` is missing, or when every row's ``labels`` equals its ``observed_labels``
-    (a dataset published with single positives only).
+    (a dataset published with single positives only); rows are compared as multisets, vectorised.
 
     Args:
         split: The split.
@@ -69,8 +74,7 @@ def has_full_labels(split: datasets.Dataset) -> bool:
         return False
     if "observed_labels" not in split.column_names:
         return True
-    full, observed = split["labels"], split["observed_labels"]
-    return any(sorted(a) != sorted(b) for a, b in zip(full, observed))
+    return not bool(equal_list_rows(split, "labels", "observed_labels").all())
 
 
 def estimate_expected_num_pos(full_labels: Optional[torch.Tensor]) -> Optional[float]:
