@@ -34,7 +34,9 @@ def split_features(split: datasets.Dataset, features: Optional[torch.Tensor] = N
         if "features" not in split.column_names:
             raise ValueError("this teacher needs features: pass features=(N, D) tensor or use a split with a "
                              f"'features' column; got columns {split.column_names}")
-        features = split.select_columns(["features"]).with_format("torch")[:]["features"]
+        from ..data.columns import feature_tensor  # in bulk from the Arrow table
+
+        features = feature_tensor(split)
     features = torch.as_tensor(features).float()
     if features.dim() != 2 or features.shape[0] != len(split):
         raise ValueError(f"features must have shape ({len(split)}, D), got {tuple(features.shape)}")

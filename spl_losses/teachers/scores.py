@@ -252,5 +252,7 @@ class ScoresTeacher(Teacher):
         if "index" not in split.column_names:
             raise ValueError(f"teacher scores {self.path}: the split has no 'index' column to align the rows by; "
                              f"columns are {split.column_names}")
-        index = np.asarray(split.select_columns(["index"]).with_format("numpy")[:]["index"])
+        from ..data.columns import index_column  # in bulk from the Arrow table
+
+        index = index_column(split)
         return read_scores_file(self.path, self._class_names(split), index)

@@ -150,14 +150,13 @@ def run_features(accelerator, settings, data, model: Optional[nn.Module], batch_
         model: The run's timm model (or BoostLU around one), or None for a features dataset.
         batch_size: The phase's batch size (extraction uses at least 64 rows per process).
     """
-    import numpy as np
-
     from .images import apply_device_options
     from .builders import timm_model_of
 
-    if model is None:
-        return {s: torch.from_numpy(np.asarray(data.splits[s].with_format("numpy")["features"], dtype=np.float32))
-                for s in ("train", "validation", "test")}
+    if model is None:  # read in bulk from the Arrow table (never row by row)
+        from ..data.columns import feature_tensor
+
+        return {s: feature_tensor(data.splits[s]) for s in ("train", "validation", "test")}
     backbone = apply_device_options(timm_model_of(model), channels_last=settings.channels_last)
     pipeline = ImagePipeline.for_run(accelerator, settings, backbone)
     accelerator.print(pipeline.summary(accelerator.device))
