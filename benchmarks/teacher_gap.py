@@ -20,10 +20,12 @@ best of ``--lrs`` by validation mAP, the recipe's own best epoch):
 - round 0: ``--loss em_apl`` (no teacher);
 - round r >= 1: ``--loss vlpl --teacher model:<round r-1's run> --pseudo-label-rule prevalence``;
 - oracle: ``--loss vlpl --teacher scores:<the true train labels .npy> --pseudo-label-rule prevalence``, the
-  upper reference of a perfect teacher (needs the recipe's ``scores:`` teacher; reported as failed otherwise).
+  upper reference: a perfect teacher under the rounds' rule.
 
-Printed per run: test mAP, ``gap = (mAP - an) / (bce - an)``, the run's folder. Subprocesses run with
-``OMP_NUM_THREADS=1`` (printed), ``SPL_LOSSES_CACHE`` and the datasets cache inside the work folder.
+Printed per run, from its folder: test mAP (``results.json``), ``gap = (mAP - an) / (bce - an)``, the best
+epoch, and for a teacher the pseudo-labels' counts and precision (``results.json``) with the rule's k and the
+loss weights (``config.yaml``). Subprocesses run with ``OMP_NUM_THREADS=1`` (printed), ``SPL_LOSSES_CACHE``
+and the datasets cache inside the work folder.
 
     python benchmarks/teacher_gap.py                 # 3 rounds, 4,000 training mosaics, 25 epochs: a few minutes
     python benchmarks/teacher_gap.py --quick         # 1 round, 1,000 mosaics, 6 epochs: under a minute
@@ -158,7 +160,8 @@ class Runner:
     """Runs of the recipe into ``work/runs/NAME[_lrX]``, the best learning rate by validation mAP."""
 
     def __init__(self, work: str, dataset: str, epochs: int, lrs: Sequence[float], seed: int, verbose: bool):
-        self.work, self.dataset, self.epochs, self.lrs, self.seed, self.verbose = work, dataset, epochs, lrs, seed, verbose
+        self.work, self.dataset, self.epochs, self.lrs, self.seed = work, dataset, epochs, lrs, seed
+        self.verbose = verbose
         self.env = child_env(work)
 
     def command(self, out: str, loss: str, lr: float, extra: Sequence[str]) -> List[str]:
@@ -183,10 +186,8 @@ class Runner:
             results = json.load(f)
         with open(os.path.join(out, "config.yaml")) as f:
             config = yaml.safe_load(f)
-        pseudo = [line for line in done.stdout.splitlines() if line.startswith("pseudo-labels from")]
-        recorded = ", ".join(f"{key} {config.get(key)}" for key in ("expected_num_pos", "beta", "beta_neg"))
         return {"name": name, "dir": out, "lr": lr, "seconds": seconds, "results": results,
-                "pseudo": f"{pseudo[0].rsplit('): ', 1)[-1]}; config.yaml: {recorded}" if pseudo else ""}
+                "pseudo": pseudo_label_text(results, config)}
 
     def best(self, name: str, folder: str, loss: str, extra: Sequence[str] = ()) -> dict:
         """The run over ``lrs`` with the best validation mAP (the first failure if every lr failed)."""
@@ -209,12 +210,26 @@ class Runner:
         return rows
 
 
+def pseudo_label_text(results: dict, config: dict) -> str:
+    """The run's pseudo-labels as its ``results.json`` counts them, and the k and loss weights its
+    ``config.yaml`` records ("" without a teacher)."""
+    counts = results.get("pseudo_labels")
+    if not counts:
+        return ""
+    text = f"+{counts['positive']} / -{counts['negative']} of {counts['entries']}"
+    if "positive_precision" in counts:
+        text += f" (precision {100 * counts['positive_precision']:.0f}% / {100 * counts['negative_precision']:.0f}%)"
+    k = (config.get("pseudo_label_options") or {}).get("expected_num_pos")
+    weights = config.get("pseudo_label_loss_weights") or {}
+    return text + f"; rule k {k}, " + ", ".join(f"{key} {value:g}" for key, value in weights.items())
+
+
 def test_map(run: dict) -> Optional[float]:
     return run["results"]["test_map"] if "results" in run else None
 
 
 def report(rows: List[dict], an: Optional[float], full: Optional[float]) -> None:
-    print("\n| run | test mAP | gap closed | best epoch | lr | seconds | pseudo-labels (the run's log; its config.yaml) |")
+    print("\n| run | test mAP | gap closed | best epoch | lr | seconds | pseudo-labels (results.json; config.yaml) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         value = test_map(row)
@@ -223,13 +238,15 @@ def report(rows: List[dict], an: Optional[float], full: Optional[float]) -> None
             continue
         gap = f"{100 * (value - an) / (full - an):.0f}%" if an is not None and full is not None and full != an else ""
         epoch = row["results"].get("best_epoch", "")
-        print(f"| {row['name']} | {value:.2f} | {gap} | {epoch} | {row['lr']:g} | {row['seconds']:.0f} | {row['pseudo']} |")
+        print(f"| {row['name']} | {value:.2f} | {gap} | {epoch} | {row['lr']:g} | {row['seconds']:.0f} "
+              f"| {row['pseudo']} |")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 round, 1,000 training mosaics, 6 epochs, lr 1e-2")
-    parser.add_argument("--rounds", type=int, default=None, help="self-training rounds after round 0 (default 3; 1 quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="self-training rounds after round 0 (default 3; 1 quick)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default 25; 6 quick)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None,
                         help="learning rates tried per run, the best by validation mAP (default 1e-3 1e-2; 1e-2 quick)")
@@ -238,7 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--jobs", type=int, default=3,
                         help="recipe runs at a time: the rounds one after another, an / bce / oracle beside them (3)")
     parser.add_argument("--no-oracle", action="store_true", help="skip the scores: oracle run")
-    parser.add_argument("--work-dir", default=None, help="folder of the dataset and run folders (default: a temporary one)")
+    parser.add_argument("--work-dir", default=None,
+                        help="folder of the dataset and run folders (default: a temporary one, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--verbose", action="store_true", help="print each run's output")
     args = parser.parse_args(argv)
