@@ -7,8 +7,9 @@ Everything trains through ``recipes/train.py`` as a user runs it (one subprocess
   labels = the digits shown (k = 10 (1 - 0.9^4) = 3.439 per image). The 1,797 source digits are split into
   disjoint pools: 10% to pretrain the backbone, 50% / 20% / 20% for the train / validation / test mosaics;
 - backbone: a small CNN trained to classify the single digits of its pool (a backbone "pretrained" on another
-  task), then frozen; features = its global-average-pooled last conv map on the 32-px mosaics (256-d), as
-  extracted (no standardisation: the recipe gets them as a user's extracted features);
+  task), then frozen; features = its global-average-pooled last conv map on the 32-px mosaics (256-d),
+  standardised by the train split's mean and standard deviation before they are saved (a user's data
+  preparation; ``--raw-features`` saves them as extracted, where 25 epochs leave the heads short of converged);
 - the dataset: ``{split}_features.npy`` / ``{split}_labels.npy`` / ``class_names.txt`` built by the
   ``multilabel_features`` builder (single positives drawn by the builder, seed 1200) into a ``save_to_disk``
   folder, as ``python -m spl_losses.data build multilabel_features`` writes it: the ``--dataset`` of every run.
@@ -98,8 +99,15 @@ def pretrain_backbone(digits: torch.Tensor, targets: torch.Tensor, seed: int, ep
     return model.eval().requires_grad_(False)
 
 
-def write_feature_arrays(root: str, sizes: Dict[str, int], data_seed: int) -> None:
-    """``{split}_features.npy``, ``{split}_labels.npy`` (multi-hot) and ``class_names.txt`` under ``root``."""
+def write_feature_arrays(root: str, sizes: Dict[str, int], data_seed: int, standardize: bool = True) -> None:
+    """``{split}_features.npy``, ``{split}_labels.npy`` (multi-hot) and ``class_names.txt`` under ``root``.
+
+    Args:
+        root: The folder (created).
+        sizes: Mosaics per split.
+        data_seed: Seed of the pools, the mosaics and the backbone.
+        standardize: Standardise every split's features by the train split's mean and standard deviation.
+    """
     from sklearn.datasets import load_digits
 
     from spl_losses.data.digits_mosaic import make_mosaics
@@ -111,15 +119,20 @@ def write_feature_arrays(root: str, sizes: Dict[str, int], data_seed: int) -> No
     digits = digits.repeat_interleave(2, 1).repeat_interleave(2, 2).unsqueeze(1)  # 16 px, as in the mosaics
     backbone = pretrain_backbone(digits, torch.from_numpy(targets[pools["pretrain"]]), data_seed)
     os.makedirs(root, exist_ok=True)
+    features, labels = {}, {}
     for salt, name in enumerate(("train", "validation", "test"), start=11):
-        pixels, _, labels = make_mosaics(images, targets, pools[name], sizes[name], data_seed, salt, image_size=32)
+        pixels, _, labels[name] = make_mosaics(images, targets, pools[name], sizes[name], data_seed, salt,
+                                               image_size=32)
         with torch.no_grad():
-            features = torch.cat([backbone.features(chunk) for chunk in
-                                  torch.from_numpy(pixels).float().div(255.0).unsqueeze(1).split(500)])
-        multi_hot = np.zeros((len(labels), NUM_CLASSES), np.int64)
-        for row, digits_shown in enumerate(labels):
+            features[name] = torch.cat([backbone.features(chunk) for chunk in
+                                        torch.from_numpy(pixels).float().div(255.0).unsqueeze(1).split(500)])
+    mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
+    for name, rows in labels.items():
+        multi_hot = np.zeros((len(rows), NUM_CLASSES), np.int64)
+        for row, digits_shown in enumerate(rows):
             multi_hot[row, digits_shown] = 1
-        np.save(os.path.join(root, f"{name}_features.npy"), features.numpy().astype(np.float32))
+        values = (features[name] - mean) / std if standardize else features[name]
+        np.save(os.path.join(root, f"{name}_features.npy"), values.numpy().astype(np.float32))
         np.save(os.path.join(root, f"{name}_labels.npy"), multi_hot)
     with open(os.path.join(root, "class_names.txt"), "w") as f:
         f.write("".join(f"{d}\n" for d in range(NUM_CLASSES)))
@@ -134,13 +147,13 @@ def child_env(work: str) -> Dict[str, str]:
     return env
 
 
-def build_dataset_folder(work: str, sizes: Dict[str, int], data_seed: int) -> str:
+def build_dataset_folder(work: str, sizes: Dict[str, int], data_seed: int, standardize: bool = True) -> str:
     """The features dataset built by ``multilabel_features`` and saved as ``python -m spl_losses.data build
     multilabel_features --data-dir RAW --output FOLDER`` saves it (in this process: one start-up less)."""
     from spl_losses.data import build_dataset
 
     raw, folder = os.path.join(work, "raw"), os.path.join(work, "dataset")
-    write_feature_arrays(raw, sizes, data_seed)
+    write_feature_arrays(raw, sizes, data_seed, standardize)
     build_dataset("multilabel_features", root=raw, cache_dir=os.path.join(work, "hf_datasets")).save_to_disk(folder)
     return folder
 
@@ -252,6 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                         help="learning rates tried per run, the best by validation mAP (default 1e-3 1e-2; 1e-2 quick)")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's --seed")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the pools, mosaics and backbone")
+    parser.add_argument("--raw-features", action="store_true",
+                        help="save the features as extracted (default: standardised by the train split's statistics)")
     parser.add_argument("--jobs", type=int, default=3,
                         help="recipe runs at a time: the rounds one after another, an / bce / oracle beside them (3)")
     parser.add_argument("--no-oracle", action="store_true", help="skip the scores: oracle run")
@@ -272,9 +287,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     work = os.path.abspath(args.work_dir) if args.work_dir else tempfile.mkdtemp(prefix="teacher_gap_")
     start = time.perf_counter()
     try:
-        dataset = build_dataset_folder(work, sizes, args.data_seed)
+        dataset = build_dataset_folder(work, sizes, args.data_seed, not args.raw_features)
         print(f"dataset {dataset}: train / validation / test {sizes['train']} / {sizes['validation']} / "
-              f"{sizes['test']} mosaics, 256-d features ({time.perf_counter() - start:.0f} s); {epochs} epochs, "
+              f"{sizes['test']} mosaics, 256-d {'raw' if args.raw_features else 'standardised'} features "
+              f"({time.perf_counter() - start:.0f} s); {epochs} epochs, "
               f"lr {' / '.join(f'{lr:g}' for lr in lrs)}, {rounds} round(s)", flush=True)
         runner = Runner(work, dataset, epochs, lrs, args.seed, args.verbose)
         others = [("an", "an", "an", []), ("bce", "bce", "bce", [])]
