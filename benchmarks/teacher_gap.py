@@ -32,7 +32,7 @@ and the datasets cache inside the work folder.
     python benchmarks/teacher_gap.py --quick         # 1 round, 1,000 mosaics, 6 epochs, 1 lr
     python benchmarks/teacher_gap.py --work-dir runs/teacher_gap   # keep the dataset and run folders there
 
-Measured on 2 cores shared with other work (load average 2-3): ``--quick`` 52 s, the default 224 s (with
+Measured on 2 cores shared with other work: ``--quick`` 29 s at load average 1, 52 s at 3; the default 224 s (with
 ``--jobs 2``). Each run costs about 6 CPU-seconds of start-up (the recipe's imports) besides its training.
 """
 import argparse
