@@ -1,57 +1,63 @@
-"""How much of the gap between assume-negative and full labels each method closes, on real features, offline.
+"""Self-training rounds through the recipe: how much of the assume-negative -> full-label gap a teacher closes.
 
-Data: 2x2 mosaics of scikit-learn's bundled handwritten digits (``spl_losses.data.digits_mosaic.make_mosaics``),
-labels = the digits shown (k = 3.439 per image). The 1,797 source digits are split into disjoint pools:
-10% to pretrain the backbone, 50% / 20% / 20% for the train / validation / test mosaics (4,000 / 1,000 /
-1,000). Backbone: a small CNN trained to classify the single digits of its pool (a backbone "pretrained" on
-another task: single-label digits), then frozen; features = its global-average-pooled last conv map on the
-32-px mosaics (256-d), standardised. Every method trains a linear head on those fixed features (Adam,
-batch 16, 25 epochs, learning rate in {1e-3, 1e-2}); the epoch and learning rate with the best validation
-mAP (full labels) are kept and their test mAP reported, with ``gap = (mAP - AN) / (full - AN)``.
+Everything trains through ``recipes/train.py`` as a user runs it (one subprocess per run, each reading its
+``results.json``), on a features dataset this script writes once:
 
-Teachers (``spl_losses.teachers``):
+- data: 2x2 mosaics of scikit-learn's bundled handwritten digits (``spl_losses.data.digits_mosaic.make_mosaics``),
+  labels = the digits shown (k = 10 (1 - 0.9^4) = 3.439 per image). The 1,797 source digits are split into
+  disjoint pools: 10% to pretrain the backbone, 50% / 20% / 20% for the train / validation / test mosaics;
+- backbone: a small CNN trained to classify the single digits of its pool (a backbone "pretrained" on another
+  task), then frozen; features = its global-average-pooled last conv map on the 32-px mosaics (256-d),
+  standardised by the train split's mean and standard deviation before they are saved (a user's data
+  preparation; ``--raw-features`` saves them as extracted, where 25 epochs leave the heads short of converged);
+- the dataset: ``{split}_features.npy`` / ``{split}_labels.npy`` / ``class_names.txt`` built by the
+  ``multilabel_features`` builder (single positives drawn by the builder, seed 1200) into a ``save_to_disk``
+  folder, as ``python -m spl_losses.data build multilabel_features`` writes it: the ``--dataset`` of every run.
 
-- ``zero-shot``: the backbone's own digit classifier (softmax over the 10 digits), the offline stand-in for
-  a CLIP teacher: it knows the classes from its pretraining. ``global`` scores the whole mosaic (VLPL's
-  view); ``crops`` fuses it with the 2x2 grid of crops (AEVLP's multi-crop view, ``fusion="max"``);
-- ``knn``: label propagation of the observed positives over the features' 10-NN graph;
-- ``self``: an earlier run's linear head (EM's best head; ``self r2`` / ``r3``: the previous round's head).
+Runs (``--train-mode linear_fixed_features``, Adam, batch 16, ``--epochs``, ``--expected-num-pos 3.439``; the
+best of ``--lrs`` by validation mAP, the recipe's own best epoch):
 
-Rules: ``thr t`` (ThresholdRule), ``top3`` (TopKRule), ``soft`` (SoftRule), ``prev`` (PrevalenceRule with
-k = 3.439, margins 0.3 / 0.35). Losses: ``vlpl`` (beta 0.7, no negative term, as published; with ``prev``
-beta = beta_neg = 1), ``gpr``.
+- ``an`` (assume negative) and ``bce`` (full labels): the two ends of the gap;
+- round 0: ``--loss em_apl`` (no teacher);
+- round r >= 1: ``--loss vlpl --teacher model:<round r-1's run> --pseudo-label-rule prevalence``;
+- oracle: ``--loss vlpl --teacher scores:<the true train labels .npy> --pseudo-label-rule prevalence``, the
+  upper reference: a perfect teacher under the rounds' rule.
 
-    OMP_NUM_THREADS=1 python benchmarks/teacher_gap.py [--threads 1] [--seeds 0 1 2] [--no-baselines]
+Printed per run, from its folder: test mAP (``results.json``), ``gap = (mAP - an) / (bce - an)``, the best
+epoch, and for a teacher the pseudo-labels' counts and precision (``results.json``) with the rule's k and the
+loss weights (``config.yaml``). Subprocesses run with ``OMP_NUM_THREADS=1`` (printed), ``SPL_LOSSES_CACHE``
+and the datasets cache inside the work folder.
 
-One seed takes about 3 minutes with ``--no-baselines`` and 8 with every baseline (one thread on a shared
-2-core machine); the table reports the mean (± standard deviation) over ``--seeds``.
+    python benchmarks/teacher_gap.py                 # 3 rounds, 4,000 training mosaics, 25 epochs, 2 lrs
+    python benchmarks/teacher_gap.py --quick         # 1 round, 1,000 mosaics, 6 epochs, 1 lr
+    python benchmarks/teacher_gap.py --work-dir runs/teacher_gap   # keep the dataset and run folders there
+
+Measured on 2 cores shared with other work: ``--quick`` 29 s at load average 1, 52 s at 3; the default 224 s (with
+``--jobs 2``). Each run costs about 6 CPU-seconds of start-up (the recipe's imports) besides its training.
 """
 import argparse
-import statistics
+import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence
 
 import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
-from spl_losses.data import sample_single_positive
-from spl_losses.data.digits_mosaic import make_mosaics
-from spl_losses.labels import indices_to_dense
-from spl_losses.metrics import compute_metrics
-from spl_losses.teachers import (KNNTeacher, ModelTeacher, PrevalenceRule, SoftRule, ThresholdRule, TopKRule,
-                                 teacher_scores)
-from spl_losses.training.linear import predict_linear, train_linear_epoch
-from spl_losses.training.builders import build_loss
-from spl_losses.training.parallel import epoch_permutation
-
-BASELINES = ["an", "an_ls", "wan", "epr", "role", "em", "em_apl", "ll_r", "ll_ct", "ll_cp", "gr", "hill", "splc", "asl"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "train.py")
 EXPECTED_NUM_POS = 3.439  # 10 * (1 - 0.9 ** 4)
 NUM_CLASSES = 10
-SIZES = {"train": 4000, "validation": 1000, "test": 1000}
+THREADS = 1
 
 
 # ---------------------------------------------------------------------------------------------- data, backbone
@@ -96,187 +102,220 @@ def pretrain_backbone(digits: torch.Tensor, targets: torch.Tensor, seed: int, ep
     return model.eval().requires_grad_(False)
 
 
-def gray_16px(image) -> torch.Tensor:
-    """The CNN's view preprocessing: grey, 16 x 16 (a mosaic cell), values in [0, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("L").resize((16, 16), resample=2), np.float32) / 255.0)[None]
+def write_feature_arrays(root: str, sizes: Dict[str, int], data_seed: int, standardize: bool = True) -> None:
+    """``{split}_features.npy``, ``{split}_labels.npy`` (multi-hot) and ``class_names.txt`` under ``root``.
 
-
-def build(data_seed: int):
-    """The mosaic splits (``datasets`` with PIL images and full labels) and the frozen backbone."""
+    Args:
+        root: The folder (created).
+        sizes: Mosaics per split.
+        data_seed: Seed of the pools, the mosaics and the backbone.
+        standardize: Standardise every split's features by the train split's mean and standard deviation.
+    """
     from sklearn.datasets import load_digits
+
+    from spl_losses.data.digits_mosaic import make_mosaics
 
     bunch = load_digits()
     images, targets = bunch.images.astype(np.float64), bunch.target.astype(np.int64)
     pools = source_pools(len(targets), data_seed)
-    splits = {}
-    for salt, name in enumerate(SIZES, start=11):
-        pixels, _, labels = make_mosaics(images, targets, pools[name], SIZES[name], data_seed, salt, image_size=32)
-        splits[name] = (pixels, labels)
     digits = torch.tensor(images[pools["pretrain"]], dtype=torch.float32).div(16.0)
     digits = digits.repeat_interleave(2, 1).repeat_interleave(2, 2).unsqueeze(1)  # 16 px, as in the mosaics
     backbone = pretrain_backbone(digits, torch.from_numpy(targets[pools["pretrain"]]), data_seed)
-    return splits, backbone
+    os.makedirs(root, exist_ok=True)
+    features, labels = {}, {}
+    for salt, name in enumerate(("train", "validation", "test"), start=11):
+        pixels, _, labels[name] = make_mosaics(images, targets, pools[name], sizes[name], data_seed, salt,
+                                               image_size=32)
+        with torch.no_grad():
+            features[name] = torch.cat([backbone.features(chunk) for chunk in
+                                        torch.from_numpy(pixels).float().div(255.0).unsqueeze(1).split(500)])
+    mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
+    for name, rows in labels.items():
+        multi_hot = np.zeros((len(rows), NUM_CLASSES), np.int64)
+        for row, digits_shown in enumerate(rows):
+            multi_hot[row, digits_shown] = 1
+        values = (features[name] - mean) / std if standardize else features[name]
+        np.save(os.path.join(root, f"{name}_features.npy"), values.numpy().astype(np.float32))
+        np.save(os.path.join(root, f"{name}_labels.npy"), multi_hot)
+    with open(os.path.join(root, "class_names.txt"), "w") as f:
+        f.write("".join(f"{d}\n" for d in range(NUM_CLASSES)))
 
 
-def as_dataset(pixels: np.ndarray, labels: List[List[int]], observed: List[List[int]]) -> datasets.Dataset:
-    from PIL import Image
-
-    names = [str(d) for d in range(NUM_CLASSES)]
-    features = datasets.Features({"image": datasets.Image(), "labels": datasets.List(datasets.ClassLabel(names=names)),
-                                  "observed_labels": datasets.List(datasets.ClassLabel(names=names)),
-                                  "index": datasets.Value("int64")})
-    return datasets.Dataset.from_dict({"image": [Image.fromarray(p).convert("RGB") for p in pixels], "labels": labels,
-                                       "observed_labels": observed, "index": list(range(len(labels)))},
-                                      features=features)
+def child_env(work: str) -> Dict[str, str]:
+    """The subprocesses' environment: one thread, caches inside ``work``, this checkout's ``spl_losses``."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS),
+               SPL_LOSSES_CACHE=os.path.join(work, "cache"), HF_DATASETS_CACHE=os.path.join(work, "hf_datasets"),
+               HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU=os.environ.get("ACCELERATE_USE_CPU", "1"))
+    env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
 
 
-# ---------------------------------------------------------------------------------------------- training
-class Bench:
-    """Features, labels and the training loop of one seed."""
+def build_dataset_folder(work: str, sizes: Dict[str, int], data_seed: int, standardize: bool = True) -> str:
+    """The features dataset built by ``multilabel_features`` and saved as ``python -m spl_losses.data build
+    multilabel_features --data-dir RAW --output FOLDER`` saves it (in this process: one start-up less)."""
+    from spl_losses.data import build_dataset
 
-    def __init__(self, splits, backbone: DigitCNN, seed: int, epochs: int, lrs: List[float]):
-        self.seed, self.epochs, self.lrs = seed, epochs, lrs
-        self.labels, self.observed, raw = {}, None, {}
-        for salt, (name, (pixels, labels)) in enumerate(splits.items()):
-            self.labels[name] = indices_to_dense(labels, NUM_CLASSES)
-            with torch.no_grad():
-                raw[name] = backbone.features(torch.from_numpy(pixels).float().div(255.0).unsqueeze(1))
-        observed = sample_single_positive(splits["train"][1], seed=seed, salt=1).positives
-        self.train_split = as_dataset(*splits["train"], observed)
-        self.observed = indices_to_dense(observed, NUM_CLASSES)
-        mean, std = raw["train"].mean(0), raw["train"].std(0) + 1e-6
-        self.features = {name: (x - mean) / std for name, x in raw.items()}
-        self.n = len(self.observed)
-
-    def train(self, make_loss: Callable[[], nn.Module], targets: Optional[torch.Tensor] = None):
-        """Best (validation mAP, test mAP, head) over the learning rates and epochs."""
-        targets = self.observed if targets is None else targets
-        best = (-1.0, 0.0, None)
-        for lr in self.lrs:
-            torch.manual_seed(self.seed)
-            head, loss = nn.Linear(self.features["train"].shape[1], NUM_CLASSES), make_loss()
-            params = list(head.parameters()) + [p for p in loss.parameters() if p.requires_grad]
-            optimizer = torch.optim.Adam(params, lr=lr)
-            for epoch in range(self.epochs):
-                loss.set_epoch(epoch)
-                train_linear_epoch(head, loss, [optimizer], self.features["train"], targets,
-                                   epoch_permutation(self.n, self.seed, epoch), 16)
-                val = compute_metrics(predict_linear(head, self.features["validation"]), self.labels["validation"])["map"]
-                if val > best[0]:
-                    test = compute_metrics(predict_linear(head, self.features["test"]), self.labels["test"])["map"]
-                    best = (val, test, nn.Linear(head.in_features, NUM_CLASSES).requires_grad_(False))
-                    best[2].load_state_dict(head.state_dict())
-                if loss.needs_predictions and loss.predictions_due:
-                    loss.update_from_predictions(torch.sigmoid(predict_linear(head, self.features["train"])))
-        return best
-
-    def baseline(self, name: str):
-        return self.train(lambda: build_loss(name, NUM_CLASSES, self.n, observed_labels=self.observed,
-                                             expected_num_pos=EXPECTED_NUM_POS, num_epochs=self.epochs, seed=self.seed),
-                          targets=self.labels["train"] if name == "bce" else None)
-
-    def with_pseudo_labels(self, loss_name: str, pseudo: torch.Tensor, **options):
-        extra = {"expected_num_pos": EXPECTED_NUM_POS, "num_epochs": self.epochs} if loss_name == "gpr" else {}
-        return self.train(lambda: build_loss(loss_name, NUM_CLASSES, self.n, options=dict(pseudo_labels=pseudo,
-                                                                                             **extra, **options)))
-
-    def pseudo_label_quality(self, pseudo: torch.Tensor) -> str:
-        """Precision of the positive / negative pseudo-labels on unknown entries, and the recall of positives."""
-        truth, unknown = self.labels["train"] == 1, self.observed == 0
-        pos, neg = (pseudo > 0) & unknown, (pseudo < 0) & unknown
-        hidden = int((truth & unknown).sum())
-        text = f"+{int(pos.sum())} (prec {float((pos & truth).sum()) / max(int(pos.sum()), 1):.2f}, " \
-               f"rec {float((pos & truth).sum()) / hidden:.2f})"
-        if neg.any():
-            text += f" -{int(neg.sum())} (prec {float((neg & ~truth).sum()) / int(neg.sum()):.2f})"
-        return text
+    raw, folder = os.path.join(work, "raw"), os.path.join(work, "dataset")
+    write_feature_arrays(raw, sizes, data_seed, standardize)
+    build_dataset("multilabel_features", root=raw, cache_dir=os.path.join(work, "hf_datasets")).save_to_disk(folder)
+    return folder
 
 
-def teacher_rows(bench: Bench, backbone: DigitCNN, em_head: nn.Linear, cache_dir: str, timings: Dict[str, float]):
-    """(name, result, pseudo-label quality) of every teacher-based method."""
-    observed, split = bench.observed, bench.train_split
-    prevalence = PrevalenceRule(EXPECTED_NUM_POS, positive_margin=0.3, negative_margin=0.35)
-    scores = {}
-    for name, grid in (("zero-shot global", 0), ("zero-shot crops", 2)):
-        teacher = ModelTeacher(backbone, transform=gray_16px, activation="softmax", grid=grid, fusion="max", device="cpu")
+def oracle_scores(dataset: str, path: str) -> str:
+    """The true labels of the train split as an (N, C) .npy, row i = the example with ``index`` i."""
+    train = datasets.load_from_disk(dataset)["train"]
+    labels = np.zeros((len(train), NUM_CLASSES), np.float32)
+    for index, row in zip(train["index"], train["labels"]):
+        labels[index, row] = 1.0
+    np.save(path, labels)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- runs
+class Runner:
+    """Runs of the recipe into ``work/runs/NAME[_lrX]``, the best learning rate by validation mAP."""
+
+    def __init__(self, work: str, dataset: str, epochs: int, lrs: Sequence[float], seed: int, verbose: bool):
+        self.work, self.dataset, self.epochs, self.lrs, self.seed = work, dataset, epochs, lrs, seed
+        self.verbose = verbose
+        self.env = child_env(work)
+
+    def command(self, out: str, loss: str, lr: float, extra: Sequence[str]) -> List[str]:
+        return [sys.executable, RECIPE, "--dataset", self.dataset, "--train-mode", "linear_fixed_features",
+                "--loss", loss, "--epochs", str(self.epochs), "--batch-size", "16", "--lr", str(lr),
+                "--expected-num-pos", str(EXPECTED_NUM_POS), "--seed", str(self.seed), "--no-progress",
+                "--output-dir", out, *extra]
+
+    def one(self, name: str, folder: str, loss: str, lr: float, extra: Sequence[str]) -> dict:
+        out = os.path.join(self.work, "runs", folder if len(self.lrs) == 1 else f"{folder}_lr{lr:g}")
+        command = self.command(out, loss, lr, extra)
         start = time.perf_counter()
-        scores[name] = teacher_scores(teacher, split, cache_dir=cache_dir)
-        timings[name] = 1000 * (time.perf_counter() - start) / len(split)
-    start = time.perf_counter()
-    scores["knn"] = teacher_scores(KNNTeacher(features=bench.features["train"]), split, cache_dir=cache_dir)
-    timings["knn"] = 1000 * (time.perf_counter() - start) / len(split)
-    scores["self"] = teacher_scores(ModelTeacher(em_head, features=bench.features["train"], device="cpu"), split,
-                                    cache_dir=cache_dir)
-    plans: List[Tuple[str, str, torch.Tensor, dict]] = [
-        ("vlpl", "zero-shot global, thr 0.3", ThresholdRule(0.3)(scores["zero-shot global"], observed), {}),
-        ("vlpl", "zero-shot crops, thr 0.3", ThresholdRule(0.3)(scores["zero-shot crops"], observed), {}),
-        ("gpr", "zero-shot crops, top3 >= 0.5", TopKRule(3, 0.5)(scores["zero-shot crops"], observed), {}),
-        ("vlpl", "zero-shot crops, prev", prevalence(scores["zero-shot crops"], observed), dict(beta=1.0, beta_neg=1.0)),
-        ("vlpl", "knn, thr 0.9", ThresholdRule(0.9)(scores["knn"], observed), {}),
-        ("vlpl", "knn, prev", prevalence(scores["knn"], observed), dict(beta=1.0, beta_neg=1.0)),
-        ("vlpl", "self, thr 0.9", ThresholdRule(0.9)(scores["self"], observed), {}),
-        ("vlpl", "self, soft", SoftRule()(scores["self"], observed), {}),
-        ("gpr", "self, prev", prevalence(scores["self"], observed), {}),
-        ("vlpl", "self, prev", prevalence(scores["self"], observed), dict(beta=1.0, beta_neg=1.0)),
-    ]
-    rows = []
-    for loss_name, tag, pseudo, options in plans:
-        result = bench.with_pseudo_labels(loss_name, pseudo, **options)
-        rows.append((f"{loss_name} [{tag}]", result, bench.pseudo_label_quality(pseudo)))
-    head = rows[-1][1][2]
-    for round_index in (2, 3):  # self-training rounds: the previous round's head is the next teacher
-        teacher = ModelTeacher(head, features=bench.features["train"], device="cpu")
-        pseudo = prevalence(teacher_scores(teacher, split, cache_dir=cache_dir), observed)
-        result = bench.with_pseudo_labels("vlpl", pseudo, beta=1.0, beta_neg=1.0)
-        rows.append((f"vlpl [self r{round_index}, prev]", result, bench.pseudo_label_quality(pseudo)))
-        head = result[2]
-    return rows
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, cwd=REPO)
+        seconds = time.perf_counter() - start
+        if self.verbose:
+            print(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}", flush=True)
+        if done.returncode:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+            return {"name": name, "dir": out, "lr": lr, "seconds": seconds, "error": last[0],
+                    "command": " ".join(command)}
+        with open(os.path.join(out, "results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(out, "config.yaml")) as f:
+            config = yaml.safe_load(f)
+        return {"name": name, "dir": out, "lr": lr, "seconds": seconds, "results": results,
+                "pseudo": pseudo_label_text(results, config)}
+
+    def best(self, name: str, folder: str, loss: str, extra: Sequence[str] = ()) -> dict:
+        """The run over ``lrs`` with the best validation mAP (the first failure if every lr failed)."""
+        runs = [self.one(name, folder, loss, lr, extra) for lr in self.lrs]
+        good = [r for r in runs if "results" in r]
+        if not good:
+            return runs[0]
+        pick = max(good, key=lambda r: r["results"]["val_map"])
+        pick["seconds"] = sum(r["seconds"] for r in runs)
+        return pick
+
+    def rounds(self, count: int) -> List[dict]:
+        """Round 0 (``em_apl``), then ``count`` rounds of ``vlpl`` taught by the round before (prevalence rule)."""
+        rows = [self.best("round 0: em_apl", "round0_em_apl", "em_apl")]
+        for r in range(1, count + 1):
+            if "results" not in rows[-1]:
+                break
+            rows.append(self.best(f"round {r}: vlpl, teacher round {r - 1}", f"round{r}_vlpl", "vlpl",
+                                  ["--teacher", f"model:{rows[-1]['dir']}", "--pseudo-label-rule", "prevalence"]))
+        return rows
 
 
-def main():
+def pseudo_label_text(results: dict, config: dict) -> str:
+    """The run's pseudo-labels as its ``results.json`` counts them, and the k and loss weights its
+    ``config.yaml`` records ("" without a teacher)."""
+    counts = results.get("pseudo_labels")
+    if not counts:
+        return ""
+    text = f"+{counts['positive']} / -{counts['negative']} of {counts['entries']}"
+    if "positive_precision" in counts:
+        text += f" (precision {100 * counts['positive_precision']:.0f}% / {100 * counts['negative_precision']:.0f}%)"
+    k = (config.get("pseudo_label_options") or {}).get("expected_num_pos")
+    weights = config.get("pseudo_label_loss_weights") or {}
+    return text + f"; rule k {k}, " + ", ".join(f"{key} {value:g}" for key, value in weights.items())
+
+
+def test_map(run: dict) -> Optional[float]:
+    return run["results"]["test_map"] if "results" in run else None
+
+
+def report(rows: List[dict], an: Optional[float], full: Optional[float]) -> None:
+    print("\n| run | test mAP | gap closed | best epoch | lr | seconds | pseudo-labels (results.json; config.yaml) |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        value = test_map(row)
+        if value is None:
+            print(f"| {row['name']} | failed | | | | {row['seconds']:.0f} | {row['error'][:150]} |")
+            continue
+        gap = f"{100 * (value - an) / (full - an):.0f}%" if an is not None and full is not None and full != an else ""
+        epoch = row["results"].get("best_epoch", "")
+        print(f"| {row['name']} | {value:.2f} | {gap} | {epoch} | {row['lr']:g} | {row['seconds']:.0f} "
+              f"| {row['pseudo']} |")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the single positives and heads")
+    parser.add_argument("--quick", action="store_true", help="1 round, 1,000 training mosaics, 6 epochs, lr 1e-2")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="self-training rounds after round 0 (default 3; 1 quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default 25; 6 quick)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                        help="learning rates tried per run, the best by validation mAP (default 1e-3 1e-2; 1e-2 quick)")
+    parser.add_argument("--seed", type=int, default=0, help="the recipe's --seed")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the pools, mosaics and backbone")
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])
-    parser.add_argument("--no-baselines", action="store_true", help="only bce, an, em and the teacher methods")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    parser.add_argument("--raw-features", action="store_true",
+                        help="save the features as extracted (default: standardised by the train split's statistics)")
+    parser.add_argument("--jobs", type=int, default=3,
+                        help="recipe runs at a time: the rounds one after another, an / bce / oracle beside them (3)")
+    parser.add_argument("--no-oracle", action="store_true", help="skip the scores: oracle run")
+    parser.add_argument("--work-dir", default=None,
+                        help="folder of the dataset and run folders (default: a temporary one, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    parser.add_argument("--verbose", action="store_true", help="print each run's output")
+    args = parser.parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    epochs = args.epochs or (6 if args.quick else 25)
+    lrs = args.lrs or ([1e-2] if args.quick else [1e-3, 1e-2])
+    sizes = {"train": 1000, "validation": 300, "test": 300} if args.quick else \
+        {"train": 4000, "validation": 1000, "test": 1000}
+    torch.set_num_threads(THREADS)
+    datasets.disable_progress_bars()
+    print(f"threads: OMP_NUM_THREADS={THREADS} in every recipe run; torch threads here {torch.get_num_threads()}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    work = os.path.abspath(args.work_dir) if args.work_dir else tempfile.mkdtemp(prefix="teacher_gap_")
     start = time.perf_counter()
-    splits, backbone = build(args.data_seed)
-    print(f"data and backbone: {time.perf_counter() - start:.1f} s", flush=True)
-    results: Dict[str, List[Tuple[float, float]]] = {}
-    quality: Dict[str, str] = {}
-    timings: Dict[str, float] = {}
-    for seed in args.seeds:
-        bench = Bench(splits, backbone, seed, args.epochs, args.lrs)
-        names = ["bce", "an", "em"] if args.no_baselines else ["bce"] + BASELINES
-        for name in names:
-            outcome = bench.baseline(name)
-            results.setdefault(name, []).append(outcome[:2])
-            print(f"seed {seed} {name:<40} test {outcome[1]:.2f}", flush=True)
-            if name == "em":
-                em_head = outcome[2]
-        with tempfile.TemporaryDirectory() as cache_dir:
-            for name, outcome, text in teacher_rows(bench, backbone, em_head, cache_dir, timings):
-                results.setdefault(name, []).append(outcome[:2])
-                quality[name] = text
-                print(f"seed {seed} {name:<40} test {outcome[1]:.2f}  pseudo-labels {text}", flush=True)
-    full, an = statistics.mean(r[1] for r in results["bce"]), statistics.mean(r[1] for r in results["an"])
-    print(f"\n{len(args.seeds)} seed(s); gap = (mAP - AN) / (full - AN), AN {an:.2f}, full labels {full:.2f}\n")
-    print("| method | test mAP | gap closed | pseudo-labels on unknown entries (seed %d) |" % args.seeds[-1])
-    print("|---|---|---|---|")
-    for name, values in results.items():
-        tests = [v[1] for v in values]
-        spread = f" ± {statistics.stdev(tests):.2f}" if len(tests) > 1 else ""
-        gaps = [100 * (t - an) / (full - an) for t in tests]
-        print(f"| {name} | {statistics.mean(tests):.2f}{spread} | {statistics.mean(gaps):.0f}% | {quality.get(name, '')} |")
-    print("\nteacher pass (first call: fingerprint, compute, cache write), seconds per 1,000 training images:")
-    for name, seconds in timings.items():
-        print(f"  {name}: {seconds:.2f}")
-    print(f"total {time.perf_counter() - start:.0f} s")
+    try:
+        dataset = build_dataset_folder(work, sizes, args.data_seed, not args.raw_features)
+        print(f"dataset {dataset}: train / validation / test {sizes['train']} / {sizes['validation']} / "
+              f"{sizes['test']} mosaics, 256-d {'raw' if args.raw_features else 'standardised'} features "
+              f"({time.perf_counter() - start:.0f} s); {epochs} epochs, "
+              f"lr {' / '.join(f'{lr:g}' for lr in lrs)}, {rounds} round(s)", flush=True)
+        runner = Runner(work, dataset, epochs, lrs, args.seed, args.verbose)
+        others = [("an", "an", "an", []), ("bce", "bce", "bce", [])]
+        if not args.no_oracle:
+            oracle = oracle_scores(dataset, os.path.join(work, "oracle_scores.npy"))
+            others.append(("oracle: vlpl, scores: true labels", "oracle_vlpl", "vlpl",
+                           ["--teacher", f"scores:{oracle}", "--pseudo-label-rule", "prevalence"]))
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # the rounds' chain first, the others beside it
+            chain = pool.submit(runner.rounds, rounds)
+            baselines = list(pool.map(lambda plan: runner.best(*plan), others))
+            rows = {row["name"]: row for row in baselines[:2] + chain.result() + baselines[2:]}
+        an, full = test_map(rows["an"]), test_map(rows["bce"])
+        report(list(rows.values()), an, full)
+        print(f"\ngap = (mAP - an) / (bce - an); total {time.perf_counter() - start:.0f} s, "
+              f"load average {os.getloadavg()[0]:.2f}; run folders under {os.path.join(work, 'runs')}"
+              if args.work_dir or args.keep else
+              f"\ngap = (mAP - an) / (bce - an); total {time.perf_counter() - start:.0f} s, "
+              f"load average {os.getloadavg()[0]:.2f}")
+        return list(rows.values())
+    finally:
+        if not (args.work_dir or args.keep):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

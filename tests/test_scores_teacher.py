@@ -80,6 +80,9 @@ def test_safetensors_one_tensor_and_keyed(tmp_path):
 def test_parquet_list_column_and_class_columns(tmp_path):
     path = write_parquet(tmp_path / "list.parquet", range(5), SCORES)
     torch.testing.assert_close(scores_of(path), torch.from_numpy(SCORES))
+    fixed = pa.table({"index": pa.array(range(5)), "scores": pa.array(SCORES.tolist(), pa.list_(pa.float64(), 3))})
+    pq.write_table(fixed, str(tmp_path / "fixed.parquet"), row_group_size=2)  # fixed-size lists, 3 row groups
+    torch.testing.assert_close(scores_of(tmp_path / "fixed.parquet"), torch.from_numpy(SCORES))
     # one column per class name, in another order than the split's classes, plus an ignored column
     columns = {"tree": SCORES[:, 2].tolist(), "note": ["x"] * 5, "cat": SCORES[:, 0].tolist(),
                "dog": SCORES[:, 1].tolist()}
@@ -141,6 +144,10 @@ def test_wrong_class_count(tmp_path):
     with pytest.raises(ValueError, match=r"ragged\.parquet: expected 3 scores per row .*got 2 values in row 2 "
                                          r"\(index 2\)"):
         scores_of(path)
+    table = pa.table({"index": pa.array(range(5)), "scores": pa.array([[0.1] * 3] * 4 + [None], pa.list_(pa.float32()))})
+    pq.write_table(table, str(tmp_path / "nolist.parquet"))
+    with pytest.raises(ValueError, match=r"expected 3 scores per row .*got no list in row 4 \(index 4\)"):
+        scores_of(tmp_path / "nolist.parquet")
     path = write_parquet(tmp_path / "cols.parquet", range(5), columns={"cat": [0.1] * 5, "dog": [0.2] * 5})
     with pytest.raises(ValueError, match=r"cols\.parquet: expected a 'scores' list column or one column per class "
                                          r".*missing class column\(s\) \['tree'\]"):
@@ -161,6 +168,11 @@ def test_non_finite_and_out_of_range_values_name_the_row(tmp_path):
     path = write_parquet(tmp_path / "inf.parquet", [3, 4, 5, 6, 7], bad)
     with pytest.raises(ValueError, match=r"inf\.parquet, row 2 \(index 5\), class 0: scores must be finite, got inf"):
         scores_of(path)
+    table = pa.table({"index": pa.array(range(5)), "dog": pa.array([0.1, 0.2, None, 0.4, 0.5]),
+                      "cat": pa.array([0.0] * 5), "tree": pa.array([1.0] * 5)})
+    pq.write_table(table, str(tmp_path / "null.parquet"))  # a missing value is refused as NaN, with its row
+    with pytest.raises(ValueError, match=r"null\.parquet, row 2 \(index 2\), class 1: scores must be finite, got nan"):
+        scores_of(tmp_path / "null.parquet")
     logits = SCORES.copy()
     logits[1, 2] = 2.5
     np.save(tmp_path / "logits.npy", logits)
