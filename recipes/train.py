@@ -85,8 +85,8 @@ def describe(accelerator: Accelerator, group: Sequence[RunSettings], data: RunDa
     accelerator.print(f"{settings.dataset}: {data.num_classes} classes, {sizes} ({data.kind})")
     lrs = f"lr {', '.join(str(s.lr) for s in group)} trained together" if len(group) > 1 else f"lr {settings.lr}"
     accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
-                      f"{accelerator.mixed_precision}; global batch {settings.batch_size}, {lrs}, loss {settings.loss}, "
-                      f"{settings.train_mode} -> {', '.join(s.output_dir for s in group)}")
+                      f"{accelerator.mixed_precision}; global batch {settings.batch_size}, {lrs}, "
+                      f"loss {settings.loss}, {settings.train_mode} -> {', '.join(s.output_dir for s in group)}")
     if settings.expected_num_pos is not None:
         accelerator.print(f"k (expected positives per image) = {settings.expected_num_pos:.3f} "
                           f"({settings.expected_num_pos_source})")
@@ -159,7 +159,8 @@ def train_linear(accelerator: Accelerator, group: Sequence[RunSettings], data: R
     for settings in group:
         point_phase = settings.phases[phase_index]
         if len(group) > 1:  # named by its folder in the log
-            point_phase = dataclasses.replace(point_phase, name=os.path.basename(os.path.normpath(point_phase.output_dir)))
+            name = os.path.basename(os.path.normpath(point_phase.output_dir))
+            point_phase = dataclasses.replace(point_phase, name=name)
         set_seed(settings.seed)
         model = create_model(settings, data.num_classes) if data.kind == "image" else None
         if feats is None:  # the same frozen features for every head
@@ -253,7 +254,8 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
         from spl_losses.losses.contrastive import ContrastiveAuxiliary
         from spl_losses.transforms import create_two_view_transform
 
-        contrastive = ContrastiveAuxiliary.from_model(model, cl_coef=settings.cl_coef, supervised=settings.cl_supervised)
+        contrastive = ContrastiveAuxiliary.from_model(model, cl_coef=settings.cl_coef,
+                                                      supervised=settings.cl_supervised)
         two_views = create_two_view_transform(resolve_model_data_config(timm_model_of(model)),
                                               input_size=settings.image_size)
     step = TrainStep(model, loss_fn, contrastive)
@@ -458,8 +460,9 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
             outcomes = train_phases(accelerator, training, data)
         except KeyboardInterrupt:  # every finished epoch is checkpointed: say how to continue
             command = " ".join(["accelerate launch recipes/train.py", *sys.argv[1:]])
-            accelerator.print(f"\ninterrupted: the epochs finished so far are saved in {settings.output_dir}/checkpoints; "
-                              f"continue with\n  {command}{'' if settings.resume else ' --resume'}")
+            accelerator.print(f"\ninterrupted: the epochs finished so far are saved in "
+                              f"{settings.output_dir}/checkpoints; continue with\n"
+                              f"  {command}{'' if settings.resume else ' --resume'}")
             raise
         for i, outcome in zip(todo, outcomes):
             if outcome.finished:
@@ -474,7 +477,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
         if results[i] is not None and group[i].push_to_hub and accelerator.is_main_process:
             from spl_losses.hub import push_run_to_hub
 
-            accelerator.print(f"pushed: {push_run_to_hub(group[i].output_dir, group[i].push_to_hub, private=group[i].private)}")
+            url = push_run_to_hub(group[i].output_dir, group[i].push_to_hub, private=group[i].private)
+            accelerator.print(f"pushed: {url}")
     return results
 
 
@@ -576,7 +580,8 @@ def compare_losses(args, losses: List[str]) -> List[Dict[str, Any]]:
     accelerator = make_accelerator(args)
     rows = []
     for loss in losses:
-        loss_args = argparse.Namespace(**{**vars(args), "loss": loss, "output_dir": os.path.join(args.output_dir, loss)})
+        loss_args = argparse.Namespace(**{**vars(args), "loss": loss,
+                                          "output_dir": os.path.join(args.output_dir, loss)})
         loss_args.resume = loss_args.resume or os.path.isfile(os.path.join(loss_args.output_dir, "results.json"))
         start = time.perf_counter()
         results = train(loss_args, accelerator)
