@@ -149,6 +149,34 @@ def test_end_to_end_trains_with_the_teacher(tmp_path, data_cache):
     assert vlpl["test_map"] > em["test_map"], (vlpl["test_map"], em["test_map"])
 
 
+def test_two_processes_train_end_to_end_with_the_teacher_as_one(tmp_path, data_cache):
+    """GroupNorm model, vlpl (a per-entry mean): the global batch split over 2 processes gives one process's run."""
+    from spl_losses.data.options import parse_dataset_options
+    from spl_losses.training.run_data import load_data
+
+    data_flags = digits_flags(data_cache, num_train=64, num_validation=30, num_test=31)
+    options = parse_dataset_options([data_flags[i + 1] for i, f in enumerate(data_flags) if f == "--dataset-option"])
+    scores = tmp_path / "oracle.npy"
+    np.save(scores, load_data("digits_mosaic", options=options).train_full.numpy())
+
+    def flags(out):
+        return [*data_flags, "--model", "test_efficientnet_gn", "--pretrained", "false", "--image-size", "16",
+                "--batch-size", "16", "--lr", "1e-3", "--epochs", "2", "--no-progress", "--train-mode", "end_to_end",
+                "--loss", "vlpl", "--teacher", f"scores:{scores}", "--pseudo-label-rule", "prevalence",
+                "--cache-dir", os.path.join(data_cache, "features"), "--output-dir", str(out)]
+
+    one = recipe.main(flags(tmp_path / "one"))
+    launch_two_processes(flags(tmp_path / "two"))
+    two = read(tmp_path / "two")
+    assert two["num_processes"] == 2 and two["pseudo_labels"] == one["pseudo_labels"]
+    assert one["pseudo_labels"]["negative"] > 0
+    log_one = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
+    log_two = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl")]
+    assert [r["val_map"] for r in log_two] == [r["val_map"] for r in log_one]
+    assert [r["train_loss"] for r in log_two] == pytest.approx([r["train_loss"] for r in log_one], rel=1e-5)
+    assert two["test_map"] == one["test_map"]
+
+
 def test_a_rule_whose_negatives_would_get_no_loss_term_is_refused(oracle, tmp_path):
     with pytest.raises(ValueError, match=r"prevalence gives negative pseudo-labels.*vlpl.*beta_neg=0"):
         recipe.main(flags(oracle, tmp_path / "zero", *teacher(oracle, "--beta-neg", "0")))
