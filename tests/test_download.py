@@ -175,7 +175,8 @@ def test_download_then_build_from_the_official_layout(tmp_path, server, name):
     assert all(r[3] is None for r in server.requests)  # no Hub token sent to a dataset host
     leftovers = os.listdir(data_dir / STATE_DIR)
     assert all(f.endswith(".done.json") for f in leftovers if f != "downloads")
-    assert os.listdir(data_dir / STATE_DIR / "downloads") == []  # archives removed after unpacking
+    downloads = [f for f in os.listdir(data_dir / STATE_DIR / "downloads") if not f.endswith(".lock")]
+    assert downloads == []  # archives removed after unpacking
     for archive in ARCHIVES[name].archives:  # what the builder reads is what the archives hold
         for path in archive.provides:
             assert os.path.lexists(data_dir / path), path
@@ -242,7 +243,7 @@ def test_checksum_mismatch_names_file_expected_got_and_extracts_nothing(tmp_path
     assert "files.tgz" in message and "0" * 32 in message and hashlib.md5(data).hexdigest() in message
     assert "\n" not in message
     assert sorted(os.listdir(tmp_path / "d")) == [STATE_DIR]  # nothing extracted
-    assert os.listdir(tmp_path / "d" / STATE_DIR / "downloads") == []  # the bad file removed
+    assert [f for f in os.listdir(tmp_path / "d" / STATE_DIR / "downloads") if not f.endswith(".lock")] == []
     assert not any(f.endswith(".done.json") for f in os.listdir(tmp_path / "d" / STATE_DIR))
 
 
@@ -305,6 +306,28 @@ def test_members_leaving_the_folder_are_refused(tmp_path, server, kind, member, 
     assert not (tmp_path / "sub" / "evil").exists() and not (tmp_path / "evil").exists()
     assert not os.path.exists("/tmp/spl_losses_evil_abs")
     assert [f for f in os.listdir(data_dir / STATE_DIR) if f.startswith("extract-")] == []
+
+
+def test_a_second_process_on_the_same_file_is_refused(tmp_path, server):
+    from filelock import FileLock
+
+    table, _ = _one_file_table(server)
+    downloads = tmp_path / "d" / STATE_DIR / "downloads"
+    downloads.mkdir(parents=True)
+    with FileLock(str(downloads / "files.tgz.lock")):
+        errors = []
+
+        def run():
+            try:
+                download("toy", str(tmp_path / "d"), table=table, progress=False, log=lambda m: None)
+            except DownloadError as err:
+                errors.append(str(err))
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    assert errors and errors[0].startswith("another process is downloading files.tgz")
+    assert server.requests == []
 
 
 def test_archive_without_what_the_builder_reads_is_an_error(tmp_path, server):

@@ -220,11 +220,37 @@ def _merge_into(src: str, dst: str) -> None:
     else:
         if os.path.isdir(dst) and not os.path.islink(dst):
             shutil.rmtree(dst)
+        elif os.path.lexists(dst) and os.path.isdir(src):
+            os.remove(dst)
         os.replace(src, dst)
 
 
 def download_archive(archive: Archive, data_dir: str, *, mirror: Optional[str] = None, progress: bool = True,
                      keep_archive: bool = False, log=None) -> bool:
+    """Download, verify and unpack one archive into ``data_dir``, holding a lock on its partial file.
+
+    See :func:`_download_archive` (the same arguments). Another process downloading the same file into the
+    same folder is an error, not a second writer of the partial file.
+    """
+    from filelock import FileLock, Timeout
+
+    state = os.path.join(os.path.abspath(data_dir), STATE_DIR, "downloads")
+    os.makedirs(state, exist_ok=True)
+    lock = FileLock(os.path.join(state, f"{archive.filename}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DownloadError(f"another process is downloading {archive.filename} into {data_dir} "
+                            f"(lock {lock.lock_file}); wait for it, or stop it") from None
+    try:
+        return _download_archive(archive, data_dir, mirror=mirror, progress=progress, keep_archive=keep_archive,
+                                 log=log)
+    finally:
+        lock.release()
+
+
+def _download_archive(archive: Archive, data_dir: str, *, mirror: Optional[str] = None, progress: bool = True,
+                      keep_archive: bool = False, log=None) -> bool:
     """Download, verify and unpack one archive into ``data_dir`` (see the module docstring).
 
     Args:
