@@ -267,6 +267,30 @@ def test_size_checked_after_transfer_when_the_server_does_not_say(tmp_path, serv
     assert not part.exists() and sorted(os.listdir(tmp_path / "d")) == [STATE_DIR]
 
 
+def test_not_enough_space_is_an_error_before_the_transfer(tmp_path, server, monkeypatch):
+    import collections
+
+    from spl_losses.data import download as download_module
+
+    table, data = _one_file_table(server)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(download_module.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9, 100))
+    with pytest.raises(DownloadError, match=rf"not enough space for files.tgz .*{len(data):,} bytes to download, "
+                                            "100 free"):
+        download("toy", str(tmp_path / "d"), table=table, progress=False, log=lambda m: None)
+    assert server.gets() == []
+
+
+def test_cli_offline_is_one_error_line(tmp_path, server, monkeypatch, capsys):
+    table, _ = _one_file_table(server)
+    monkeypatch.setitem(ARCHIVES, "toy", DatasetDownload(archives=tuple(table["toy"])))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["download", "toy", "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: HF_HUB_OFFLINE is set: cannot download files.tgz")
+    assert server.requests == []
+
+
 def _evil_tar(member_name, linkname=None):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:

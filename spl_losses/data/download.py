@@ -127,10 +127,10 @@ def _remote_size(url: str) -> Optional[int]:
                             "in the data folder yourself") from None
     except httpx2.HTTPError as err:
         raise DownloadError(_describe_http_error(err, url)) from None
-    if response.status_code in (405, 501):  # HEAD not supported: the GET says it
+    if response.status_code in (404, 410):
+        raise DownloadError(f"the server answered HTTP {response.status_code} (not found) for {url}")
+    if response.status_code >= 400:  # HEAD refused (405, or 403 from signed-URL hosts): the GET tells
         return None
-    if response.status_code >= 400:
-        raise DownloadError(f"the server answered HTTP {response.status_code} for {url}")
     length = response.headers.get("Content-Length")
     return int(length) if length and length.isdigit() else None
 
@@ -172,6 +172,20 @@ def _transfer(archive: Archive, url: str, part: str, expected_size: Optional[int
             f"download of {archive.filename} failed after {got:,} of {total} bytes "
             f"({_describe_http_error(err, url)}); the partial file {part} is kept: run the command again to "
             "resume it") from None
+
+
+def _check_free_space(archive: Archive, folder: str, size: int, log) -> None:
+    """DownloadError when the rest of the transfer does not fit; a warning when unpacking may not."""
+    part = os.path.join(folder, archive.filename + ".part")
+    remaining = size - (os.path.getsize(part) if os.path.exists(part) else 0)
+    free = shutil.disk_usage(folder).free
+    if remaining > free:
+        raise DownloadError(f"not enough space for {archive.filename} in {folder}: {remaining:,} bytes to download, "
+                            f"{free:,} free (unpacking needs about as much again); free some space or choose "
+                            "another --data-dir")
+    if archive.extract and remaining + size > free:
+        log(f"warning: {archive.filename}: {free:,} bytes free may not be enough to download ({remaining:,}) and "
+            f"unpack (about {size:,}) it")
 
 
 def _check_member_name(name: str, archive: Archive, where: str) -> str:
@@ -288,6 +302,8 @@ def _download_archive(archive: Archive, data_dir: str, *, mirror: Optional[str] 
             raise DownloadError(f"wrong size for {archive.filename}: the server at {url} reports {remote:,} bytes, "
                                 f"expected {archive.size:,} (a different file; check --mirror)")
         expected_size = archive.size if archive.size is not None else remote
+        if expected_size is not None:
+            _check_free_space(archive, downloads, expected_size, log)
         _transfer(archive, url, part, expected_size, progress)
         os.replace(part, final)
     got_size = os.path.getsize(final)
@@ -297,6 +313,7 @@ def _download_archive(archive: Archive, data_dir: str, *, mirror: Optional[str] 
                             "(the file is removed)")
     checksums = [(a, h.lower()) for a, h in (("md5", archive.md5), ("sha256", archive.sha256)) if h]
     for algorithm, expected in checksums:
+        log(f"{archive.filename}: checking its {algorithm}")
         got = file_checksum(final, algorithm)
         if got != expected:
             os.remove(final)
