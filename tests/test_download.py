@@ -37,6 +37,7 @@ class ArchiveServer:
         self.files = dict(files)
         self.requests = []  # (method, path, Range header, Authorization header)
         self.cut_once = set()  # names whose first full GET is cut halfway
+        self.cut_always = set()  # names whose every GET is cut halfway
         self.lock = threading.Lock()
         outer = self
 
@@ -51,7 +52,8 @@ class ArchiveServer:
                 range_header = self.headers.get("Range")
                 with outer.lock:
                     outer.requests.append((self.command, name, range_header, self.headers.get("Authorization")))
-                    cut = not head and range_header is None and name in outer.cut_once
+                    cut = not head and ((range_header is None and name in outer.cut_once)
+                                        or name in outer.cut_always)
                     if cut:
                         outer.cut_once.discard(name)
                 data = outer.files.get(name)
@@ -222,6 +224,27 @@ def test_cut_connection_resumes_with_range_and_verifies(tmp_path, server, monkey
     assert len(gets) == 2 and gets[0][2] is None
     resumed_at = int(gets[1][2].split("=")[1].rstrip("-"))
     assert 0 < resumed_at <= len(data) // 2
+    assert (tmp_path / "d" / "top" / "blob.bin").stat().st_size == 200_000
+
+
+def test_a_transfer_that_keeps_failing_keeps_its_part_for_the_next_call(tmp_path, server, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the client's pause between its retries
+    table, data = _one_file_table(server)
+    server.cut_always.add("files.tgz")
+    with pytest.raises(DownloadError, match=r"download of files.tgz failed after [\d,]+ of [\d,]+ bytes .*run the "
+                                            r"command again to resume it") as info:
+        download("toy", str(tmp_path / "d"), table=table, progress=False, log=lambda m: None)
+    assert "\n" not in str(info.value)
+    part = tmp_path / "d" / STATE_DIR / "downloads" / "files.tgz.part"
+    kept = part.stat().st_size
+    assert 0 < kept < len(data) and not (tmp_path / "d" / "top").exists()
+    server.cut_always.clear()
+    before = len(server.gets())
+    download("toy", str(tmp_path / "d"), table=table, progress=False, log=lambda m: None)
+    assert [g[2] for g in server.gets()[before:]] == [f"bytes={kept}-"]
     assert (tmp_path / "d" / "top" / "blob.bin").stat().st_size == 200_000
 
 
