@@ -115,9 +115,9 @@ def _describe_http_error(err: BaseException, url: str) -> str:
 
 def _remote_size(url: str) -> Optional[int]:
     """HEAD ``url``: its Content-Length, None where the server does not say; errors as DownloadError."""
-    import httpx2
     from huggingface_hub.errors import OfflineModeIsEnabled
     from huggingface_hub.utils import get_session
+    from huggingface_hub.utils import httpx as httpx2  # the Hub client's HTTP library, whatever its version
 
     try:
         response = get_session().head(url, follow_redirects=True, timeout=_HEAD_TIMEOUT,
@@ -146,9 +146,9 @@ class _QuietTqdm:
 
 
 def _transfer(archive: Archive, url: str, part: str, expected_size: Optional[int], progress: bool) -> None:
-    import httpx2
     from huggingface_hub.errors import OfflineModeIsEnabled
     from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import httpx as httpx2
 
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if expected_size is not None and have > expected_size:  # not a prefix of this file
@@ -192,8 +192,7 @@ def _check_member_name(name: str, archive: Archive, where: str) -> str:
     """The member's path relative to the extraction folder, or DownloadError if it would leave it."""
     normalized = name.replace("\\", "/")
     parts = [p for p in normalized.split("/") if p not in ("", ".")]
-    if (normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":") or ".." in parts
-            or not parts):
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":") or ".." in parts:
         raise DownloadError(f"refused to extract {archive.filename}: member {name!r} would be written outside "
                             f"{where}")
     return "/".join(parts)
@@ -201,7 +200,8 @@ def _check_member_name(name: str, archive: Archive, where: str) -> str:
 
 def _extract(path: str, archive: Archive, dest: str, data_dir: str) -> None:
     lower = archive.filename.lower()
-    if zipfile.is_zipfile(path):
+    is_zip = lower.endswith(".zip") if lower.endswith((".zip", ".tar", ".tgz", ".tar.gz")) else zipfile.is_zipfile(path)
+    if is_zip:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 _check_member_name(info.filename, archive, data_dir)
