@@ -3,6 +3,8 @@
     python -m spl_losses.data build NAME --data-dir RAW_DIR --output OUT_DIR [--seed 1200]
                                          [--format arrow|parquet] [--push-to-hub ORG/NAME [--private]]
                                          [--dataset-option KEY=VALUE ...]
+    python -m spl_losses.data download NAME --data-dir RAW_DIR [--mirror URL] [--jobs N] [--keep-archives]
+    python -m spl_losses.data build NAME --data-dir RAW_DIR --download ...   (download, then build)
     python -m spl_losses.data list
 
 ``--data-dir`` (alias ``--root``) and ``--dataset-option`` (alias ``--option``) are the training
@@ -29,6 +31,7 @@ import datasets
 from ..training.cli import FlagParser
 from .build_cache import is_built
 from .builder import create_builder
+from .download import DownloadError, check_external_files, download, downloadable_datasets
 from .card import make_dataset_card, merge_card_metadata
 from .generic import ClassListWarning
 from .image_checks import VERIFY_AUTO_LIMIT
@@ -98,8 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "(token and Hub checked before the build)")
     build.add_argument("--private", action="store_true", help="create the Hub repository as private")
     build.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="Parquet shard size (500MB)")
+    build.add_argument("--download", action="store_true",
+                       help="first download, verify and unpack the official archives into --data-dir "
+                            "(as `download`; a second call finds them in place)")
+    _add_download_flags(build)
+    fetch = sub.add_parser("download", help="download, verify and unpack a benchmark's official archives",
+                              epilog=_DOWNLOAD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fetch.add_argument("name", help="dataset name: " + ", ".join(downloadable_datasets()))
+    fetch.add_argument("--data-dir", "--root", dest="data_dir", required=True,
+                       help="folder to unpack into (created), then `build --data-dir`")
+    _add_download_flags(fetch)
+    fetch.add_argument("--keep-archives", action="store_true",
+                          help="keep the verified archives (under DIR/.spl_data/downloads) after unpacking")
     sub.add_parser("list", help="list the registered datasets")
     return parser
+
+
+_DOWNLOAD_HELP = """\
+Files go to DIR/.spl_data/downloads first (a partial file is resumed with an HTTP Range request on the
+next call), are checked against the size and checksum kept in the package (spl_losses/data/archives.py),
+then unpacked through a temporary folder (no member may leave DIR) and moved into DIR. A marker with the
+archive's checksum makes a second call do nothing. HF_HUB_OFFLINE=1 refuses any transfer.
+nuswide: NUS-WIDE's concept list, labels and tags; its images are not distributed by its authors.
+"""
+
+
+def _add_download_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mirror", metavar="URL",
+                        help="base URL serving the same file names instead of the official hosts")
+    parser.add_argument("--jobs", type=int, default=1, help="files transferred in parallel (default 1)")
 
 
 def format_report(report: Dict[str, Any]) -> str:
@@ -192,12 +222,21 @@ def build_command(args: argparse.Namespace) -> int:
                           reserved={"root": "--data-dir", "seed": "--seed", "split_seed": "--split-seed"})
     if info.needs_root and not args.data_dir:
         raise ValueError(f"dataset {args.name!r} needs --data-dir <folder of the raw download>")
+    if args.download:
+        if not args.data_dir:
+            raise ValueError("--download needs --data-dir <folder to download into>")
+        if args.name not in downloadable_datasets():
+            raise ValueError(f"--download: no download for dataset {args.name!r} (downloadable: "
+                             f"{', '.join(downloadable_datasets())})")
+        check_external_files(args.name, args.data_dir)  # files no archive holds: checked before any transfer
     if args.push_to_hub:
         from ..hub import check_push_access
 
         check_push_access(args.push_to_hub, repo_type="dataset")
     created = _prepare_output(args.output) if args.output else False
     try:
+        if args.download:
+            download(args.name, args.data_dir, mirror=args.mirror, jobs=args.jobs)
         builder = create_builder(args.name, root=args.data_dir, seed=args.seed, split_seed=args.split_seed,
                                  cache_dir=args.cache_dir, **options)
         if not args.force and is_built(builder):
@@ -259,6 +298,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         The exit status: 0 on success, 2 on a usage or data error (message on stderr).
     """
     args = build_parser().parse_args(argv)
+    if args.command == "download":
+        try:
+            download(args.name, args.data_dir, mirror=args.mirror, jobs=args.jobs, keep_archives=args.keep_archives)
+        except DownloadError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            print(f"error: {describe_failure(err)}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "list":
         for name in list_datasets():
             k = get_dataset_info(name).expected_num_pos
@@ -276,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             warnings.showwarning = show
             return build_command(args)
-    except (ValueError, TypeError) as err:  # input errors (HubPushError is a ValueError): the message says it all
+    except (ValueError, TypeError, DownloadError) as err:  # input errors (HubPushError is a ValueError): the message says it all
         print(f"error: {err}", file=sys.stderr)
     except Exception as err:  # anything else (disk full, an interrupted download): no traceback either
         print(f"error: {describe_failure(err)}", file=sys.stderr)

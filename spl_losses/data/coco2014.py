@@ -1,6 +1,8 @@
 """COCO 2014 as an SPML benchmark (80 classes, Cole et al., CVPR 2021).
 
-Raw layout under ``root`` (the official downloads, unpacked)::
+Raw layout under ``root`` (the official ``annotations_trainval2014.zip``, ``train2014.zip`` and
+``val2014.zip`` of https://cocodataset.org/#download, unpacked; ``spl-data download coco2014 --data-dir
+ROOT`` fetches, checks (size, SHA-256) and unpacks them)::
 
     annotations/instances_train2014.json
     annotations/instances_val2014.json

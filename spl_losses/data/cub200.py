@@ -1,7 +1,9 @@
 """CUB-200-2011 as an SPML benchmark (312 binary attributes, Cole et al., CVPR 2021).
 
-Raw layout under ``root`` (the official ``CUB_200_2011.tgz`` unpacked; ``root`` may also be the
-``CUB_200_2011`` folder itself)::
+Raw layout under ``root`` (the official ``CUB_200_2011.tgz`` of
+https://www.vision.caltech.edu/datasets/cub_200_2011/ unpacked, which ``spl-data download cub200
+--data-dir ROOT`` does, checking its size and MD5; ``root`` may also be the ``CUB_200_2011`` folder
+itself)::
 
     attributes.txt                                   "attribute_id name", 312 lines (the official
                                                      archive puts it next to CUB_200_2011/; it is

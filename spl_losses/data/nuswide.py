@@ -1,7 +1,11 @@
 """NUS-WIDE as an SPML benchmark (81 concepts), in the re-crawled form of Cole et al. (CVPR 2021).
 
 Cole et al. re-crawled NUS-WIDE from Flickr in 2020 and distribute the result as formatted arrays;
-the images come from the official ``Flickr.zip``. Raw layout under ``root``::
+the images come from the official ``Flickr.zip``. NUS-WIDE's site hosts only its concept list, labels
+and tags for download (``spl-data download nuswide --data-dir ROOT`` fetches ``ConceptsList.zip``,
+``Groundtruth.zip`` and ``NUS_WID_Tags.zip``, for which no checksum is published); the images and the
+formatted arrays cannot be downloaded from it, and are placed under ``root`` by the user. Raw layout
+under ``root``::
 
     formatted_train_images.npy   (N_train,) str: image paths relative to Flickr/
     formatted_train_labels.npy   (N_train, 81) {0, 1} label matrix

@@ -1,7 +1,9 @@
 """PASCAL VOC 2012 as an SPML benchmark (20 classes, Cole et al., CVPR 2021).
 
-Raw layout under ``root`` (the official ``VOCtrainval_11-May-2012.tar`` unpacked; ``root`` may also
-be the ``VOCdevkit`` or ``VOC2012`` folder itself)::
+Raw layout under ``root`` (the official ``VOCtrainval_11-May-2012.tar`` of
+http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ unpacked, which ``spl-data download voc2012 --data-dir
+ROOT`` does, checking its size and MD5; ``root`` may also be the ``VOCdevkit`` or ``VOC2012`` folder
+itself)::
 
     VOCdevkit/VOC2012/ImageSets/Main/{class}_train.txt   lines "image_id  1|0|-1"
     VOCdevkit/VOC2012/ImageSets/Main/{class}_val.txt
