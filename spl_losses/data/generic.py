@@ -181,16 +181,28 @@ class MultilabelFilesConfig(SPMLConfig):
 
 
 class _Listing(NamedTuple):
-    """A read listing: its file, the image paths (absolute), class names and entry names per row."""
+    """A read listing: its file, the image paths (absolute), each row's full labels, observed positives and
+    observed negatives by class name (each None when the listing does not give it) and entry names."""
 
     path: str
     images: List[str]
-    names: List[List[str]]
+    names: Optional[List[List[str]]]
     entries: List[str]
+    positives: Optional[List[List[str]]] = None
+    negatives: Optional[List[List[str]]] = None
 
     def subset(self, rows: np.ndarray) -> "_Listing":
-        return _Listing(self.path, [self.images[i] for i in rows], [self.names[i] for i in rows],
-                        [self.entries[i] for i in rows])
+        def pick(values):
+            return None if values is None else [values[i] for i in rows]
+
+        return _Listing(self.path, pick(self.images), pick(self.names), pick(self.entries), pick(self.positives),
+                        pick(self.negatives))
+
+    def all_names(self):
+        """Every class name the listing uses (full labels, observed positives and negatives)."""
+        for part in (self.names, self.positives, self.negatives):
+            for row in part or ():
+                yield from row
 
 
 @register_dataset("multilabel_files")
@@ -246,10 +258,18 @@ class MultilabelFiles(SPMLBuilder):
 
     def _read_listing(self, path: str) -> _Listing:
         rows, entries = read_listing_rows(path, self.config.label_separator)
-        paths = join_inside(os.path.dirname(os.path.abspath(path)), [p for p, _ in rows], path, allow_absolute=True,
+        paths = join_inside(os.path.dirname(os.path.abspath(path)), [r.path for r in rows], path, allow_absolute=True,
                             entry_name=entries.__getitem__)
-        self._absolute_rows.update(p for p, (listed, _) in zip(paths, rows) if os.path.isabs(listed))
-        return _Listing(path, paths, [names for _, names in rows], entries)
+        self._absolute_rows.update(p for p, row in zip(paths, rows) if os.path.isabs(row.path))
+        first = rows[0] if rows else None
+
+        def column(field: str):
+            return None if first is None or getattr(first, field) is None else [getattr(r, field) for r in rows]
+
+        return _Listing(path, paths, column("labels"), entries, column("positives"), column("negatives"))
+
+    def _gives_observed_labels(self) -> bool:
+        return any(listing is not None and listing.positives is not None for listing in self._all_listings().values())
 
     def _all_listings(self) -> Dict[str, Optional[_Listing]]:
         if self._listings is None:
@@ -287,7 +307,7 @@ class MultilabelFiles(SPMLBuilder):
         found = set()
         for listing in self._all_listings().values():
             if listing is not None:
-                found.update(n for row in listing.names for n in row)
+                found.update(listing.all_names())
         if not found:
             raise ValueError("the listings name no class; give class_names or classes_file")
         return sorted(found)
@@ -305,16 +325,27 @@ class MultilabelFiles(SPMLBuilder):
             return None
         class_names = self._load_class_names()
         position = {n: i for i, n in enumerate(class_names)}
-        labels = []
-        for entry, row in zip(listing.entries, listing.names):
-            unknown = [n for n in row if n not in position]
-            if unknown:
-                closest = _closest(unknown[0], class_names)
-                hint = f" (did you mean {closest!r}?)" if closest is not None else ""
-                raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}{hint}; "
-                                 f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
-            labels.append([position[n] for n in row])
-        return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path)
+
+        def indices(rows: List[List[str]], field: str) -> List[List[int]]:
+            out = []
+            for entry, row in zip(listing.entries, rows):
+                unknown = [n for n in row if n not in position]
+                if unknown:
+                    closest = _closest(unknown[0], class_names)
+                    hint = f" (did you mean {closest!r}?)" if closest is not None else ""
+                    raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]} in {field!r}{hint}; "
+                                     f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
+                out.append([position[n] for n in row])
+            return out
+
+        observed = negatives = None
+        if listing.positives is not None:
+            observed = indices(listing.positives, "observed")
+            negatives = indices(listing.negatives, "observed (negatives)")
+        full = listing.names is not None
+        labels = indices(listing.names, "labels") if full else observed
+        return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path,
+                        observed=observed, observed_negatives=negatives, full_labels=full)
 
 
 @dataclass
