@@ -95,7 +95,9 @@ def describe(accelerator: Accelerator, group: Sequence[RunSettings], data: RunDa
     if settings.init_loss_state_note:
         accelerator.print(settings.init_loss_state_note)
     labels = data.labels_summary()
-    accelerator.print(f"training labels: {'given' if data.labels_given else 'simulated single positives'}, "
+    origin = {"given": "given by the dataset", "simulated": "simulated single positives",
+              "stored": "stored with the dataset"}[data.labels_origin]
+    accelerator.print(f"training labels: observed labels {origin}, "
                       f"{labels['positives_per_image']:.2f} observed positive(s) and {labels['negatives_per_image']:.2f} "
                       "observed negative(s) per image")
     if data.val_full is None:

@@ -94,13 +94,14 @@ def test_jsonl_partial_labels_with_full_labels_on_test(tmp_path):
 
     data = load_data("multilabel_files", str(root), {"cache_dir": str(tmp_path / "c")})
     assert data.train_full is None and data.val_full is None and data.test_full is not None
-    assert data.labels_given
+    assert data.labels_origin == "given"
     assert ((data.train_observed < 0).sum(dim=1) == 1).all()  # one explicit negative per row
     assert data.labels_summary()["negatives_per_image"] == 1.0
 
 
 @pytest.mark.parametrize("rows,message", [
-    ([("a.png", "cat"), ("b.png", "cat|-dgo")], r"row 2: unknown class name\(s\) \['dgo'\].*did you mean 'dog'"),
+    ([("a.png", "cat"), ("b.png", "cat|-dgo")],
+     r"row 2: unknown class name\(s\) \['dgo'\] \(did you mean 'dog'\?\) in 'observed \(negatives\)'"),
     ([("a.png", "cat"), ("b.png", "")], r"row 2: the row has no observed label"),
     ([("a.png", "cat"), ("b.png", "-dog")], r"row 2: the row has only observed negatives"),
     ([("a.png", "cat|-cat")], r"row 1: class 'cat' is both an observed positive and an observed negative"),
@@ -243,3 +244,50 @@ def test_losses_see_an_explicit_negative(loss, kwargs):
         assert grads[0] - grads[1] == pytest.approx(p * (1 - p) / (1 - p + 1e-5) / 8, rel=1e-4)
     else:
         assert grads[0] != pytest.approx(grads[1], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- what a reader sees
+def test_model_card_tells_given_partial_labels_from_simulated_single_positives():
+    from spl_losses.hub.card import build_model_card
+
+    config = {"dataset": "multilabel_files", "loss": "epr", "train_mode": "linear_fixed_features",
+              "observed_seed": 1200, "val_set_variant": "observed"}
+    given = {"val_map": 50.0, "test_map": None, "test_note": "no clean test: the test split has no full labels",
+             "labels": {"kind": "given", "positives_per_image": 1.25, "negatives_per_image": 0.5}}
+    simulated = {"val_map": 50.0, "test_map": 40.0,
+                 "labels": {"kind": "simulated", "rule": "size", "seed": 7, "positives_per_image": 1.0,
+                            "negatives_per_image": 0.0}}
+    card_given = str(build_model_card(config, given, "me/partial"))
+    card_simulated = str(build_model_card(dict(config, observed_seed=7), simulated, "me/simulated"))
+    assert "given partial labels" in card_given and "1.25 observed positive(s) and 0.50 observed negative(s)" \
+        in card_given and "No test metrics: no clean test" in card_given
+    assert "simulated single positives" not in card_given and "Single-positive seed" not in card_given
+    assert "simulated single positives (rule `size`)" in card_simulated and "| Single-positive seed | 7 |" \
+        in card_simulated and "given partial labels" not in card_simulated
+
+
+def test_partial_run_results_and_card_say_given_labels(partial_tree, tmp_path_factory):
+    from spl_losses.hub.card import build_model_card, read_run
+
+    cache = tmp_path_factory.getbasetemp() / "partial_cache"
+    out = tmp_path_factory.mktemp("runs") / "an_card"
+    recipe.main(_flags(partial_tree, cache, out, "--loss", "an"))
+    run = read_run(out)
+    card = str(build_model_card(run["config"], run["results"], "me/partial", run["model_config"]))
+    assert "given partial labels" in card and "No test metrics" in card
+
+
+def test_simulated_and_stored_runs_say_so(tmp_path, data_cache):
+    from test_recipe import tiny_flags
+
+    sim = recipe.main(tiny_flags(data_cache, tmp_path / "sim", "--train-mode", "linear_fixed_features", "--loss", "an",
+                                 "--epochs", "1"))
+    assert sim["labels"]["kind"] == "simulated" and sim["labels"]["rule"] == "uniform"
+    assert sim["labels"]["seed"] == 1200 and sim["labels"]["full_labels"]["test"] and sim["test_map"] is not None
+    path = _saved(tmp_path, lambda i: [i % 4], lambda i: [(i + 2) % 4] if i % 3 == 0 else [])
+    stored = recipe.main(["--dataset", path, "--dataset-option", "label_column=tags", "--dataset-option",
+                          "observed_column=seen", "--dataset-option", "negatives_column=unseen", "--loss", "iu",
+                          "--train-mode", "linear_fixed_features", "--epochs", "1", "--batch-size", "4",
+                          "--no-progress", "--output-dir", str(tmp_path / "stored")])
+    assert stored["labels"]["kind"] == "stored" and stored["labels"]["negatives_per_image"] == pytest.approx(6 / 16)
+    assert stored["test_map"] is not None

@@ -333,7 +333,8 @@ class MultilabelFiles(SPMLBuilder):
                 if unknown:
                     closest = _closest(unknown[0], class_names)
                     hint = f" (did you mean {closest!r}?)" if closest is not None else ""
-                    raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]} in {field!r}{hint}; "
+                    within = "" if field == "labels" else f" in {field!r}"
+                    raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}{hint}{within}; "
                                      f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
                 out.append([position[n] for n in row])
             return out

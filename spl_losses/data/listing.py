@@ -4,7 +4,8 @@ import json
 import os
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-__all__ = ["SPLIT_ALIASES", "LABEL_FIELDS", "NEGATIVE_MARK", "ListingRow", "read_listing_rows", "read_class_file", "refuse_duplicate_images", "resolve_file"]
+__all__ = ["SPLIT_ALIASES", "LABEL_FIELDS", "NEGATIVE_MARK", "ListingRow", "read_listing_rows", "read_class_file",
+           "refuse_duplicate_images", "resolve_file"]
 
 #: File-name stems under which a split's files are looked for.
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
@@ -105,7 +106,8 @@ def read_listing_rows(path: str, separator: str = "|") -> Tuple[List[ListingRow]
                 for row_no, row in enumerate(reader, start=1):
                     where = f"{path}, row {row_no}"
                     if row["path"] is None or any(row[k] is None for k in fields):
-                        raise ValueError(f"{where}: expected the fields {['path', *fields]}, got {row}")
+                        expected = " and ".join(repr(k) for k in ("path", *fields))
+                        raise ValueError(f"{where}: expected the fields {expected}, got {row}")
                     rows.append(_row(row["path"], {k: split_names(row[k]) for k in fields}, where))
                     entries.append(f"row {row_no}")
                 return rows, entries

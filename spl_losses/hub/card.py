@@ -110,6 +110,14 @@ def _labels_kind(results: Dict[str, Any], seed) -> Dict[str, str]:
         if counts:
             rows.append(("Observed labels per image", counts))
         return {"task": "partial labels", "sentence": sentence, "rows": rows}
+    if labels.get("kind") == "stored":
+        sentence = ("from the **observed labels stored with the dataset** (its full labels kept for evaluation; how "
+                    "the observed labels were chosen is not recorded), every other class unobserved"
+                    + (f"; on average {counts}" if counts else "") + ".")
+        rows = [("Training labels", "observed labels stored with the dataset (origin not recorded)")]
+        if counts:
+            rows.append(("Observed labels per image", counts))
+        return {"task": "observed labels", "sentence": sentence, "rows": rows}
     rule = labels.get("rule") or "uniform"
     sentence = ("from **single positive labels** simulated from full labels: each training image carries one "
                 f"positive label (drawn by the {_code(rule)} rule, seed {_text(seed) if seed is not None else 'unknown'}), "
@@ -154,7 +162,7 @@ def build_model_card(
     name = repo_id.split("/")[-1]
 
     kind = _labels_kind(results, seed)
-    given = kind["task"] == "partial labels"
+    given = kind["task"] != "single positive labels"
     dataset_args = {"single_positive_seed": seed} if seed is not None and not given else None
     eval_results = []
     for split, prefix in (("validation", "val"), ("test", "test")):
@@ -171,7 +179,7 @@ def build_model_card(
                 metric_type=metric_type, metric_name=metric_name, metric_value=round(value, 4)))
 
     tags = ["image-classification", "multi-label-classification",
-            "partial-label-multi-label" if given else "single-positive-multi-label", MODEL_CARD_TAG, f"loss-{loss}"]
+            "partial-label-multi-label" if kind["task"] == "partial labels" else "single-positive-multi-label", MODEL_CARD_TAG, f"loss-{loss}"]
     if timm_export:
         tags.insert(1, "timm")
     card_data = ModelCardData(

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import datasets
 import torch
 
-from ..data import dataset_fingerprint, load_spml_dataset
+from ..data import dataset_fingerprint, is_dataset, load_spml_dataset
 from ..data.builder import GIVEN_OBSERVED_NOTE
 from .label_matrices import check_index_column, dense_labels, has_full_labels, label_names, observed_matrix
 
@@ -42,8 +42,10 @@ class RunData:
         test_full: Full test labels, or None (no clean test: the run records no test metrics).
         fingerprints: Content fingerprint of each split (``spl_losses.data.dataset_fingerprint``).
         train_pseudo: (N, C) pseudo-labels of train from a teacher (``--teacher``), or None.
-        labels_given: Whether the observed labels were given by the dataset (partial labels) rather than
-            simulated from full labels by the builder.
+        labels_origin: Where the observed labels of train come from: ``"simulated"`` (drawn from full labels by
+            a registered builder), ``"given"`` (given by the dataset: partial labels, or train without full
+            labels) or ``"stored"`` (stored with full labels in a saved or Hub dataset, how they were drawn not
+            recorded).
     """
 
     name: str
@@ -57,7 +59,7 @@ class RunData:
     test_full: Optional[torch.Tensor]
     fingerprints: Mapping[str, str]
     train_pseudo: Optional[torch.Tensor] = None
-    labels_given: bool = False
+    labels_origin: str = "simulated"
 
     @property
     def num_classes(self) -> int:
@@ -83,18 +85,17 @@ class RunData:
             seed: Their seed.
 
         Returns:
-            ``kind`` (``"given"``: partial labels given by the dataset, with the mean observed positives and
-            negatives per training image; ``"simulated"``: drawn from full labels, with the rule and seed),
-            and which splits have full labels.
+            ``kind`` (:attr:`labels_origin`: ``"simulated"`` with the rule and seed, ``"given"`` or ``"stored"``),
+            the mean observed positives and negatives per training image, and which splits have full labels.
         """
         observed = self.train_observed
         rows = max(int(observed.shape[0]), 1)
         summary: Dict[str, Any] = {
-            "kind": "given" if self.labels_given else "simulated",
+            "kind": self.labels_origin,
             "positives_per_image": float((observed > 0).sum()) / rows,
             "negatives_per_image": float((observed < 0).sum()) / rows,
         }
-        if not self.labels_given:
+        if self.labels_origin == "simulated":
             summary.update(rule=rule or "uniform", seed=seed)
         summary["full_labels"] = {"train": self.train_full is not None, "validation": self.val_full is not None,
                                   "test": self.test_full is not None}
@@ -141,8 +142,10 @@ def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Di
         except ValueError as err:
             raise ValueError(f"dataset {dataset!r}, split {split!r}: {err}") from None
     train_full = dense_labels(train, "labels", num_classes) if has_full_labels(train) else None
-    given = train_full is None or any(
-        GIVEN_OBSERVED_NOTE in (ds[s].info.description or "") for s in ("train", "validation"))
+    if train_full is None or any(GIVEN_OBSERVED_NOTE in (ds[s].info.description or "") for s in ("train", "validation")):
+        origin = "given"
+    else:
+        origin = "simulated" if is_dataset(dataset) else "stored"
     return RunData(
         name=dataset, splits=ds, class_names=names, kind=kind,
         train_observed=observed["train"],
@@ -151,5 +154,5 @@ def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Di
         val_full=dense_labels(val, "labels", num_classes) if has_full_labels(val) else None,
         test_full=dense_labels(test, "labels", num_classes) if has_full_labels(test, compare_observed=False) else None,
         fingerprints={split: dataset_fingerprint(ds[split]) for split in SPLITS},
-        labels_given=given,
+        labels_origin=origin,
     )
