@@ -13,6 +13,19 @@ beyond CSV's)::
     images/0001.jpg,cat|dog
     images/0002.jpg,traffic light
 
+Partial labels as a user has them: an ``observed`` field (CSV column, or JSON key with a list or a
+``|``-joined string) instead of, or besides, ``labels``: its names are the observed positives, a name
+marked ``-`` an observed negative (``cat|-dog``), every other class unobserved; nothing is drawn for such
+rows. Full ``labels`` are optional per listing (given for all its rows or none): a split without them is
+written with null ``labels`` (no clean labels, not "no positive"), and the dataset gets an
+``observed_negatives`` column. Refused, naming the listing and the row: a row without an observed
+positive, a class both observed positive and negative, an observed positive missing from the row's full
+labels or a negative among them, and (pinned class list) a class outside the class list::
+
+    path,observed
+    images/0001.jpg,cat|-dog
+    images/0002.jpg,traffic light
+
 Image paths are relative to the listing's folder and must stay inside it (``../x`` is refused);
 absolute paths are accepted as they are. An image listed twice (in one listing, or in two split
 listings) is refused, naming both rows: merge them into one row with the union of the labels.
