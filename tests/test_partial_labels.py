@@ -291,3 +291,34 @@ def test_simulated_and_stored_runs_say_so(tmp_path, data_cache):
                           "--no-progress", "--output-dir", str(tmp_path / "stored")])
     assert stored["labels"]["kind"] == "stored" and stored["labels"]["negatives_per_image"] == pytest.approx(6 / 16)
     assert stored["test_map"] is not None
+
+
+def test_role_estimator_starts_low_at_the_observed_negatives(partial_tree, tmp_path_factory):
+    from safetensors.torch import load_file
+
+    cache = tmp_path_factory.getbasetemp() / "partial_cache"
+    out = tmp_path_factory.mktemp("runs") / "role_init"
+    seen = {}
+    original = recipe.training_targets
+
+    def recording(settings, data):
+        seen["targets"] = original(settings, data)
+        return seen["targets"]
+
+    recipe.training_targets, restore = recording, original
+    try:
+        recipe.main(_flags(partial_tree, cache, out, "--loss", "role", "--lr", "1e-4"))
+    finally:
+        recipe.training_targets = restore
+    state = load_file(str(out / "model" / "loss_state.safetensors"))
+    logits = next(t for t in state.values() if t.dim() == 2)
+    targets = seen["targets"]
+    # initialised at logit(0.005) on observed negatives, in (-logit(0.6), logit(0.6)) when unobserved
+    assert logits[targets < 0].max() < -3 < logits[targets == 0].min()
+
+
+def test_search_without_a_clean_test_prints_and_records_it(partial_tree, tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "partial_cache"
+    out = tmp_path_factory.mktemp("runs") / "search"
+    summary = recipe.main(_flags(partial_tree, cache, out, "--loss", "an", "--search"))
+    assert summary["winner"]["test_map"] is None and len(summary["runs"]) == 8
