@@ -322,3 +322,14 @@ def test_search_without_a_clean_test_prints_and_records_it(partial_tree, tmp_pat
     out = tmp_path_factory.mktemp("runs") / "search"
     summary = recipe.main(_flags(partial_tree, cache, out, "--loss", "an", "--search"))
     assert summary["winner"]["test_map"] is None and len(summary["runs"]) == 8
+
+
+def test_dataset_card_says_which_splits_have_given_labels():
+    from spl_losses.data.card import _given_text
+
+    report = {"splits": {"train": {"observed_labels": "given", "full_labels": False},
+                         "validation": {"observed_labels": "given", "full_labels": False},
+                         "test": {"observed_labels": "drawn", "full_labels": True}}}
+    text = " ".join(_given_text(report))
+    assert "given by the source for `train`, `validation`" in text and "No full labels in `train`, `validation`" in text
+    assert _given_text({"splits": {"train": {"num_examples": 3}}}) == []
