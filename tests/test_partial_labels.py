@@ -333,3 +333,14 @@ def test_dataset_card_says_which_splits_have_given_labels():
     text = " ".join(_given_text(report))
     assert "given by the source for `train`, `validation`" in text and "No full labels in `train`, `validation`" in text
     assert _given_text({"splits": {"train": {"num_examples": 3}}}) == []
+
+
+def test_saved_features_dataset_without_any_full_labels_trains(tmp_path):
+    path = _saved(tmp_path, lambda i: [i % 4], lambda i: [(i + 2) % 4] if i % 3 == 0 else [], with_full=False)
+    out = tmp_path / "run"
+    results = recipe.main(["--dataset", path, "--dataset-option", "observed_column=seen", "--dataset-option",
+                           "negatives_column=unseen", "--loss", "epr", "--expected-num-pos", "1",
+                           "--train-mode", "linear_fixed_features", "--epochs", "2", "--batch-size", "4",
+                           "--lr", "0.1", "--no-progress", "--output-dir", str(out)])
+    assert results["test_map"] is None and results["labels"]["kind"] == "given"
+    assert results["val_map"] > 60  # observed validation on separable features
