@@ -64,6 +64,8 @@ from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model,
 from spl_losses.training.settings import RunSettings, check_args, resolve_settings
 from spl_losses.training.study import REFERENCE_GRID, SearchStudy, group_key, select_winner
 
+#: Why a run has no test metrics: its dataset's test split has no full labels.
+NO_CLEAN_TEST = "no clean test: the test split has no full labels, so no test metrics are computed"
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
 #: The one setting the runs trained together by one linear loop may differ in (besides their folders).
 GROUPED_KEY = "lr"
@@ -92,19 +94,38 @@ def describe(accelerator: Accelerator, group: Sequence[RunSettings], data: RunDa
                           f"({settings.expected_num_pos_source})")
     if settings.init_loss_state_note:
         accelerator.print(settings.init_loss_state_note)
+    labels = data.labels_summary()
+    origin = {"given": "given by the dataset", "simulated": "simulated single positives",
+              "stored": "stored with the dataset"}[data.labels_origin]
+    accelerator.print(f"training labels: observed labels {origin}, "
+                      f"{labels['positives_per_image']:.2f} observed positive(s) and {labels['negatives_per_image']:.2f} "
+                      "observed negative(s) per image")
+    if data.val_full is None:
+        accelerator.print("validation: observed labels (the dataset has no full validation labels: Cole et al.'s "
+                          "'observed' variant, unobserved entries counted as negatives)")
+    if data.test_full is None:
+        accelerator.print(f"test: {NO_CLEAN_TEST}")
 
 
 def run_facts(settings: RunSettings, data: RunData) -> Dict[str, Any]:
-    """What a run's results record besides its metrics."""
+    """What a run's results record besides its metrics (``labels``: which kind of labels it trained on)."""
+    labels = data.labels_summary(rule=settings.dataset_options.get("observed_sampling"), seed=settings.observed_seed)
     return {"dataset": settings.dataset, "model": settings.model, "loss": settings.loss,
             "train_mode": settings.train_mode, "label_names": list(data.class_names),
             "observed_seed": settings.observed_seed, "expected_num_pos": settings.expected_num_pos,
-            "seed": settings.seed, "num_processes": settings.num_processes}
+            "seed": settings.seed, "num_processes": settings.num_processes, "labels": labels,
+            **({"test_note": NO_CLEAN_TEST} if data.test_full is None else {})}
 
 
 def validation_labels(settings: RunSettings, data: RunData) -> torch.Tensor:
-    """Clean (full) or observed (single-positive) validation labels, by ``--val-set-variant``."""
-    return data.val_full if settings.val_set_variant == "clean" else data.val_observed
+    """Clean (full) or observed validation labels, by ``--val-set-variant`` (observed: the observed positives,
+    every other entry, observed negatives included, counted as negative)."""
+    return data.val_full if settings.val_set_variant == "clean" else (data.val_observed > 0).float()
+
+
+def _map(value: Optional[float], width: int = 0) -> str:
+    """A mAP for the log: two decimals, or ``-`` where there is none (no clean test)."""
+    return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
 
 
 def training_targets(settings: RunSettings, data: RunData) -> torch.Tensor:
@@ -385,8 +406,8 @@ def finish_run(accelerator: Accelerator, settings: RunSettings, data: RunData, o
         export_model(run_dir.path, settings, data.class_names, outcome)
         write_json(run_dir.file("results.json"), results)
     accelerator.wait_for_everyone()
-    accelerator.print(f"best epoch {results['best_epoch']}: val mAP {results['val_map']:.2f}, "
-                      f"test mAP {results['test_map']:.2f} -> {run_dir.path}")
+    test = f"test mAP {_map(results['test_map'])}" if results["test_map"] is not None else NO_CLEAN_TEST
+    accelerator.print(f"best epoch {results['best_epoch']}: val mAP {results['val_map']:.2f}, {test} -> {run_dir.path}")
     return results
 
 
@@ -468,8 +489,9 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
             if outcome.finished:
                 results[i] = finish_run(accelerator, group[i], data, outcome, counts)
         if settings.log_with and results[todo[0]] is not None:
-            accelerator.log({"test/map": results[todo[0]]["test_map"],
-                             "test/map_skip_empty": results[todo[0]]["test_map_skip_empty"]})
+            if results[todo[0]]["test_map"] is not None:
+                accelerator.log({"test/map": results[todo[0]]["test_map"],
+                                 "test/map_skip_empty": results[todo[0]]["test_map_skip_empty"]})
             accelerator.end_training()
     if any(results[i] is None for i in todo):
         accelerator.print(f"stopped after --stop-after {first.stop_after} epoch(s); continue with --resume")
@@ -568,9 +590,9 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
                  title=f"{args.dataset}: {args.loss} search", best={r["name"]: r["best_epoch"] for r in runs})
     accelerator.print(f"\n{'search point':<28} {'val mAP':>8} {'test mAP':>9} {'best ep':>8}")
     for r in runs:
-        accelerator.print(f"{r['name']:<28} {r['val_map']:8.2f} {r['test_map']:9.2f} {r['best_epoch']:8d}")
+        accelerator.print(f"{r['name']:<28} {r['val_map']:8.2f} {_map(r['test_map'], 9)} {r['best_epoch']:8d}")
     accelerator.print(f"[search] winner {winner['name']}: val mAP {winner['val_map']:.2f}, "
-                      f"test mAP {winner['test_map']:.2f}")
+                      f"test mAP {_map(winner['test_map'])}")
     return summary
 
 
@@ -605,7 +627,7 @@ def print_comparison(args, rows: List[Dict[str, Any]]) -> None:
     print(f"{'loss':<10} {'labels':<16} {'val mAP':>8} {'test mAP':>9} {'best ep':>8} {'seconds':>8}")
     for row in rows:
         kind = "full (bound)" if row["full_labels"] else "single positive"
-        print(f"{row['loss']:<10} {kind:<16} {row['val_map']:8.2f} {row['test_map']:9.2f} {row['best_epoch']:8d} "
+        print(f"{row['loss']:<10} {kind:<16} {row['val_map']:8.2f} {_map(row['test_map'], 9)} {row['best_epoch']:8d} "
               f"{row['seconds']:8.1f}")
     best = max((r for r in rows if not r["full_labels"]), key=lambda r: r["val_map"], default=rows[0])
     print(f"\nNext: the models are in {args.output_dir}/LOSS/model (timm.create_model('local-dir:"

@@ -45,9 +45,13 @@ from .protocol import SPLIT_NAMES, PreparedSplit, check_protocol_options, prepar
 from .raw_files import RawSplit, check_raw_split
 from .registry import get_dataset_class
 
-__all__ = ["SPMLConfig", "SPMLBuilder", "create_builder", "build_dataset", "SPLIT_NAMES", "REPORT_FILENAME"]
+__all__ = ["SPMLConfig", "SPMLBuilder", "create_builder", "build_dataset", "SPLIT_NAMES", "REPORT_FILENAME",
+           "GIVEN_OBSERVED_NOTE"]
 
 REPORT_FILENAME = "spml_build_report.json"
+#: The sentence a dataset's description carries when its source gave the observed labels (partial labels
+#: as a user has them) instead of the builder drawing them from full labels.
+GIVEN_OBSERVED_NOTE = "Observed labels given by the source (not drawn from full labels)."
 _PROTOCOL_MODULES = ("spl_losses.data.protocol", "spl_losses.data.sampling", "spl_losses.data.reference_draws",
                      "spl_losses.data.raw_files", "spl_losses.data.image_checks", "spl_losses.data.listing",
                      "spl_losses.data.coco_bias")
@@ -182,6 +186,11 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         """
         return images_to_verify(self.config.verify_images, paths)
 
+    def _gives_observed_labels(self) -> bool:
+        """Whether the source gives observed labels (partial labels) for some split, instead of drawing them
+        all: then the dataset has an ``observed_negatives`` column. Builders that read such sources override it."""
+        return False
+
     # ----------------------------------------------------------------- helpers for subclasses
     @property
     def name_for_messages(self) -> str:
@@ -223,7 +232,7 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
         else:
             raise ValueError(f"input_kind must be 'image' or 'features', got {self.input_kind!r}")
         columns.update(labels=label_list, observed_labels=label_list)
-        if self.config.num_negatives:
+        if self.config.num_negatives or self._gives_observed_labels():
             columns["observed_negatives"] = label_list
         columns["index"] = datasets.Value("int64")
         return datasets.Features(columns)
@@ -236,8 +245,11 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
             raise ValueError(f"class names of dataset {self.name_for_messages!r} are not unique: {dup[:5]}")
         if self.config.observed_sampling == "weights":
             self._class_weights = read_class_weights(self.config.class_weights_file, names)
+        description = self.source_description
+        if self._gives_observed_labels():
+            description = f"{description} {GIVEN_OBSERVED_NOTE}"
         return datasets.DatasetInfo(
-            description=self.source_description,
+            description=description,
             features=self._features(names),
             homepage=self.source_homepage,
             citation=self.source_citation,
@@ -274,9 +286,13 @@ class SPMLBuilder(datasets.GeneratorBasedBuilder):
                 data = {"path": item, "bytes": None} if isinstance(item, str) else {"path": None, "bytes": item}
             else:  # one row at a time, so memory-mapped feature files are never loaded whole
                 data = np.asarray(raw.features[rows[i]], dtype=np.float32)
-            example = {data_key: data, "labels": prepared.labels[i], "observed_labels": prepared.observed[i]}
+            # a split given with observed labels only has no full labels: null, not a list (no row is "no positive")
+            example = {data_key: data, "labels": prepared.labels[i] if prepared.full_labels else None,
+                       "observed_labels": prepared.observed[i]}
             if prepared.negatives is not None:
                 example["observed_negatives"] = prepared.negatives[i]
+            elif "observed_negatives" in self.info.features:
+                example["observed_negatives"] = []
             example["index"] = i
             yield i, example
 

@@ -61,6 +61,22 @@ def _sampling_text(report: Dict[str, Any]) -> str:
     return text + " " + _TEST_DRAWS
 
 
+def _given_text(report: Dict[str, Any]) -> list:
+    """The card's lines on observed labels given by the source (partial labels), where any split has them."""
+    splits = report.get("splits") or {}
+    given = [s for s, r in splits.items() if isinstance(r, dict) and r.get("observed_labels") == "given"]
+    if not given:
+        return []
+    without = [s for s, r in splits.items() if isinstance(r, dict) and r.get("full_labels") is False]
+    text = (f"Observed labels given by the source for {', '.join(md_code(s) for s in given)}: partial labels as "
+            "the user has them (observed positives in `observed_labels`, explicit negatives in "
+            "`observed_negatives`), not drawn; the rule below applies to the other splits only.")
+    if without:
+        text += (f" No full labels in {', '.join(md_code(s) for s in without)} (`labels` is null there): no clean "
+                 "metrics on those splits.")
+    return [text, ""]
+
+
 def size_category(num_examples: int) -> str:
     """The Hub's ``size_categories`` tag for a row count.
 
@@ -187,6 +203,7 @@ def make_dataset_card(
         "",
         "## Single-positive labels",
         "",
+        *_given_text(report),
         f"Seed: {seed}. Observed positives per example: {report.get('num_positives', 1)}."
         + (f" Observed negatives per example: {report['num_negatives']}." if report.get("num_negatives") else "")
         + f" Rule (`observed_sampling`): `{report.get('observed_sampling', 'uniform')}`; random stream "

@@ -13,6 +13,19 @@ beyond CSV's)::
     images/0001.jpg,cat|dog
     images/0002.jpg,traffic light
 
+Partial labels as a user has them: an ``observed`` field (CSV column, or JSON key with a list or a
+``|``-joined string) instead of, or besides, ``labels``: its names are the observed positives, a name
+marked ``-`` an observed negative (``cat|-dog``), every other class unobserved; nothing is drawn for such
+rows. Full ``labels`` are optional per listing (given for all its rows or none): a split without them is
+written with null ``labels`` (no clean labels, not "no positive"), and the dataset gets an
+``observed_negatives`` column. Refused, naming the listing and the row: a row without an observed
+positive, a class both observed positive and negative, an observed positive missing from the row's full
+labels or a negative among them, and (pinned class list) a class outside the class list::
+
+    path,observed
+    images/0001.jpg,cat|-dog
+    images/0002.jpg,traffic light
+
 Image paths are relative to the listing's folder and must stay inside it (``../x`` is refused);
 absolute paths are accepted as they are. An image listed twice (in one listing, or in two split
 listings) is refused, naming both rows: merge them into one row with the union of the labels.
@@ -181,16 +194,28 @@ class MultilabelFilesConfig(SPMLConfig):
 
 
 class _Listing(NamedTuple):
-    """A read listing: its file, the image paths (absolute), class names and entry names per row."""
+    """A read listing: its file, the image paths (absolute), each row's full labels, observed positives and
+    observed negatives by class name (each None when the listing does not give it) and entry names."""
 
     path: str
     images: List[str]
-    names: List[List[str]]
+    names: Optional[List[List[str]]]
     entries: List[str]
+    positives: Optional[List[List[str]]] = None
+    negatives: Optional[List[List[str]]] = None
 
     def subset(self, rows: np.ndarray) -> "_Listing":
-        return _Listing(self.path, [self.images[i] for i in rows], [self.names[i] for i in rows],
-                        [self.entries[i] for i in rows])
+        def pick(values):
+            return None if values is None else [values[i] for i in rows]
+
+        return _Listing(self.path, pick(self.images), pick(self.names), pick(self.entries), pick(self.positives),
+                        pick(self.negatives))
+
+    def all_names(self):
+        """Every class name the listing uses (full labels, observed positives and negatives)."""
+        for part in (self.names, self.positives, self.negatives):
+            for row in part or ():
+                yield from row
 
 
 @register_dataset("multilabel_files")
@@ -246,10 +271,18 @@ class MultilabelFiles(SPMLBuilder):
 
     def _read_listing(self, path: str) -> _Listing:
         rows, entries = read_listing_rows(path, self.config.label_separator)
-        paths = join_inside(os.path.dirname(os.path.abspath(path)), [p for p, _ in rows], path, allow_absolute=True,
+        paths = join_inside(os.path.dirname(os.path.abspath(path)), [r.path for r in rows], path, allow_absolute=True,
                             entry_name=entries.__getitem__)
-        self._absolute_rows.update(p for p, (listed, _) in zip(paths, rows) if os.path.isabs(listed))
-        return _Listing(path, paths, [names for _, names in rows], entries)
+        self._absolute_rows.update(p for p, row in zip(paths, rows) if os.path.isabs(row.path))
+        first = rows[0] if rows else None
+
+        def column(field: str):
+            return None if first is None or getattr(first, field) is None else [getattr(r, field) for r in rows]
+
+        return _Listing(path, paths, column("labels"), entries, column("positives"), column("negatives"))
+
+    def _gives_observed_labels(self) -> bool:
+        return any(listing is not None and listing.positives is not None for listing in self._all_listings().values())
 
     def _all_listings(self) -> Dict[str, Optional[_Listing]]:
         if self._listings is None:
@@ -287,7 +320,7 @@ class MultilabelFiles(SPMLBuilder):
         found = set()
         for listing in self._all_listings().values():
             if listing is not None:
-                found.update(n for row in listing.names for n in row)
+                found.update(listing.all_names())
         if not found:
             raise ValueError("the listings name no class; give class_names or classes_file")
         return sorted(found)
@@ -305,16 +338,28 @@ class MultilabelFiles(SPMLBuilder):
             return None
         class_names = self._load_class_names()
         position = {n: i for i, n in enumerate(class_names)}
-        labels = []
-        for entry, row in zip(listing.entries, listing.names):
-            unknown = [n for n in row if n not in position]
-            if unknown:
-                closest = _closest(unknown[0], class_names)
-                hint = f" (did you mean {closest!r}?)" if closest is not None else ""
-                raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}{hint}; "
-                                 f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
-            labels.append([position[n] for n in row])
-        return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path)
+
+        def indices(rows: List[List[str]], field: str) -> List[List[int]]:
+            out = []
+            for entry, row in zip(listing.entries, rows):
+                unknown = [n for n in row if n not in position]
+                if unknown:
+                    closest = _closest(unknown[0], class_names)
+                    hint = f" (did you mean {closest!r}?)" if closest is not None else ""
+                    within = "" if field == "labels" else f" in {field!r}"
+                    raise ValueError(f"{listing.path}, {entry}: unknown class name(s) {unknown[:3]}{hint}{within}; "
+                                     f"known: {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
+                out.append([position[n] for n in row])
+            return out
+
+        observed = negatives = None
+        if listing.positives is not None:
+            observed = indices(listing.positives, "observed")
+            negatives = indices(listing.negatives, "observed (negatives)")
+        full = listing.names is not None
+        labels = indices(listing.names, "labels") if full else observed
+        return RawSplit(class_names=class_names, labels=labels, images=listing.images, source=listing.path,
+                        observed=observed, observed_negatives=negatives, full_labels=full)
 
 
 @dataclass

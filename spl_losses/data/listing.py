@@ -2,12 +2,17 @@
 import csv
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-__all__ = ["SPLIT_ALIASES", "read_listing_rows", "read_class_file", "refuse_duplicate_images", "resolve_file"]
+__all__ = ["SPLIT_ALIASES", "LABEL_FIELDS", "NEGATIVE_MARK", "ListingRow", "read_listing_rows", "read_class_file",
+           "refuse_duplicate_images", "resolve_file"]
 
 #: File-name stems under which a split's files are looked for.
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+#: The label fields of a listing row: full labels, observed labels.
+LABEL_FIELDS = ("labels", "observed")
+#: The mark of an observed negative in an ``observed`` field (``cat|-dog``: cat positive, dog negative).
+NEGATIVE_MARK = "-"
 
 
 def read_class_file(path: str) -> List[str]:
@@ -25,20 +30,65 @@ def read_class_file(path: str) -> List[str]:
     return names
 
 
-def read_listing_rows(path: str, separator: str = "|") -> Tuple[List[Tuple[str, List[str]]], List[str]]:
-    """Read a CSV (header ``path,labels``) or JSON-lines listing into ``(path, class names)`` rows.
+class ListingRow(NamedTuple):
+    """One row of a listing: the image path, and its labels by class name.
 
     Args:
-        path: The listing (``.csv``, or ``.jsonl`` / ``.json`` with one object per line).
-        separator: Separator of class names within a CSV labels field (and a JSON labels string).
+        path: The image path as listed.
+        labels: The full labels (every positive of the image), or None when the listing gives none.
+        positives: The observed positives (``observed`` field), or None when the listing gives none.
+        negatives: The observed negatives (the names marked ``-`` in ``observed``), or None likewise.
+    """
+
+    path: str
+    labels: Optional[List[str]]
+    positives: Optional[List[str]]
+    negatives: Optional[List[str]]
+
+
+def _split_observed(names: Sequence[str], where: str) -> Tuple[List[str], List[str]]:
+    """Observed names into (positives, negatives): a leading ``-`` marks an observed negative. Refuses a
+    row without a positive and a class both positive and negative, naming the row."""
+    positives, negatives = [], []
+    for name in names:
+        if name.startswith(NEGATIVE_MARK):
+            negative = name[len(NEGATIVE_MARK):].strip()
+            if not negative:
+                raise ValueError(f"{where}: {name!r} in 'observed' marks no class as negative")
+            negatives.append(negative)
+        else:
+            positives.append(name)
+    both = sorted(set(positives) & set(negatives))
+    if both:
+        raise ValueError(f"{where}: class {both[0]!r} is both an observed positive and an observed negative "
+                         f"('{both[0]}' and '{NEGATIVE_MARK}{both[0]}' in 'observed')")
+    if not positives:
+        what = "only observed negatives" if negatives else "no observed label"
+        raise ValueError(f"{where}: the row has {what}; every row needs at least one observed positive in "
+                         "'observed' (drop the row, or give it a positive)")
+    return sorted(set(positives)), sorted(set(negatives))
+
+
+def read_listing_rows(path: str, separator: str = "|") -> Tuple[List[ListingRow], List[str]]:
+    """Read a CSV or JSON-lines listing into :class:`ListingRow` rows.
+
+    A row gives full ``labels`` (every positive of the image), ``observed`` labels (what is known of it:
+    positives, and negatives marked with a leading ``-``, e.g. ``cat|-dog``), or both; a listing gives each
+    field for all its rows or for none (CSV: the header's columns; JSON lines: the same keys on every line).
+
+    Args:
+        path: The listing (``.csv`` with header ``path`` plus ``labels`` and/or ``observed``, or ``.jsonl`` /
+            ``.json`` with one object per line).
+        separator: Separator of class names within a CSV field (and a JSON string).
 
     Returns:
         ``(rows, entries)``: the rows as read, and each row's name in messages (``"row N"`` for CSV,
         counting data rows from 1; ``"line N"`` for JSON lines).
 
     Raises:
-        ValueError: the file is not UTF-8, the CSV header lacks ``path``/``labels``, a row lacks a field,
-            or a JSON line is not an object with ``path`` and ``labels`` (naming the file and row).
+        ValueError: the file is not UTF-8, the CSV header lacks ``path`` or both ``labels`` and ``observed``, a
+            row lacks a field, a JSON line is not such an object, a row has no observed positive, or a class is
+            both an observed positive and negative (naming the file and row).
     """
     def split_names(text: str) -> List[str]:
         return [n.strip() for n in text.split(separator) if n.strip()]
@@ -48,36 +98,70 @@ def read_listing_rows(path: str, separator: str = "|") -> Tuple[List[Tuple[str, 
         with open(path, newline="", encoding="utf-8") as f:
             if path.endswith(".csv"):
                 reader = csv.DictReader(f)
-                if not {"path", "labels"} <= set(reader.fieldnames or []):
-                    raise ValueError(f"{path}: the CSV header must have columns 'path' and 'labels', "
-                                     f"got {reader.fieldnames}")
+                header = set(reader.fieldnames or [])
+                fields = [k for k in LABEL_FIELDS if k in header]
+                if "path" not in header or not fields:
+                    raise ValueError(f"{path}: the CSV header must have the column 'path' and 'labels' (full labels) "
+                                     f"and/or 'observed' (observed labels), got {reader.fieldnames}")
                 for row_no, row in enumerate(reader, start=1):
-                    if row["path"] is None or row["labels"] is None:
-                        raise ValueError(f"{path}, row {row_no}: expected the fields 'path' and 'labels', got {row}")
-                    rows.append((row["path"], split_names(row["labels"])))
+                    where = f"{path}, row {row_no}"
+                    if row["path"] is None or any(row[k] is None for k in fields):
+                        expected = " and ".join(repr(k) for k in ("path", *fields))
+                        raise ValueError(f"{where}: expected the fields {expected}, got {row}")
+                    rows.append(_row(row["path"], {k: split_names(row[k]) for k in fields}, where))
                     entries.append(f"row {row_no}")
                 return rows, entries
+            keys = None
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
+                where = f"{path}, line {line_no}"
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {line_no}: not valid JSON ({err})") from None
-                if not isinstance(record, dict) or "path" not in record or "labels" not in record:
-                    raise ValueError(f"{path}, line {line_no}: expected an object with 'path' and 'labels'")
-                labels = record["labels"]
-                if not isinstance(labels, (str, list)):
-                    raise ValueError(f"{path}, line {line_no}: 'labels' must be a list of names or a string, "
-                                     f"got {labels!r}")
-                names = split_names(labels) if isinstance(labels, str) else [str(n) for n in labels]
-                rows.append((record["path"], names))
+                    raise ValueError(f"{where}: not valid JSON ({err})") from None
+                if not isinstance(record, dict) or "path" not in record \
+                        or not any(k in record for k in LABEL_FIELDS):
+                    raise ValueError(f"{where}: expected an object with 'path' and 'labels' (full labels) and/or "
+                                     "'observed' (observed labels)")
+                present = tuple(k for k in LABEL_FIELDS if k in record)
+                if keys is None:
+                    keys = (present, line_no)
+                elif present != keys[0]:
+                    raise ValueError(f"{where} gives {list(present)} but line {keys[1]} gives {list(keys[0])}: a "
+                                     "listing gives full labels ('labels') and observed labels ('observed') for "
+                                     "every row or for none")
+                values = {}
+                for key in present:
+                    value = record[key]
+                    if not isinstance(value, (str, list)):
+                        raise ValueError(f"{where}: {key!r} must be a list of names or a string, got {value!r}")
+                    values[key] = split_names(value) if isinstance(value, str) else [str(n).strip() for n in value]
+                rows.append(_row(record["path"], values, where))
                 entries.append(f"line {line_no}")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a UTF-8 text listing ({err})") from None
     except csv.Error as err:
         raise ValueError(f"{path}: not a readable CSV listing ({err})") from None
     return rows, entries
+
+
+def _row(image: str, values: Dict[str, List[str]], where: str) -> ListingRow:
+    labels = values.get("labels")
+    if "observed" not in values:
+        return ListingRow(image, labels, None, None)
+    positives, negatives = _split_observed(values["observed"], where)
+    if labels is not None:
+        full = set(labels)
+        unlabelled = [n for n in positives if n not in full]
+        if unlabelled:
+            raise ValueError(f"{where}: observed positive {unlabelled[0]!r} is not among the row's full labels "
+                             f"{sorted(full)}")
+        contradicted = [n for n in negatives if n in full]
+        if contradicted:
+            raise ValueError(f"{where}: observed negative {NEGATIVE_MARK}{contradicted[0]} is among the row's full "
+                             f"labels {sorted(full)}")
+    return ListingRow(image, labels, positives, negatives)
 
 
 def resolve_file(root: Optional[str], value: Optional[str], candidates: Sequence[str], what: str,

@@ -47,8 +47,10 @@ class PreparedSplit:
         rows: Rows of ``raw`` in this split, in order.
         labels: Per row, the sorted positive class indices.
         observed: Per row, the observed positives.
-        negatives: Per row, the observed negatives (None when none are drawn).
+        negatives: Per row, the observed negatives (None when none are drawn or given).
         report: Counts for the build report.
+        full_labels: Whether ``labels`` are full labels (False: the source gave observed labels only, and
+            the split is written without full labels).
     """
 
     name: str
@@ -58,6 +60,7 @@ class PreparedSplit:
     observed: List[List[int]]
     negatives: Optional[List[List[int]]]
     report: Dict[str, Any] = field(default_factory=dict)
+    full_labels: bool = True
 
 
 def check_protocol_options(cfg, observed_sampling_rules: Sequence[str], dataset: str) -> None:
@@ -193,14 +196,19 @@ def prepare_splits(raws: Dict[str, RawSplit], cfg, num_classes: int) -> List[Pre
         carve = reference_split if cfg.sampling_rng == "reference" else split_train_validation
         train_pos, val_pos = carve(kept["train"].size, cfg.val_fraction, cfg.split_seed)
         final["train"], final["validation"] = ("train", train_pos), ("train", val_pos)
-    official_draws = {}
+    given = {split: ObservedLabels([sorted({int(c) for c in raw.observed[r]}) for r in kept[split]],
+                                   [sorted({int(c) for c in (raw.observed_negatives or [()] * len(raw))[r]})
+                                    for r in kept[split]])
+             for split, raw in raws.items() if raw.observed is not None}
+    official_draws = dict(given)  # observed labels given by the source are kept as they are
     if cfg.sampling_rng == "reference":  # one stream per official split, in its row order
-        official_draws = {split: _draw(labels[split], weights[split], cfg, num_classes, 0) for split in raws}
+        official_draws.update({split: _draw(labels[split], weights[split], cfg, num_classes, 0)
+                               for split in raws if split not in given})
     prepared = []
     for name in SPLIT_NAMES:
         official, positions = final[name]
         split_labels = [labels[official][i] for i in positions]
-        if official_draws:
+        if official in official_draws:
             drawn = ObservedLabels(*([part[i] for i in positions] for part in official_draws[official]))
         else:
             split_weights = None if weights[official] is None else [weights[official][i] for i in positions]
@@ -211,7 +219,7 @@ def prepare_splits(raws: Dict[str, RawSplit], cfg, num_classes: int) -> List[Pre
             rows=kept[official][positions],
             labels=split_labels,
             observed=drawn.positives,
-            negatives=drawn.negatives if cfg.num_negatives else None,
+            negatives=drawn.negatives if cfg.num_negatives or given else None,
             report={
                 "num_examples": int(positions.size),
                 "source": raws[official].source,
@@ -219,6 +227,10 @@ def prepare_splits(raws: Dict[str, RawSplit], cfg, num_classes: int) -> List[Pre
                 # the carved validation split too, reported once, under train)
                 "dropped_without_positive": dropped[name] if name in dropped else 0,
                 "kept_without_positive": int(sum(1 for row in split_labels if not row)),
+                # only where the source gives observed labels: a benchmark's report stays as it was
+                **({"observed_labels": "given" if official in given else "drawn",
+                    "full_labels": bool(raws[official].full_labels)} if given else {}),
             },
+            full_labels=bool(raws[official].full_labels),
         ))
     return prepared

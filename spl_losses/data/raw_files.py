@@ -29,6 +29,11 @@ class RawSplit:
         source: The file (or files) the split was read from, named in error messages.
         label_weights: Optional per-example weights aligned with ``labels`` (one non-negative weight per
             listed class), used by weighted observed-label draws (``observed_sampling``).
+        observed: Optional per-example observed positives given by the source (partial labels as a user
+            has them): then nothing is drawn for this split's rows. None: drawn from ``labels``.
+        observed_negatives: Optional per-example observed negatives given with ``observed``.
+        full_labels: Whether ``labels`` are full labels; False when the source gives observed labels only
+            (``labels`` then repeats ``observed`` for the checks and counts, and is not written as full labels).
     """
 
     class_names: Sequence[str]
@@ -37,6 +42,9 @@ class RawSplit:
     features: Optional[np.ndarray] = None
     source: str = ""
     label_weights: Optional[Sequence[Sequence[float]]] = None
+    observed: Optional[Sequence[Sequence[int]]] = None
+    observed_negatives: Optional[Sequence[Sequence[int]]] = None
+    full_labels: bool = True
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -141,6 +149,11 @@ def check_raw_split(raw: RawSplit, where: str) -> None:
                          f"{list(raw.labels[bad_row])}")
     if raw.label_weights is not None:
         _check_label_weights(raw.label_weights, lengths, where)
+    if not raw.full_labels and raw.observed is None:
+        raise ValueError(f"{where}: a split without full labels needs its observed labels")
+    for part in (raw.observed, raw.observed_negatives):
+        if part is not None and len(part) != n:
+            raise ValueError(f"{where}: {len(part)} rows of observed labels but {n} label rows")
     if raw.images is not None:
         check_images_exist([p for p in raw.images if isinstance(p, str)], where)
 

@@ -95,6 +95,38 @@ def _number(value) -> Optional[float]:
     return None
 
 
+def _labels_kind(results: Dict[str, Any], seed) -> Dict[str, str]:
+    """What the card says of the training labels, from results.json's ``labels`` entry (runs recorded before it
+    trained on simulated single positives): a short name, a sentence, the table rows."""
+    labels = results.get("labels") if isinstance(results.get("labels"), dict) else {}
+    positives, negatives = _number(labels.get("positives_per_image")), _number(labels.get("negatives_per_image"))
+    counts = (f"{positives:.2f} observed positive(s) and {negatives:.2f} observed negative(s) per training image"
+              if positives is not None and negatives is not None else None)
+    if labels.get("kind") == "given":
+        sentence = ("from **given partial labels**: the observed labels the dataset gives for each training image "
+                    "(positives, and explicit negatives where it has them), every other class unobserved"
+                    + (f"; on average {counts}" if counts else "") + ".")
+        rows = [("Training labels", "given partial labels (the dataset's own, not simulated)")]
+        if counts:
+            rows.append(("Observed labels per image", counts))
+        return {"task": "partial labels", "sentence": sentence, "rows": rows}
+    if labels.get("kind") == "stored":
+        sentence = ("from the **observed labels stored with the dataset** (its full labels kept for evaluation; how "
+                    "the observed labels were chosen is not recorded), every other class unobserved"
+                    + (f"; on average {counts}" if counts else "") + ".")
+        rows = [("Training labels", "observed labels stored with the dataset (origin not recorded)")]
+        if counts:
+            rows.append(("Observed labels per image", counts))
+        return {"task": "observed labels", "sentence": sentence, "rows": rows}
+    rule = labels.get("rule") or "uniform"
+    sentence = ("from **single positive labels** simulated from full labels: each training image carries one "
+                f"positive label (drawn by the {_code(rule)} rule, seed {_text(seed) if seed is not None else 'unknown'}), "
+                "every other class is unobserved.")
+    rows = [("Training labels", f"simulated single positives (rule {_code(rule)})"),
+            ("Single-positive seed", _text(seed) if seed is not None else "unknown")]
+    return {"task": "single positive labels", "sentence": sentence, "rows": rows}
+
+
 def build_model_card(
         config: Dict[str, Any],
         results: Dict[str, Any],
@@ -129,7 +161,9 @@ def build_model_card(
     dataset_name = _DATASET_NAMES.get(dataset, dataset)
     name = repo_id.split("/")[-1]
 
-    dataset_args = {"single_positive_seed": seed} if seed is not None else None
+    kind = _labels_kind(results, seed)
+    given = kind["task"] != "single positive labels"
+    dataset_args = {"single_positive_seed": seed} if seed is not None and not given else None
     eval_results = []
     for split, prefix in (("validation", "val"), ("test", "test")):
         for metric_type, metric_name in (
@@ -140,12 +174,12 @@ def build_model_card(
             if value is None:
                 continue
             eval_results.append(EvalResult(
-                task_type="image-classification", task_name="Multi-label image classification (single positive labels)",
+                task_type="image-classification", task_name=f"Multi-label image classification ({kind['task']})",
                 dataset_type=dataset, dataset_name=dataset_name, dataset_split=split, dataset_args=dataset_args,
                 metric_type=metric_type, metric_name=metric_name, metric_value=round(value, 4)))
 
-    tags = ["image-classification", "multi-label-classification", "single-positive-multi-label",
-            MODEL_CARD_TAG, f"loss-{loss}"]
+    tags = ["image-classification", "multi-label-classification",
+            "partial-label-multi-label" if kind["task"] == "partial labels" else "single-positive-multi-label", MODEL_CARD_TAG, f"loss-{loss}"]
     if timm_export:
         tags.insert(1, "timm")
     card_data = ModelCardData(
@@ -161,15 +195,14 @@ def build_model_card(
 
     label_names = model_config.get("label_names") or results.get("label_names") or []
     lines = [f"# {_text(name)}", ""]
-    kind = _code(model) + (" (timm)" if timm_export else " (a linear probe on fixed features)")
-    lines += [f"{kind} trained for multi-label classification of **{_text(dataset_name)}** ({len(label_names)} "
-              f"classes) from **single positive labels**: each training image carries one positive label, every "
-              f"other class is unobserved. Trained with the {_code(loss)} loss of the `spl_losses` package "
+    what = _code(model) + (" (timm)" if timm_export else " (a linear probe on fixed features)")
+    lines += [f"{what} trained for multi-label classification of **{_text(dataset_name)}** ({len(label_names)} "
+              f"classes) {kind['sentence']} Trained with the {_code(loss)} loss of the `spl_losses` package "
               f"in the {_code(train_mode)} mode.", ""]
     lines += ["## Training", "", "| | |", "|---|---|",
               f"| Backbone | {_code(model)} |", f"| Loss | {_code(loss)} |", f"| Train mode | {_code(train_mode)} |",
-              f"| Dataset | {_code(dataset)} |",
-              f"| Single-positive seed | {_text(seed) if seed is not None else 'unknown'} |"]
+              f"| Dataset | {_code(dataset)} |"]
+    lines += [f"| {name} | {value} |" for name, value in kind["rows"]]
     if "best_epoch" in results:
         lines.append(f"| Best epoch (by validation mAP) | {_text(results['best_epoch'])} |")
     if config.get("val_set_variant"):
@@ -185,6 +218,8 @@ def build_model_card(
     for split, prefix in (("validation", "val"), ("test", "test")):
         zero, skip = _number(results.get(f"{prefix}_map")), _number(results.get(f"{prefix}_map_skip_empty"))
         lines.append(f"| {split} | {'-' if zero is None else f'{zero:.2f}'} | {'-' if skip is None else f'{skip:.2f}'} |")
+    if results.get("test_map") is None and results.get("test_note"):
+        lines += ["", f"No test metrics: {_text(results['test_note'])}."]
     test_metrics = results.get("test_metrics") or {}
     others = {k: v for k, v in test_metrics.items() if k not in ("map", "map_skip_empty") and _number(v) is not None}
     if others:

@@ -12,7 +12,8 @@ from ..data.columns import equal_list_rows, index_column, label_matrix
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
-__all__ = ["label_names", "dense_labels", "has_full_labels", "estimate_expected_num_pos", "check_index_column"]
+__all__ = ["label_names", "dense_labels", "observed_matrix", "has_full_labels", "estimate_expected_num_pos",
+           "check_index_column"]
 
 
 def label_names(split: "datasets.Dataset") -> List[str]:
@@ -61,17 +62,42 @@ def dense_labels(split: "datasets.Dataset", column: str, num_classes: int) -> to
     return label_matrix(split, column, num_classes)
 
 
-def has_full_labels(split: "datasets.Dataset") -> bool:
-    """Whether a split carries full labels that differ from its single positives.
-
-    False when ``labels`` is missing, or when every row's ``labels`` equals its ``observed_labels``
-    (a dataset published with single positives only); rows are compared as multisets, vectorised.
+def observed_matrix(split: "datasets.Dataset", num_classes: int) -> torch.Tensor:
+    """The (N, C) {-1, 0, 1} float32 observed labels of a split: 1 at ``observed_labels``, -1 at
+    ``observed_negatives`` (when the split has that column), 0 elsewhere (unobserved).
 
     Args:
         split: The split.
+        num_classes: C.
     """
-    if "labels" not in split.column_names:
+    observed = label_matrix(split, "observed_labels", num_classes)
+    if "observed_negatives" in split.column_names:
+        negatives = label_matrix(split, "observed_negatives", num_classes)
+        both = torch.nonzero((observed > 0) & (negatives > 0))
+        if both.numel():
+            row, cls = (int(v) for v in both[0])
+            raise ValueError(f"row {row}: class {cls} is both an observed positive and an observed negative")
+        observed = observed - negatives
+    return observed
+
+
+def has_full_labels(split: "datasets.Dataset", compare_observed: bool = True) -> bool:
+    """Whether a split carries full labels (that differ from its single positives).
+
+    False when ``labels`` is missing or null on every row (observed labels only), or, with
+    ``compare_observed``, when every row's ``labels`` equals its ``observed_labels`` (a dataset published
+    with single positives only); rows are compared as multisets, vectorised.
+
+    Args:
+        split: The split.
+        compare_observed: Count labels equal to the observed positives as no full labels.
+    """
+    from ..data.loading import has_labels_column
+
+    if not has_labels_column(split, "labels"):
         return False
+    if not compare_observed:
+        return True
     if "observed_labels" not in split.column_names:
         return True
     return not bool(equal_list_rows(split, "labels", "observed_labels").all())

@@ -459,14 +459,14 @@ class PhaseBook:
 
         Args:
             test_scores: (N_test, C) test logits of the best epoch's model.
-            test_labels: (N_test, C) full test labels.
+            test_labels: (N_test, C) full test labels, or None (no clean test: the test metrics are None).
             extra: Run facts to record (dataset, model, loss, ...).
         """
-        test = compute_metrics(test_scores, test_labels)
+        test = compute_metrics(test_scores, test_labels) if test_labels is not None else None
         records = {r["epoch"]: r for r in self.log.records()} if self.accelerator.is_main_process else {}
         best = records.get(self.tracker.best_epoch, {})
         return {"best_epoch": self.tracker.best_epoch, "val_map": self.tracker.best_val_map,
-                "val_map_skip_empty": best.get("val_map_skip_empty"), "test_map": test["map"],
-                "test_map_skip_empty": test["map_skip_empty"], "test_metrics": test,
+                "val_map_skip_empty": best.get("val_map_skip_empty"), "test_map": test and test["map"],
+                "test_map_skip_empty": test and test["map_skip_empty"], "test_metrics": test,
                 "epochs": self.epochs_done, "stopped_early": self.stop_reason,
                 "lr": self.phase.lr, "batch_size": self.phase.batch_size, **extra}

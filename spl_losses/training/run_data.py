@@ -4,8 +4,10 @@ The data of one run: the dataset's splits, their label matrices and fingerprints
 
 ``load_data`` loads anything ``spl_losses.data.load_spml_dataset`` takes and checks the contract the
 recipe needs (train / validation / test splits, an ``index`` column equal to the row position,
-single positives on train and validation, full labels on test, images or features), before any
-training: a missing split or column is named in the error.
+observed labels on train and validation, images or features), before any training: a missing split or
+column is named in the error. Full labels are optional on every split (partial labels as a user has them:
+observed positives and observed negatives, ``observed_negatives``): without them on train the full-label
+losses are refused, on validation the observed labels validate, on test there is no clean test.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
@@ -13,8 +15,9 @@ from typing import Any, Dict, List, Mapping, Optional
 import datasets
 import torch
 
-from ..data import dataset_fingerprint, load_spml_dataset
-from .label_matrices import check_index_column, dense_labels, has_full_labels, label_names
+from ..data import dataset_fingerprint, is_dataset, load_spml_dataset
+from ..data.builder import GIVEN_OBSERVED_NOTE
+from .label_matrices import check_index_column, dense_labels, has_full_labels, label_names, observed_matrix
 
 __all__ = ["RunData", "load_data", "SPLITS"]
 
@@ -31,13 +34,18 @@ class RunData:
         splits: The ``DatasetDict`` (train, validation, test).
         class_names: The C class names.
         kind: ``"image"`` or ``"features"``.
-        train_observed: (N, C) {0, 1} single positives of train.
-        train_full: (N, C) full train labels, or None when train holds single positives only.
-        val_observed: Single positives of validation.
+        train_observed: (N, C) observed labels of train: 1 observed positive, 0 unobserved, -1 observed
+            negative (negatives only where the dataset gives ``observed_negatives``).
+        train_full: (N, C) full train labels, or None when train holds observed labels only.
+        val_observed: Observed labels of validation, {-1, 0, 1} likewise.
         val_full: Full validation labels, or None.
-        test_full: Full test labels.
+        test_full: Full test labels, or None (no clean test: the run records no test metrics).
         fingerprints: Content fingerprint of each split (``spl_losses.data.dataset_fingerprint``).
         train_pseudo: (N, C) pseudo-labels of train from a teacher (``--teacher``), or None.
+        labels_origin: Where the observed labels of train come from: ``"simulated"`` (drawn from full labels by
+            a registered builder), ``"given"`` (given by the dataset: partial labels, or train without full
+            labels) or ``"stored"`` (stored with full labels in a saved or Hub dataset, how they were drawn not
+            recorded).
     """
 
     name: str
@@ -48,9 +56,10 @@ class RunData:
     train_full: Optional[torch.Tensor]
     val_observed: torch.Tensor
     val_full: Optional[torch.Tensor]
-    test_full: torch.Tensor
+    test_full: Optional[torch.Tensor]
     fingerprints: Mapping[str, str]
     train_pseudo: Optional[torch.Tensor] = None
+    labels_origin: str = "simulated"
 
     @property
     def num_classes(self) -> int:
@@ -67,6 +76,30 @@ class RunData:
             split: ``train``, ``validation`` or ``test``.
         """
         return len(self.splits[split])
+
+    def labels_summary(self, rule: Optional[str] = None, seed: Optional[int] = None) -> Dict[str, Any]:
+        """What labels the run trains on, for ``results.json`` and the model card.
+
+        Args:
+            rule: The rule the builder drew single positives by (``observed_sampling``), for simulated labels.
+            seed: Their seed.
+
+        Returns:
+            ``kind`` (:attr:`labels_origin`: ``"simulated"`` with the rule and seed, ``"given"`` or ``"stored"``),
+            the mean observed positives and negatives per training image, and which splits have full labels.
+        """
+        observed = self.train_observed
+        rows = max(int(observed.shape[0]), 1)
+        summary: Dict[str, Any] = {
+            "kind": self.labels_origin,
+            "positives_per_image": float((observed > 0).sum()) / rows,
+            "negatives_per_image": float((observed < 0).sum()) / rows,
+        }
+        if self.labels_origin == "simulated":
+            summary.update(rule=rule or "uniform", seed=seed)
+        summary["full_labels"] = {"train": self.train_full is not None, "validation": self.val_full is not None,
+                                  "test": self.test_full is not None}
+        return summary
 
 
 def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
@@ -94,22 +127,32 @@ def load_data(dataset: str, data_dir: Optional[str] = None, options: Optional[Di
             raise ValueError(f"dataset {dataset!r} has no {split!r} split (splits: {list(ds)})")
         check_index_column(ds[split], split)
         if split != "test" and "observed_labels" not in ds[split].column_names:
-            raise ValueError(f"dataset {dataset!r}: split {split!r} has no 'observed_labels' column (the single "
-                             "positive per row); build it with spl_losses.data")
+            raise ValueError(f"dataset {dataset!r}: split {split!r} has no 'observed_labels' column (the observed "
+                             "positives of each row); build it with spl_losses.data")
     train, val, test = ds["train"], ds["validation"], ds["test"]
     kind = "features" if "features" in train.column_names else "image"
     if kind == "image" and "image" not in train.column_names:
         raise ValueError(f"dataset {dataset!r} has neither an 'image' nor a 'features' column")
-    if "labels" not in test.column_names:
-        raise ValueError(f"dataset {dataset!r}: the test split needs full 'labels' to be scored")
     names = label_names(train)
     num_classes = len(names)
+    observed = {}
+    for split in ("train", "validation"):
+        try:
+            observed[split] = observed_matrix(ds[split], num_classes)
+        except ValueError as err:
+            raise ValueError(f"dataset {dataset!r}, split {split!r}: {err}") from None
+    train_full = dense_labels(train, "labels", num_classes) if has_full_labels(train) else None
+    if train_full is None or any(GIVEN_OBSERVED_NOTE in (ds[s].info.description or "") for s in ("train", "validation")):
+        origin = "given"
+    else:
+        origin = "simulated" if is_dataset(dataset) else "stored"
     return RunData(
         name=dataset, splits=ds, class_names=names, kind=kind,
-        train_observed=dense_labels(train, "observed_labels", num_classes),
-        train_full=dense_labels(train, "labels", num_classes) if has_full_labels(train) else None,
-        val_observed=dense_labels(val, "observed_labels", num_classes),
+        train_observed=observed["train"],
+        train_full=train_full,
+        val_observed=observed["validation"],
         val_full=dense_labels(val, "labels", num_classes) if has_full_labels(val) else None,
-        test_full=dense_labels(test, "labels", num_classes),
+        test_full=dense_labels(test, "labels", num_classes) if has_full_labels(test, compare_observed=False) else None,
         fingerprints={split: dataset_fingerprint(ds[split]) for split in SPLITS},
+        labels_origin=origin,
     )

@@ -224,11 +224,9 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
     targets = "full" if getattr(loss_cls, "target_encoding", "observed") == "multi_hot" else "observed"
     if targets == "full" and data.train_full is None:
         raise ValueError(f"--loss {args.loss} trains on full labels, but the training labels of {args.dataset!r} are "
-                         "single positives; use a dataset with full labels, or '--loss an' (its single-positive "
-                         "equivalent)")
-    if args.val_set_variant == "clean" and data.val_full is None:
-        raise ValueError(f"--val-set-variant clean needs full validation labels, which {args.dataset!r} lacks; "
-                         "use --val-set-variant observed")
+                         "observed labels only (single positives or partial labels, no full labels); use a dataset "
+                         "with full labels, or '--loss an' (its single-positive equivalent)")
+    val_set_variant = "observed" if data.val_full is None else args.val_set_variant  # no full labels: observed
     if args.train_mode != "linear_fixed_features" and data.kind != "image":
         raise ValueError(f"--train-mode {args.train_mode} needs images, but {args.dataset!r} holds features; use "
                          "--train-mode linear_fixed_features")
@@ -258,6 +256,7 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
     source, note = _init_loss_state(args, probe)
     flags = {flag.dest: getattr(args, flag.dest) for flag in FLAGS}
     flags["expected_num_pos"] = k
+    flags["val_set_variant"] = val_set_variant
     settings = RunSettings(
         **flags, config=getattr(args, "config", None), expected_num_pos_source=k_source,
         dataset_options=parse_dataset_options(args.dataset_option), loss_options=options, targets=targets,
