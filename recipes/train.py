@@ -2,7 +2,7 @@
 """Train a timm model with a single-positive multi-label loss, following Cole et al.'s protocol (CVPR 2021).
 
     accelerate launch recipes/train.py                                   # the demo: recipes/configs/demo.yaml
-    accelerate launch recipes/train.py -c recipes/configs/demo.yaml --epochs 1
+    accelerate launch recipes/train.py -c recipes/configs/demo.yaml --epochs 1 --output-dir output/demo_1epoch
     accelerate launch recipes/train.py -c recipes/configs/voc2012_role_end_to_end.yaml --data-dir /data/voc
     accelerate launch recipes/train.py --dataset my_images --loss em --model resnet50 --output-dir runs/em
 
@@ -61,7 +61,7 @@ from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_data import RunData, load_data
 from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model, plot_val_map, read_json, read_jsonl,
                                          write_json)
-from spl_losses.training.settings import RunSettings, check_args, resolve_settings
+from spl_losses.training.settings import RunSettings, check_args, epochs_horizon, resolve_settings
 from spl_losses.training.study import REFERENCE_GRID, SearchStudy, group_key, select_winner
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
@@ -426,10 +426,17 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
     check_group(group)
     results: List[Optional[Dict[str, Any]]] = [None] * len(group)
     todo = []
+    extended = set()
     for i, settings in enumerate(group):
         run_dir = RunDir(settings.output_dir)
-        run_dir.check(settings.to_config(), flag_defaults(), settings.resume)
-        if not run_dir.finished:
+        state = run_dir.check(settings.to_config(), flag_defaults(), settings.resume, horizon=epochs_horizon(settings))
+        if state == "unclaimed":
+            accelerator.print(f"{run_dir.path}: reused (the run recorded in it finished no epoch)")
+        if state == "extend":
+            accelerator.print(f"{run_dir.path}: continued from epoch {run_dir.trained_epochs} to {settings.epochs}")
+            extended.add(i)
+            todo.append(i)
+        elif not run_dir.finished:
             todo.append(i)
         elif not settings.resume:
             raise ValueError(f"--output-dir {run_dir.path} already holds this finished run; pass --resume to reuse "
@@ -441,10 +448,13 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
         return results
     training = [group[i] for i in todo]
     with contextlib.ExitStack() as locks:
-        for settings in training:
-            locks.enter_context(RunDir(settings.output_dir).held(accelerator))
+        for i in todo:
+            settings, run_dir = group[i], RunDir(group[i].output_dir)
+            locks.enter_context(run_dir.held(accelerator))
             if accelerator.is_main_process:
-                RunDir(settings.output_dir).write_config(settings.to_config())
+                if i in extended:
+                    run_dir.start_extension()
+                run_dir.write_config(settings.to_config())
         settings = training[0]
         if settings.log_with:
             config = settings.to_config()

@@ -1,0 +1,172 @@
+"""Run folders a newcomer can fix and extend, through recipes/train.py: a run that failed before its first epoch
+leaves a folder the corrected command reuses; offline without cached weights fails at once naming
+--no-pretrained; a finished run continues to more epochs where its schedule allows; the README's quick look
+works after the demo."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from recipe_flags import dataset_options
+from test_recipe import read, recipe, tiny_flags
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+README = os.path.join(REPO, "README.md")
+
+
+def linear(data_cache, out, *extra):
+    return tiny_flags(data_cache, out, "--train-mode", "linear_fixed_features", "--loss", "an", *extra)
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+# ------------------------------------------------------------------------------ a run that failed before training
+def test_a_folder_whose_run_failed_before_its_first_epoch_is_reused(tmp_path, data_cache, monkeypatch):
+    out = tmp_path / "run"
+
+    def no_teacher(*args, **kwargs):
+        raise RuntimeError("failed before training")
+
+    monkeypatch.setattr(recipe, "teacher_pseudo_labels", no_teacher)
+    with pytest.raises(RuntimeError, match="before training"):
+        recipe.main(linear(data_cache, out, "--lr", "0.5"))
+    monkeypatch.undo()
+    assert (out / "config.yaml").exists() and (out / "run.lock").exists()
+    (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_map": 1.0}) + "\n")  # a stale record
+    results = recipe.main(linear(data_cache, out, "--lr", "1e-3"))  # the corrected command
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 1e-3
+    assert [r["epoch"] for r in metrics(out)] == [1, 2] and metrics(out)[0]["val_map"] != 1.0
+    assert read(out) == results
+
+
+def test_a_folder_with_a_finished_epoch_still_belongs_to_its_run(tmp_path, data_cache):
+    out = tmp_path / "run"
+    assert recipe.main(linear(data_cache, out, "--stop-after", "1")) is None
+    with pytest.raises(ValueError, match="holds a different run .*lr"):
+        recipe.main(linear(data_cache, out, "--lr", "0.5", "--resume"))
+
+
+# ------------------------------------------------------------------------------ offline without cached weights
+def _recipe_process(args, env_extra, cwd, timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(REPO), env.get("PYTHONPATH", "")])
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, os.path.join(REPO, "recipes", "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return done, time.perf_counter() - start
+
+
+def test_offline_without_cached_weights_fails_before_the_data_naming_no_pretrained(tmp_path):
+    cache = tmp_path / "datasets"
+    args = ["--dataset", "digits_mosaic", *dataset_options(num_train=32, num_validation=16, num_test=16,
+                                                           image_size=16, cache_dir=str(cache)),
+            "--model", "test_resnet", "--image-size", "16", "--epochs", "1", "--output-dir", str(tmp_path / "run")]
+    done, _ = _recipe_process(args, {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--no-pretrained" in errors[0] and "HF_HUB_OFFLINE" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not cache.exists() and not (tmp_path / "run").exists()  # before the data: nothing built, nothing left
+
+
+def test_an_unreachable_hub_names_no_pretrained(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--dataset", "digits_mosaic", *dataset_options(num_train=32, num_validation=16, num_test=16,
+                                                           image_size=16, cache_dir=str(tmp_path / "datasets")),
+            "--model", "test_resnet", "--image-size", "16", "--epochs", "1", "--output-dir", str(tmp_path / "run")]
+    done, _ = _recipe_process(args, {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")},
+                              tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--no-pretrained" in errors[0] and "unreachable" in errors[0], done.stderr
+    assert not (tmp_path / "datasets").exists()  # before the data, without the download's retries
+
+
+def test_pretrained_weights_in_the_cache_are_found(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from spl_losses.training.settings import pretrained_weights_cached
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert pretrained_weights_cached("test_resnet") is False
+    snapshot = tmp_path / "models--timm--test_resnet.r160_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"")
+    (tmp_path / "models--timm--test_resnet.r160_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--test_resnet.r160_in1k" / "refs" / "main").write_text("0" * 40)
+    assert pretrained_weights_cached("test_resnet") is True
+
+
+# ------------------------------------------------------------------------------ more epochs for a finished run
+def test_a_finished_run_continues_to_more_epochs_with_resume(tmp_path, data_cache):
+    out = tmp_path / "run"
+    recipe.main(linear(data_cache, out))
+    with pytest.raises(ValueError, match="pass --resume to continue it to epoch 3"):
+        recipe.main(linear(data_cache, out, "--epochs", "3"))
+    longer = recipe.main(linear(data_cache, out, "--epochs", "3", "--resume"))
+    assert longer["epochs"] == 3 and read(out) == longer
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 3
+    straight = recipe.main(linear(data_cache, tmp_path / "straight", "--epochs", "3"))
+    assert [r["val_map"] for r in metrics(out)] == [r["val_map"] for r in metrics(tmp_path / "straight")]
+    assert (longer["best_epoch"], longer["test_map"]) == (straight["best_epoch"], straight["test_map"])
+    with pytest.raises(ValueError, match="--epochs 2 is fewer than the epochs it trained"):
+        recipe.main(linear(data_cache, out, "--epochs", "2", "--resume"))
+
+
+def test_a_stopped_run_continues_to_more_epochs(tmp_path, data_cache):
+    out = tmp_path / "run"
+    assert recipe.main(linear(data_cache, out, "--stop-after", "1")) is None
+    results = recipe.main(linear(data_cache, out, "--epochs", "3", "--resume"))
+    assert results["epochs"] == 3 and [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("extra,reason", [(["--sched", "cosine"], "--sched cosine"),
+                                          (["--loss", "em_apl", "--apl-warmup-epochs", "1"], "num_epochs")])
+def test_more_epochs_are_refused_where_the_horizon_is_part_of_the_run(tmp_path, data_cache, extra, reason):
+    out = tmp_path / "run"
+    recipe.main(linear(data_cache, out, *extra))
+    with pytest.raises(ValueError, match=f"cannot extend it, because .*{re.escape(reason)}"):
+        recipe.main(linear(data_cache, out, "--epochs", "3", "--resume", *extra))
+
+
+# ------------------------------------------------------------------------------ the README's commands in a row
+def _readme_commands():
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines()]
+    return [line for line in lines if line.startswith("accelerate launch recipes/train.py -c recipes/configs/demo")]
+
+
+def test_the_readme_quick_look_works_after_the_demo(tmp_path):
+    quick = sorted(set(_readme_commands()))
+    assert len(quick) == 1 and "--epochs 1" in quick[0] and "--output-dir" in quick[0], quick
+    shutil.copytree(os.path.join(REPO, "recipes"), tmp_path / "recipes")
+    shrink = [*dataset_options(num_train=32, num_validation=16, num_test=16, image_size=16,
+                               cache_dir=str(tmp_path / "datasets")),
+              "--image-size", "16", "--model-kwargs", "{channels: [8, 8, 8, 8], stem_width: 8}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.abspath(REPO), os.environ.get("PYTHONPATH", "")])}
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    demo = [*accelerate, "recipes/train.py", "-c", "recipes/configs/demo.yaml", "--epochs", "2", *shrink]
+    done = subprocess.run(demo, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "output" / "demo" / "epr" / "results.json").exists()
+    command = quick[0].split()
+    assert command[:2] == ["accelerate", "launch"]
+    done = subprocess.run([*accelerate, *command[2:], *shrink], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = command[command.index("--output-dir") + 1]
+    assert read(tmp_path / out / "epr")["epochs"] == 1
+    assert read(tmp_path / "output" / "demo" / "epr")["epochs"] == 2  # the demo's runs untouched
