@@ -61,7 +61,8 @@ from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_data import RunData, load_data
 from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model, plot_val_map, read_json, read_jsonl,
                                          write_json)
-from spl_losses.training.settings import RunSettings, check_args, epochs_horizon, resolve_settings
+from spl_losses.training.settings import (RunSettings, check_args, epochs_horizon, resolve_settings,
+                                          thread_count_of_run)
 from spl_losses.training.study import REFERENCE_GRID, SearchStudy, group_key, select_winner
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
@@ -84,7 +85,8 @@ def describe(accelerator: Accelerator, group: Sequence[RunSettings], data: RunDa
     sizes = ", ".join(f"{s} {data.split_size(s):,}" for s in ("train", "validation", "test"))
     accelerator.print(f"{settings.dataset}: {data.num_classes} classes, {sizes} ({data.kind})")
     lrs = f"lr {', '.join(str(s.lr) for s in group)} trained together" if len(group) > 1 else f"lr {settings.lr}"
-    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
+    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device} "
+                      f"({torch.get_num_threads()} CPU thread(s) each), mixed precision "
                       f"{accelerator.mixed_precision}; global batch {settings.batch_size}, {lrs}, loss {settings.loss}, "
                       f"{settings.train_mode} -> {', '.join(s.output_dir for s in group)}")
     if settings.expected_num_pos is not None:
@@ -99,7 +101,8 @@ def run_facts(settings: RunSettings, data: RunData) -> Dict[str, Any]:
     return {"dataset": settings.dataset, "model": settings.model, "loss": settings.loss,
             "train_mode": settings.train_mode, "label_names": list(data.class_names),
             "observed_seed": settings.observed_seed, "expected_num_pos": settings.expected_num_pos,
-            "seed": settings.seed, "num_processes": settings.num_processes}
+            "seed": settings.seed, "num_processes": settings.num_processes,
+            "num_threads": torch.get_num_threads()}
 
 
 def validation_labels(settings: RunSettings, data: RunData) -> torch.Tensor:
@@ -418,6 +421,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
     first = point_args[0]
     check_args(first)  # cheap checks first: building a dataset can take long
     accelerator = accelerator or make_accelerator(first)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(thread_count_of_run(first.threads, local_processes))  # the same under every launcher
     for args in point_args:
         RunDir(args.output_dir).check_writable()
     data = load_data(first.dataset, first.data_dir, parse_dataset_options(first.dataset_option), first.observed_seed,

@@ -170,3 +170,30 @@ def test_the_readme_quick_look_works_after_the_demo(tmp_path):
     out = command[command.index("--output-dir") + 1]
     assert read(tmp_path / out / "epr")["epochs"] == 1
     assert read(tmp_path / "output" / "demo" / "epr")["epochs"] == 2  # the demo's runs untouched
+
+
+# ------------------------------------------------------------------------------ the thread count of a run
+@pytest.fixture
+def one_thread_after():
+    import torch
+
+    yield
+    torch.set_num_threads(1)
+
+
+def test_the_thread_count_is_set_printed_and_recorded(tmp_path, data_cache, monkeypatch, capsys, one_thread_after):
+    from spl_losses.training.settings import TORCH_DEFAULT_THREADS, thread_count_of_run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what a launcher sets wins over torch's default
+    out = tmp_path / "run"
+    results = recipe.main(linear(data_cache, out, "--stop-after", "1"))
+    assert results is None and "(2 CPU thread(s) each)" in capsys.readouterr().out
+    results = recipe.main(linear(data_cache, out, "--threads", "1", "--resume"))  # not part of the identity
+    assert results["num_threads"] == 1 and read(out)["num_threads"] == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert thread_count_of_run("auto", 2) == max(1, TORCH_DEFAULT_THREADS // 2)
+    assert thread_count_of_run("auto", 10 ** 6) == 1 and thread_count_of_run(3, 2) == 3
+    with pytest.raises(ValueError, match="threads: .*'auto' or an integer > 0"):
+        config = tmp_path / "bad.yaml"
+        config.write_text("threads: 0\n")
+        recipe.main(["-c", str(config)])

@@ -180,7 +180,8 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
 IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "private", "output_dir", "log_with", "workers", "config",
                     "cache_dir", "search", "progress", "linear_phase_dir", "keep_checkpoints", "log_interval",
                     "search_storage", "search_study", "search_sampler", "search_trials", "teacher_cache_dir",
-                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode", "debug", "rebuild_dataset")
+                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode", "debug", "rebuild_dataset",
+                    "threads")
 LOCK_FILENAME = "run.lock"
 _OWN_FILES = (LOCK_FILENAME,)
 

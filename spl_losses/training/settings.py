@@ -28,7 +28,11 @@ from .builders import build_loss, estimator_optimizer, loss_parameters, trainabl
 from .pseudo_labels import PseudoLabelSettings, resolve_pseudo_label_settings, rule_takes_k
 
 __all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES",
-           "pretrained_weights_cached", "offline_weights_message", "NETWORK_ERRORS", "epochs_horizon"]
+           "pretrained_weights_cached", "offline_weights_message", "NETWORK_ERRORS", "epochs_horizon",
+           "thread_count_of_run"]
+
+#: torch's own thread count when this module was imported (before a run set one).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 #: accelerate trackers and the module each needs installed.
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
@@ -243,6 +247,22 @@ def check_args(args: argparse.Namespace) -> None:
     if is_dataset(args.dataset):  # a registered builder: its own options only (cache_dir is the loader's)
         check_dataset_options(args.dataset, {k: v for k, v in options.items() if k != "cache_dir"},
                               reserved={"root": "--data-dir", "seed": "--observed-seed"})
+
+
+def thread_count_of_run(threads: Any, local_processes: int) -> int:
+    """The CPU threads of each process for ``--threads``: the number given; ``auto``: ``OMP_NUM_THREADS`` when set
+    (``accelerate launch`` sets 1), else torch's default divided by the processes on this machine, at least 1.
+
+    Args:
+        threads: ``"auto"`` or an integer > 0.
+        local_processes: Processes of the run on this machine.
+    """
+    if threads != "auto":
+        return int(threads)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return max(1, TORCH_DEFAULT_THREADS // max(1, local_processes))
 
 
 def epochs_horizon(settings) -> Optional[str]:
