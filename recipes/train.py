@@ -55,7 +55,7 @@ from spl_losses.training.images import ImagePipeline, apply_device_options, cont
 from spl_losses.training.linear import (build_linear_optimizers, new_linear_head, predict_linear,
                                         train_head_group_epoch)
 from spl_losses.training.parallel import (LinearStep, ShardedBatchSampler, TrainStep, check_process_shares,
-                                          epoch_flip_mask, epoch_permutation)
+                                          check_sync_bn, epoch_flip_mask, epoch_permutation, sync_batchnorm)
 from spl_losses.training.phase_book import PhaseBook, PhaseOutcome
 from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_data import RunData, load_data
@@ -244,6 +244,7 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
     accelerator.free_memory()
     set_seed(settings.seed)
     model = create_model(settings, data.num_classes)
+    model = sync_batchnorm(model, settings.sync_bn, accelerator.num_processes, accelerator.is_main_process)
     estimator = run_estimator_optimizer(settings, data, device)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam", check_inputs=False)
     pipeline = ImagePipeline.for_run(accelerator, settings, timm_model_of(model))
@@ -423,6 +424,7 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
     accelerator = accelerator or make_accelerator(first)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     torch.set_num_threads(thread_count_of_run(first.threads, local_processes))  # the same under every launcher
+    check_sync_bn(first.sync_bn, accelerator.device)
     for args in point_args:
         RunDir(args.output_dir).check_writable()
     data = load_data(first.dataset, first.data_dir, parse_dataset_options(first.dataset_option), first.observed_seed,

@@ -197,3 +197,17 @@ def test_the_thread_count_is_set_printed_and_recorded(tmp_path, data_cache, monk
         config = tmp_path / "bad.yaml"
         config.write_text("threads: 0\n")
         recipe.main(["-c", str(config)])
+
+
+# ------------------------------------------------------------------------------ BatchNorm over several processes
+def test_batchnorm_over_two_processes_warns_once_and_sync_bn_needs_a_gpu(tmp_path, data_cache, capfd):
+    from test_recipe import launch_two_processes
+
+    flags = ["--train-mode", "end_to_end", "--loss", "an", "--epochs", "1"]
+    launch_two_processes(tiny_flags(data_cache, tmp_path / "two", *flags))  # test_resnet: BatchNorm
+    err = capfd.readouterr().err
+    assert err.count("each process normalises with its own share's batch statistics") == 1, err
+    assert "--sync-bn" in err
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA GPUs .* on cpu"):
+        recipe.main(tiny_flags(data_cache, tmp_path / "one", *flags, "--sync-bn"))
+    assert not (tmp_path / "one").exists()

@@ -239,6 +239,9 @@ FLAGS: Tuple[Flag, ...] = (
          "dataset's)", group="model"),
     Flag("--pretrained", True, "start from pretrained weights", group="model", switch=True),
     Flag("--model-kwargs", {}, "extra timm.create_model arguments (YAML mapping)", mapping, group="model"),
+    Flag("--sync-bn", False, "end_to_end on several processes: BatchNorm as SyncBatchNorm (statistics of the whole "
+         "global batch, as on one process; CUDA GPUs only). Without it each process normalises with its own share's "
+         "statistics (a warning says so)", group="model", switch=True),
     Flag("--boostlu", False, "wrap the model with BoostLU (Kim et al., CVPR 2023)", group="model", switch=True),
     Flag("--boostlu-alpha", 5.0, "BoostLU's boost of the positive class activations", positive_float, group="model"),
     Flag("--channels-last", False, "channels-last memory format for the network and its input batches (faster "
