@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from spl_losses.checkpoints import load_loss_state
 from spl_losses.data.options import parse_dataset_options
+from spl_losses.hub import write_model_card
 from spl_losses.training.builders import (build_optimizer, build_run_loss, build_scheduler, copy_linear_head,
                                           create_model, hand_off_loss_state, param_groups, run_estimator_optimizer,
                                           timm_model_of, trainable_state_parameters)
@@ -382,14 +383,26 @@ def finish_run(accelerator: Accelerator, settings: RunSettings, data: RunData, o
         results["pseudo_labels"] = pseudo_counts
     if accelerator.is_main_process:
         plot_val_map(run_dir.file("val_map.png"), {"main": read_jsonl(run_dir.file("metrics.jsonl"))},
-                     title=f"{settings.dataset}: {settings.loss} ({settings.train_mode})",
+                     title=f"{dataset_name(settings.dataset)}: {settings.loss} ({settings.train_mode})",
                      best={"main": results["best_epoch"]})
         export_model(run_dir.path, settings, data.class_names, outcome)
         write_json(run_dir.file("results.json"), results)
+        if not settings.push_to_hub:  # the card a push would publish (a push writes it again, with its name)
+            write_model_card(run_dir.path, local_repo_id(settings.output_dir))
     accelerator.wait_for_everyone()
     accelerator.print(f"best epoch {results['best_epoch']}: val mAP {results['val_map']:.2f}, "
                       f"test mAP {results['test_map']:.2f} -> {run_dir.path}")
     return results
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset's name for a plot's title: a registered name, or a folder's base name (not its full path)."""
+    return os.path.basename(os.path.normpath(dataset)) if os.path.exists(dataset) else dataset
+
+
+def local_repo_id(output_dir: str) -> str:
+    """The Hub name a local model card shows until the run is pushed: ``YOUR_ORG/<run folder name>``."""
+    return f"YOUR_ORG/{os.path.basename(os.path.normpath(os.path.abspath(output_dir)))}"
 
 
 def check_group(group: Sequence[RunSettings]) -> None:
@@ -578,7 +591,7 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
     write_json(os.path.join(args.output_dir, "search.json"), summary)
     plot_val_map(os.path.join(args.output_dir, "val_map.png"),
                  {r["name"]: read_jsonl(os.path.join(args.output_dir, r["name"], "metrics.jsonl")) for r in runs},
-                 title=f"{args.dataset}: {args.loss} search", best={r["name"]: r["best_epoch"] for r in runs})
+                 title=f"{dataset_name(args.dataset)}: {args.loss} search", best={r["name"]: r["best_epoch"] for r in runs})
     accelerator.print(f"\n{'search point':<28} {'val mAP':>8} {'test mAP':>9} {'best ep':>8}")
     for r in runs:
         accelerator.print(f"{r['name']:<28} {r['val_map']:8.2f} {r['test_map']:9.2f} {r['best_epoch']:8d}")
@@ -594,14 +607,18 @@ def compare_losses(args, losses: List[str]) -> List[Dict[str, Any]]:
     rows = []
     for loss in losses:
         loss_args = argparse.Namespace(**{**vars(args), "loss": loss, "output_dir": os.path.join(args.output_dir, loss)})
-        loss_args.resume = loss_args.resume or os.path.isfile(os.path.join(loss_args.output_dir, "results.json"))
+        finished = os.path.join(loss_args.output_dir, "results.json")
+        before = os.path.getmtime(finished) if os.path.isfile(finished) else None
+        loss_args.resume = loss_args.resume or before is not None
         start = time.perf_counter()
         results = train(loss_args, accelerator)
         if results is None:
             return rows
+        seconds = time.perf_counter() - start
+        if before is not None and os.path.getmtime(finished) == before:  # reused: the time it trained for
+            seconds = sum(r.get("seconds") or 0.0 for r in read_jsonl(os.path.join(loss_args.output_dir, "metrics.jsonl")))
         rows.append({"loss": loss, "val_map": results["val_map"], "test_map": results["test_map"],
-                     "best_epoch": results["best_epoch"], "seconds": time.perf_counter() - start,
-                     "full_labels": loss.startswith("bce")})
+                     "best_epoch": results["best_epoch"], "seconds": seconds, "full_labels": loss.startswith("bce")})
     if accelerator.is_main_process:
         print_comparison(args, rows)
     return rows
@@ -611,7 +628,8 @@ def print_comparison(args, rows: List[Dict[str, Any]]) -> None:
     """The comparison table, its plot, and what to do next."""
     plot_val_map(os.path.join(args.output_dir, "val_map.png"),
                  {r["loss"]: read_jsonl(os.path.join(args.output_dir, r["loss"], "metrics.jsonl")) for r in rows},
-                 title=f"{args.dataset}: validation mAP per loss", best={r["loss"]: r["best_epoch"] for r in rows})
+                 title=f"{dataset_name(args.dataset)}: validation mAP per loss",
+                 best={r["loss"]: r["best_epoch"] for r in rows})
     print(f"\n{args.dataset} ({args.model}, {args.train_mode}, {args.epochs} epochs): test mAP of the best "
           "validation epoch")
     print(f"{'loss':<10} {'labels':<16} {'val mAP':>8} {'test mAP':>9} {'best ep':>8} {'seconds':>8}")

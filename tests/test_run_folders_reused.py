@@ -211,3 +211,80 @@ def test_batchnorm_over_two_processes_warns_once_and_sync_bn_needs_a_gpu(tmp_pat
     with pytest.raises(ValueError, match="--sync-bn needs CUDA GPUs .* on cpu"):
         recipe.main(tiny_flags(data_cache, tmp_path / "one", *flags, "--sync-bn"))
     assert not (tmp_path / "one").exists()
+
+
+# ------------------------------------------------------------------------------ what a run and a search leave
+def _features_dataset(path):
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    label_feature = datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))
+
+    def split(n):
+        labels = [sorted(rng.choice(3, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
+        feats = np.asarray([[float(c in row) for c in range(3)] for row in labels]) + rng.normal(0, 0.3, (n, 3))
+        return datasets.Dataset.from_dict(
+            {"features": feats.astype(np.float32).tolist(), "labels": labels,
+             "observed_labels": [[row[0]] for row in labels], "index": list(range(n))},
+            features=datasets.Features({"features": datasets.List(datasets.Value("float32")),
+                                        "labels": label_feature, "observed_labels": label_feature,
+                                        "index": datasets.Value("int64")}))
+
+    datasets.DatasetDict({"train": split(32), "validation": split(16), "test": split(16)}).save_to_disk(str(path))
+
+
+def test_a_run_that_was_not_pushed_gets_its_model_card_without_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _features_dataset(tmp_path / "data" / "feats")
+    recipe.main(["--dataset", "data/feats", "--train-mode", "linear_fixed_features", "--loss", "an", "--epochs", "1",
+                 "--batch-size", "8", "--lr", "0.1", "--no-progress", "--output-dir", "runs/mine"])
+    card = (tmp_path / "runs" / "mine" / "model" / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert "datasets" not in metadata and "data/feats" not in card and str(tmp_path) not in card
+    assert "<local>/feats" in card and "hf-hub:YOUR_ORG/mine" in card
+
+
+def test_the_search_plot_keeps_its_legend_off_the_curves_and_names_the_dataset(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    close = plt.close
+
+    def keep(fig=None):
+        figures[fig.axes[0].get_title()] = fig
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    _features_dataset(tmp_path / "feats")
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({"search_grid": {"lr": [0.1, 0.01]}, "train_mode": "linear_fixed_features",
+                                      "loss": "an", "epochs": 2}))
+    recipe.main(["-c", str(config), "--search", "--dataset", str(tmp_path / "feats"), "--batch-size", "8",
+                 "--no-progress", "--output-dir", str(tmp_path / "search")])
+    fig = figures["feats: an search"]  # the dataset's name, not its path
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legend, axes = fig.axes[0].get_legend().get_window_extent(renderer), fig.axes[0].get_window_extent(renderer)
+    assert not legend.overlaps(axes), (legend, axes)
+
+
+def test_a_reused_run_reports_the_time_it_trained_for(tmp_path, data_cache, capsys):
+    demo = os.path.join(REPO, "recipes", "configs", "demo.yaml")
+    overrides = [*dataset_options(num_train=32, num_validation=16, num_test=16, image_size=16, cache_dir=data_cache),
+                 "--image-size", "16", "--epochs", "1", "--loss", "an", "--model", "test_resnet",
+                 "--model-kwargs", "{}", "--output-dir", str(tmp_path / "demo")]
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(open(demo)), "losses": ["an", "epr"]}))
+    overrides.remove("--loss"), overrides.remove("an")
+    recipe.main(["-c", str(config), *overrides])
+    capsys.readouterr()
+    recipe.main(["-c", str(config), *overrides])  # both reused
+    table = capsys.readouterr().out.split("seconds\n", 1)[1].strip().splitlines()[:2]
+    for line in table:
+        loss, seconds = line.split()[0], float(line.split()[-1])
+        trained = sum(r["seconds"] for r in metrics(tmp_path / "demo" / loss))
+        assert seconds == pytest.approx(trained, abs=0.05), line

@@ -147,7 +147,7 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     epochs = set()
     for label, records in curves.items():
         records = [r for r in records if r.get("val_map") is not None]
@@ -169,10 +169,10 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
     ax.set_ylabel("validation mAP (%)")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the curves
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
