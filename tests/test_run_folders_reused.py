@@ -288,3 +288,21 @@ def test_a_reused_run_reports_the_time_it_trained_for(tmp_path, data_cache, caps
         loss, seconds = line.split()[0], float(line.split()[-1])
         trained = sum(r["seconds"] for r in metrics(tmp_path / "demo" / loss))
         assert seconds == pytest.approx(trained, abs=0.05), line
+
+
+def test_sync_bn_converts_batchnorm_before_prepare_on_several_processes():
+    import timm
+    import torch
+
+    from spl_losses.training.parallel import sync_batchnorm
+
+    def kinds(model):
+        return {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    for name in ("test_resnet", "test_efficientnet"):  # BatchNorm2d; timm's BatchNormAct2d (its activation kept)
+        converted = sync_batchnorm(timm.create_model(name), True, 2, True)
+        assert kinds(converted) and all(issubclass(k, torch.nn.SyncBatchNorm) for k in kinds(converted)), name
+        acts = [m.act for m in converted.modules() if hasattr(m, "act") and isinstance(m, torch.nn.SyncBatchNorm)]
+        assert name == "test_resnet" or any(not isinstance(a, torch.nn.Identity) for a in acts)
+    assert torch.nn.SyncBatchNorm not in kinds(sync_batchnorm(timm.create_model("test_resnet"), True, 1, True))
+    assert torch.nn.SyncBatchNorm not in kinds(sync_batchnorm(timm.create_model("test_resnet"), False, 2, False))

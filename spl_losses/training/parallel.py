@@ -228,8 +228,9 @@ def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
 
 def sync_batchnorm(model: nn.Module, sync_bn: bool, num_processes: int, is_main_process: bool) -> nn.Module:
     """The end-to-end network over several processes: its BatchNorm layers as SyncBatchNorm with ``--sync-bn``
-    (statistics of the whole global batch, as on one process); without it, one warning (main process) that each
-    process normalises with its own share's statistics.
+    (statistics of the whole global batch, as on one process; timm's ``convert_sync_batchnorm``, which keeps the
+    activation of timm's BatchNormAct2d); without it, one warning (main process) that each process normalises
+    with its own share's statistics.
 
     Args:
         model: The network (before ``accelerator.prepare``).
@@ -239,8 +240,10 @@ def sync_batchnorm(model: nn.Module, sync_bn: bool, num_processes: int, is_main_
     """
     if num_processes <= 1 or not _has_batchnorm(model):
         return model
-    if sync_bn:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if sync_bn:  # timm's conversion: torch's would drop the activation of timm's BatchNormAct2d
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
     if is_main_process:  # on stderr, whatever filters Python's warnings
         import sys
 
