@@ -591,7 +591,8 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
     write_json(os.path.join(args.output_dir, "search.json"), summary)
     plot_val_map(os.path.join(args.output_dir, "val_map.png"),
                  {r["name"]: read_jsonl(os.path.join(args.output_dir, r["name"], "metrics.jsonl")) for r in runs},
-                 title=f"{dataset_name(args.dataset)}: {args.loss} search", best={r["name"]: r["best_epoch"] for r in runs})
+                 title=f"{dataset_name(args.dataset)}: {args.loss} search",
+                 best={r["name"]: r["best_epoch"] for r in runs})
     accelerator.print(f"\n{'search point':<28} {'val mAP':>8} {'test mAP':>9} {'best ep':>8}")
     for r in runs:
         accelerator.print(f"{r['name']:<28} {r['val_map']:8.2f} {r['test_map']:9.2f} {r['best_epoch']:8d}")
@@ -616,7 +617,8 @@ def compare_losses(args, losses: List[str]) -> List[Dict[str, Any]]:
             return rows
         seconds = time.perf_counter() - start
         if before is not None and os.path.getmtime(finished) == before:  # reused: the time it trained for
-            seconds = sum(r.get("seconds") or 0.0 for r in read_jsonl(os.path.join(loss_args.output_dir, "metrics.jsonl")))
+            records = read_jsonl(os.path.join(loss_args.output_dir, "metrics.jsonl"))
+            seconds = sum(r.get("seconds") or 0.0 for r in records)
         rows.append({"loss": loss, "val_map": results["val_map"], "test_map": results["test_map"],
                      "best_epoch": results["best_epoch"], "seconds": seconds, "full_labels": loss.startswith("bce")})
     if accelerator.is_main_process:

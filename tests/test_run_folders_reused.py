@@ -142,10 +142,11 @@ def test_more_epochs_are_refused_where_the_horizon_is_part_of_the_run(tmp_path, 
 
 # ------------------------------------------------------------------------------ the README's commands in a row
 def _readme_commands():
+    """Every README mention of the demo config's command (in code blocks and in the text, wrapped or not)."""
     with open(README, encoding="utf-8") as f:
-        text = f.read()
-    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines()]
-    return [line for line in lines if line.startswith("accelerate launch recipes/train.py -c recipes/configs/demo")]
+        text = " ".join(f.read().split())
+    found = re.findall(r"accelerate launch recipes/train\.py -c recipes/configs/demo\.yaml[^`#]*", text)
+    return [command.strip() for command in found]
 
 
 def test_the_readme_quick_look_works_after_the_demo(tmp_path):
