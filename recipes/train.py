@@ -2,7 +2,7 @@
 """Train a timm model with a single-positive multi-label loss, following Cole et al.'s protocol (CVPR 2021).
 
     accelerate launch recipes/train.py                                   # the demo: recipes/configs/demo.yaml
-    accelerate launch recipes/train.py -c recipes/configs/demo.yaml --epochs 1
+    accelerate launch recipes/train.py -c recipes/configs/demo.yaml --epochs 1 --output-dir output/demo_1epoch
     accelerate launch recipes/train.py -c recipes/configs/voc2012_role_end_to_end.yaml --data-dir /data/voc
     accelerate launch recipes/train.py --dataset my_images --loss em --model resnet50 --output-dir runs/em
 
@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from spl_losses.checkpoints import load_loss_state
 from spl_losses.data.options import parse_dataset_options
+from spl_losses.hub import write_model_card
 from spl_losses.training.builders import (build_optimizer, build_run_loss, build_scheduler, copy_linear_head,
                                           create_model, hand_off_loss_state, param_groups, run_estimator_optimizer,
                                           timm_model_of, trainable_state_parameters)
@@ -55,13 +56,14 @@ from spl_losses.training.images import ImagePipeline, apply_device_options, cont
 from spl_losses.training.linear import (build_linear_optimizers, new_linear_head, predict_linear,
                                         train_head_group_epoch)
 from spl_losses.training.parallel import (LinearStep, ShardedBatchSampler, TrainStep, check_process_shares,
-                                          epoch_flip_mask, epoch_permutation)
+                                          check_sync_bn, epoch_flip_mask, epoch_permutation, sync_batchnorm)
 from spl_losses.training.phase_book import PhaseBook, PhaseOutcome
 from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_data import RunData, load_data
 from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model, plot_val_map, read_json, read_jsonl,
                                          write_json)
-from spl_losses.training.settings import RunSettings, check_args, resolve_settings
+from spl_losses.training.settings import (RunSettings, check_args, epochs_horizon, resolve_settings,
+                                          thread_count_of_run)
 from spl_losses.training.study import REFERENCE_GRID, SearchStudy, group_key, select_winner
 
 #: Why a run has no test metrics: its dataset's test split has no full labels.
@@ -86,7 +88,8 @@ def describe(accelerator: Accelerator, group: Sequence[RunSettings], data: RunDa
     sizes = ", ".join(f"{s} {data.split_size(s):,}" for s in ("train", "validation", "test"))
     accelerator.print(f"{settings.dataset}: {data.num_classes} classes, {sizes} ({data.kind})")
     lrs = f"lr {', '.join(str(s.lr) for s in group)} trained together" if len(group) > 1 else f"lr {settings.lr}"
-    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
+    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device} "
+                      f"({torch.get_num_threads()} CPU thread(s) each), mixed precision "
                       f"{accelerator.mixed_precision}; global batch {settings.batch_size}, {lrs}, "
                       f"loss {settings.loss}, {settings.train_mode} -> {', '.join(s.output_dir for s in group)}")
     if settings.expected_num_pos is not None:
@@ -113,7 +116,8 @@ def run_facts(settings: RunSettings, data: RunData) -> Dict[str, Any]:
     return {"dataset": settings.dataset, "model": settings.model, "loss": settings.loss,
             "train_mode": settings.train_mode, "label_names": list(data.class_names),
             "observed_seed": settings.observed_seed, "expected_num_pos": settings.expected_num_pos,
-            "seed": settings.seed, "num_processes": settings.num_processes, "labels": labels,
+            "seed": settings.seed, "num_processes": settings.num_processes,
+            "num_threads": torch.get_num_threads(), "labels": labels,
             **({"test_note": NO_CLEAN_TEST} if data.test_full is None else {})}
 
 
@@ -263,6 +267,7 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
     accelerator.free_memory()
     set_seed(settings.seed)
     model = create_model(settings, data.num_classes)
+    model = sync_batchnorm(model, settings.sync_bn, accelerator.num_processes, accelerator.is_main_process)
     estimator = run_estimator_optimizer(settings, data, device)
     loss_fn = build_run_loss(settings, data, phase.epochs, sparse=estimator != "adam", check_inputs=False)
     pipeline = ImagePipeline.for_run(accelerator, settings, timm_model_of(model))
@@ -401,14 +406,26 @@ def finish_run(accelerator: Accelerator, settings: RunSettings, data: RunData, o
         results["pseudo_labels"] = pseudo_counts
     if accelerator.is_main_process:
         plot_val_map(run_dir.file("val_map.png"), {"main": read_jsonl(run_dir.file("metrics.jsonl"))},
-                     title=f"{settings.dataset}: {settings.loss} ({settings.train_mode})",
+                     title=f"{dataset_name(settings.dataset)}: {settings.loss} ({settings.train_mode})",
                      best={"main": results["best_epoch"]})
         export_model(run_dir.path, settings, data.class_names, outcome)
         write_json(run_dir.file("results.json"), results)
+        if not settings.push_to_hub:  # the card a push would publish (a push writes it again, with its name)
+            write_model_card(run_dir.path, local_repo_id(settings.output_dir))
     accelerator.wait_for_everyone()
     test = f"test mAP {_map(results['test_map'])}" if results["test_map"] is not None else NO_CLEAN_TEST
     accelerator.print(f"best epoch {results['best_epoch']}: val mAP {results['val_map']:.2f}, {test} -> {run_dir.path}")
     return results
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset's name for a plot's title: a registered name, or a folder's base name (not its full path)."""
+    return os.path.basename(os.path.normpath(dataset)) if os.path.exists(dataset) else dataset
+
+
+def local_repo_id(output_dir: str) -> str:
+    """The Hub name a local model card shows until the run is pushed: ``YOUR_ORG/<run folder name>``."""
+    return f"YOUR_ORG/{os.path.basename(os.path.normpath(os.path.abspath(output_dir)))}"
 
 
 def check_group(group: Sequence[RunSettings]) -> None:
@@ -441,6 +458,9 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
     first = point_args[0]
     check_args(first)  # cheap checks first: building a dataset can take long
     accelerator = accelerator or make_accelerator(first)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(thread_count_of_run(first.threads, local_processes))  # the same under every launcher
+    check_sync_bn(first.sync_bn, accelerator.device)
     for args in point_args:
         RunDir(args.output_dir).check_writable()
     data = load_data(first.dataset, first.data_dir, parse_dataset_options(first.dataset_option), first.observed_seed,
@@ -449,10 +469,17 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
     check_group(group)
     results: List[Optional[Dict[str, Any]]] = [None] * len(group)
     todo = []
+    extended = set()
     for i, settings in enumerate(group):
         run_dir = RunDir(settings.output_dir)
-        run_dir.check(settings.to_config(), flag_defaults(), settings.resume)
-        if not run_dir.finished:
+        state = run_dir.check(settings.to_config(), flag_defaults(), settings.resume, horizon=epochs_horizon(settings))
+        if state == "unclaimed":
+            accelerator.print(f"{run_dir.path}: reused (the run recorded in it finished no epoch)")
+        if state == "extend":
+            accelerator.print(f"{run_dir.path}: continued from epoch {run_dir.trained_epochs} to {settings.epochs}")
+            extended.add(i)
+            todo.append(i)
+        elif not run_dir.finished:
             todo.append(i)
         elif not settings.resume:
             raise ValueError(f"--output-dir {run_dir.path} already holds this finished run; pass --resume to reuse "
@@ -464,10 +491,13 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
         return results
     training = [group[i] for i in todo]
     with contextlib.ExitStack() as locks:
-        for settings in training:
-            locks.enter_context(RunDir(settings.output_dir).held(accelerator))
+        for i in todo:
+            settings, run_dir = group[i], RunDir(group[i].output_dir)
+            locks.enter_context(run_dir.held(accelerator))
             if accelerator.is_main_process:
-                RunDir(settings.output_dir).write_config(settings.to_config())
+                if i in extended:
+                    run_dir.start_extension()
+                run_dir.write_config(settings.to_config())
         settings = training[0]
         if settings.log_with:
             config = settings.to_config()
@@ -587,7 +617,8 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
     write_json(os.path.join(args.output_dir, "search.json"), summary)
     plot_val_map(os.path.join(args.output_dir, "val_map.png"),
                  {r["name"]: read_jsonl(os.path.join(args.output_dir, r["name"], "metrics.jsonl")) for r in runs},
-                 title=f"{args.dataset}: {args.loss} search", best={r["name"]: r["best_epoch"] for r in runs})
+                 title=f"{dataset_name(args.dataset)}: {args.loss} search",
+                 best={r["name"]: r["best_epoch"] for r in runs})
     accelerator.print(f"\n{'search point':<28} {'val mAP':>8} {'test mAP':>9} {'best ep':>8}")
     for r in runs:
         accelerator.print(f"{r['name']:<28} {r['val_map']:8.2f} {_map(r['test_map'], 9)} {r['best_epoch']:8d}")
@@ -604,14 +635,19 @@ def compare_losses(args, losses: List[str]) -> List[Dict[str, Any]]:
     for loss in losses:
         loss_args = argparse.Namespace(**{**vars(args), "loss": loss,
                                           "output_dir": os.path.join(args.output_dir, loss)})
-        loss_args.resume = loss_args.resume or os.path.isfile(os.path.join(loss_args.output_dir, "results.json"))
+        finished = os.path.join(loss_args.output_dir, "results.json")
+        before = os.path.getmtime(finished) if os.path.isfile(finished) else None
+        loss_args.resume = loss_args.resume or before is not None
         start = time.perf_counter()
         results = train(loss_args, accelerator)
         if results is None:
             return rows
+        seconds = time.perf_counter() - start
+        if before is not None and os.path.getmtime(finished) == before:  # reused: the time it trained for
+            records = read_jsonl(os.path.join(loss_args.output_dir, "metrics.jsonl"))
+            seconds = sum(r.get("seconds") or 0.0 for r in records)
         rows.append({"loss": loss, "val_map": results["val_map"], "test_map": results["test_map"],
-                     "best_epoch": results["best_epoch"], "seconds": time.perf_counter() - start,
-                     "full_labels": loss.startswith("bce")})
+                     "best_epoch": results["best_epoch"], "seconds": seconds, "full_labels": loss.startswith("bce")})
     if accelerator.is_main_process:
         print_comparison(args, rows)
     return rows
@@ -621,7 +657,8 @@ def print_comparison(args, rows: List[Dict[str, Any]]) -> None:
     """The comparison table, its plot, and what to do next."""
     plot_val_map(os.path.join(args.output_dir, "val_map.png"),
                  {r["loss"]: read_jsonl(os.path.join(args.output_dir, r["loss"], "metrics.jsonl")) for r in rows},
-                 title=f"{args.dataset}: validation mAP per loss", best={r["loss"]: r["best_epoch"] for r in rows})
+                 title=f"{dataset_name(args.dataset)}: validation mAP per loss",
+                 best={r["loss"]: r["best_epoch"] for r in rows})
     print(f"\n{args.dataset} ({args.model}, {args.train_mode}, {args.epochs} epochs): test mAP of the best "
           "validation epoch")
     print(f"{'loss':<10} {'labels':<16} {'val mAP':>8} {'test mAP':>9} {'best ep':>8} {'seconds':>8}")

@@ -329,6 +329,7 @@ def test_output_dir_of_another_run_is_refused(tmp_path, data_cache):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump({"loss": "an", "lr": 0.5}))
+    (out / "results.json").write_text("{}")  # it finished: the folder is its run's
     with pytest.raises(ValueError, match="holds a different run"):
         recipe.main(tiny_flags(data_cache, out, "--loss", "role"))
 

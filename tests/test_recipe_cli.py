@@ -64,7 +64,8 @@ def test_demo_config_with_overrides_compares_its_losses(tmp_path, data_cache):
     assert [r["loss"] for r in rows] == yaml.safe_load(open(demo))["losses"]
     assert all(r["best_epoch"] == 1 for r in rows)
     text = printed.getvalue()
-    assert "1 process(es) on cpu, mixed precision no" in text  # what runs where, on the main process
+    # what runs where, on the main process
+    assert "1 process(es) on cpu (1 CPU thread(s) each), mixed precision no" in text
     assert "Next:" in text and "--dataset multilabel_files" in text
     assert (out / "val_map.png").stat().st_size > 0
     for row in rows:

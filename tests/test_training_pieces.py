@@ -68,6 +68,8 @@ def test_config_file_keys_must_be_flags_and_flags_override(tmp_path):
 
 def test_output_dir_check_ignores_bookkeeping_keys(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 0.1, "resume": False, "output_dir": "x"}))
+    assert RunDir(str(tmp_path)).check({"lr": 0.2}, {}, resume=False) == "unclaimed"  # no epoch finished: anyone's
+    (tmp_path / "results.json").write_text("{}")  # a finished run: its folder
     RunDir(str(tmp_path)).check({"lr": 0.1, "resume": True, "output_dir": "y"}, {}, resume=False)
     with pytest.raises(ValueError, match="lr: 0.1 -> 0.2"):
         RunDir(str(tmp_path)).check({"lr": 0.2}, {}, resume=False)
@@ -211,6 +213,7 @@ def test_linear_fast_path_matches_autograd_path_for_role():
 def test_output_dir_check_counts_flags_added_since_as_their_default(tmp_path):
     with open(tmp_path / "config.yaml", "w") as f:
         yaml.safe_dump({"loss": "an", "lr": 0.1}, f)  # written before the flag init_loss_state existed
+    (tmp_path / "results.json").write_text("{}")  # it finished
     defaults = {"loss": "epr", "lr": 1e-5, "init_loss_state": "auto"}
     run = RunDir(str(tmp_path))
     run.check({"loss": "an", "lr": 0.1, "init_loss_state": "auto"}, defaults, resume=False)

@@ -128,6 +128,9 @@ def public_value(value: Any, name: str = "") -> Any:
         return [public_value(item) for item in value]
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
+    if isinstance(value, str) and re.search(r"[\\/]", value) and "://" not in value and ":" not in value[:8] \
+            and os.path.exists(value):
+        return _local_name(value)  # a relative path of this machine (data/mine): its last component only
     if isinstance(value, str):
         return _public_string(value)
     return value

@@ -202,13 +202,21 @@ def create_model(settings, num_classes: int) -> nn.Module:
         settings: The run's settings (``model``, ``pretrained``, ``model_kwargs``, ``boostlu``, ``boostlu_alpha``).
         num_classes: C.
     """
-    kwargs = dict(settings.model_kwargs or {})
-    if settings.boostlu:
-        from ..models import create_boostlu_model
+    from .settings import NETWORK_ERRORS, offline_weights_message
 
-        return create_boostlu_model(settings.model, alpha=settings.boostlu_alpha, pretrained=settings.pretrained,
-                                    num_classes=num_classes, **kwargs)
-    return timm.create_model(settings.model, pretrained=settings.pretrained, num_classes=num_classes, **kwargs)
+    kwargs = dict(settings.model_kwargs or {})
+    try:
+        if settings.boostlu:
+            from ..models import create_boostlu_model
+
+            return create_boostlu_model(settings.model, alpha=settings.boostlu_alpha, pretrained=settings.pretrained,
+                                        num_classes=num_classes, **kwargs)
+        return timm.create_model(settings.model, pretrained=settings.pretrained, num_classes=num_classes, **kwargs)
+    except NETWORK_ERRORS as err:  # the download failed: the Hub (or the weights' URL) unreachable
+        if not settings.pretrained or settings.model.startswith(("hf-hub:", "local-dir:")):
+            raise
+        raise ValueError(offline_weights_message(settings.model, f"the download failed ({type(err).__name__})")) \
+            from err
 
 
 def timm_model_of(model: nn.Module) -> nn.Module:

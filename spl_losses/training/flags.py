@@ -30,7 +30,8 @@ from .cli import COMMON_NAMES, FlagParser, close_names
 from .images import COMPILE_MODES
 
 __all__ = ["boolean", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "finite_float",
-           "probability", "worker_count", "mapping", "text", "Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS",
+           "probability", "worker_count", "thread_count", "mapping", "text",
+           "Flag", "FLAGS", "FLAG_NAMES", "CONFIG_ONLY_KEYS",
            "TRAIN_MODES", "LOSS_OPTION_FLAGS", "build_parser", "parse_args", "load_config_file", "flag_defaults",
            "loss_options", "DefaultsOnceHelpFormatter", "unknown_keys_message"]
 
@@ -103,6 +104,19 @@ def worker_count(value: Any) -> Any:
 
 
 worker_count.value_type = Union[str, int]
+
+
+def thread_count(value: Any) -> Any:
+    """``auto`` or an integer > 0."""
+    if value == "auto":
+        return value
+    try:
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
+        _fail("'auto' or an integer > 0", value)
+
+
+thread_count.value_type = Union[str, int]
 
 
 def mapping(value: Any) -> Dict[str, Any]:
@@ -225,6 +239,9 @@ FLAGS: Tuple[Flag, ...] = (
          "dataset's)", group="model"),
     Flag("--pretrained", True, "start from pretrained weights", group="model", switch=True),
     Flag("--model-kwargs", {}, "extra timm.create_model arguments (YAML mapping)", mapping, group="model"),
+    Flag("--sync-bn", False, "end_to_end on several processes: BatchNorm as SyncBatchNorm (statistics of the whole "
+         "global batch, as on one process; CUDA GPUs only). Without it each process normalises with its own share's "
+         "statistics (a warning says so)", group="model", switch=True),
     Flag("--boostlu", False, "wrap the model with BoostLU (Kim et al., CVPR 2023)", group="model", switch=True),
     Flag("--boostlu-alpha", 5.0, "BoostLU's boost of the positive class activations", positive_float, group="model"),
     Flag("--channels-last", False, "channels-last memory format for the network and its input batches (faster "
@@ -315,6 +332,11 @@ FLAGS: Tuple[Flag, ...] = (
     Flag("--mixed-precision", "no", "mixed precision of accelerate", choices=("no", "fp16", "bf16"),
          group="training"),
     Flag("--seed", 0, "seed of initialisation, data order and flips", non_negative_int, group="training"),
+    Flag("--threads", "auto", "CPU threads of each process (torch.set_num_threads), set the same way under python "
+         "and accelerate launch; auto: OMP_NUM_THREADS when set (accelerate launch sets 1), else torch's default "
+         "divided by the processes on this machine. Recorded in results.json (num_threads), not part of the run's "
+         "identity: float results can differ in the last digits across thread counts", thread_count,
+         group="training"),
     # run
     Flag("--output-dir", "output/run", "run folder (config.yaml, metrics, results, model/, checkpoints/)"),
     Flag("--resume", False, "continue from the last checkpoint in OUTPUT_DIR/checkpoints", switch=True),

@@ -53,7 +53,8 @@ from ..losses.estimator import LabelEstimator
 from ..optim import catch_up_rows
 
 __all__ = ["epoch_generator", "epoch_permutation", "epoch_flip_mask", "EpochPermutationSampler", "ShardedBatchSampler",
-           "share_bounds", "check_process_shares", "RowSparseExchange", "TrainStep", "LinearStep"]
+           "share_bounds", "check_process_shares", "check_sync_bn", "sync_batchnorm", "RowSparseExchange", "TrainStep",
+           "LinearStep"]
 
 
 _PERMUTATION_STREAM = 0
@@ -206,6 +207,50 @@ def check_process_shares(model: torch.nn.Module, num_examples: int, batch_size: 
                          f"batch size {batch_size}), fewer than the {num_processes} processes: a process would get "
                          "no rows, which BatchNorm cannot train on; choose a batch size or process count that leaves "
                          "at least one row per process")
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
+    """Refuse ``--sync-bn`` off CUDA, before any work (torch's SyncBatchNorm runs on CUDA GPUs only).
+
+    Args:
+        sync_bn: Whether ``--sync-bn`` was given.
+        device: The run's device.
+    """
+    if sync_bn and torch.device(device).type != "cuda":
+        raise ValueError(f"--sync-bn needs CUDA GPUs (torch's SyncBatchNorm runs on CUDA only), and this run is on "
+                         f"{torch.device(device).type}; leave --sync-bn out (on several processes each then normalises "
+                         "with its own share's statistics)")
+
+
+def sync_batchnorm(model: nn.Module, sync_bn: bool, num_processes: int, is_main_process: bool) -> nn.Module:
+    """The end-to-end network over several processes: its BatchNorm layers as SyncBatchNorm with ``--sync-bn``
+    (statistics of the whole global batch, as on one process; timm's ``convert_sync_batchnorm``, which keeps the
+    activation of timm's BatchNormAct2d); without it, one warning (main process) that each process normalises
+    with its own share's statistics.
+
+    Args:
+        model: The network (before ``accelerator.prepare``).
+        sync_bn: Whether ``--sync-bn`` was given.
+        num_processes: Processes of the run.
+        is_main_process: Whether this is the main process (the one that warns).
+    """
+    if num_processes <= 1 or not _has_batchnorm(model):
+        return model
+    if sync_bn:  # timm's conversion: torch's would drop the activation of timm's BatchNormAct2d
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    if is_main_process:  # on stderr, whatever filters Python's warnings
+        import sys
+
+        print(f"warning: the model has BatchNorm layers and trains on {num_processes} processes: each process "
+              "normalises with its own share's batch statistics, so the numbers differ from one process's; pass "
+              "--sync-bn (GPUs) for the whole global batch's statistics", file=sys.stderr, flush=True)
+    return model
 
 
 class RowSparseExchange:

@@ -10,8 +10,14 @@ Rules (nothing the recipe did not write is ever modified or deleted):
 
 - A new run goes into a missing or empty folder. A folder holding other files and no ``config.yaml``
   is not a run folder of this recipe: refused, naming some of its files.
+- A folder with a ``config.yaml`` but no finished epoch (no checkpoint, no ``results.json``: a run that failed
+  before training) belongs to nobody: a run of any settings reuses it (``config.yaml`` rewritten,
+  ``metrics.jsonl`` emptied).
 - A folder whose ``config.yaml`` records another run (other settings) is refused, naming the settings
-  that differ. Keys that do not change the result (output dir, resume, logging, ...) are ignored; a
+  that differ. Only ``--epochs`` may grow, with ``--resume``: the run continues from its last
+  checkpoint (its results, plot and model rewritten), unless the schedule's horizon is part of the run
+  (the caller says why: a learning-rate schedule or a loss that takes the number of epochs). A run is
+  never shortened below the epochs it trained. Keys that do not change the result (output dir, resume, logging, ...) are ignored; a
   key missing from an older ``config.yaml`` (a flag added since) counts as its default.
 - The same run, finished (``results.json``): :meth:`RunDir.state` says so; the caller reuses it (a
   search or a comparison) or refuses. Unfinished with checkpoints and no ``--resume``: refused, so
@@ -141,7 +147,7 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     epochs = set()
     for label, records in curves.items():
         records = [r for r in records if r.get("val_map") is not None]
@@ -163,10 +169,10 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
     ax.set_ylabel("validation mAP (%)")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the curves
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -174,7 +180,8 @@ def plot_val_map(path: str, curves: Mapping[str, Iterable[Mapping[str, Any]]], t
 IDENTITY_IGNORED = ("resume", "stop_after", "push_to_hub", "private", "output_dir", "log_with", "workers", "config",
                     "cache_dir", "search", "progress", "linear_phase_dir", "keep_checkpoints", "log_interval",
                     "search_storage", "search_study", "search_sampler", "search_trials", "teacher_cache_dir",
-                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode", "debug", "rebuild_dataset")
+                    "image_cache", "image_cache_dir", "channels_last", "compile", "compile_mode", "debug", "rebuild_dataset",
+                    "threads")
 LOCK_FILENAME = "run.lock"
 _OWN_FILES = (LOCK_FILENAME,)
 
@@ -233,8 +240,18 @@ class RunDir:
             raise ValueError(f"{self.file('config.yaml')} is not a mapping of settings")
         return config
 
+    @property
+    def trained_epochs(self) -> int:
+        """The newest checkpointed epoch (1-based; 0 when none)."""
+        folder = self.file("checkpoints")
+        if not os.path.isdir(folder):
+            return 0
+        epochs = [int(n[len("epoch_"):]) for n in os.listdir(folder)
+                  if n.startswith("epoch_") and n[len("epoch_"):].isdigit()]
+        return max(epochs, default=0)
+
     def check(self, config: Mapping[str, Any], defaults: Mapping[str, Any], resume: bool,
-              ignored: Sequence[str] = IDENTITY_IGNORED) -> None:
+              ignored: Sequence[str] = IDENTITY_IGNORED, horizon: Optional[str] = None) -> Optional[str]:
         """Refuse a folder of other files, of another run, or an unfinished run restarted without ``--resume``.
 
         Args:
@@ -242,6 +259,13 @@ class RunDir:
             defaults: Flag defaults (a key missing from an older config.yaml counts as its default).
             resume: Whether ``--resume`` was given.
             ignored: Keys left out of the comparison.
+            horizon: Why the number of epochs is part of the run (its schedule or loss depends on it), or None:
+                then a run given more epochs with ``--resume`` is extended.
+
+        Returns:
+            None; ``"unclaimed"`` for a folder of another run that finished no epoch (reused: its config.yaml
+            is rewritten); ``"extend"`` for this run given more epochs (its ``results.json`` is stale:
+            :meth:`start_extension` removes it).
 
         Raises:
             ValueError: naming the folder and what is wrong.
@@ -259,6 +283,10 @@ class RunDir:
         previous = {**{k: v for k, v in defaults.items() if k in config}, **previous}
         keys = sorted(k for k in set(previous) | set(config) if k not in ignored)
         diff = [k for k in keys if previous.get(k) != config.get(k)]
+        if diff and not self.finished and not self.has_checkpoints:
+            return "unclaimed"  # it failed before its first epoch: nothing of it is worth keeping
+        if diff == ["epochs"]:
+            return self._check_extension(previous["epochs"], config["epochs"], resume, horizon)
         if diff:
             details = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
             raise ValueError(f"--output-dir {self.path} holds a different run (config.yaml differs in {details}); "
@@ -266,6 +294,34 @@ class RunDir:
         if not resume and not self.finished and self.has_checkpoints:
             raise ValueError(f"--output-dir {self.path} holds an unfinished run of these settings with checkpoints: "
                              "continue it with --resume, or choose another --output-dir")
+        return None
+
+    def _check_extension(self, old: Any, new: Any, resume: bool, horizon: Optional[str]) -> str:
+        """This run with another ``--epochs``: continue it to ``new`` epochs, or say why not."""
+        trained = self.trained_epochs
+        where = f"--output-dir {self.path} holds this run with --epochs {old} ({trained} trained)"
+        if not isinstance(new, int) or new < trained:
+            raise ValueError(f"{where}: --epochs {new} is fewer than the epochs it trained, and a run is not "
+                             f"shortened; pass --epochs {old} (with --resume to reuse it), or choose another "
+                             "--output-dir")
+        if horizon:
+            raise ValueError(f"{where}: --epochs {new} cannot extend it, because {horizon}, so a run of {new} epochs "
+                             f"differs from the first {trained} epochs of this one; choose another --output-dir")
+        if not resume:
+            raise ValueError(f"{where}: pass --resume to continue it to epoch {new}, or choose another --output-dir")
+        if self.finished:
+            stopped = read_json(self.file("results.json")).get("stopped_early")
+            if stopped:
+                raise ValueError(f"{where}: it stopped early ({stopped}), so more epochs would train none; choose "
+                                 "another --output-dir")
+        if trained == 0:
+            raise ValueError(f"{where}: it has no checkpoint to continue from; choose another --output-dir")
+        return "extend"
+
+    def start_extension(self) -> None:
+        """A run continued to more epochs is unfinished again: remove its ``results.json`` (rewritten at the end)."""
+        if self.finished:
+            os.remove(self.file("results.json"))
 
     def check_writable(self) -> None:
         """Check, before any work and without creating anything, that the folder can be created and written.

@@ -8,6 +8,7 @@ run's ``config.yaml`` is :meth:`RunSettings.to_config`.
 """
 import argparse
 import dataclasses
+import importlib
 import importlib.util
 import os
 import warnings
@@ -26,7 +27,12 @@ from .label_matrices import estimate_expected_num_pos
 from .builders import build_loss, estimator_optimizer, loss_parameters, trainable_state_parameters
 from .pseudo_labels import PseudoLabelSettings, resolve_pseudo_label_settings, rule_takes_k
 
-__all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES"]
+__all__ = ["PhaseSettings", "RunSettings", "check_args", "resolve_settings", "TRACKER_MODULES",
+           "pretrained_weights_cached", "offline_weights_message", "NETWORK_ERRORS", "epochs_horizon",
+           "thread_count_of_run"]
+
+#: torch's own thread count when this module was imported (before a run set one).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 #: accelerate trackers and the module each needs installed.
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
@@ -110,6 +116,99 @@ Args:
 """
 
 
+def offline_weights_message(model: str, why: str) -> str:
+    """The one message for pretrained weights that cannot be had: name ``--no-pretrained``."""
+    return (f"--model {model}: its pretrained weights are not in the local Hugging Face cache and {why}; "
+            "pass --no-pretrained to start from random weights, or download them once while online")
+
+
+def _network_errors() -> Tuple[type, ...]:
+    """Exceptions that mean the Hub (or a weights URL) could not be reached."""
+    import urllib.error
+
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    errors = [ConnectionError, TimeoutError, urllib.error.URLError, LocalEntryNotFoundError, OfflineModeIsEnabled]
+    for client in ("httpx", "httpx2"):  # huggingface_hub's HTTP client, whichever is installed
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+NETWORK_ERRORS = _network_errors()
+
+
+def pretrained_weights_cached(model: str) -> Optional[bool]:
+    """Whether timm's pretrained weights of the timm model name ``model`` are on disk (the Hugging Face cache, or
+    timm's download cache for weights hosted at a URL); None when timm names no source to check.
+
+    Args:
+        model: A timm model name, with or without its pretrained tag (``resnet50.a1_in1k``).
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(model)
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    if cfg is None:
+        return None
+    if cfg.file or cfg.state_dict is not None:
+        return True
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin",
+                                                                    "open_clip_model.safetensors",
+                                                                    "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, name, revision=revision or None), str) for name in names)
+    if cfg.url:
+        from timm.models._hub import check_cached_file
+
+        return bool(check_cached_file(cfg.url))
+    return None
+
+
+def _hub_unreachable(endpoint: str) -> Optional[str]:
+    """Why a TCP connection to the Hub's host fails (one try, a few seconds), or None (reachable, or behind a
+    proxy this check cannot see through)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        return None
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=5).close()
+    except OSError as err:
+        return f"the Hub ({endpoint}) is unreachable ({err.strerror or type(err).__name__})"
+    return None
+
+
+def _check_pretrained_weights(args) -> None:
+    """``--pretrained`` with weights not cached, offline (``HF_HUB_OFFLINE``) or with the Hub unreachable: fail now
+    (before the data, without the download's retries), naming --no-pretrained."""
+    from huggingface_hub import constants
+
+    if not args.pretrained or args.model.startswith(("hf-hub:", "local-dir:")):
+        return
+    if pretrained_weights_cached(args.model) is not False:
+        return
+    if constants.is_offline_mode():
+        raise ValueError(offline_weights_message(args.model, "HF_HUB_OFFLINE is set"))
+    from timm.models import get_pretrained_cfg
+
+    if get_pretrained_cfg(args.model).hf_hub_id:
+        why = _hub_unreachable(constants.ENDPOINT)
+        if why:
+            raise ValueError(offline_weights_message(args.model, why))
+
+
 def check_args(args: argparse.Namespace) -> None:
     """The checks that need no data: loss, model and tracker names, a push's token and endpoint.
 
@@ -130,6 +229,7 @@ def check_args(args: argparse.Namespace) -> None:
     elif not timm.is_model(args.model):
         close = timm.list_models(f"*{args.model.split('.')[0][:6]}*")[:8]
         raise ValueError(f"unknown timm model {args.model!r}; similar names: {close}")
+    _check_pretrained_weights(args)
     if args.log_with:
         module = TRACKER_MODULES.get(args.log_with)
         if module is None:
@@ -147,6 +247,35 @@ def check_args(args: argparse.Namespace) -> None:
     if is_dataset(args.dataset):  # a registered builder: its own options only (cache_dir is the loader's)
         check_dataset_options(args.dataset, {k: v for k, v in options.items() if k != "cache_dir"},
                               reserved={"root": "--data-dir", "seed": "--observed-seed"})
+
+
+def thread_count_of_run(threads: Any, local_processes: int) -> int:
+    """The CPU threads of each process for ``--threads``: the number given; ``auto``: ``OMP_NUM_THREADS`` when set
+    (``accelerate launch`` sets 1), else torch's default divided by the processes on this machine, at least 1.
+
+    Args:
+        threads: ``"auto"`` or an integer > 0.
+        local_processes: Processes of the run on this machine.
+    """
+    if threads != "auto":
+        return int(threads)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return max(1, TORCH_DEFAULT_THREADS // max(1, local_processes))
+
+
+def epochs_horizon(settings) -> Optional[str]:
+    """Why the number of epochs is part of what a run computes (so more epochs cannot extend it), or None.
+
+    Args:
+        settings: The run's settings (or parsed arguments).
+    """
+    if settings.sched != "none":
+        return f"--sched {settings.sched} spreads its learning rates over --epochs"
+    if "num_epochs" in loss_parameters(settings.loss):
+        return f"--loss {settings.loss} takes the number of epochs (num_epochs) when it is built"
+    return None
 
 
 def _expected_num_pos(args, data: RunData) -> Tuple[Optional[float], Optional[str]]:
