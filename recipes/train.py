@@ -56,7 +56,7 @@ from spl_losses.training.linear import (build_linear_optimizers, new_linear_head
                                         train_head_group_epoch)
 from spl_losses.training.parallel import (LinearStep, ShardedBatchSampler, TrainStep, check_process_shares,
                                           epoch_flip_mask, epoch_permutation)
-from spl_losses.training.phase_book import PhaseBook, PhaseOutcome
+from spl_losses.training.phase_book import PhaseBook, PhaseOutcome, TrainingDiverged
 from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_data import RunData, load_data
 from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model, plot_val_map, read_json, read_jsonl,
@@ -213,8 +213,8 @@ def train_linear(accelerator: Accelerator, group: Sequence[RunSettings], data: R
             heads[i].running = heads[i].book.end_epoch(epoch, train_losses[i], val_scores[i], val_labels, seconds)
     outcomes = []
     for h in heads:
-        if not h.book.finished:
-            outcomes.append(PhaseOutcome(results=None))
+        if not h.book.finished or h.book.failure:  # failure: non-finite before any good epoch
+            outcomes.append(PhaseOutcome(results=None, failure=h.book.failure))
             continue
         h.book.restore_best()
         results = h.book.results(predict_linear(h.head, x_test).cpu(), data.test_full, run_facts(h.settings, data))
@@ -333,8 +333,8 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
         if not book.end_epoch(epoch, train_loss, val_scores, validation_labels(settings, data),
                               time.perf_counter() - start):
             break
-    if not book.finished:
-        return PhaseOutcome(results=None)
+    if not book.finished or book.failure:  # failure: non-finite before any good epoch
+        return PhaseOutcome(results=None, failure=book.failure)
     book.restore_best()
     test_scores = predict_loader(unwrapped.model, test_loader, accelerator, data.split_size("test"),
                                  show_progress=show, description="test", preprocess=pipeline.normalize)
@@ -471,7 +471,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
             accelerator.log({"test/map": results[todo[0]]["test_map"],
                              "test/map_skip_empty": results[todo[0]]["test_map_skip_empty"]})
             accelerator.end_training()
-    if any(results[i] is None for i in todo):
+    failed = {i: outcome.failure for i, outcome in zip(todo, outcomes) if outcome.failure}
+    if any(results[i] is None and i not in failed for i in todo):
         accelerator.print(f"stopped after --stop-after {first.stop_after} epoch(s); continue with --resume")
     for i in todo:
         if results[i] is not None and group[i].push_to_hub and accelerator.is_main_process:
@@ -479,6 +480,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
 
             url = push_run_to_hub(group[i].output_dir, group[i].push_to_hub, private=group[i].private)
             accelerator.print(f"pushed: {url}")
+    if failed:  # the others finished above
+        raise TrainingDiverged(failed, results)
     return results
 
 
