@@ -97,3 +97,67 @@ def test_evaluate_with_weights_of_another_architecture_names_file_and_architectu
 
     with pytest.raises(ValueError, match=r"model\.safetensors.*do not fit.*test_resnet"):
         load_recipe("evaluate").main(["--checkpoint", str(out)])
+
+
+# ----------------------------------------------------------------------------------------- item 5: searches
+def _study(out):
+    import optuna
+
+    return optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'search.db'}")
+
+
+def test_a_diverging_search_point_fails_for_good_and_the_search_finishes(tmp_path, features_data):
+    config = _config(tmp_path, features_data, epochs=2, grid={"lr": [0.1, 3e38]}, loss="test_diverging", opt="sgd",
+                     batch_size=8)
+    out = tmp_path / "diverging"
+    for group_size in ("2", "1"):  # the two points in one linear loop, then one by one
+        folder = out / group_size
+        summary = recipe.main(["-c", config, "--search", "--output-dir", str(folder), "--search-group-size", group_size])
+        assert [r["name"] for r in summary["runs"]] == ["lr-0.1"]
+        assert [f["name"] for f in summary["failed"]] == ["lr-3e+38"]
+        assert "diverged at epoch 1" in summary["failed"][0]["reason"]
+        saved = json.load(open(folder / "search.json"))
+        assert saved["winner"]["name"] == "lr-0.1" and "--clip-grad" in saved["failed"][0]["reason"]
+        study = _study(folder)
+        failed = [t for t in study.trials if t.state.name == "FAIL"]
+        assert len(failed) == 1 and "diverged" in failed[0].user_attrs["failure"]
+        # started again: nothing is trained, the failed point is never retried
+        again = recipe.main(["-c", config, "--search", "--output-dir", str(folder), "--search-group-size", group_size])
+        assert len(_study(folder).trials) == len(study.trials) and again["failed"] == saved["failed"]
+
+
+def test_a_second_search_with_another_grid_in_the_same_folder_is_refused(tmp_path, features_data):
+    out = tmp_path / "grids"
+    first = _config(tmp_path, features_data, epochs=1, grid={"lr": [0.3, 0.1]})
+    recipe.main(["-c", first, "--search", "--output-dir", str(out)])
+    before = (out / "search.json").read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    second = _config(other, features_data, epochs=1, grid={"lr": [0.03], "batch_size": [8]})
+    with pytest.raises(ValueError, match=r"another grid needs another --output-dir"):
+        recipe.main(["-c", second, "--search", "--output-dir", str(out)])
+    assert (out / "search.json").read_text() == before
+    assert len(_study(out).trials) == 2
+
+
+def test_a_search_restarted_with_another_base_config_is_refused_naming_it(tmp_path, features_data):
+    out = tmp_path / "base"
+    config = _config(tmp_path, features_data, epochs=1, grid={"lr": [0.3, 0.1]})
+    recipe.main(["-c", config, "--search", "--output-dir", str(out), "--stop-after", "1", "--search-group-size", "1"])
+    with pytest.raises(ValueError, match=r"started with other settings \(loss: 'an' -> 'epr'\)"):
+        recipe.main(["-c", config, "--search", "--output-dir", str(out), "--loss", "epr"])
+    # the flags that do not change what a run computes may differ
+    summary = recipe.main(["-c", config, "--search", "--output-dir", str(out), "--no-progress", "--keep-checkpoints", "1"])
+    assert len(summary["runs"]) == 2
+
+
+def test_workers_sharing_one_study_from_different_folders_train_each_point_once(tmp_path, features_data):
+    config = _config(tmp_path, features_data, epochs=60, grid={"lr": [0.3, 0.1, 0.03, 0.01]})
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [_worker(config, tmp_path / f"worker{i}", "--search-storage", storage, "--search-group-size", "1")
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    trained = _trained_points(outputs)
+    assert sorted(trained) == sorted(f"lr-{lr}" for lr in (0.3, 0.1, 0.03, 0.01)), outputs  # each point once
+    assert all("UpdateFinishedTrialError" not in o for o in outputs)
