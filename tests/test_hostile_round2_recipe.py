@@ -161,3 +161,184 @@ def test_workers_sharing_one_study_from_different_folders_train_each_point_once(
     trained = _trained_points(outputs)
     assert sorted(trained) == sorted(f"lr-{lr}" for lr in (0.3, 0.1, 0.03, 0.01)), outputs  # each point once
     assert all("UpdateFinishedTrialError" not in o for o in outputs)
+
+
+# ------------------------------------------------------------------------------- items 8 and 11: caches
+def _digits(data_cache, out, cache_dir, *extra, num_validation=30, num_test=31):
+    from recipe_flags import digits
+
+    return [*digits(data_cache, num_train=64, num_validation=num_validation, num_test=num_test), "--model",
+            "test_resnet", "--pretrained", "false", "--image-size", "16", "--batch-size", "16", "--lr", "1e-3",
+            "--epochs", "1", "--no-progress", "--loss", "an", "--train-mode", "linear_fixed_features",
+            "--cache-dir", str(cache_dir), "--output-dir", str(out), *extra]
+
+
+def _cache_files(cache_dir):
+    return sorted(p for p in cache_dir.iterdir() if p.suffix == ".safetensors")
+
+
+def _split_of(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["key"])["split"]
+
+
+def test_a_truncated_feature_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, data_cache):
+    cache = tmp_path / "features"
+    first = recipe.main(_digits(data_cache, tmp_path / "a", cache))
+    files = _cache_files(cache)
+    assert len(files) == 3
+    data = files[0].read_bytes()
+    values = _values(files[0])
+    files[0].write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=rf"ignoring feature cache {files[0]}: unreadable"):
+        again = recipe.main(_digits(data_cache, tmp_path / "b", cache))
+    assert again["test_map"] == first["test_map"] and torch.equal(_values(files[0]), values)  # rebuilt
+
+
+def _values(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["features"].clone()
+
+
+def _rewrite(path, change):
+    """Rewrite a cache file with changed values and a checksum that matches them (only the value check is left)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spl_losses.training import features as module
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensor = dict(f.metadata()), f.get_tensor("features")
+    tensor = change(tensor.clone())
+    meta["sha256"] = module._tensor_sha256(tensor)
+    save_file({"features": tensor}, str(path), metadata=meta)
+
+
+def test_feature_caches_with_nan_changed_values_or_swapped_between_splits_are_rebuilt(tmp_path, data_cache):
+    cache = tmp_path / "features"
+    flags = lambda out: _digits(data_cache, tmp_path / out, cache, num_validation=30, num_test=30)  # noqa: E731
+    first = recipe.main(flags("a"))
+    by_split = {_split_of(p): p for p in _cache_files(cache)}
+    clean = {s: p.read_bytes() for s, p in by_split.items()}
+    values = {s: _values(p) for s, p in by_split.items()}
+
+    def nan(t):
+        t[3, 1] = float("nan")
+        return t
+
+    _rewrite(by_split["validation"], nan)  # NaN with a matching checksum
+    with pytest.warns(UserWarning, match=r"validation.*NaN or inf|NaN or inf"):
+        assert recipe.main(flags("b"))["test_map"] == first["test_map"]
+    assert torch.equal(_values(by_split["validation"]), values["validation"])
+    raw = bytearray(by_split["train"].read_bytes())  # finite values changed in place: the checksum
+    raw[-8:] = b"\x00\x00\x80\x3f\x00\x00\x80\x3f"
+    by_split["train"].write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="checksum"):
+        assert recipe.main(flags("c"))["test_map"] == first["test_map"]
+    by_split["test"].write_bytes(clean["validation"])  # swapped between splits of the same size: the key
+    with pytest.warns(UserWarning, match=r"made for other data.*dataset_fingerprint"):
+        assert recipe.main(flags("d"))["test_map"] == first["test_map"]
+    from safetensors.torch import save_file
+
+    save_file({"features": torch.zeros(30, 7)}, str(by_split["test"]))  # another width, no metadata
+    with pytest.warns(UserWarning, match="ignoring feature cache"):
+        assert recipe.main(flags("e"))["test_map"] == first["test_map"]
+
+
+def test_an_unwritable_feature_cache_folder_is_refused_before_extracting(tmp_path, data_cache, monkeypatch):
+    from spl_losses.training import features as module
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+
+    def extracted(*args, **kwargs):
+        raise AssertionError("features were extracted before the cache folder was checked")
+
+    monkeypatch.setattr(module, "predict_loader", extracted)
+    with pytest.raises(ValueError, match=r"feature cache folder .*a_file/features cannot be written.*--cache-dir"):
+        recipe.main(_digits(data_cache, tmp_path / "run", blocker / "features"))
+
+
+def _teacher_data(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    label_feature = datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))
+
+    def split(n):
+        labels = [sorted(rng.choice(3, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
+        feats = np.asarray([[float(c in row) for c in range(3)] for row in labels]) + rng.normal(0, 0.2, (n, 3))
+        return datasets.Dataset.from_dict(
+            {"features": feats.astype(np.float32).tolist(), "labels": labels, "observed_labels": [r[:1] for r in labels],
+             "index": list(range(n))},
+            features=datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": label_feature,
+                                        "observed_labels": label_feature, "index": datasets.Value("int64")}))
+
+    path = tmp_path / "teacher_feats"
+    datasets.DatasetDict({"train": split(40), "validation": split(20), "test": split(20)}).save_to_disk(str(path))
+    return str(path)
+
+
+def test_nan_teacher_scores_in_the_teacher_cache_are_ignored_and_recomputed(tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("SPL_LOSSES_CACHE", str(tmp_path / "cache"))
+    data = _teacher_data(tmp_path)
+    teacher_cache = tmp_path / "teacher_cache"
+    flags = lambda out: ["--dataset", data, "--train-mode", "linear_fixed_features", "--epochs", "2",  # noqa: E731
+                         "--batch-size", "8", "--lr", "0.1", "--no-progress", "--loss", "vlpl", "--teacher", "knn",
+                         "--teacher-kwargs", "{num_neighbors: 5}", "--teacher-cache-dir", str(teacher_cache),
+                         "--output-dir", str(tmp_path / out)]
+    recipe.main(flags("a"))
+    pseudo = load_file(str(tmp_path / "a" / "model" / "loss_state.safetensors"))["pseudo_labels"]
+    (path,) = [p for p in teacher_cache.iterdir() if p.suffix == ".safetensors"]
+    with safe_open(str(path), framework="pt") as f:
+        meta, raw = dict(f.metadata()), f.get_tensor("raw")
+    raw[:] = float("nan")
+    meta.pop("sha256", None)  # as a file of before the checksum
+    save_file({"raw": raw}, str(path), metadata=meta)
+    with pytest.warns(UserWarning, match="NaN or inf"):
+        recipe.main(flags("b"))
+    again = load_file(str(tmp_path / "b" / "model" / "loss_state.safetensors"))["pseudo_labels"]
+    assert torch.equal(again, pseudo)
+
+
+def test_a_corrupted_image_cache_is_rebuilt_and_killed_builds_leave_no_temporary(tmp_path, data_cache):
+    import socket
+    import subprocess
+    import sys
+
+    images = tmp_path / "images"
+    flags = lambda out: [*_digits(data_cache, tmp_path / out, tmp_path / "features", "--train-mode",  # noqa: E731
+                                  "end_to_end"), "--image-cache", "--image-cache-dir", str(images)]
+    first = recipe.main(flags("a"))
+    files = sorted(images.glob("images-*.npy"))
+    assert files
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = images / f"{files[0].name}.tmp-{socket.gethostname()}-{dead.pid}"
+    stale.write_bytes(b"\0" * 1024)  # what a killed build leaves
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    alive = images / f"{files[0].name}.tmp-{socket.gethostname()}-{sleeper.pid}"  # a build still running
+    alive.write_bytes(b"\0")
+    foreign = images / f"{files[0].name}.tmp-another-host-{dead.pid}"
+    foreign.write_bytes(b"\0")
+    for path in files:  # every pixel changed, the file's time kept (silent corruption)
+        stat = path.stat()
+        array = np.load(str(path), mmap_mode="r+")
+        array[:] = 255 - array
+        array.flush()
+        del array
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    try:
+        with pytest.warns(UserWarning, match="pixels changed"):
+            again = recipe.main(flags("b"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert again["val_map"] == first["val_map"] and again["test_map"] == first["test_map"]
+    assert not stale.exists() and foreign.exists() and alive.exists()
