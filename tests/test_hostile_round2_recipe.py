@@ -59,6 +59,17 @@ def test_a_run_that_diverges_at_its_first_epoch_says_so_with_hints(tmp_path, fea
     assert not (out / "results.json").exists()
 
 
+def test_an_end_to_end_run_that_diverges_keeps_its_best_epoch(tmp_path, data_cache):
+    out = tmp_path / "e2e"
+    # a step schedule multiplying the lr by 1e30 every epoch: epoch 1 trains at 1e-3, epoch 2 at 1e27
+    results = recipe.main(tiny_flags(data_cache, out, "--train-mode", "end_to_end", "--loss", "test_diverging",
+                                     "--opt", "sgd", "--sched", "step", "--decay-epochs", "1", "--decay-rate", "1e30",
+                                     "--epochs", "4"))
+    saved = json.load(open(out / "results.json"))
+    assert saved["best_epoch"] == 1 and saved["non_finite_epoch"] in (2, 3) and results["best_epoch"] == 1
+    assert "--clip-grad" in saved["stopped_early"] and (out / "model" / "model.safetensors").is_file()
+
+
 # ------------------------------------------------------------------ item 13: a torn last line of metrics.jsonl
 def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path, features_data):
     out = tmp_path / "torn"
@@ -342,3 +353,21 @@ def test_a_corrupted_image_cache_is_rebuilt_and_killed_builds_leave_no_temporary
         sleeper.wait()
     assert again["val_map"] == first["val_map"] and again["test_map"] == first["test_map"]
     assert not stale.exists() and foreign.exists() and alive.exists()
+
+
+def test_a_points_owner_is_alive_by_its_process_here_and_by_its_heartbeat_elsewhere():
+    import subprocess
+    import sys
+    import time
+
+    from spl_losses.training import study
+
+    here = study.worker_id()
+    assert study._owner_alive(here, None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not study._owner_alive(here.rsplit(":", 1)[0] + f":{dead.pid}", time.time())  # gone, whatever its beat
+    elsewhere = "another-machine:4026531836:12"
+    assert study._owner_alive(elsewhere, time.time() - 5)
+    assert not study._owner_alive(elsewhere, time.time() - study.HEARTBEAT_GRACE - 1)
+    assert not study._owner_alive(elsewhere, None)
