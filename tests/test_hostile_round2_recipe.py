@@ -192,7 +192,7 @@ def _split_of(path):
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["key"])["split"]
+        return f.metadata()["split"]
 
 
 def test_a_truncated_feature_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, data_cache):

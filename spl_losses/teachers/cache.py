@@ -13,8 +13,8 @@ A file is ``<teacher kind>-<key>.safetensors`` with one tensor ``raw`` (the teac
 (N, C) or (N, V, C) for V image views) and metadata: the teacher's description (model, weights
 fingerprint, preprocessing, prompts, ...), the split's :func:`spl_losses.data.dataset_fingerprint`, the
 row count, the class names and the SHA-256 of ``raw``. A file whose values changed (checksum) or hold NaN
-or inf is ignored with a warning and computed again. The key is a hash of the description and the split's fingerprint, so a
-different model, weights, preprocessing or dataset never reads another's file.
+or inf is ignored with a warning and computed again. The key is a hash of the description and the
+split's fingerprint, so a different model, weights, preprocessing or dataset never reads another's file.
 """
 import hashlib
 import json

@@ -96,20 +96,22 @@ def _tensor_sha256(features: torch.Tensor) -> str:
     return hashlib.sha256(features.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def write_feature_cache(path: str, features: torch.Tensor, key: Dict[str, Any]) -> str:
+def write_feature_cache(path: str, features: torch.Tensor, key: Dict[str, Any],
+                        split_name: Optional[str] = None) -> str:
     """Write a feature cache file atomically (beside it, then renamed; the temporary removed on failure).
 
     Args:
         path: The cache file (:func:`feature_cache_path`).
         features: (N, D) float32 features.
         key: What the features were made from (model, weights, image size, split fingerprint, precision).
+        split_name: The split's name (recorded for a person reading the file; not part of the key).
     """
     features = features.detach().float().contiguous().cpu()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a shared disk
     metadata = {"format": FEATURES_FORMAT, "key": json.dumps(key, sort_keys=True, default=str),
                 "num_rows": str(features.shape[0]), "width": str(features.shape[1] if features.dim() == 2 else -1),
-                "sha256": _tensor_sha256(features)}
+                "sha256": _tensor_sha256(features), "split": str(split_name or "")}
     try:
         save_file({"features": features}, tmp, metadata=metadata)
         os.replace(tmp, path)
@@ -235,7 +237,7 @@ def extract_or_load_features(
                          f"{int((~torch.isfinite(features)).sum())} NaN or inf value(s) (model weights or images); "
                          "nothing was cached")
     if accelerator.is_local_main_process:
-        write_feature_cache(cache_path, features, key)
+        write_feature_cache(cache_path, features, key, split_name)
     accelerator.wait_for_everyone()
     return features
 
@@ -264,8 +266,8 @@ def run_features(accelerator, settings, data, model: Optional[nn.Module], batch_
     weights = weights_fingerprint(backbone)
     cache_dir = settings.cache_dir or default_cache_dir()
     keys = {split: {"model": settings.model, "weights": weights, "image_size": settings.image_size,
-                    "split": split, "dataset_fingerprint": data.fingerprints[split],
-                    "precision": settings.mixed_precision} for split in ("train", "validation", "test")}
+                    "dataset_fingerprint": data.fingerprints[split], "precision": settings.mixed_precision}
+            for split in ("train", "validation", "test")}  # splits of equal content share a file
     paths = {split: feature_cache_path(cache_dir, settings.model, weights, settings.image_size,
                                        data.fingerprints[split], precision=settings.mixed_precision) for split in keys}
     if not all(os.path.isfile(path) for path in paths.values()):  # something to write: before any extraction

@@ -263,8 +263,9 @@ class SearchStudy:
         with _search_lock(search_dir, url):  # workers starting together create the tables and the queue one at a time
             for attempt in range(5):
                 try:
-                    self.study = optuna.create_study(study_name=study_name, storage=_storage(url), sampler=optuna_sampler,
-                                                     direction="maximize", load_if_exists=True)
+                    self.study = optuna.create_study(study_name=study_name, storage=_storage(url),
+                                                     sampler=optuna_sampler, direction="maximize",
+                                                     load_if_exists=True)
                     break
                 except Exception as err:  # a server database: another worker created its tables at the same moment
                     if attempt == 4 or type(err).__module__.split(".")[0] != "sqlalchemy":
