@@ -55,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_model(source, checkpoint: str):
+    """The exported model, or a ValueError naming the weights file and ``config.json``'s architecture when the
+    weights do not fit it (a file replaced, or copied from another run)."""
+    try:
+        return load_exported_model(source, apply_boostlu=True)
+    except (RuntimeError, AttributeError, KeyError) as err:  # timm's load_state_dict: missing keys, shapes, modules
+        config = read_model_config(source)
+        arch = config.get("architecture") or f"LinearProbe({config.get('in_features')} -> {config.get('num_classes')})"
+        where = source.repo_id if source.is_hub else str(source.model_dir)
+        weights = [name for name in ("model.safetensors", "pytorch_model.bin")
+                   if source.is_hub or os.path.isfile(os.path.join(where, name))]
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--checkpoint {checkpoint}: the weights {os.path.join(where, weights[0] if weights else '')} "
+                         f"do not fit the architecture {arch!r} recorded in {os.path.join(where, 'config.json')} "
+                         f"({type(err).__name__}: {first}); export the model again, or pass the model folder the "
+                         "weights belong to") from None
+
+
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     """Load the checkpoint and the split, score it, and return the metrics.
 
@@ -74,7 +92,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     data = load_data(dataset, args.data_dir or (recorded.get("data_dir") if same else None),
                      parse_dataset_options(options), seed)
     check_checkpoint_classes(read_model_config(source), data.class_names, f"--checkpoint {args.checkpoint}")
-    model = load_exported_model(source, apply_boostlu=True)
+    model = load_model(source, args.checkpoint)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     split = data.splits[args.split]
     if data.kind == "image" and hasattr(model, "pretrained_cfg"):

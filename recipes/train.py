@@ -57,7 +57,7 @@ from spl_losses.training.linear import (build_linear_optimizers, new_linear_head
                                         train_head_group_epoch)
 from spl_losses.training.parallel import (LinearStep, ShardedBatchSampler, TrainStep, check_process_shares,
                                           check_sync_bn, epoch_flip_mask, epoch_permutation, sync_batchnorm)
-from spl_losses.training.phase_book import PhaseBook, PhaseOutcome
+from spl_losses.training.phase_book import PhaseBook, PhaseOutcome, TrainingDiverged
 from spl_losses.training.pseudo_labels import teacher_pseudo_labels
 from spl_losses.training.run_data import RunData, load_data
 from spl_losses.training.run_dir import (IDENTITY_IGNORED, RunDir, export_model, plot_val_map, read_json, read_jsonl,
@@ -238,8 +238,8 @@ def train_linear(accelerator: Accelerator, group: Sequence[RunSettings], data: R
             heads[i].running = heads[i].book.end_epoch(epoch, train_losses[i], val_scores[i], val_labels, seconds)
     outcomes = []
     for h in heads:
-        if not h.book.finished:
-            outcomes.append(PhaseOutcome(results=None))
+        if not h.book.finished or h.book.failure:  # failure: non-finite before any good epoch
+            outcomes.append(PhaseOutcome(results=None, failure=h.book.failure))
             continue
         h.book.restore_best()
         results = h.book.results(predict_linear(h.head, x_test).cpu(), data.test_full, run_facts(h.settings, data))
@@ -359,8 +359,8 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
         if not book.end_epoch(epoch, train_loss, val_scores, validation_labels(settings, data),
                               time.perf_counter() - start):
             break
-    if not book.finished:
-        return PhaseOutcome(results=None)
+    if not book.finished or book.failure:  # failure: non-finite before any good epoch
+        return PhaseOutcome(results=None, failure=book.failure)
     book.restore_best()
     test_scores = predict_loader(unwrapped.model, test_loader, accelerator, data.split_size("test"),
                                  show_progress=show, description="test", preprocess=pipeline.normalize)
@@ -523,7 +523,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
                 accelerator.log({"test/map": results[todo[0]]["test_map"],
                                  "test/map_skip_empty": results[todo[0]]["test_map_skip_empty"]})
             accelerator.end_training()
-    if any(results[i] is None for i in todo):
+    failed = {i: outcome.failure for i, outcome in zip(todo, outcomes) if outcome.failure}
+    if any(results[i] is None and i not in failed for i in todo):
         accelerator.print(f"stopped after --stop-after {first.stop_after} epoch(s); continue with --resume")
     for i in todo:
         if results[i] is not None and group[i].push_to_hub and accelerator.is_main_process:
@@ -531,6 +532,8 @@ def run(point_args: Sequence[argparse.Namespace], accelerator: Optional[Accelera
 
             url = push_run_to_hub(group[i].output_dir, group[i].push_to_hub, private=group[i].private)
             accelerator.print(f"pushed: {url}")
+    if failed:  # the others finished above
+        raise TrainingDiverged(failed, results)
     return results
 
 
@@ -566,22 +569,30 @@ def train_points(args, accelerator: Accelerator, study: Optional[SearchStudy], t
             accelerator.print(f"[search] {name}")
             locks.enter_context(RunDir(os.path.join(args.output_dir, name)).held(accelerator))
             if study:
-                study.mark_locked(trial)
+                study.mark_locked(trial, os.path.join(args.output_dir, name))
         groups: Dict[Any, list] = {}
         for trial, (params, name) in taken:
             groups.setdefault(group_key(params), []).append((trial, search_point_args(args, params, name)))
         for group in groups.values():
+            failures: Dict[int, str] = {}
             try:
                 results = run([point_args for _, point_args in group], accelerator)
+            except TrainingDiverged as err:  # failed for good (never retried); the group's other points finished
+                results, failures = err.results, err.failures
+                for index, reason in failures.items():
+                    accelerator.print(f"[search] failed {os.path.basename(group[index][1].output_dir)}: {reason}")
             except BaseException:
                 if study:
                     for trial, _ in group:
                         study.finish(trial, None)
                 raise
-            if study:  # told while the locks are held: a free lock on a RUNNING trial means a dead worker
-                for (trial, _), result in zip(group, results):
-                    study.finish(trial, result)
-            if any(result is None for result in results):
+            if study:  # told while the locks are held: a RUNNING trial whose owner is gone means a dead worker
+                for index, ((trial, _), result) in enumerate(zip(group, results)):
+                    if index in failures:
+                        study.fail(trial, failures[index])
+                    else:
+                        study.finish(trial, result)
+            if any(result is None for index, result in enumerate(results) if index not in failures):
                 return False
     return True
 
@@ -590,9 +601,12 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
     """A hyperparameter search in a shared Optuna study: this worker trains waiting points with :func:`run` until
     none is left (start the same command elsewhere to add workers); the winner by validation mAP."""
     accelerator = make_accelerator(args)
+    searched = set(space or {}) if args.search_sampler == "tpe" else set(grid or REFERENCE_GRID)
+    base_config = {k: v for k, v in vars(args).items()  # what every point shares: the study refuses another
+                   if k not in IDENTITY_IGNORED and k not in searched and not k.startswith("search")}
     study = SearchStudy(args.output_dir, args.search_storage, args.search_study, grid=grid or REFERENCE_GRID,
                         space=space, sampler=args.search_sampler, num_trials=args.search_trials, seed=args.seed,
-                        allowed=list(flag_defaults())) if accelerator.is_main_process else None
+                        allowed=list(flag_defaults()), base_config=base_config) if accelerator.is_main_process else None
     together = (study is not None and study.sampler == "grid" and args.search_group_size != 1
                 and can_train_together(args, accelerator))
     while True:
@@ -608,15 +622,20 @@ def run_search(args, grid: Optional[Dict[str, List[Any]]] = None, space: Optiona
             return {}  # --stop-after
     if not accelerator.is_main_process:
         return {}
-    runs = study.summaries()
+    runs, failed = study.summaries(), study.failed()
     if not study.done:
         accelerator.print(f"[search] {len(runs)} point(s) finished; the others are being trained by other workers")
-        return {"runs": runs}
+        return {"runs": runs, "failed": failed}
+    for point in failed:
+        accelerator.print(f"[search] {point['name']} failed (not retried): {point['reason']}")
+    if not runs:
+        raise ValueError(f"every point of the search in {args.output_dir} failed: {failed[0]['reason']}")
     winner = select_winner(runs)
-    summary = {"grid": grid or REFERENCE_GRID, "space": space, "runs": runs, "winner": winner}
+    summary = {"grid": grid or REFERENCE_GRID, "space": space, "runs": runs, "failed": failed, "winner": winner}
     write_json(os.path.join(args.output_dir, "search.json"), summary)
     plot_val_map(os.path.join(args.output_dir, "val_map.png"),
-                 {r["name"]: read_jsonl(os.path.join(args.output_dir, r["name"], "metrics.jsonl")) for r in runs},
+                 {r["name"]: read_jsonl(os.path.join(r.get("run_dir") or os.path.join(args.output_dir, r["name"]),
+                                                     "metrics.jsonl")) for r in runs},
                  title=f"{dataset_name(args.dataset)}: {args.loss} search",
                  best={r["name"]: r["best_epoch"] for r in runs})
     accelerator.print(f"\n{'search point':<28} {'val mAP':>8} {'test mAP':>9} {'best ep':>8}")

@@ -160,7 +160,8 @@ def test_cached_images_give_the_decoded_batches(split, tmp_path):
         assert torch.equal(flip_images(images, flips[index]), flip_images(expected, flips[index]))
     # one file per (fingerprint, size, resize), named for them; read back, not rebuilt
     path = image_cache_path(str(tmp_path / "cache"), "fp-1", 24, "bicubic")
-    assert os.listdir(tmp_path / "cache") == [os.path.basename(path)] and "24px-bicubic" in path
+    assert sorted(os.listdir(tmp_path / "cache")) == [os.path.basename(path), f"{os.path.basename(path)}.json"] \
+        and "24px-bicubic" in path  # the file and its manifest
     stamp = os.stat(path).st_mtime_ns
     again = _batches(caching.loader(split, 4, fingerprint="fp-1"))
     assert os.stat(path).st_mtime_ns == stamp and torch.cat([b for _, b in again]).shape == (7, 3, 24, 24)
@@ -270,7 +271,7 @@ def test_image_cache_and_workers_leave_the_run_bit_identical(tmp_path, data_cach
     assert cached_losses == plain_losses
     for key in ("val_map", "test_map", "best_epoch"):
         assert cached[key] == plain[key], key
-    assert len(os.listdir(tmp_path / "images")) == 3  # train, validation, test
+    assert len([n for n in os.listdir(tmp_path / "images") if n.endswith(".npy")]) == 3  # train, validation, test
 
 
 def test_channels_last_run_exports_a_plain_timm_model(tmp_path, data_cache):

@@ -12,8 +12,9 @@ Where the files live (decided here, used by :func:`spl_losses.teachers.teacher_s
 A file is ``<teacher kind>-<key>.safetensors`` with one tensor ``raw`` (the teacher's expensive output:
 (N, C) or (N, V, C) for V image views) and metadata: the teacher's description (model, weights
 fingerprint, preprocessing, prompts, ...), the split's :func:`spl_losses.data.dataset_fingerprint`, the
-row count and the class names. The key is a hash of the description and the split's fingerprint, so a
-different model, weights, preprocessing or dataset never reads another's file.
+row count, the class names and the SHA-256 of ``raw``. A file whose values changed (checksum) or hold NaN
+or inf is ignored with a warning and computed again. The key is a hash of the description and the
+split's fingerprint, so a different model, weights, preprocessing or dataset never reads another's file.
 """
 import hashlib
 import json
@@ -103,10 +104,20 @@ def save_raw_scores(path: str, raw: torch.Tensor, metadata: Dict[str, Any]) -> s
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    meta = {"format": FORMAT, **{k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}}
-    save_file({"raw": raw.detach().float().contiguous().cpu()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    raw = raw.detach().float().contiguous().cpu()
+    meta = {"format": FORMAT, **{k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()},
+            "sha256": _raw_sha256(raw)}
+    try:
+        save_file({"raw": raw}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def _raw_sha256(raw: torch.Tensor) -> str:
+    return hashlib.sha256(raw.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def load_raw_scores(path: str, dataset_fingerprint: str, num_rows: int) -> Optional[torch.Tensor]:
@@ -132,6 +143,14 @@ def load_raw_scores(path: str, dataset_fingerprint: str, num_rows: int) -> Optio
         warnings.warn(f"ignoring teacher file {path}: made for other data (format {meta.get('format')!r}, "
                       f"dataset fingerprint {found!r}, {raw.shape[0]} rows; expected {dataset_fingerprint!r}, "
                       f"{num_rows} rows)")
+        return None
+    if "sha256" in meta and _raw_sha256(raw.float()) != meta["sha256"]:
+        warnings.warn(f"ignoring teacher file {path}: its values changed since it was written (checksum mismatch); "
+                      "the teacher's scores are computed again")
+        return None
+    if not bool(torch.isfinite(raw).all()):
+        warnings.warn(f"ignoring teacher file {path}: {int((~torch.isfinite(raw)).sum())} value(s) are NaN or inf "
+                      "(they would change the pseudo-labels); the teacher's scores are computed again")
         return None
     return raw
 

@@ -2,16 +2,25 @@
 
 The cache file name is a hash of the model name, a fingerprint of its weights (so pretrained,
 fine-tuned and randomly initialised backbones never share a cache), the image size, the
-dataset split's fingerprint and the mixed-precision mode of the extraction. Files are safetensors holding one ``features`` tensor.
+dataset split's fingerprint and the mixed-precision mode of the extraction. Files are safetensors holding one
+``features`` tensor, with metadata: the format, the same key in words (model, weights, size, split fingerprint,
+precision), the row count, the width and the SHA-256 of the tensor. A file is used only when all of these match
+and every value is finite: an unreadable, foreign (another key: a file copied or renamed between splits of the
+same size, or of another width), altered or non-finite file is ignored with a warning and rebuilt. The cache
+folder's writability is checked before any extraction.
 """
 import hashlib
+import json
 import os
 import socket
-from typing import Dict, Optional
+import tempfile
+import warnings
+from typing import Any, Dict, Optional
 
 import datasets
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..data.fingerprint import default_cache_root
@@ -19,7 +28,11 @@ from .evaluation import predict_loader
 from .images import ImagePipeline
 
 __all__ = ["default_cache_dir", "weights_fingerprint", "feature_cache_path", "pooled_features",
-           "extract_or_load_features", "run_features"]
+           "extract_or_load_features", "run_features", "FEATURES_FORMAT", "read_feature_cache", "write_feature_cache",
+           "check_cache_dir_writable"]
+
+#: Written into every feature cache file's metadata; files of another format are ignored.
+FEATURES_FORMAT = "spl_losses.features/1"
 
 
 def default_cache_dir() -> str:
@@ -79,11 +92,96 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
-def _read_cache(path: str, num_rows: int) -> Optional[torch.Tensor]:
+def _tensor_sha256(features: torch.Tensor) -> str:
+    return hashlib.sha256(features.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def write_feature_cache(path: str, features: torch.Tensor, key: Dict[str, Any],
+                        split_name: Optional[str] = None) -> str:
+    """Write a feature cache file atomically (beside it, then renamed; the temporary removed on failure).
+
+    Args:
+        path: The cache file (:func:`feature_cache_path`).
+        features: (N, D) float32 features.
+        key: What the features were made from (model, weights, image size, split fingerprint, precision).
+        split_name: The split's name (recorded for a person reading the file; not part of the key).
+    """
+    features = features.detach().float().contiguous().cpu()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a shared disk
+    metadata = {"format": FEATURES_FORMAT, "key": json.dumps(key, sort_keys=True, default=str),
+                "num_rows": str(features.shape[0]), "width": str(features.shape[1] if features.dim() == 2 else -1),
+                "sha256": _tensor_sha256(features), "split": str(split_name or "")}
+    try:
+        save_file({"features": features}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_feature_cache(path: str, key: Dict[str, Any], num_rows: int) -> Optional[torch.Tensor]:
+    """The features of a cache file made from ``key`` for ``num_rows`` rows, or None: missing, or (with a warning
+    naming the file and why) unreadable, foreign, altered or non-finite; such a file is then rebuilt.
+
+    Args:
+        path: The cache file.
+        key: What the features must have been made from (see :func:`write_feature_cache`).
+        num_rows: The split's size.
+    """
     if not os.path.isfile(path):
         return None
-    features = load_file(path)["features"]
-    return features if features.shape[0] == num_rows else None
+
+    def ignored(why: str) -> None:
+        warnings.warn(f"ignoring feature cache {path}: {why}; it is extracted again", stacklevel=3)
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            features = f.get_tensor("features")
+    except Exception as err:  # truncated, not safetensors, no 'features' tensor
+        return ignored(f"unreadable ({type(err).__name__}: {err})")
+    if meta.get("format") != FEATURES_FORMAT:
+        return ignored(f"not a feature cache of this version (format {meta.get('format')!r})")
+    try:
+        found = json.loads(meta.get("key", "null"))
+    except ValueError:
+        found = None
+    expected = json.loads(json.dumps(key, sort_keys=True, default=str))
+    if found != expected:
+        diff = sorted(k for k in set(found or {}) | set(expected) if (found or {}).get(k) != expected.get(k)) \
+            if isinstance(found, dict) else ["key"]
+        return ignored(f"made for other data or another backbone ({', '.join(diff)} differ)")
+    if features.dim() != 2 or features.shape[0] != num_rows or str(features.shape[1]) != meta.get("width") \
+            or str(features.shape[0]) != meta.get("num_rows"):
+        return ignored(f"shape {tuple(features.shape)} is not the recorded ({meta.get('num_rows')}, "
+                       f"{meta.get('width')}) for {num_rows} rows")
+    if features.dtype != torch.float32:
+        return ignored(f"dtype {features.dtype}, not float32")
+    if _tensor_sha256(features) != meta.get("sha256"):
+        return ignored("its values changed since it was written (checksum mismatch)")
+    if not bool(torch.isfinite(features).all()):
+        return ignored(f"{int((~torch.isfinite(features)).sum())} value(s) are NaN or inf")
+    return features
+
+
+def check_cache_dir_writable(cache_dir: str) -> None:
+    """Refuse a feature cache folder that cannot be created or written (before any extraction).
+
+    Args:
+        cache_dir: The folder (``--cache-dir``).
+
+    Raises:
+        ValueError: naming the folder and the flag.
+    """
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"the feature cache folder {cache_dir} cannot be written ({type(err).__name__}: "
+                         f"{err.strerror or err}): choose another --cache-dir (or fix its permissions)") from None
 
 
 @torch.no_grad()
@@ -98,6 +196,7 @@ def extract_or_load_features(
         split_name: Optional[str] = None,
         show_progress: bool = False,
         description: str = "features",
+        cache_key: Optional[Dict[str, Any]] = None,
 ) -> torch.Tensor:
     """The (N, D) pooled features of ``split`` in index order: read from ``cache_path`` or extracted.
 
@@ -117,11 +216,14 @@ def extract_or_load_features(
         split_name: The split's name, for errors.
         show_progress: Progress bar on the main process.
         description: Progress-bar label.
+        cache_key: What the features are made from, recorded in the file and checked when read (default: the
+            cache path's name and the split's fingerprint).
 
     Returns:
         A float32 CPU tensor.
     """
-    features = _read_cache(cache_path, len(split))
+    key = dict(cache_key) if cache_key is not None else {"file": os.path.basename(cache_path), "split": fingerprint}
+    features = read_feature_cache(cache_path, key, len(split))
     found = torch.tensor([int(features is not None)], device=accelerator.device)
     if bool(accelerator.gather(found).all()):
         return features
@@ -130,11 +232,12 @@ def extract_or_load_features(
                                                              split_name=split_name))
     features = predict_loader(lambda x: pooled_features(model, x), loader, accelerator, len(split),
                               show_progress=show_progress, description=description, preprocess=pipeline.normalize)
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"the backbone's features of split {split_name or '?'} hold "
+                         f"{int((~torch.isfinite(features)).sum())} NaN or inf value(s) (model weights or images); "
+                         "nothing was cached")
     if accelerator.is_local_main_process:
-        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        tmp = f"{cache_path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a shared disk
-        save_file({"features": features.contiguous()}, tmp)
-        os.replace(tmp, cache_path)
+        write_feature_cache(cache_path, features, key, split_name)
     accelerator.wait_for_everyone()
     return features
 
@@ -161,12 +264,19 @@ def run_features(accelerator, settings, data, model: Optional[nn.Module], batch_
     pipeline = ImagePipeline.for_run(accelerator, settings, backbone)
     accelerator.print(pipeline.summary(accelerator.device))
     weights = weights_fingerprint(backbone)
+    cache_dir = settings.cache_dir or default_cache_dir()
+    keys = {split: {"model": settings.model, "weights": weights, "image_size": settings.image_size,
+                    "dataset_fingerprint": data.fingerprints[split], "precision": settings.mixed_precision}
+            for split in ("train", "validation", "test")}  # splits of equal content share a file
+    paths = {split: feature_cache_path(cache_dir, settings.model, weights, settings.image_size,
+                                       data.fingerprints[split], precision=settings.mixed_precision) for split in keys}
+    if not all(os.path.isfile(path) for path in paths.values()):  # something to write: before any extraction
+        check_cache_dir_writable(cache_dir)
     feats = {}
-    for split in ("train", "validation", "test"):
-        path = feature_cache_path(settings.cache_dir or default_cache_dir(), settings.model, weights,
-                                  settings.image_size, data.fingerprints[split], precision=settings.mixed_precision)
-        feats[split] = extract_or_load_features(accelerator, backbone, data.splits[split], pipeline, path,
+    for split in keys:
+        feats[split] = extract_or_load_features(accelerator, backbone, data.splits[split], pipeline, paths[split],
                                                 batch_size=max(batch_size, 64 * accelerator.num_processes),
                                                 fingerprint=data.fingerprints[split], split_name=split,
-                                                show_progress=settings.progress, description=f"features {split}")
+                                                show_progress=settings.progress, description=f"features {split}",
+                                                cache_key=keys[split])
     return feats

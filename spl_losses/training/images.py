@@ -35,6 +35,13 @@ dataset, size or resize never reads a stale file.
 Size on disk: N × 3 × H × W bytes (602 kB per image at 448 px: 3.4 GB for VOC 2012's 5,717 training
 images, 50 GB for COCO 2014's 82,081). Batches read from it equal the decoding path's bit for bit.
 
+Beside each file, ``<file>.json`` records its shape, size, modification time and the SHA-256 of
+``CHECKED_ROWS`` evenly spaced rows (the first and last among them), written when the file is built. A file
+without it, or whose size, time or sampled rows differ, is ignored with a warning and built again (checking
+every byte of a 50 GB file at each start would cost more than the cache saves). A build writes beside its file
+(``<file>.tmp-HOST-PID``) and removes the temporary on failure; temporaries of processes of this machine that
+are no longer running (a killed build) are removed before a build.
+
 The run's image input pipeline: how many workers decode, where batches are normalised, what is cached.
 
 One :class:`ImagePipeline` per model builds every image loader of a run the same way:
@@ -47,10 +54,13 @@ One :class:`ImagePipeline` per model builds every image loader of a run the same
 - with ``--image-cache`` each split's resized images are decoded once into a memory-mapped file
   (:mod:`~spl_losses.training.images`) that later epochs and runs read instead.
 """
+import glob
 import hashlib
 import io
+import json
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -67,6 +77,7 @@ from ..data.fingerprint import default_cache_root
 __all__ = ["COMPILE_MODES", "apply_device_options", "contiguous_parameters", "protocol_data_config",
            "protocol_transform", "protocol_uint8_transform", "decode_image", "loader_for_split", "flip_images",
            "DeviceNormalize", "default_image_cache_dir", "image_cache_path", "build_image_cache", "CachedImages",
+           "remove_stale_temporaries", "CHECKED_ROWS",
            "cached_images", "MAX_AUTO_WORKERS", "available_cpus", "local_process_count", "default_workers",
            "resolve_workers", "ImagePipeline"]
 
@@ -395,12 +406,99 @@ def _open(path: str) -> np.ndarray:
     return np.load(path, mmap_mode="c")
 
 
+#: Rows of an image cache file whose bytes are hashed in its manifest (and checked at every start).
+CHECKED_ROWS = 64
+_MANIFEST_FORMAT = "spl_losses.image_cache/1"
+
+
+def _manifest_path(path: str) -> str:
+    return f"{path}.json"
+
+
+def _sampled_rows(array: np.ndarray) -> List[int]:
+    n = len(array)
+    return sorted({int(round(i * (n - 1) / max(CHECKED_ROWS - 1, 1))) for i in range(min(CHECKED_ROWS, n))})
+
+
+def _rows_digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for row in _sampled_rows(array):
+        digest.update(np.ascontiguousarray(array[row]).tobytes())
+    return digest.hexdigest()
+
+
+def _manifest(path: str, array: np.ndarray) -> Dict[str, Any]:
+    stat = os.stat(path)
+    return {"format": _MANIFEST_FORMAT, "shape": list(array.shape), "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "sampled_rows_sha256": _rows_digest(array)}
+
+
 def _fits(path: str, num_rows: int, image_size: int) -> bool:
+    """Whether ``path`` is a complete image cache of this shape whose manifest matches it (else, when the file
+    exists, a warning says why it is built again)."""
+    if not os.path.isfile(path):
+        return False
+
+    def stale(why: str) -> bool:
+        warnings.warn(f"ignoring image cache {path}: {why}; it is built again", stacklevel=3)
+        return False
+
     try:
         array = _open(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        return stale(f"unreadable ({type(err).__name__}: {err})")
+    if array.dtype != np.uint8 or array.shape != (num_rows, 3, image_size, image_size):
+        return stale(f"a {array.dtype} array of shape {array.shape}, not ({num_rows}, 3, {image_size}, {image_size})")
+    try:
+        with open(_manifest_path(path), encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as err:
+        return stale(f"its manifest {_manifest_path(path)} is missing or unreadable ({type(err).__name__})")
+    stat = os.stat(path)
+    if not isinstance(recorded, dict) or recorded.get("format") != _MANIFEST_FORMAT \
+            or recorded.get("shape") != list(array.shape) or recorded.get("bytes") != stat.st_size:
+        return stale("its manifest does not describe it")
+    if recorded.get("mtime_ns") != stat.st_mtime_ns:
+        return stale("it was modified after it was built")
+    if recorded.get("sampled_rows_sha256") != _rows_digest(array):
+        return stale("its pixels changed since it was built (checksum of sampled rows)")
+    return True
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    return array.dtype == np.uint8 and array.shape == (num_rows, 3, image_size, image_size)
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(cache_dir: str) -> List[str]:
+    """Remove the temporaries (``*.tmp-HOST-PID``) that builds of this machine left in ``cache_dir`` when their
+    process was killed; those of running processes and of other machines are left alone.
+
+    Args:
+        cache_dir: An image cache folder.
+
+    Returns:
+        The files removed.
+    """
+    host, removed = socket.gethostname(), []
+    for tmp in glob.glob(os.path.join(glob.escape(cache_dir), "images-*.npy.tmp-*")):
+        owner = tmp.rsplit(".tmp-", 1)[1]
+        tmp_host, _, pid = owner.rpartition("-")
+        if tmp_host != host or not pid.isdigit() or int(pid) == os.getpid() or _pid_running(int(pid)):
+            continue
+        try:
+            os.remove(tmp)
+            removed.append(tmp)
+        except OSError:
+            pass
+    if removed:
+        warnings.warn(f"removed {len(removed)} temporary image cache file(s) of killed builds: {removed}")
+    return removed
 
 
 def build_image_cache(split: datasets.Dataset, transform: Callable, path: str, workers: int = 0,
@@ -427,6 +525,7 @@ def build_image_cache(split: datasets.Dataset, transform: Callable, path: str, w
     from tqdm.auto import tqdm
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a disk shared by machines
     name = split_label(split, split_name)
     array, start = None, 0
@@ -449,10 +548,17 @@ def build_image_cache(split: datasets.Dataset, transform: Callable, path: str, w
             raise ValueError(f"{name}: no images to cache")
         array.flush()
         del array
+        if os.path.exists(_manifest_path(path)):
+            os.remove(_manifest_path(path))  # an old file's manifest never describes the new one
         os.replace(tmp, path)
+        manifest_tmp = f"{_manifest_path(path)}.tmp-{socket.gethostname()}-{os.getpid()}"
+        with open(manifest_tmp, "w", encoding="utf-8") as f:
+            json.dump(_manifest(path, _open(path)), f, indent=2)
+        os.replace(manifest_tmp, _manifest_path(path))
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, f"{_manifest_path(path)}.tmp-{socket.gethostname()}-{os.getpid()}"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
 
 

@@ -45,7 +45,25 @@ from torch import nn
 from ..metrics import compute_metrics
 from .run_dir import MetricsLog
 
-__all__ = ["BestEpochTracker", "EarlyStopping", "PhaseCheckpoints", "STATE_FILENAME", "PhaseBook", "PhaseOutcome"]
+__all__ = ["BestEpochTracker", "EarlyStopping", "PhaseCheckpoints", "STATE_FILENAME", "PhaseBook", "PhaseOutcome",
+           "TrainingDiverged", "NON_FINITE_HINT"]
+
+#: What to try when training turns non-finite.
+NON_FINITE_HINT = "lower --lr, or clip the gradient norm with --clip-grad (e.g. --clip-grad 1.0)"
+
+
+class TrainingDiverged(ValueError):
+    """Runs whose training turned non-finite (NaN or inf) before any epoch with finite values.
+
+    Args:
+        failures: Run index (in the ``run`` call's order) -> the reason, naming the epoch and the hints.
+        results: Each run's results (those of the runs that finished), as ``run`` returns them.
+    """
+
+    def __init__(self, failures: Mapping[int, str], results=None):
+        self.failures = dict(failures)
+        self.results = results
+        super().__init__("; ".join(self.failures.values()))
 
 
 class BestEpochTracker:
@@ -329,6 +347,7 @@ class PhaseOutcome:
         model: The network (a timm model, or BoostLU around one), or None for a features dataset.
         head: The linear head of a linear phase, else None.
         in_features: The head's input size (linear phase).
+        failure: Why the phase failed (training turned non-finite before any good epoch), else None.
     """
 
     results: Optional[Dict[str, Any]]
@@ -336,6 +355,7 @@ class PhaseOutcome:
     model: Optional[nn.Module] = None
     head: Optional[nn.Linear] = None
     in_features: Optional[int] = None
+    failure: Optional[str] = None
 
     @property
     def finished(self) -> bool:
@@ -365,6 +385,8 @@ class PhaseBook:
                                             settings.keep_checkpoints)
         self.epochs_done = 0
         self.stop_reason: Optional[str] = None
+        self.failure: Optional[str] = None  # non-finite before any good epoch: nothing to export
+        self.non_finite_epoch: Optional[int] = None
         self._epochs_this_call = 0
         self._state: Dict[str, Any] = {}
         self._started = time.perf_counter()
@@ -385,6 +407,7 @@ class PhaseBook:
             self.tracker.load_state_dict(self._state["tracker"])
             self.epochs_done = self.tracker.epochs_done
             self.stop_reason = self._state.get("stop_reason")
+            self.non_finite_epoch = self._state.get("non_finite_epoch")
             acc.print(f"[{self.phase.name}] resumed from {checkpoint} after epoch {self.epochs_done}")
         if acc.is_main_process:  # a resumed run re-logs the epochs after its checkpoint
             os.makedirs(self.phase.output_dir, exist_ok=True)
@@ -422,6 +445,8 @@ class PhaseBook:
             Whether to train another epoch in this invocation.
         """
         acc = self.accelerator
+        if not (math.isfinite(float(train_loss)) and bool(torch.isfinite(val_scores).all())):
+            return self._non_finite(epoch, float(train_loss), val_scores, seconds)
         metrics = compute_metrics(val_scores, val_labels, ks=(), threshold=None)
         val_map = metrics["map"]
         is_best = self.tracker.update(epoch, val_map)
@@ -444,6 +469,34 @@ class PhaseBook:
             return False
         self._epochs_this_call += 1
         return self.settings.stop_after is None or self._epochs_this_call < self.settings.stop_after
+
+    def _non_finite(self, epoch: int, train_loss: float, val_scores: torch.Tensor, seconds: float) -> bool:
+        """Stop the phase at an epoch whose training loss or validation scores are NaN or inf: the best finite epoch
+        is kept (restored and exported as usual, ``stopped_early`` saying why); without one the phase fails."""
+        acc = self.accelerator
+        what = (f"the training loss is {train_loss}" if not math.isfinite(train_loss) else
+                f"{int((~torch.isfinite(val_scores)).sum())} validation score(s) are NaN or inf")
+        best = self.tracker.best_epoch
+        self.tracker.epochs_done = self.epochs_done = self.non_finite_epoch = int(epoch)
+        if best is None:
+            self.failure = (f"[{self.phase.name}] training diverged at epoch {epoch} of {self.phase.output_dir} "
+                            f"(lr {self.phase.lr}): {what}, and no earlier epoch had finite values; {NON_FINITE_HINT}")
+            self.stop_reason = self.failure
+        else:
+            self.stop_reason = (f"non-finite values at epoch {epoch} ({what}): training stopped early; the last "
+                                f"good epoch is {epoch - 1}, the best {best} (val mAP {self.tracker.best_val_map:.2f}) "
+                                f"is kept; to train further, {NON_FINITE_HINT}")
+        record = {"epoch": epoch, "train_loss": train_loss if math.isfinite(train_loss) else None, "val_map": None,
+                  "val_map_skip_empty": None, "best_epoch": best, "seconds": round(seconds, 3),
+                  "non_finite": what}
+        if acc.is_main_process:
+            self.log.append(record)
+        if best is not None:  # the stop is checkpointed (a resume finishes it); the best weights are those saved
+            self._state = self.checkpoints.save(epoch, {"tracker": self.tracker.state_dict(),
+                                                        "stop_reason": self.stop_reason,
+                                                        "non_finite_epoch": epoch}, self.module, False)
+        acc.print(f"[{self.phase.name}] {self.failure or self.stop_reason}")
+        return False
 
     @property
     def finished(self) -> bool:
@@ -469,4 +522,5 @@ class PhaseBook:
                 "val_map_skip_empty": best.get("val_map_skip_empty"), "test_map": test and test["map"],
                 "test_map_skip_empty": test and test["map_skip_empty"], "test_metrics": test,
                 "epochs": self.epochs_done, "stopped_early": self.stop_reason,
+                "non_finite_epoch": self.non_finite_epoch,
                 "lr": self.phase.lr, "batch_size": self.phase.batch_size, **extra}

@@ -37,6 +37,7 @@ import contextlib
 import json
 import math
 import os
+import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import filelock
@@ -54,13 +55,31 @@ __all__ = ["read_jsonl", "MetricsLog", "write_json", "read_json", "plot_val_map"
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
     """Records of a JSON-lines file ([] when missing).
 
+    A torn last line (a process killed while writing it) is dropped with a warning; a damaged line before
+    the last is an error naming the file and the line.
+
     Args:
         path: File.
+
+    Raises:
+        ValueError: a line other than the last is not JSON.
     """
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            if position == len(lines) - 1:
+                warnings.warn(f"{path}: line {number} is torn (an interrupted write: {err}); it is dropped",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({err}); the file is damaged: repair or remove "
+                             "the line") from None
+    return records
 
 
 class MetricsLog:
