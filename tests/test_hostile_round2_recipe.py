@@ -12,15 +12,23 @@ from test_recipe import recipe, tiny_flags
 from test_search import GRID, _config, _trained_points, _worker, features_data  # noqa: F401 (a fixture)
 
 import spl_losses
+from spl_losses import _registry
 from spl_losses.losses.base import SPLoss
 
 
-@spl_losses.register_loss("test_diverging")
 class _Diverging(SPLoss):
     """A loss whose gradient never vanishes: with a huge lr the logits overflow after a few epochs."""
 
     def compute(self, logits, targets, index=None):
         return -(logits.float() * (2 * targets.float() - 1)).mean()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _diverging_loss():
+    """``test_diverging`` registered for this module's tests only (the registry's other tests see the package's)."""
+    spl_losses.register_loss("test_diverging")(_Diverging)
+    yield
+    _registry._loss_entrypoints.pop("test_diverging", None)
 
 
 def _features_flags(features_data, out, *extra):
