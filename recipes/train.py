@@ -198,15 +198,14 @@ def train_linear(accelerator: Accelerator, group: Sequence[RunSettings], data: R
         loss_fn = build_run_loss(settings, data, point_phase.epochs, sparse=estimator != "adam", check_inputs=False)
         book = PhaseBook(accelerator, settings, point_phase, data.fingerprints, LinearStep(head, loss_fn),
                          checkpoint_accelerator=own)
-        checkpoint = book.resume_point()
-        start_loss_state(loss_fn, settings, checkpoint, None)
+        start_loss_state(loss_fn, settings, book.resume_from, None)
         own.prepare_model(book.module, evaluation_mode=True)
         optimizers = [own.prepare_optimizer(o)
                       for o in build_linear_optimizers(settings, point_phase.lr, head, loss_fn, estimator)]
         scheduler = build_scheduler(optimizers[0], settings.sched, point_phase.epochs,
                                     -(-data.num_train // point_phase.batch_size), settings.warmup_epochs,
                                     settings.warmup_lr, settings.min_lr, settings.decay_epochs, settings.decay_rate)
-        book.begin(checkpoint)
+        book.begin()
         heads.append(LinearHead(settings, head, loss_fn, book, optimizers, scheduler, model,
                                 running=len(book.epochs_to_run) > 0))
     device = accelerator.device
@@ -286,10 +285,9 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
                                               input_size=settings.image_size)
     step = TrainStep(model, loss_fn, contrastive)
     book = PhaseBook(accelerator, settings, phase, data.fingerprints, step)
-    checkpoint = book.resume_point()
-    if handoff is not None and checkpoint is None:
+    if handoff is not None and book.resume_from is None:
         copy_linear_head(handoff.head, timm_model_of(model))
-    start_loss_state(loss_fn, settings, checkpoint, handoff)
+    start_loss_state(loss_fn, settings, book.resume_from, handoff)
     splits, fingerprints = data.splits, data.fingerprints
     eval_bs = accelerator.num_processes * max(-(-phase.batch_size // accelerator.num_processes), 2)  # split evenly
     # each process's share of every global batch (the last one too): P processes train one process's batches
@@ -313,7 +311,7 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
     scheduler = build_scheduler(optimizer, settings.sched, phase.epochs, steps_per_epoch, settings.warmup_epochs,
                                 settings.warmup_lr, settings.min_lr, settings.decay_epochs, settings.decay_rate)
     unwrapped = accelerator.unwrap_model(step)
-    book.begin(checkpoint)
+    book.begin()
     targets = training_targets(settings, data).to(device)
     updates = book.epochs_done * steps_per_epoch
     for epoch in book.epochs_to_run:

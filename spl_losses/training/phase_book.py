@@ -383,6 +383,9 @@ class PhaseBook:
         self.log = MetricsLog(os.path.join(phase.output_dir, "metrics.jsonl"))
         self.checkpoints = PhaseCheckpoints(checkpoint_accelerator or accelerator, phase.output_dir, fingerprints,
                                             settings.keep_checkpoints)
+        #: The checkpoint this phase continues from (``--resume`` and one exists), else None: known from the
+        #: start, so the loss state's origin can be decided before anything is prepared.
+        self.resume_from: Optional[str] = self.checkpoints.latest() if phase.resume else None
         self.epochs_done = 0
         self.stop_reason: Optional[str] = None
         self.failure: Optional[str] = None  # non-finite before any good epoch: nothing to export
@@ -391,17 +394,17 @@ class PhaseBook:
         self._state: Dict[str, Any] = {}
         self._started = time.perf_counter()
 
-    def resume_point(self) -> Optional[str]:
-        """The checkpoint this phase continues from (``--resume`` and one exists), else None."""
-        return self.checkpoints.latest() if self.phase.resume else None
+    def begin(self) -> None:
+        """Start fresh, or restore :attr:`resume_from` (the prepared objects' states, best epoch, epochs done).
 
-    def begin(self, checkpoint: Optional[str]) -> None:
-        """Start fresh, or restore ``checkpoint`` (prepared objects, best epoch, epochs done).
-
-        Args:
-            checkpoint: From :meth:`resume_point` (called after ``accelerator.prepare``).
+        Raises:
+            RuntimeError: called with a checkpoint to restore before the phase's model was prepared (accelerate
+                restores prepared objects only).
         """
-        acc = self.accelerator
+        acc, checkpoint = self.accelerator, self.resume_from
+        if checkpoint is not None and not self.checkpoints.accelerator._models:
+            raise RuntimeError(f"[{self.phase.name}] prepare the phase's model and optimizers before begin(): "
+                               f"{checkpoint} restores prepared objects")
         if checkpoint is not None:
             self._state = self.checkpoints.load(checkpoint)
             self.tracker.load_state_dict(self._state["tracker"])
