@@ -227,12 +227,12 @@ def _rewrite(path, change):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from spl_losses.training import features as module
+    from spl_losses.cache_files import tensor_sha256
 
     with safe_open(str(path), framework="pt") as f:
         meta, tensor = dict(f.metadata()), f.get_tensor("features")
     tensor = change(tensor.clone())
-    meta["sha256"] = module._tensor_sha256(tensor)
+    meta["sha256"] = tensor_sha256(tensor)
     save_file({"features": tensor}, str(path), metadata=meta)
 
 

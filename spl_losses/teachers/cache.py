@@ -25,8 +25,9 @@ from typing import Any, Dict, Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ..cache_files import save_tensor_file, tensor_sha256
 
 __all__ = ["SCORES_FOLDER", "FORMAT", "cache_key", "scores_filename", "default_teacher_cache_dir",
            "save_raw_scores", "load_raw_scores", "find_beside_dataset", "export_file", "module_fingerprint",
@@ -102,22 +103,8 @@ def save_raw_scores(path: str, raw: torch.Tensor, metadata: Dict[str, Any]) -> s
     Returns:
         ``path``.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    raw = raw.detach().float().contiguous().cpu()
-    meta = {"format": FORMAT, **{k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()},
-            "sha256": _raw_sha256(raw)}
-    try:
-        save_file({"raw": raw}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _raw_sha256(raw: torch.Tensor) -> str:
-    return hashlib.sha256(raw.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    meta = {"format": FORMAT, **{k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}}
+    return save_tensor_file(path, "raw", raw.detach().float(), meta)
 
 
 def load_raw_scores(path: str, dataset_fingerprint: str, num_rows: int) -> Optional[torch.Tensor]:
@@ -144,7 +131,7 @@ def load_raw_scores(path: str, dataset_fingerprint: str, num_rows: int) -> Optio
                       f"dataset fingerprint {found!r}, {raw.shape[0]} rows; expected {dataset_fingerprint!r}, "
                       f"{num_rows} rows)")
         return None
-    if "sha256" in meta and _raw_sha256(raw.float()) != meta["sha256"]:
+    if "sha256" in meta and tensor_sha256(raw.float()) != meta["sha256"]:
         warnings.warn(f"ignoring teacher file {path}: its values changed since it was written (checksum mismatch); "
                       "the teacher's scores are computed again")
         return None

@@ -12,7 +12,6 @@ folder's writability is checked before any extraction.
 import hashlib
 import json
 import os
-import socket
 import tempfile
 import warnings
 from typing import Any, Dict, Optional
@@ -20,9 +19,9 @@ from typing import Any, Dict, Optional
 import datasets
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from ..cache_files import save_tensor_file, tensor_sha256
 from ..data.fingerprint import default_cache_root
 from .evaluation import predict_loader
 from .images import ImagePipeline
@@ -92,10 +91,6 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
-def _tensor_sha256(features: torch.Tensor) -> str:
-    return hashlib.sha256(features.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
 def write_feature_cache(path: str, features: torch.Tensor, key: Dict[str, Any],
                         split_name: Optional[str] = None) -> str:
     """Write a feature cache file atomically (beside it, then renamed; the temporary removed on failure).
@@ -106,19 +101,11 @@ def write_feature_cache(path: str, features: torch.Tensor, key: Dict[str, Any],
         key: What the features were made from (model, weights, image size, split fingerprint, precision).
         split_name: The split's name (recorded for a person reading the file; not part of the key).
     """
-    features = features.detach().float().contiguous().cpu()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique on a shared disk
+    features = features.detach().float()
     metadata = {"format": FEATURES_FORMAT, "key": json.dumps(key, sort_keys=True, default=str),
                 "num_rows": str(features.shape[0]), "width": str(features.shape[1] if features.dim() == 2 else -1),
-                "sha256": _tensor_sha256(features), "split": str(split_name or "")}
-    try:
-        save_file({"features": features}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+                "split": str(split_name or "")}
+    return save_tensor_file(path, "features", features, metadata)
 
 
 def read_feature_cache(path: str, key: Dict[str, Any], num_rows: int) -> Optional[torch.Tensor]:
@@ -159,7 +146,7 @@ def read_feature_cache(path: str, key: Dict[str, Any], num_rows: int) -> Optiona
                        f"{meta.get('width')}) for {num_rows} rows")
     if features.dtype != torch.float32:
         return ignored(f"dtype {features.dtype}, not float32")
-    if _tensor_sha256(features) != meta.get("sha256"):
+    if tensor_sha256(features) != meta.get("sha256"):
         return ignored("its values changed since it was written (checksum mismatch)")
     if not bool(torch.isfinite(features).all()):
         return ignored(f"{int((~torch.isfinite(features)).sum())} value(s) are NaN or inf")
