@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..optim.direct_step import step_function
 
 __all__ = ["LinearHeadSteps", "check_epoch_inputs", "train_linear_epoch", "predict_linear", "new_linear_head",
            "build_linear_optimizers", "train_head_group_epoch", "BLOCK_STEPS"]
@@ -123,6 +124,8 @@ class LinearHeadSteps:
         head_params = {id(weight), id(bias)}
         self.other_params = [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]
                              if id(p) not in head_params]
+        # the optimizers' update without the layers around it (accelerate's wrapper, torch's step hooks)
+        self.optimizer_step = step_function(self.optimizers)
         head.train()
 
     def step(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -153,8 +156,7 @@ class LinearHeadSteps:
             if head.bias is not None:
                 torch.sum(grad_logits, dim=0, out=self.grad_bias)
                 head.bias.grad = self.grad_bias
-        for opt in self.optimizers:
-            opt.step()
+        self.optimizer_step()
         return loss.detach()
 
 
