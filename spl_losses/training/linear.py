@@ -128,8 +128,8 @@ class LinearHeadSteps:
         self.optimizer_step = step_function(self.optimizers)
         head.train()
 
-    def step(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One update on a batch; returns the batch's loss (detached, no device sync).
+    def loss(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The first half of a step: the head's logits and the loss of a batch (backward it, then :meth:`update`).
 
         Args:
             idx: (B,) the batch's example indices.
@@ -147,16 +147,33 @@ class LinearHeadSteps:
                 logits = F.linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(logits, y, index=idx) if self.requires_index else self.loss_fn(logits, y)
-        loss.backward()
+        self.logits, self.x = logits, x
+        return self.loss_fn(logits, y, index=idx) if self.requires_index else self.loss_fn(logits, y)
+
+    def update(self) -> None:
+        """The second half of a step, after the loss's backward: the head's gradients and the optimizers' step."""
+        head, x = self.head, self.x
         if self.manual:
-            grad_logits = logits.grad
+            grad_logits = self.logits.grad
             torch.mm(grad_logits.t(), x, out=self.grad_weight)
             head.weight.grad = self.grad_weight
             if head.bias is not None:
                 torch.sum(grad_logits, dim=0, out=self.grad_bias)
                 head.bias.grad = self.grad_bias
+        self.logits = self.x = None
         self.optimizer_step()
+
+    def step(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on a batch; returns the batch's loss (detached, no device sync).
+
+        Args:
+            idx: (B,) the batch's example indices.
+            x: (B, D) its features.
+            y: (B, C) its targets.
+        """
+        loss = self.loss(idx, x, y)
+        loss.backward()
+        self.update()
         return loss.detach()
 
 
@@ -291,20 +308,23 @@ def train_head_group_epoch(
         raise ValueError(f"block_steps must be positive, got {block_steps}")
     active = list(range(num)) if active is None else sorted(set(active))
     schedulers = list(schedulers) if schedulers is not None else [None] * num
-    steps, totals = {}, {}
+    steps = [LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast) for h in active]
+    timed = [(schedulers[h], s) for h, s in zip(active, steps) if schedulers[h] is not None]
+    totals = torch.zeros(len(active), device=features.device)
     batches = torch.split(order, batch_size)
-    for h in active:
-        steps[h] = LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast)
-        totals[h] = torch.zeros((), device=features.device)
-    for start in range(0, len(batches), block_steps):
-        block = batches[start:start + block_steps]
-        gathered = [(idx, features.index_select(0, idx), targets.index_select(0, idx)) for idx in block]
-        for h in active:
-            for offset, (idx, x, y) in enumerate(gathered, start=1):
-                totals[h] += steps[h].step(idx, x, y)
-                if schedulers[h] is not None:
-                    schedulers[h].step_update(num_updates=first_update + start + offset)
+    done = 0
+    for block in (torch.split(order, batch_size * block_steps) if steps else ()):  # one gather per block of batches
+        xs, ys = features.index_select(0, block), targets.index_select(0, block)
+        for idx, x, y in zip(torch.split(block, batch_size), torch.split(xs, batch_size), torch.split(ys, batch_size)):
+            step_losses = [s.loss(idx, x, y) for s in steps]
+            torch.autograd.backward(step_losses)  # one backward pass through every head's loss
+            for s in steps:
+                s.update()
+            done += 1
+            for scheduler, _ in timed:
+                scheduler.step_update(num_updates=first_update + done)
+            totals += torch.stack([loss.detach() for loss in step_losses])
     out: List[Optional[float]] = [None] * num
-    for h in active:
-        out[h] = float(totals[h]) / max(len(batches), 1)
+    for h, total in zip(active, totals.tolist()):
+        out[h] = total / max(len(batches), 1)
     return out
