@@ -33,7 +33,9 @@ features at batch 16) trains one head with its state in cache, as a run alone do
 gathers are shared. No pass can share the per-head work itself (the products, Adam, the loss): a grid of
 H heads costs about H runs, less the gathers and some per-step Python.
 """
+import concurrent.futures
 import contextlib
+import os
 from typing import Callable, ContextManager, List, Optional, Sequence
 
 import torch
@@ -43,7 +45,7 @@ from torch import nn
 from ..optim.direct_step import step_function
 
 __all__ = ["LinearHeadSteps", "check_epoch_inputs", "train_linear_epoch", "predict_linear", "new_linear_head",
-           "build_linear_optimizers", "train_head_group_epoch", "BLOCK_STEPS"]
+           "build_linear_optimizers", "train_head_group_epoch", "head_workers", "BLOCK_STEPS"]
 
 
 def new_linear_head(seed: int, in_features: int, num_classes: int, model: Optional[nn.Module] = None) -> nn.Linear:
@@ -257,8 +259,46 @@ def predict_linear(head: nn.Module, features: torch.Tensor, chunk_size: int = 16
     return torch.cat([head(chunk).float() for chunk in torch.split(features, chunk_size)])
 
 
-#: Batches gathered at once and trained head by head.
+#: Batches gathered at once (one indexing op).
 BLOCK_STEPS = 32
+
+
+def head_workers(num_heads: int, device: torch.device, autocast=None) -> int:
+    """Threads :func:`train_head_group_epoch` shares ``num_heads`` heads among: on the CPU without autocast, one
+    per core left free by torch's own threads (``torch.get_num_threads()``), at most one per head; else 1.
+
+    Args:
+        num_heads: Heads trained.
+        device: Their device.
+        autocast: The autocast context factory, if any.
+    """
+    if num_heads < 2 or torch.device(device).type != "cpu" or autocast is not None:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(num_heads, cores // max(torch.get_num_threads(), 1)))
+
+
+def _train_heads(steps: Sequence[LinearHeadSteps], schedulers: Sequence, features: torch.Tensor, targets: torch.Tensor,
+                 order: torch.Tensor, batch_size: int, block_steps: int, first_update: int) -> torch.Tensor:
+    """An epoch of ``steps``' heads, every head at every batch; their summed losses, (H,)."""
+    timed = [scheduler for scheduler in schedulers if scheduler is not None]
+    totals = torch.zeros(len(steps), device=features.device)
+    done = 0
+    for block in (torch.split(order, batch_size * block_steps) if steps else ()):  # one gather per block of batches
+        xs, ys = features.index_select(0, block), targets.index_select(0, block)
+        for idx, x, y in zip(torch.split(block, batch_size), torch.split(xs, batch_size), torch.split(ys, batch_size)):
+            step_losses = [s.loss(idx, x, y) for s in steps]
+            torch.autograd.backward(step_losses)  # one backward pass through every head's loss
+            for s in steps:
+                s.update()
+            done += 1
+            for scheduler in timed:
+                scheduler.step_update(num_updates=first_update + done)
+            totals += torch.stack([loss.detach() for loss in step_losses])
+    return totals
 
 
 def train_head_group_epoch(
@@ -274,6 +314,7 @@ def train_head_group_epoch(
         first_update: int = 0,
         block_steps: int = BLOCK_STEPS,
         autocast=None,
+        workers: Optional[int] = None,
 ) -> List[Optional[float]]:
     """One epoch of mini-batch training of several heads on the same batches (see the module docstring).
 
@@ -293,8 +334,10 @@ def train_head_group_epoch(
         active: The heads to train this epoch (default all); the others are left untouched.
         schedulers: Per head, a timm scheduler (``step_update(num_updates)``) or None.
         first_update: Updates done before this epoch (the schedulers' step count).
-        block_steps: Batches gathered at once and trained head by head (the results do not depend on it).
+        block_steps: Batches gathered by one indexing op (the results do not depend on it).
         autocast: Optional zero-argument callable returning an autocast context (mixed precision only).
+        workers: Threads sharing the heads (each head stays in one thread; the results do not depend on it);
+            default :func:`head_workers`.
 
     Returns:
         Per head, the mean training loss over the epoch's batches (None for a head not trained).
@@ -309,22 +352,24 @@ def train_head_group_epoch(
     active = list(range(num)) if active is None else sorted(set(active))
     schedulers = list(schedulers) if schedulers is not None else [None] * num
     steps = [LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast) for h in active]
-    timed = [(schedulers[h], s) for h, s in zip(active, steps) if schedulers[h] is not None]
-    totals = torch.zeros(len(active), device=features.device)
+    workers = head_workers(len(steps), features.device, autocast) if workers is None else max(1, min(workers, len(steps)))
+    shares = [list(range(w, len(steps), workers)) for w in range(workers)]  # heads dealt round-robin
     batches = torch.split(order, batch_size)
-    done = 0
-    for block in (torch.split(order, batch_size * block_steps) if steps else ()):  # one gather per block of batches
-        xs, ys = features.index_select(0, block), targets.index_select(0, block)
-        for idx, x, y in zip(torch.split(block, batch_size), torch.split(xs, batch_size), torch.split(ys, batch_size)):
-            step_losses = [s.loss(idx, x, y) for s in steps]
-            torch.autograd.backward(step_losses)  # one backward pass through every head's loss
-            for s in steps:
-                s.update()
-            done += 1
-            for scheduler, _ in timed:
-                scheduler.step_update(num_updates=first_update + done)
-            totals += torch.stack([loss.detach() for loss in step_losses])
+
+    def train(share: List[int]) -> torch.Tensor:
+        return _train_heads([steps[i] for i in share], [schedulers[active[i]] for i in share], features, targets,
+                            order, batch_size, block_steps, first_update)
+
+    if workers == 1:
+        totals = train(shares[0]).tolist()
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(train, shares))
+        totals = [0.0] * len(steps)
+        for share, share_totals in zip(shares, done):
+            for i, total in zip(share, share_totals.tolist()):
+                totals[i] = total
     out: List[Optional[float]] = [None] * num
-    for h, total in zip(active, totals.tolist()):
+    for h, total in zip(active, totals):
         out[h] = total / max(len(batches), 1)
     return out
