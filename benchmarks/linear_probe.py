@@ -16,10 +16,15 @@ Each time is printed with its ratio to the plain loop, with the thread count, th
 average before and after (the machine may be shared: compare the ratios of one run)::
 
     python benchmarks/linear_probe.py [--epochs 25] [--quick] [--only plain an role grid] [--repeat 1]
-        [--data DIR]
+        [--data DIR] [--baseline CHECKOUT]
+
+``--baseline`` runs each recipe run of another checkout (e.g. ``git worktree add /tmp/base main``) beside
+this one's. Wall seconds and CPU seconds (user + system of the process) are both printed: on a loaded
+machine the CPU seconds are the steadier figure (the grid's CPU seconds add up its threads).
 """
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -125,15 +130,18 @@ def write_features_dataset(path, quick=False, seed=0):
     datasets.DatasetDict(splits).save_to_disk(path)
 
 
-def timed(command, env):
-    """Run a whole process; its wall seconds and the last line it printed."""
+def timed(command, env, cwd=ROOT):
+    """Run a whole process; its wall seconds, its CPU seconds (user + system) and the last line it printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    return seconds, (lines[-1] if lines else "")
+    return seconds, cpu, (lines[-1] if lines else "")
 
 
 def main():
@@ -145,6 +153,8 @@ def main():
     p.add_argument("--repeat", type=int, default=1, help="rounds of all runs (interleaved)")
     p.add_argument("--data", default=None, help="a features folder to write once and reuse (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the run folders")
+    p.add_argument("--baseline", default=None, help="a checkout of another version: its recipe runs too, each "
+                   "beside this one's (same data, interleaved)")
     args = p.parse_args()
     import accelerate
     import datasets
@@ -158,42 +168,54 @@ def main():
         start = time.perf_counter()
         write_features_dataset(data, args.quick)
         print(f"wrote {data} in {time.perf_counter() - start:.0f} s", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep
-               + os.environ.get("PYTHONPATH", ""), TQDM_DISABLE="1")
     e = str(args.epochs)
-    recipe = [sys.executable, os.path.join(ROOT, "recipes", "train.py"), "--dataset", data, "--train-mode",
-              "linear_fixed_features", "--epochs", e, "--no-progress"]
-    commands = {
-        "plain": [sys.executable, "-c", PLAIN_LOOP, data, e],
-        "an": recipe + ["--loss", "an", "--batch-size", "16", "--lr", "1e-3"],
-        "role": recipe + ["--loss", "role", "--batch-size", "16", "--lr", "1e-3"],
-        "grid": recipe + ["--loss", "an", "--search"],
-    }
+    roots = {"": ROOT} if args.baseline is None else {"": ROOT, "@base": os.path.abspath(args.baseline)}
+
+    def env_of(root):
+        return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1",
+                    PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def recipe(root, *flags):
+        return [sys.executable, os.path.join(root, "recipes", "train.py"), "--dataset", data, "--train-mode",
+                "linear_fixed_features", "--epochs", e, "--no-progress", *flags]
+
+    commands = {}  # name -> (command, root)
+    for name in args.only:
+        if name == "plain":
+            commands["plain"] = ([sys.executable, "-c", PLAIN_LOOP, data, e], ROOT)
+            continue
+        flags = {"an": ["--loss", "an", "--batch-size", "16", "--lr", "1e-3"],
+                 "role": ["--loss", "role", "--batch-size", "16", "--lr", "1e-3"],
+                 "grid": ["--loss", "an", "--search"]}[name]
+        for tag, root in roots.items():
+            commands[name + tag] = (recipe(root, *flags), root)
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, timm {timm.__version__}, datasets "
           f"{datasets.__version__}, accelerate {accelerate.__version__}, numpy {numpy.__version__}; one thread per "
           f"process (OMP_NUM_THREADS=1), {os.cpu_count()} cores; {args.epochs} epochs; data {data}"
           f"{' (quick)' if args.quick else ''}; load average {load_average()}", flush=True)
-    times = {name: [] for name in args.only}
+    times = {name: [] for name in commands}
     for round_ in range(args.repeat):
-        for name in args.only:
+        for name, (command, root) in commands.items():
             out = os.path.join(work, f"{name}_{round_}")
-            command = commands[name] + ([] if name == "plain" else ["--output-dir", out])
-            seconds, last = timed(command, env)
-            times[name].append(seconds)
-            print(f"  {name:<6} {seconds:8.1f} s  (load {load_average()})  {last[:110]}", flush=True)
+            seconds, cpu, last = timed(command + ([] if name == "plain" else ["--output-dir", out]), env_of(root), root)
+            times[name].append((seconds, cpu))
+            print(f"  {name:<11} {seconds:8.1f} s wall {cpu:8.1f} s CPU  (load {load_average()})  {last[:100]}",
+                  flush=True)
     base = min(times["plain"]) if "plain" in times else None
-    print(f"\n{'run':<34} {'seconds':>9} {'x plain':>8}")
+    print(f"\n{'run':<40} {'wall s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8}")
     labels = {"plain": "plain torch loop", "an": "recipe an", "role": "recipe role",
               "grid": "8-point --search grid (an)"}
     for name, values in times.items():
-        ratio = f"{min(values) / base:8.2f}" if base else "       -"
-        print(f"{labels[name]:<34} {min(values):9.1f} {ratio}")
-    if "an" in times and "role" in times:
-        print(f"{'recipe role / recipe an':<34} {'':>9} {min(times['role']) / min(times['an']):8.2f}")
+        wall, cpu = min(values)
+        label = labels[name.split("@")[0]] + (" [baseline]" if "@" in name else "")
+        ratios = (f"{wall / base[0]:8.2f} {cpu:8.1f} {cpu / base[1]:8.2f}" if base else f"{'-':>8} {cpu:8.1f} {'-':>8}")
+        print(f"{label:<40} {wall:8.1f} {ratios}")
+    for tag in roots:
+        if "an" + tag in times and "role" + tag in times:
+            print(f"{'recipe role / recipe an' + tag:<40} {min(times['role' + tag])[0] / min(times['an' + tag])[0]:8.2f}")
     print(f"load average now {load_average()}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

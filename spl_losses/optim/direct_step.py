@@ -14,7 +14,8 @@ per-step rebuilding of its tensor lists. :func:`step_function` returns a callabl
   does (the same kernel on the same tensors: the same numbers to the last bit); its first step, and any step
   where a parameter has no gradient or its state was replaced (a checkpoint loaded), goes through
   ``Adam.step`` itself;
-- any other optimizer is its own ``step``.
+- any other optimizer is its own ``step`` without torch's profiling wrapper (which runs the step hooks:
+  with a hook registered, the step is ``optimizer.step()`` itself).
 
 The optimizers keep their state where they hold it, so their state dicts (and checkpoints) are unchanged.
 """
@@ -94,19 +95,33 @@ class _FusedAdamStep:
                   grad_scale=None, found_inf=None)
 
 
+def _hooked(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+                or _torch_optimizer._global_optimizer_pre_hooks or _torch_optimizer._global_optimizer_post_hooks)
+
+
+def _bare_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """``optimizer.step`` without torch's profiling wrapper (which only runs hooks, and there are none)."""
+    step = type(optimizer).step
+    bare = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
+    if bare is None or _hooked(optimizer):
+        return optimizer.step
+    return lambda: bare(optimizer)
+
+
 def _direct(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer.step
     if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or getattr(optimizer, "grad_scale", None) is not None \
             or getattr(optimizer, "found_inf", None) is not None:
-        return optimizer.step
+        return _bare_step(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     plain = all(g.get("fused") and not g.get("amsgrad") and not g.get("differentiable") and not g.get("capturable")
                 and not torch.is_tensor(g["lr"]) and not any(torch.is_tensor(b) for b in g["betas"])
                 for g in optimizer.param_groups)
     if not plain or not params or len({p.device for p in params}) != 1 or len({p.dtype for p in params}) != 1 \
-            or any(p.is_complex() or p.is_sparse for p in params) or optimizer._optimizer_step_pre_hooks \
-            or optimizer._optimizer_step_post_hooks or _torch_optimizer._global_optimizer_pre_hooks \
-            or _torch_optimizer._global_optimizer_post_hooks:
-        return optimizer.step
+            or any(p.is_complex() or p.is_sparse for p in params) or _hooked(optimizer):
+        return _bare_step(optimizer)
     return _FusedAdamStep(optimizer)
 
 

@@ -1,37 +1,47 @@
 """The linear mode's training steps: heads on pre-extracted features held whole on the device.
 
-Training a linear head on pre-extracted features held whole on the device.
+No DataLoader and no per-example Python: a batch is an index slice of the epoch's permutation, and its
+features and targets are gathered from the (N, D) / (N, C) tensors with one indexing op per block of
+batches (:data:`BLOCK_STEPS`).
 
-No DataLoader and no per-example Python: a batch is an index slice of the epoch's permutation, and
-its features and targets are gathered from the (N, D) / (N, C) tensors with one indexing op.
+Where a step's time goes (COCO-sized features, D = 2,048, C = 80, batch 16, one CPU thread; torch.profiler
+and cProfile): the two head matmuls ~200-250 us (MKL at 40-60 GFLOP/s for these shapes), the fused Adam
+kernel ~100 us, the loss's forward and backward ~150 us (``an``), the gather ~20 us. The layers around
+the optimizer's kernel cost more than the kernel: accelerate 1.16's ``AcceleratedOptimizer.step`` looks up
+whether ``lomo_optim`` is installed through ``importlib.metadata`` twice a step (~0.3 ms each, uncached),
+torch's step wrapper and ``Adam.step`` rebuild their lists every step (~0.1 ms). The step therefore calls
+the optimizers through :func:`~spl_losses.optim.direct_step.step_function` (the same kernels on the same
+state tensors: bit for bit the same update, and the optimizers' state dicts are unchanged). The head's
+gradients are two matmuls into preallocated buffers, the loss's input checks are off (the recipe checks the
+targets once), nothing syncs with the host before the epoch's end, and a constant rate (``--sched none``)
+has no scheduler call.
 
-Where a step's time goes (COCO-sized features, D = 2,048, C = 80, batch 16, one CPU thread, measured
-with torch.profiler and timers): the two head matmuls ~170 us (MKL at ~60 GFLOP/s for these shapes),
-fused Adam ~120 us (kernel ~80 us), the loss forward + backward ~140 us (``an``; ``role`` about twice
-that, plus ~150-300 us of SparseAdam with a sparse estimator), the feature gather ~25 us. Gathering
-rows per step costs about what one permuted copy of the features per epoch costs, so rows are
-gathered per step.
+Several heads on the same batches: a grid of learning rates at once. The points of a learning-rate grid
+that share everything else (features, batch size, seed: the same batches in the same order) differ only in
+what belongs to each head: its optimizer (rate and Adam moments), its loss (ROLE's label estimator, LL-Cp's
+corrections, EM-APL's pseudo-labels, each head's own) and its batch statistics (its EPR regulariser, its
+large-loss selection). :func:`train_head_group_epoch` trains every head at every batch: one gather, each
+head's logits and loss, one backward pass through all the heads' losses (``torch.autograd.backward`` of
+the list: each loss gets the gradient 1 it gets alone), each head's gradients and optimizer step. A head's
+operations are those of training it alone (a single run goes through the same function with one head), so
+a grid trained together and its points trained alone give the same numbers to the last bit, however the
+points are grouped. On the CPU the heads are shared among threads, one per core torch's own threads leave
+free (:func:`head_workers`): each head stays in one thread, so this changes the wall clock only.
 
-Training several linear heads on the same feature tensors in one pass: a grid of learning rates at once.
-
-The points of a learning-rate grid that share everything else (features, batch size, seed, so the same
-batches in the same order) differ only in their heads and what belongs to each head: its optimizer
-(learning rate and Adam moments), its loss (ROLE's label estimator, LL-Cp's corrections, EM-APL's
-pseudo-labels, each head's own) and its batch statistics (each head's EPR regulariser, its own large-loss
-selection). Heads never read each other's state, so a pass gathers a block of batches once and trains the
-heads on it one after another, each with the steps of
-:func:`~spl_losses.training.linear.train_linear_epoch` (:class:`~spl_losses.training.linear.LinearHeadSteps`):
-a head's logits, gradients, loss, optimizers and schedule are those of training it alone, in the same
-order, so a learning-rate grid trained together and trained point by point give the same numbers, however
-its points are grouped.
-
-Why head by head over a block rather than every head at every step (COCO-sized features, D = 2,048,
-C = 80, one CPU thread): a step of a head streams its weights, weight gradient and Adam moments (~2.6 MB)
-through memory, and training four heads step by step keeps ~10 MB in play, more than a core's L2 cache;
-measured here, that ran up to 15 % slower than training the points one by one. A block of 32 batches (4 MB of
-features at batch 16) trains one head with its state in cache, as a run alone does, and the block's
-gathers are shared. No pass can share the per-head work itself (the products, Adam, the loss): a grid of
-H heads costs about H runs, less the gathers and some per-step Python.
+What is not stacked, and why (measured on one core of a shared 2-core AMD EPYC, 4 heads): the heads'
+products as one matmul over the concatenated weights (one (B, D) x (D, 4C) product) give other bits than
+each head's own (B, D) x (D, C) product (MKL blocks the wider product differently), so they would break
+grouped == alone. A ``baddbmm``/``bmm`` over weights stacked (H, C, D) gave the same bits as each head's
+``addmm``/``mm`` here, but measured only 0-8 % faster than per-head products, and would need every head's
+parameters to be views into one storage (a checkpoint saving a view writes the whole storage). Adam's step
+stays one fused kernel call per head: ``torch._fused_adam_`` takes one learning rate per call, and Adam
+written out on stacked tensors would be other arithmetic than the fused kernel a run alone uses. The losses
+stay one call per head: their state (ROLE's estimator and its optimizer, LL-Cp's corrections, EM-APL's
+pseudo-labels, the large-loss selections) is per head and per example. The earlier version that stepped
+every head at every step measured 15 % slower than separate runs; the cache does not explain it (each
+head's ~2.6 MB of weights, gradient and moments misses the 512 KB L2 either way, and four heads fit the
+32 MB L3). With the per-step layers above removed, every head at every step measured ~10 % faster than
+head by head over blocks of 32 batches (591 vs 647 and 644 vs 730 us per head-step, side by side).
 """
 import concurrent.futures
 import contextlib
