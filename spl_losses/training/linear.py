@@ -307,7 +307,7 @@ def _train_heads(steps: Sequence[LinearHeadSteps], schedulers: Sequence, feature
             done += 1
             for scheduler in timed:
                 scheduler.step_update(num_updates=first_update + done)
-            totals += torch.stack([loss.detach() for loss in step_losses])
+            totals += step_losses[0].detach() if len(step_losses) == 1 else torch.stack([l.detach() for l in step_losses])
     return totals
 
 
