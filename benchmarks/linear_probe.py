@@ -1,37 +1,70 @@
-"""Speed of the linear_fixed_features train mode and of feature extraction.
+"""The linear probe as a user runs it: whole processes on a saved COCO-sized features dataset, against a
+plain torch loop.
 
-1. A 25-epoch linear run (the protocol's linear mode) on generated COCO-sized features
-   (65,665 x 2,048, 80 classes, one observed positive per row) for `an` and `role`, through the
-   recipe's own loop (spl_losses.training.linear.train_linear_epoch) and optimizer
-   (spl_losses.training.builders.build_optimizer), with validation scoring of 16,416 rows per epoch and,
-   as the recipe's per-epoch checkpoint does, the loss's state dict read after every epoch (which
-   brings a LazyAdam estimator's rows up to date). `role` runs with each `--estimator-optimizer`
-   given: `auto` (the recipe's default: LazyAdam at this size, 5.3M estimator entries), `lazy_adam`,
-   `adam` (dense Adam over all N x C entries every step, ~10x slower), `sparse_adam`.
-   Target: < 60 s per run on 2 CPU cores; `role` (auto) within 2x of `an`.
-2. Feature-extraction throughput (images/s) of the demo backbone (the recipe's DEMO_FLAGS model)
-   on 32 px images.
+In one run, each as a whole process with one thread (``OMP_NUM_THREADS=1``), on the same saved
+``datasets`` folder (65,665 x 2,048 train rows, 16,416 validation, 40,137 test, 80 classes, one observed
+positive per training row; ``--quick``: a tenth of the rows):
 
-    python benchmarks/linear_probe.py [--epochs 25] [--batch-size 16 8] [--threads 2]
-        [--losses an role] [--estimator-optimizer auto adam ...] [--dense-epochs 1] [--no-extraction]
+- ``plain``: the yardstick, a dozen lines of plain torch (the Arrow columns read as numpy, ``nn.Linear``,
+  ``BCEWithLogitsLoss`` on the observed positives, ``torch.optim.Adam``, shuffled batches of 16, lr 1e-3,
+  validation mAP every epoch);
+- ``recipe an`` and ``recipe role``: ``python recipes/train.py --dataset DIR --train-mode
+  linear_fixed_features --loss an|role --epochs E --batch-size 16 --lr 1e-3 --no-progress``;
+- ``grid an``: the 8-point ``--search`` (batch size {8, 16} x lr {1e-2, 1e-3, 1e-4, 1e-5}) for ``an``.
 
-The runs advance one epoch each in turn (interleaved), so that load from other processes on a shared
-machine falls on all of them alike; each run's total and fastest epoch, wall and CPU, are printed with
-the thread count and the load average, and every run's fastest epoch relative to `an`'s. Shorter runs
-(``--epochs 2``) are extrapolated to 25 epochs; ``--dense-epochs`` shortens only the ROLE runs with the
-dense estimator (``adam``).
+Each time is printed with its ratio to the plain loop, with the thread count, the versions and the load
+average before and after (the machine may be shared: compare the ratios of one run)::
+
+    python benchmarks/linear_probe.py [--epochs 25] [--quick] [--only plain an role grid] [--repeat 1]
+        [--data DIR] [--baseline CHECKOUT]
+
+``--baseline`` runs each recipe run of another checkout (e.g. ``git worktree add /tmp/base main``) beside
+this one's. Wall seconds and CPU seconds (user + system of the process) are both printed: on a loaded
+machine the CPU seconds are the steadier figure (the grid's CPU seconds add up its threads).
+
+Measured on a shared 2-core AMD EPYC (torch 2.14.1, timm 1.0.31, datasets 5.2.0, accelerate 1.16.0, numpy
+2.4.6, Python 3.11.7; one thread per process), full size. 25 epochs (load 1.2-3.3): plain 115.8 s wall /
+112.8 s CPU; recipe an 94.0 s / 90.1 s (0.81x / 0.80x); recipe role (LazyAdam estimator) 190.4 s / 188.2 s
+(2.03x recipe an). 5 epochs with ``--baseline`` (the version before the direct optimizer steps; load
+2.2-6.9): plain 28.6 s / 28.1 s; an 33.7 / 25.7 (baseline 43.7 / 32.8); role 48.8 / 44.0 (baseline
+86.6 / 53.5); grid 278.6 / 220.1 (baseline 307.3 / 276.1), every run with the baseline's results to the
+last digit.
 """
 import argparse
 import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
-import torch
-from torch import nn
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
-import spl_losses
-from spl_losses.training.linear import predict_linear, train_linear_epoch
-from spl_losses.training.builders import build_optimizer, estimator_optimizer, param_groups
-from spl_losses.training.parallel import epoch_permutation
+#: The yardstick: what a careful user writes in a dozen lines of plain torch.
+PLAIN_LOOP = r'''
+import sys, warnings, numpy as np, torch, datasets; warnings.simplefilter("ignore")
+from sklearn.metrics import average_precision_score
+ds, epochs = datasets.load_from_disk(sys.argv[1]), int(sys.argv[2])
+def column(split, name):
+    col = ds[split].data.column(name).combine_chunks()
+    return col.values.to_numpy().reshape(len(col), -1)
+def dense(split, name, c=80):
+    col = ds[split].data.column(name).combine_chunks(); m = np.zeros((len(col), c), np.float32)
+    m[np.repeat(np.arange(len(col)), np.diff(col.offsets.to_numpy())), col.values.to_numpy()] = 1; return m
+x, y = torch.from_numpy(column("train", "features")), torch.from_numpy(dense("train", "observed_labels"))
+xv, yv = torch.from_numpy(column("validation", "features")), dense("validation", "labels")
+torch.manual_seed(0)
+head, loss_fn = torch.nn.Linear(x.shape[1], y.shape[1]), torch.nn.BCEWithLogitsLoss()
+opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+for epoch in range(epochs):
+    for idx in torch.randperm(len(x)).split(16):
+        opt.zero_grad(); loss_fn(head(x[idx]), y[idx]).backward(); opt.step()
+    with torch.no_grad():
+        scores = head(xv).numpy()
+    print(f"epoch {epoch + 1}: val mAP {100 * average_precision_score(yv, scores, average='macro'):.2f}", flush=True)
+'''
 
 
 def load_average():
@@ -40,12 +73,14 @@ def load_average():
 
 
 def coco_sized_features(seed=0):
-    """Random COCO-sized features: (65,665 x 2,048) training and (16,416 x 2,048) validation rows (non-negative,
-    as pooled ReLU features are) and 80 classes with one observed positive per training row.
+    """Random COCO-sized tensors (for the in-process benchmarks, e.g. linear_grid.py): (65,665 x 2,048) training
+    and (16,416 x 2,048) validation features (non-negative) and 80 classes, one observed positive per row.
 
     Args:
         seed: Seed of the draws.
     """
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     n, d, c, n_val = 65665, 2048, 80, 16416
     features = torch.randn(n, d, generator=g).relu_()
@@ -55,95 +90,140 @@ def coco_sized_features(seed=0):
     return features, val_features, targets
 
 
-class LinearRun:
-    """One linear run (loss, estimator optimizer, batch size), trained an epoch at a time."""
+def write_features_dataset(path, quick=False, seed=0):
+    """Save random COCO-sized features as a ``datasets`` folder (fixed-length float32 ``features``, ``labels``,
+    ``observed_labels`` with one positive per row, ``index``); features carry the labels a little.
 
-    def __init__(self, loss_name, features, targets, batch_size, estimator, epochs):
-        n, d = features.shape
-        c = targets.shape[1]
-        self.name, self.batch_size, self.epochs = loss_name, batch_size, epochs
-        self.head = nn.Linear(d, c)
-        kwargs = dict(num_classes=c, num_examples=n, expected_num_pos=2.9, observed_labels=targets, seed=0,
-                      sparse=estimator != "adam") if loss_name == "role" else {}
-        self.loss = spl_losses.create_loss(loss_name, **kwargs)
-        state = [p for p in self.loss.parameters() if p.requires_grad]
-        groups = param_groups(1e-4, head=list(self.head.parameters()), loss_state=state)
-        self.optimizers = [build_optimizer(groups, "adam", estimator=estimator)]
-        self.wall, self.cpu = [], []
+    Args:
+        path: The folder.
+        quick: A tenth of the rows.
+        seed: Seed of the draws.
+    """
+    import datasets
+    import numpy as np
+    import pyarrow as pa
 
-    def epoch(self, features, targets, val_features):
-        """Train one epoch, score validation, read the state dict (the recipe's checkpoint); record its times."""
-        epoch = len(self.wall)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        self.loss.set_epoch(epoch)
-        train_linear_epoch(self.head, self.loss, self.optimizers, features, targets,
-                           epoch_permutation(features.shape[0], 0, epoch), self.batch_size)
-        predict_linear(self.head, val_features)
-        self.loss.state_dict()  # the recipe's checkpoint after every epoch (a LazyAdam estimator caught up)
-        self.wall.append(time.perf_counter() - start)
-        self.cpu.append(time.process_time() - cpu_start)
+    rng = np.random.default_rng(seed)
+    d, c = 2048, 80
+    sizes = {"train": 65665, "validation": 16416, "test": 40137}
+    if quick:
+        sizes = {k: v // 10 for k, v in sizes.items()}
+    names = [f"class_{i}" for i in range(c)]
+    label = datasets.List(datasets.ClassLabel(names=names))
+    features = datasets.Features({"features": datasets.List(datasets.Value("float32"), length=d), "labels": label,
+                                  "observed_labels": label, "index": datasets.Value("int64")})
+    prototypes = rng.standard_normal((c, d)).astype(np.float32)
+    splits = {}
+    for split, n in sizes.items():
+        counts = rng.integers(1, 5, n)
+        rows = np.repeat(np.arange(n), counts)
+        values = rng.integers(0, c, len(rows))
+        keep = np.ones(len(rows), bool)  # drop repeats of a class within a row
+        order = np.lexsort((values, rows))
+        rows, values = rows[order], values[order]
+        keep[1:] = (rows[1:] != rows[:-1]) | (values[1:] != values[:-1])
+        rows, values = rows[keep], values[keep]
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        np.add.at(x, rows, 0.08 * prototypes[values])
+        np.maximum(x, 0, out=x)
+        observed = values[offsets[:-1] + rng.integers(0, np.diff(offsets))]
+        table = pa.table({
+            "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d),
+            "labels": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int64))),
+            "observed_labels": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)),
+                                                        pa.array(observed.astype(np.int64))),
+            "index": pa.array(np.arange(n, dtype=np.int64))})
+        splits[split] = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
+    datasets.DatasetDict(splits).save_to_disk(path)
 
 
-def extraction_throughput(num_images=512, batch_size=64):
-    import timm
-
-    from spl_losses.training.features import pooled_features
-
-    model = timm.create_model("resnet10t", pretrained=False, num_classes=10, channels=(32, 64, 128, 256),
-                              stem_width=16).eval()
-    images = torch.randn(batch_size, 3, 32, 32)
-    with torch.no_grad():
-        pooled_features(model, images)
-        start = time.perf_counter()
-        for _ in range(num_images // batch_size):
-            pooled_features(model, images)
-    return num_images / (time.perf_counter() - start)
+def timed(command, env, cwd=ROOT):
+    """Run a whole process; its wall seconds, its CPU seconds (user + system) and the last line it printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    return seconds, cpu, (lines[-1] if lines else "")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[16, 8])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--losses", nargs="+", default=["an", "role"])
-    p.add_argument("--estimator-optimizer", nargs="+", default=["auto"],
-                   choices=["auto", "lazy_adam", "adam", "sparse_adam"], help="ROLE runs: the estimator's optimizers")
-    p.add_argument("--dense-epochs", type=int, default=None, help="epochs of ROLE runs with the dense estimator "
-                   "(adam; default --epochs)")
-    p.add_argument("--no-extraction", action="store_true", help="skip the feature-extraction throughput")
+    p.add_argument("--quick", action="store_true", help="a tenth of the rows (a short check)")
+    p.add_argument("--only", nargs="+", default=["plain", "an", "role", "grid"],
+                   choices=["plain", "an", "role", "grid"])
+    p.add_argument("--repeat", type=int, default=1, help="rounds of all runs (interleaved)")
+    p.add_argument("--data", default=None, help="a features folder to write once and reuse (default: a temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the run folders")
+    p.add_argument("--baseline", default=None, help="a checkout of another version: its recipe runs too, each "
+                   "beside this one's (same data, interleaved)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    features, val_features, targets = coco_sized_features()
-    (n, d), c = features.shape, targets.shape[1]
-    load = load_average()
-    print(f"torch threads: {torch.get_num_threads()}; load average {load}; features {n} x {d}, {c} classes, "
-          f"{args.epochs} epochs")
-    for bs in args.batch_size:
-        runs = []
-        for name in args.losses:
-            for choice in (args.estimator_optimizer if name == "role" else ["adam"]):
-                estimator = estimator_optimizer(choice, n * c)
-                dense = name == "role" and estimator == "adam"
-                epochs = args.dense_epochs if dense and args.dense_epochs is not None else args.epochs
-                tag = f"{name} (estimator: {choice}{' = ' + estimator if choice == 'auto' else ''})" \
-                    if name == "role" else name
-                runs.append((tag, LinearRun(name, features, targets, bs, estimator, epochs)))
-        for epoch in range(max(run.epochs for _, run in runs)):
-            for _, run in runs:
-                if epoch < run.epochs:
-                    run.epoch(features, targets, val_features)
-        fastest_an = min((min(run.cpu) for tag, run in runs if tag == "an"), default=None)
-        for tag, run in runs:
-            wall, cpu, epochs = sum(run.wall), sum(run.cpu), run.epochs
-            versus = f"; fastest epoch {min(run.cpu) / fastest_an:.2f}x an's (CPU)" if fastest_an else ""
-            print(f"linear {tag:<36} batch {bs:>3}: {wall:7.1f} s wall, {cpu:7.1f} s CPU in {epochs} epochs "
-                  f"(25 epochs ~ {25 * wall / epochs:.0f} s wall, {25 * cpu / epochs:.0f} s CPU; fastest epoch "
-                  f"{min(run.wall):.2f} s wall, {min(run.cpu):.2f} s CPU{versus})", flush=True)
-        print(f"load average now {load_average()}")
-    if args.no_extraction:
-        return
-    print(f"feature extraction, demo backbone (narrow resnet10t, 32 px): {extraction_throughput():.0f} images/s")
+    import accelerate
+    import datasets
+    import numpy
+    import timm
+    import torch
 
+    work = tempfile.mkdtemp(prefix="linear_probe_")
+    data = args.data or os.path.join(work, "features")
+    if not os.path.isdir(data):
+        start = time.perf_counter()
+        write_features_dataset(data, args.quick)
+        print(f"wrote {data} in {time.perf_counter() - start:.0f} s", flush=True)
+    e = str(args.epochs)
+    roots = {"": ROOT} if args.baseline is None else {"": ROOT, "@base": os.path.abspath(args.baseline)}
+
+    def env_of(root):
+        return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1",
+                    PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def recipe(root, *flags):
+        return [sys.executable, os.path.join(root, "recipes", "train.py"), "--dataset", data, "--train-mode",
+                "linear_fixed_features", "--epochs", e, "--no-progress", *flags]
+
+    commands = {}  # name -> (command, root)
+    for name in args.only:
+        if name == "plain":
+            commands["plain"] = ([sys.executable, "-c", PLAIN_LOOP, data, e], ROOT)
+            continue
+        flags = {"an": ["--loss", "an", "--batch-size", "16", "--lr", "1e-3"],
+                 "role": ["--loss", "role", "--batch-size", "16", "--lr", "1e-3"],
+                 "grid": ["--loss", "an", "--search"]}[name]
+        for tag, root in roots.items():
+            commands[name + tag] = (recipe(root, *flags), root)
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, timm {timm.__version__}, datasets "
+          f"{datasets.__version__}, accelerate {accelerate.__version__}, numpy {numpy.__version__}; one thread per "
+          f"process (OMP_NUM_THREADS=1), {os.cpu_count()} cores; {args.epochs} epochs; data {data}"
+          f"{' (quick)' if args.quick else ''}; load average {load_average()}", flush=True)
+    times = {name: [] for name in commands}
+    for round_ in range(args.repeat):
+        for name, (command, root) in commands.items():
+            out = os.path.join(work, f"{name}_{round_}")
+            seconds, cpu, last = timed(command + ([] if name == "plain" else ["--output-dir", out]), env_of(root), root)
+            times[name].append((seconds, cpu))
+            print(f"  {name:<11} {seconds:8.1f} s wall {cpu:8.1f} s CPU  (load {load_average()})  {last[:100]}",
+                  flush=True)
+    base = min(times["plain"]) if "plain" in times else None
+    print(f"\n{'run':<40} {'wall s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8}")
+    labels = {"plain": "plain torch loop", "an": "recipe an", "role": "recipe role",
+              "grid": "8-point --search grid (an)"}
+    for name, values in times.items():
+        wall, cpu = min(values)
+        label = labels[name.split("@")[0]] + (" [baseline]" if "@" in name else "")
+        ratios = (f"{wall / base[0]:8.2f} {cpu:8.1f} {cpu / base[1]:8.2f}" if base else f"{'-':>8} {cpu:8.1f} {'-':>8}")
+        print(f"{label:<40} {wall:8.1f} {ratios}")
+    for tag in roots:
+        if "an" + tag in times and "role" + tag in times:
+            print(f"{'recipe role / recipe an' + tag:<40} {min(times['role' + tag])[0] / min(times['an' + tag])[0]:8.2f}")
+    print(f"load average now {load_average()}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

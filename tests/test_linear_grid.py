@@ -165,6 +165,36 @@ def test_block_size_does_not_change_the_result_and_schedules_count_every_update(
         train_head_group_epoch(heads, losses[:1], optimizers, x, y, torch.arange(n), 8)
 
 
+def test_heads_shared_among_threads_train_as_in_one_thread_and_as_alone():
+    """workers: each head in one thread, the same bits as one thread and as each head trained alone."""
+    g = torch.Generator().manual_seed(3)
+    n, d, c = 41, 6, 4
+    x, y = torch.randn(n, d, generator=g), torch.zeros(n, c)
+    y[torch.arange(n), torch.randint(0, c, (n,), generator=g)] = 1
+    start = nn.Linear(d, c)
+    lrs = (0.1, 0.03, 0.01)
+
+    def train(groups, workers):
+        heads = [nn.Linear(d, c) for _ in lrs]
+        for head in heads:
+            head.load_state_dict(start.state_dict())
+        losses = [_loss("role", n, c, y) for _ in heads]
+        optimizers = [[torch.optim.Adam([{"params": list(h.parameters()), "lr": lr},
+                                         {"params": list(l.parameters()), "lr": 10 * lr}], fused=True)]
+                      for h, l, lr in zip(heads, losses, lrs)]
+        for epoch in range(2):
+            for group in groups:
+                train_head_group_epoch([heads[i] for i in group], [losses[i] for i in group],
+                                       [optimizers[i] for i in group], x, y, epoch_permutation(n, 1, epoch), 8,
+                                       workers=workers)
+        return [torch.cat([h.weight.detach().flatten(), h.bias.detach(), l.estimator.logits.detach().flatten()])
+                for h, l in zip(heads, losses)]
+
+    together = train([[0, 1, 2]], 1)
+    for groups, workers in (([[0, 1, 2]], 2), ([[0, 1, 2]], 3), ([[0], [1], [2]], 1)):
+        assert all(torch.equal(a, b) for a, b in zip(train(groups, workers), together))
+
+
 # ------------------------------------------------------------------------------------------------ whole runs
 def _args(features_data, out, loss, lr, *extra, batch_size=8, epochs=3):
     args, _ = recipe.parse_args(["--dataset", features_data, "--train-mode", "linear_fixed_features", "--loss", loss,

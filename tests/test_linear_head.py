@@ -95,3 +95,35 @@ def test_predict_linear_gives_head_logits_in_row_order_for_any_chunk_size():
     for chunk_size in (1, 4, 11, 100):
         assert torch.allclose(predict_linear(head, x, chunk_size=chunk_size), expected, atol=1e-6)
     assert predict_linear(head, x[:0]).shape == (0, 3)
+
+
+@pytest.mark.parametrize("opt", ["adam", "adamw"])
+def test_the_direct_optimizer_step_updates_as_the_optimizers_own_step_bit_for_bit(opt):
+    """step_function (accelerate's wrapper, CombinedOptimizer and fused Adam's layers left out) == opt.step()."""
+    from accelerate import Accelerator
+
+    from spl_losses.optim.direct_step import step_function
+
+    def build(wrap):
+        torch.manual_seed(0)
+        head, state = nn.Linear(6, 3), nn.Parameter(torch.randn(5, 3))
+        groups = param_groups(1e-2, head=list(head.parameters()), loss_state=[state])
+        optimizer = build_optimizer(groups, opt, weight_decay=0.01 if opt == "adamw" else 0.0)
+        return head, state, (Accelerator().prepare_optimizer(optimizer) if wrap else optimizer)
+
+    runs = [build(False), build(True)]
+    steps = [runs[0][2].step, step_function([runs[1][2]])]
+    g = torch.Generator().manual_seed(1)
+    for t in range(12):
+        x = torch.randn(4, 6, generator=g)
+        for (head, state, optimizer), step in zip(runs, steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = head(x).square().mean() + (state.sin().sum() if t % 4 != 1 else 0)  # state without a grad
+            loss.backward()
+            for group in optimizer.param_groups:  # a schedule changes the rates
+                group["lr"] = 1e-2 / (1 + t)
+            if t == 6:  # a checkpoint loaded: new state tensors
+                optimizer.load_state_dict(optimizer.state_dict())
+            step()
+        for a, b in zip([*runs[0][0].parameters(), runs[0][1]], [*runs[1][0].parameters(), runs[1][1]]):
+            assert torch.equal(a, b)

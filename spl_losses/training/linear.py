@@ -1,48 +1,61 @@
 """The linear mode's training steps: heads on pre-extracted features held whole on the device.
 
-Training a linear head on pre-extracted features held whole on the device.
+No DataLoader and no per-example Python: a batch is an index slice of the epoch's permutation, and its
+features and targets are gathered from the (N, D) / (N, C) tensors with one indexing op per block of
+batches (:data:`BLOCK_STEPS`).
 
-No DataLoader and no per-example Python: a batch is an index slice of the epoch's permutation, and
-its features and targets are gathered from the (N, D) / (N, C) tensors with one indexing op.
+Where a step's time goes (COCO-sized features, D = 2,048, C = 80, batch 16, one CPU thread; torch.profiler
+and cProfile): the two head matmuls ~200-250 us (MKL at 40-60 GFLOP/s for these shapes), the fused Adam
+kernel ~100 us, the loss's forward and backward ~150 us (``an``), the gather ~20 us. The layers around
+the optimizer's kernel cost more than the kernel: accelerate 1.16's ``AcceleratedOptimizer.step`` looks up
+whether ``lomo_optim`` is installed through ``importlib.metadata`` twice a step (~0.3 ms each, uncached),
+torch's step wrapper and ``Adam.step`` rebuild their lists every step (~0.1 ms). The step therefore calls
+the optimizers through :func:`~spl_losses.optim.direct_step.step_function` (the same kernels on the same
+state tensors: bit for bit the same update, and the optimizers' state dicts are unchanged). The head's
+gradients are two matmuls into preallocated buffers, the loss's input checks are off (the recipe checks the
+targets once), nothing syncs with the host before the epoch's end, and a constant rate (``--sched none``)
+has no scheduler call.
 
-Where a step's time goes (COCO-sized features, D = 2,048, C = 80, batch 16, one CPU thread, measured
-with torch.profiler and timers): the two head matmuls ~170 us (MKL at ~60 GFLOP/s for these shapes),
-fused Adam ~120 us (kernel ~80 us), the loss forward + backward ~140 us (``an``; ``role`` about twice
-that, plus ~150-300 us of SparseAdam with a sparse estimator), the feature gather ~25 us. Gathering
-rows per step costs about what one permuted copy of the features per epoch costs, so rows are
-gathered per step.
+Several heads on the same batches: a grid of learning rates at once. The points of a learning-rate grid
+that share everything else (features, batch size, seed: the same batches in the same order) differ only in
+what belongs to each head: its optimizer (rate and Adam moments), its loss (ROLE's label estimator, LL-Cp's
+corrections, EM-APL's pseudo-labels, each head's own) and its batch statistics (its EPR regulariser, its
+large-loss selection). :func:`train_head_group_epoch` trains every head at every batch: one gather, each
+head's logits and loss, one backward pass through all the heads' losses (``torch.autograd.backward`` of
+the list: each loss gets the gradient 1 it gets alone), each head's gradients and optimizer step. A head's
+operations are those of training it alone (a single run goes through the same function with one head), so
+a grid trained together and its points trained alone give the same numbers to the last bit, however the
+points are grouped. On the CPU the heads are shared among threads, one per core torch's own threads leave
+free (:func:`head_workers`): each head stays in one thread, so this changes the wall clock only.
 
-Training several linear heads on the same feature tensors in one pass: a grid of learning rates at once.
-
-The points of a learning-rate grid that share everything else (features, batch size, seed, so the same
-batches in the same order) differ only in their heads and what belongs to each head: its optimizer
-(learning rate and Adam moments), its loss (ROLE's label estimator, LL-Cp's corrections, EM-APL's
-pseudo-labels, each head's own) and its batch statistics (each head's EPR regulariser, its own large-loss
-selection). Heads never read each other's state, so a pass gathers a block of batches once and trains the
-heads on it one after another, each with the steps of
-:func:`~spl_losses.training.linear.train_linear_epoch` (:class:`~spl_losses.training.linear.LinearHeadSteps`):
-a head's logits, gradients, loss, optimizers and schedule are those of training it alone, in the same
-order, so a learning-rate grid trained together and trained point by point give the same numbers, however
-its points are grouped.
-
-Why head by head over a block rather than every head at every step (COCO-sized features, D = 2,048,
-C = 80, one CPU thread): a step of a head streams its weights, weight gradient and Adam moments (~2.6 MB)
-through memory, and training four heads step by step keeps ~10 MB in play, more than a core's L2 cache;
-measured here, that ran up to 15 % slower than training the points one by one. A block of 32 batches (4 MB of
-features at batch 16) trains one head with its state in cache, as a run alone does, and the block's
-gathers are shared. No pass can share the per-head work itself (the products, Adam, the loss): a grid of
-H heads costs about H runs, less the gathers and some per-step Python.
+What is not stacked, and why (measured on one core of a shared 2-core AMD EPYC, 4 heads): the heads'
+products as one matmul over the concatenated weights (one (B, D) x (D, 4C) product) give other bits than
+each head's own (B, D) x (D, C) product (MKL blocks the wider product differently), so they would break
+grouped == alone. A ``baddbmm``/``bmm`` over weights stacked (H, C, D) gave the same bits as each head's
+``addmm``/``mm`` here, but measured only 0-8 % faster than per-head products, and would need every head's
+parameters to be views into one storage (a checkpoint saving a view writes the whole storage). Adam's step
+stays one fused kernel call per head: ``torch._fused_adam_`` takes one learning rate per call, and Adam
+written out on stacked tensors would be other arithmetic than the fused kernel a run alone uses. The losses
+stay one call per head: their state (ROLE's estimator and its optimizer, LL-Cp's corrections, EM-APL's
+pseudo-labels, the large-loss selections) is per head and per example. The earlier version that stepped
+every head at every step measured 15 % slower than separate runs; the cache does not explain it (each
+head's ~2.6 MB of weights, gradient and moments misses the 512 KB L2 either way, and four heads fit the
+32 MB L3). With the per-step layers above removed, every head at every step measured ~10 % faster than
+head by head over blocks of 32 batches (591 vs 647 and 644 vs 730 us per head-step, side by side).
 """
+import concurrent.futures
 import contextlib
+import os
 from typing import Callable, ContextManager, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..optim.direct_step import step_function
 
 __all__ = ["LinearHeadSteps", "check_epoch_inputs", "train_linear_epoch", "predict_linear", "new_linear_head",
-           "build_linear_optimizers", "train_head_group_epoch", "BLOCK_STEPS"]
+           "build_linear_optimizers", "train_head_group_epoch", "head_workers", "BLOCK_STEPS"]
 
 
 def new_linear_head(seed: int, in_features: int, num_classes: int, model: Optional[nn.Module] = None) -> nn.Linear:
@@ -123,10 +136,12 @@ class LinearHeadSteps:
         head_params = {id(weight), id(bias)}
         self.other_params = [p for opt in self.optimizers for group in opt.param_groups for p in group["params"]
                              if id(p) not in head_params]
+        # the optimizers' update without the layers around it (accelerate's wrapper, torch's step hooks)
+        self.optimizer_step = step_function(self.optimizers)
         head.train()
 
-    def step(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One update on a batch; returns the batch's loss (detached, no device sync).
+    def loss(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The first half of a step: the head's logits and the loss of a batch (backward it, then :meth:`update`).
 
         Args:
             idx: (B,) the batch's example indices.
@@ -144,17 +159,33 @@ class LinearHeadSteps:
                 logits = F.linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(logits, y, index=idx) if self.requires_index else self.loss_fn(logits, y)
-        loss.backward()
+        self.logits, self.x = logits, x
+        return self.loss_fn(logits, y, index=idx) if self.requires_index else self.loss_fn(logits, y)
+
+    def update(self) -> None:
+        """The second half of a step, after the loss's backward: the head's gradients and the optimizers' step."""
+        head, x = self.head, self.x
         if self.manual:
-            grad_logits = logits.grad
+            grad_logits = self.logits.grad
             torch.mm(grad_logits.t(), x, out=self.grad_weight)
             head.weight.grad = self.grad_weight
             if head.bias is not None:
                 torch.sum(grad_logits, dim=0, out=self.grad_bias)
                 head.bias.grad = self.grad_bias
-        for opt in self.optimizers:
-            opt.step()
+        self.logits = self.x = None
+        self.optimizer_step()
+
+    def step(self, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on a batch; returns the batch's loss (detached, no device sync).
+
+        Args:
+            idx: (B,) the batch's example indices.
+            x: (B, D) its features.
+            y: (B, C) its targets.
+        """
+        loss = self.loss(idx, x, y)
+        loss.backward()
+        self.update()
         return loss.detach()
 
 
@@ -238,8 +269,46 @@ def predict_linear(head: nn.Module, features: torch.Tensor, chunk_size: int = 16
     return torch.cat([head(chunk).float() for chunk in torch.split(features, chunk_size)])
 
 
-#: Batches gathered at once and trained head by head.
+#: Batches gathered at once (one indexing op).
 BLOCK_STEPS = 32
+
+
+def head_workers(num_heads: int, device: torch.device, autocast=None) -> int:
+    """Threads :func:`train_head_group_epoch` shares ``num_heads`` heads among: on the CPU without autocast, one
+    per core left free by torch's own threads (``torch.get_num_threads()``), at most one per head; else 1.
+
+    Args:
+        num_heads: Heads trained.
+        device: Their device.
+        autocast: The autocast context factory, if any.
+    """
+    if num_heads < 2 or torch.device(device).type != "cpu" or autocast is not None:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(num_heads, cores // max(torch.get_num_threads(), 1)))
+
+
+def _train_heads(steps: Sequence[LinearHeadSteps], schedulers: Sequence, features: torch.Tensor, targets: torch.Tensor,
+                 order: torch.Tensor, batch_size: int, block_steps: int, first_update: int) -> torch.Tensor:
+    """An epoch of ``steps``' heads, every head at every batch; their summed losses, (H,)."""
+    timed = [scheduler for scheduler in schedulers if scheduler is not None]
+    totals = torch.zeros(len(steps), device=features.device)
+    done = 0
+    for block in (torch.split(order, batch_size * block_steps) if steps else ()):  # one gather per block of batches
+        xs, ys = features.index_select(0, block), targets.index_select(0, block)
+        for idx, x, y in zip(torch.split(block, batch_size), torch.split(xs, batch_size), torch.split(ys, batch_size)):
+            step_losses = [s.loss(idx, x, y) for s in steps]
+            torch.autograd.backward(step_losses)  # one backward pass through every head's loss
+            for s in steps:
+                s.update()
+            done += 1
+            for scheduler in timed:
+                scheduler.step_update(num_updates=first_update + done)
+            totals += step_losses[0].detach() if len(step_losses) == 1 else torch.stack([l.detach() for l in step_losses])
+    return totals
 
 
 def train_head_group_epoch(
@@ -255,6 +324,7 @@ def train_head_group_epoch(
         first_update: int = 0,
         block_steps: int = BLOCK_STEPS,
         autocast=None,
+        workers: Optional[int] = None,
 ) -> List[Optional[float]]:
     """One epoch of mini-batch training of several heads on the same batches (see the module docstring).
 
@@ -274,8 +344,10 @@ def train_head_group_epoch(
         active: The heads to train this epoch (default all); the others are left untouched.
         schedulers: Per head, a timm scheduler (``step_update(num_updates)``) or None.
         first_update: Updates done before this epoch (the schedulers' step count).
-        block_steps: Batches gathered at once and trained head by head (the results do not depend on it).
+        block_steps: Batches gathered by one indexing op (the results do not depend on it).
         autocast: Optional zero-argument callable returning an autocast context (mixed precision only).
+        workers: Threads sharing the heads (each head stays in one thread; the results do not depend on it);
+            default :func:`head_workers`.
 
     Returns:
         Per head, the mean training loss over the epoch's batches (None for a head not trained).
@@ -289,20 +361,25 @@ def train_head_group_epoch(
         raise ValueError(f"block_steps must be positive, got {block_steps}")
     active = list(range(num)) if active is None else sorted(set(active))
     schedulers = list(schedulers) if schedulers is not None else [None] * num
-    steps, totals = {}, {}
+    steps = [LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast) for h in active]
+    workers = head_workers(len(steps), features.device, autocast) if workers is None else max(1, min(workers, len(steps)))
+    shares = [list(range(w, len(steps), workers)) for w in range(workers)]  # heads dealt round-robin
     batches = torch.split(order, batch_size)
-    for h in active:
-        steps[h] = LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast)
-        totals[h] = torch.zeros((), device=features.device)
-    for start in range(0, len(batches), block_steps):
-        block = batches[start:start + block_steps]
-        gathered = [(idx, features.index_select(0, idx), targets.index_select(0, idx)) for idx in block]
-        for h in active:
-            for offset, (idx, x, y) in enumerate(gathered, start=1):
-                totals[h] += steps[h].step(idx, x, y)
-                if schedulers[h] is not None:
-                    schedulers[h].step_update(num_updates=first_update + start + offset)
+
+    def train(share: List[int]) -> torch.Tensor:
+        return _train_heads([steps[i] for i in share], [schedulers[active[i]] for i in share], features, targets,
+                            order, batch_size, block_steps, first_update)
+
+    if workers == 1:
+        totals = train(shares[0]).tolist()
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(train, shares))
+        totals = [0.0] * len(steps)
+        for share, share_totals in zip(shares, done):
+            for i, total in zip(share, share_totals.tolist()):
+                totals[i] = total
     out: List[Optional[float]] = [None] * num
-    for h in active:
-        out[h] = float(totals[h]) / max(len(batches), 1)
+    for h, total in zip(active, totals):
+        out[h] = total / max(len(batches), 1)
     return out
