@@ -39,7 +39,8 @@ def unwrapped_optimizers(optimizer: torch.optim.Optimizer) -> List[torch.optim.O
     if inner is not None and type(optimizer).__name__ == "AcceleratedOptimizer":
         state, gradients = getattr(optimizer, "accelerator_state", None), getattr(optimizer, "gradient_state", None)
         xla = state is not None and str(getattr(state, "distributed_type", "")).endswith("XLA")
-        if getattr(optimizer, "scaler", None) is None and not xla and gradients is not None and gradients.sync_gradients:
+        in_sync = gradients is not None and gradients.sync_gradients
+        if getattr(optimizer, "scaler", None) is None and not xla and in_sync:
             return unwrapped_optimizers(inner)
         return [optimizer]
     if isinstance(optimizer, CombinedOptimizer):
@@ -53,6 +54,10 @@ class _FusedAdamStep:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
         self.groups = None  # per group: (group, params, exp_avgs, exp_avg_sqs, steps), cached after a step
+
+    def decoupled(self, group) -> bool:
+        """AdamW's decoupled weight decay (a group key of recent torch; before it, AdamW was its own class)."""
+        return bool(group.get("decoupled_weight_decay", isinstance(self.optimizer, torch.optim.AdamW)))
 
     def _cache(self) -> None:
         state, groups = self.optimizer.state, []
@@ -89,7 +94,7 @@ class _FusedAdamStep:
         for group, params, grads, exp_avgs, exp_avg_sqs, steps in calls:
             beta1, beta2 = group["betas"]
             torch._foreach_add_(steps, 1)
-            fused = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            fused = torch._fused_adamw_ if self.decoupled(group) else torch._fused_adam_
             fused(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
                   beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
                   grad_scale=None, found_inf=None)
@@ -112,8 +117,9 @@ def _bare_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
 def _direct(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     if not isinstance(optimizer, torch.optim.Optimizer):
         return optimizer.step
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or getattr(optimizer, "grad_scale", None) is not None \
-            or getattr(optimizer, "found_inf", None) is not None:
+    scaled = getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or scaled \
+            or not (hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_adamw_")):  # torch's kernels, by name
         return _bare_step(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     plain = all(g.get("fused") and not g.get("amsgrad") and not g.get("differentiable") and not g.get("capturable")

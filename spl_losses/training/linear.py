@@ -307,7 +307,8 @@ def _train_heads(steps: Sequence[LinearHeadSteps], schedulers: Sequence, feature
             done += 1
             for scheduler in timed:
                 scheduler.step_update(num_updates=first_update + done)
-            totals += step_losses[0].detach() if len(step_losses) == 1 else torch.stack([l.detach() for l in step_losses])
+            totals += (step_losses[0].detach() if len(step_losses) == 1
+                       else torch.stack([loss.detach() for loss in step_losses]))
     return totals
 
 
@@ -362,7 +363,8 @@ def train_head_group_epoch(
     active = list(range(num)) if active is None else sorted(set(active))
     schedulers = list(schedulers) if schedulers is not None else [None] * num
     steps = [LinearHeadSteps(heads[h], losses[h], optimizers[h], features.dtype, autocast) for h in active]
-    workers = head_workers(len(steps), features.device, autocast) if workers is None else max(1, min(workers, len(steps)))
+    workers = (head_workers(len(steps), features.device, autocast) if workers is None
+               else max(1, min(workers, len(steps))))
     shares = [list(range(w, len(steps), workers)) for w in range(workers)]  # heads dealt round-robin
     batches = torch.split(order, batch_size)
 
