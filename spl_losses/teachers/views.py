@@ -5,6 +5,7 @@ add the g×g grid of crops, so a small object that a whole-image embedding misse
 in a crop. Views are in the order [global, crop (0, 0), crop (0, 1), ..., crop (g-1, g-1)] (rows of
 the grid, top to bottom; left to right within a row).
 """
+import io
 import math
 from typing import Callable, List, Tuple
 
@@ -77,14 +78,18 @@ def score_split_views(
     """
     if "image" not in split.column_names:
         raise ValueError(f"this teacher scores images: expected an 'image' column, got columns {split.column_names}")
+    from ..data.image_checks import open_rgb  # the one decode rule of training and teachers alike
+
     columns = ["image"] + (["index"] if "index" in split.column_names else [])
     views = num_views(grid)
     out = None
-    for start, batch in zip(range(0, len(split), batch_size), split.select_columns(columns).iter(batch_size)):
-        pixels = torch.stack([transform(view.convert("RGB")) for image in batch["image"]
-                              for view in image_views(image, grid)])
+    stored = split.select_columns(columns).cast_column("image", datasets.Image(decode=False))
+    for start, batch in zip(range(0, len(split), batch_size), stored.iter(batch_size)):
+        images = [open_rgb(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
+                  for entry in batch["image"]]
+        pixels = torch.stack([transform(view.convert("RGB")) for image in images for view in image_views(image, grid)])
         scores = encode(pixels.to(device)).float().cpu()
-        scores = scores.reshape(len(batch["image"]), views, -1)
+        scores = scores.reshape(len(images), views, -1)
         if out is None:
             out = torch.empty(len(split), views, scores.shape[-1])
         rows = torch.as_tensor(batch["index"]) if "index" in batch else torch.arange(start, start + len(scores))
