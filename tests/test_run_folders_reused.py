@@ -77,6 +77,39 @@ def test_offline_without_cached_weights_fails_before_the_data_naming_no_pretrain
     assert not cache.exists() and not (tmp_path / "run").exists()  # before the data: nothing built, nothing left
 
 
+def test_offline_a_features_dataset_needs_no_backbone_weights(tmp_path):
+    """A linear probe on a features dataset builds no backbone: offline, the default --model (resnet50,
+    --pretrained) is no reason to stop; on an image dataset in the same mode the frozen backbone needs them."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = datasets.List(datasets.ClassLabel(names=["a", "b"]))
+
+    def split(n):
+        labels = [[int(i % 2)] for i in range(n)]
+        return datasets.Dataset.from_dict(
+            {"features": rng.normal(size=(n, 4)).astype(np.float32).tolist(), "labels": labels,
+             "observed_labels": labels, "index": list(range(n))},
+            features=datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": names,
+                                        "observed_labels": names, "index": datasets.Value("int64")}))
+
+    datasets.DatasetDict({"train": split(16), "validation": split(8), "test": split(8)}).save_to_disk(
+        str(tmp_path / "feats"))
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    done, _ = _recipe_process(["--dataset", str(tmp_path / "feats"), "--train-mode", "linear_fixed_features",
+                               "--loss", "an", "--epochs", "1", "--no-progress", "--output-dir",
+                               str(tmp_path / "probe")], offline, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "probe" / "results.json").exists()
+    images = ["--dataset", "digits_mosaic", *dataset_options(num_train=32, num_validation=16, num_test=16,
+                                                             image_size=16, cache_dir=str(tmp_path / "datasets")),
+              "--model", "test_resnet", "--image-size", "16", "--train-mode", "linear_fixed_features",
+              "--epochs", "1", "--output-dir", str(tmp_path / "frozen")]
+    done, _ = _recipe_process(images, offline, tmp_path)
+    assert done.returncode == 2 and "--no-pretrained" in done.stderr, done.stderr
+
+
 def test_an_unreachable_hub_names_no_pretrained(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -229,7 +229,8 @@ def check_args(args: argparse.Namespace) -> None:
     elif not timm.is_model(args.model):
         close = timm.list_models(f"*{args.model.split('.')[0][:6]}*")[:8]
         raise ValueError(f"unknown timm model {args.model!r}; similar names: {close}")
-    _check_pretrained_weights(args)
+    if args.train_mode != "linear_fixed_features":  # images for sure (features datasets need no backbone)
+        _check_pretrained_weights(args)
     if args.log_with:
         module = TRACKER_MODULES.get(args.log_with)
         if module is None:
@@ -356,6 +357,8 @@ def resolve_settings(args: argparse.Namespace, data: RunData, num_processes: int
                          "observed labels only (single positives or partial labels, no full labels); use a dataset "
                          "with full labels, or '--loss an' (its single-positive equivalent)")
     val_set_variant = "observed" if data.val_full is None else args.val_set_variant  # no full labels: observed
+    if args.train_mode == "linear_fixed_features" and data.kind == "image":  # the frozen backbone's weights
+        _check_pretrained_weights(args)
     if args.train_mode != "linear_fixed_features" and data.kind != "image":
         raise ValueError(f"--train-mode {args.train_mode} needs images, but {args.dataset!r} holds features; use "
                          "--train-mode linear_fixed_features")
