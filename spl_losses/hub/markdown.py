@@ -13,7 +13,7 @@ __all__ = ["text", "code", "fenced", "hub_id"]
 
 _PLAIN = re.compile(r"[\w.\-/:@+=,]+")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
 def text(value: Any) -> str:
@@ -23,7 +23,7 @@ def text(value: Any) -> str:
         value: Any value (``str()`` of it is written).
     """
     flat = " ".join(str(value).split())
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def code(value: Any) -> str:
