@@ -95,6 +95,19 @@ def _number(value) -> Optional[float]:
     return None
 
 
+#: Labels a run trained on that were not simulated by the package: (task name, card sentence, table row).
+_OBSERVED_KINDS = {
+    "given": ("partial labels",
+              "from **given partial labels**: the observed labels the dataset gives for each training image "
+              "(positives, and explicit negatives where it has them), every other class unobserved",
+              "given partial labels (the dataset's own, not simulated)"),
+    "stored": ("observed labels",
+               "from the **observed labels stored with the dataset** (its full labels kept for evaluation; how "
+               "the observed labels were chosen is not recorded), every other class unobserved",
+               "observed labels stored with the dataset (origin not recorded)"),
+}
+
+
 def _labels_kind(results: Dict[str, Any], seed) -> Dict[str, str]:
     """What the card says of the training labels, from results.json's ``labels`` entry (runs recorded before it
     trained on simulated single positives): a short name, a sentence, the table rows."""
@@ -102,22 +115,10 @@ def _labels_kind(results: Dict[str, Any], seed) -> Dict[str, str]:
     positives, negatives = _number(labels.get("positives_per_image")), _number(labels.get("negatives_per_image"))
     counts = (f"{positives:.2f} observed positive(s) and {negatives:.2f} observed negative(s) per training image"
               if positives is not None and negatives is not None else None)
-    if labels.get("kind") == "given":
-        sentence = ("from **given partial labels**: the observed labels the dataset gives for each training image "
-                    "(positives, and explicit negatives where it has them), every other class unobserved"
-                    + (f"; on average {counts}" if counts else "") + ".")
-        rows = [("Training labels", "given partial labels (the dataset's own, not simulated)")]
-        if counts:
-            rows.append(("Observed labels per image", counts))
-        return {"task": "partial labels", "sentence": sentence, "rows": rows}
-    if labels.get("kind") == "stored":
-        sentence = ("from the **observed labels stored with the dataset** (its full labels kept for evaluation; how "
-                    "the observed labels were chosen is not recorded), every other class unobserved"
-                    + (f"; on average {counts}" if counts else "") + ".")
-        rows = [("Training labels", "observed labels stored with the dataset (origin not recorded)")]
-        if counts:
-            rows.append(("Observed labels per image", counts))
-        return {"task": "observed labels", "sentence": sentence, "rows": rows}
+    if labels.get("kind") in _OBSERVED_KINDS:
+        task, text, row = _OBSERVED_KINDS[labels["kind"]]
+        rows = [("Training labels", row)] + ([("Observed labels per image", counts)] if counts else [])
+        return {"task": task, "sentence": text + (f"; on average {counts}" if counts else "") + ".", "rows": rows}
     rule = labels.get("rule") or "uniform"
     sentence = ("from **single positive labels** simulated from full labels: each training image carries one "
                 f"positive label (drawn by the {_code(rule)} rule, seed {_text(seed) if seed is not None else 'unknown'}), "
