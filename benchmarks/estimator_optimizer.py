@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from spl_losses.optim import LazyAdam, catch_up_rows
+from spl_losses.optim import LazyAdam
 
 OPTIMIZERS = ("adam", "sparse_adam", "lazy_adam")
 
@@ -96,7 +96,7 @@ def train(kind, init, soft_targets, order, args, dtype=torch.float32, untimed=()
         start = _clock(device)
         optimizer.zero_grad(set_to_none=True)
         if kind == "lazy_adam":
-            catch_up_rows(logits, rows)
+            optimizer.catch_up([logits], rows)
         read = F.embedding(rows, logits, sparse=sparse)
         F.binary_cross_entropy_with_logits(read, soft_targets[rows].to(dtype)).backward()
         before_step = _clock(device)

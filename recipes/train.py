@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 from spl_losses.checkpoints import load_loss_state
 from spl_losses.data.options import parse_dataset_options
 from spl_losses.hub import write_model_card
-from spl_losses.training.builders import (build_optimizer, build_run_loss, build_scheduler, copy_linear_head,
-                                          create_model, hand_off_loss_state, param_groups, run_estimator_optimizer,
-                                          timm_model_of, trainable_state_parameters)
+from spl_losses.training.builders import (attach_estimator_optimizer, build_optimizer, build_run_loss,
+                                          build_scheduler, copy_linear_head, create_model, hand_off_loss_state,
+                                          param_groups, run_estimator_optimizer, timm_model_of,
+                                          trainable_state_parameters)
 from spl_losses.training.cli import run_cli
 from spl_losses.training.evaluation import predict_loader
 from spl_losses.training.features import run_features
@@ -306,6 +307,7 @@ def train_end_to_end(accelerator: Accelerator, settings: RunSettings, data: RunD
                           loss_state=trainable_state_parameters(loss_fn), head_lr_mult=phase.head_lr_mult,
                           state_lr_mult=settings.lr_mult)
     optimizer = build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)
+    attach_estimator_optimizer(loss_fn, optimizer)  # the estimator catches its rows up through its optimizer
     step, optimizer, val_loader, test_loader, train_eval_loader = accelerator.prepare(step, optimizer, *loaders)
     steps_per_epoch = -(-len(train_loader) // settings.grad_accum_steps)
     scheduler = build_scheduler(optimizer, settings.sched, phase.epochs, steps_per_epoch, settings.warmup_epochs,

@@ -18,7 +18,7 @@ from torch import nn
 
 import spl_losses
 from spl_losses.losses import _distributed
-from spl_losses.training.builders import build_optimizer, param_groups
+from spl_losses.training.builders import attach_estimator_optimizer, build_optimizer, param_groups
 from spl_losses.training.parallel import TrainStep
 
 N, C, D, H, K = 24, 5, 6, 8, 1.5
@@ -62,6 +62,7 @@ def train(case, world_size=1, rank=0, num_examples=N):
     step = TrainStep(model, loss)
     groups = param_groups(0.05, backbone=list(model.parameters()), loss_state=list(loss.parameters()), state_lr_mult=4)
     optimizer = build_optimizer(groups, "adam", estimator=estimator)
+    attach_estimator_optimizer(loss, optimizer)  # the estimator catches its rows up through its optimizer
     module = step if world_size == 1 else nn.parallel.DistributedDataParallel(step)
     logits = loss.estimator.logits
     out = {"values": [], "grads": [], "estimator_grads": [], "bytes": [],

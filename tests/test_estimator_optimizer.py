@@ -16,8 +16,9 @@ from torch import nn
 
 import spl_losses
 from spl_losses.optim import CombinedOptimizer, LazyAdam
-from spl_losses.training.builders import (LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR, build_optimizer,
-                                       estimator_optimizer, param_groups)
+from spl_losses.training.builders import (LAZY_ADAM_MIN_ENTRIES, LAZY_ADAM_MIN_ENTRIES_ACCELERATOR,
+                                         attach_estimator_optimizer, build_optimizer, estimator_optimizer,
+                                         param_groups)
 
 N, C, D, K = 60, 4, 5, 1.2
 LR, STEPS, SAVE_AT = 1e-2, 300, 140
@@ -47,6 +48,7 @@ def build(observed, estimator):
     else:
         groups = param_groups(LR, head=list(head.parameters()), loss_state=list(loss.parameters()))
         optimizer = build_optimizer(groups, "adam", estimator=estimator)
+        attach_estimator_optimizer(loss, optimizer)  # the estimator catches its rows up through its optimizer
     return module, optimizer
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from spl_losses.optim import LazyAdam, catch_up_rows
+from spl_losses.optim import LazyAdam
 from spl_losses.optim import lazy_adam as lazy_adam_module
 from spl_losses.optim import skipped_steps
 from spl_losses.optim.shared_steps import SharedStepFactors
@@ -67,7 +67,7 @@ def train_pair(dtype, steps, lr_of_step, column_scale, round_trip_at=None, catch
             optimizer.param_groups[0]["lr"] = lr_of_step(step + 1)
             optimizer.zero_grad()
             if kind == "lazy":
-                catch_up_rows(table, rows)
+                optimizer.catch_up([table], rows)
             read = F.embedding(rows, table, sparse=kind == "lazy")
             loss = (column_scale * (gain * read - target[rows]) ** 2).sum()
             loss.backward()
@@ -329,7 +329,7 @@ def step_allocations(num_rows):
         rows = torch.randint(0, 200, (16,), generator=generator)
         optimizer.zero_grad()
         with AllocationCounter() as counter:
-            catch_up_rows(table, rows)
+            optimizer.catch_up([table], rows)
         F.embedding(rows, table, sparse=True).sum().backward()
         with AllocationCounter() as step_counter:
             optimizer.step()
@@ -396,8 +396,7 @@ def test_role_estimator_matches_dense_adam():
                                             {"params": estimator.parameters(), "lr": 1e-2}], lr=1e-3)]
         else:
             optimizers = [torch.optim.Adam(head.parameters(), lr=1e-3), LazyAdam(estimator.parameters(), lr=1e-2)]
-            estimator.register_forward_pre_hook(lambda module, args: catch_up_rows(module.logits, args[0]))
-            estimator.register_state_dict_pre_hook(lambda module, prefix, keep_vars: catch_up_rows(module.logits))
+            estimator.use_optimizer(optimizers[1])  # it catches up the rows it reads, and every row before saving
         runs[kind] = (head, loss_fn, optimizers)
     for step in range(200):
         index = torch.randint(0, num_examples // 2 if step % 50 < 25 else num_examples, (6,), generator=generator)
@@ -414,3 +413,26 @@ def test_role_estimator_matches_dense_adam():
     adam_logits, lazy_logits = runs["adam"][1].estimator.logits, runs["lazy"][1].estimator.logits
     torch.testing.assert_close(lazy_logits, adam_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(runs["lazy"][0].weight, runs["adam"][0].weight, rtol=0, atol=1e-5)
+
+
+def test_the_estimator_owns_its_optimizer():
+    """The estimator is told its optimizer (no global registry): one that does not step its logits is refused;
+    told, it catches rows up through it; without it, nothing is caught up behind its back."""
+    from spl_losses.losses import LabelEstimator
+
+    estimator = LabelEstimator(8, 3, sparse=True, seed=0)
+    with pytest.raises(ValueError, match="does not step this estimator's logits"):
+        estimator.use_optimizer(LazyAdam([torch.nn.Parameter(torch.zeros(8, 3))], lr=0.1))
+    optimizer = LazyAdam(estimator.parameters(), lr=0.1)
+    for rows in ([0, 1], [2, 3], [2, 3], [2, 3]):  # rows 0 and 1 then owe three steps of their moments' decay
+        optimizer.zero_grad()
+        F.embedding(torch.tensor(rows), estimator.logits, sparse=True).sum().backward()
+        optimizer.step()
+    stale = estimator.logits.detach().clone()
+    estimator.catch_up()  # not told its optimizer: a no-op
+    assert torch.equal(estimator.logits.detach(), stale)
+    estimator.use_optimizer(optimizer).catch_up(torch.tensor([0, 1]))
+    assert not torch.equal(estimator.logits.detach()[:2], stale[:2])  # the owed updates landed
+    caught_up = estimator.logits.detach().clone()
+    optimizer.catch_up()  # every row through the optimizer itself: rows 0 and 1 unchanged (already current)
+    assert torch.equal(estimator.logits.detach()[:2], caught_up[:2])

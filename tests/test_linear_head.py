@@ -5,7 +5,7 @@ from torch import nn
 
 import spl_losses
 from spl_losses.training.linear import predict_linear, train_linear_epoch
-from spl_losses.training.builders import build_optimizer, param_groups
+from spl_losses.training.builders import attach_estimator_optimizer, build_optimizer, param_groups
 
 
 def _observed(num_examples, num_classes):
@@ -23,7 +23,9 @@ def _role(observed, sparse):
 def _optimizers(head, loss, estimator):
     """The recipe's optimizer: head at lr 1e-2, estimator at 10x in Adam, LazyAdam or SparseAdam."""
     groups = param_groups(1e-2, head=list(head.parameters()), loss_state=list(loss.parameters()))
-    return [build_optimizer(groups, "adam", estimator=estimator)]
+    optimizer = build_optimizer(groups, "adam", estimator=estimator)
+    attach_estimator_optimizer(loss, optimizer)  # the estimator catches its rows up through its optimizer
+    return [optimizer]
 
 
 def _reference_epoch(head, loss, optimizers, x, y, order, batch_size):

@@ -1,5 +1,6 @@
 """ROLE's online label estimator (Cole et al., CVPR 2021) and the base of the losses that own one."""
 import math
+import weakref
 from typing import Optional
 
 import torch
@@ -7,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import check_observed_labels
-from ..optim.lazy_adam import catch_up_rows
 from ._checks import check_number, check_positive_int
 from .base import SPLoss
 
@@ -39,6 +39,7 @@ class LabelEstimator(nn.Module):
 
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         estimator_optimizer = spl_losses.optim.LazyAdam(loss_fn.estimator.parameters(), lr=10 * lr)
+        loss_fn.estimator.use_optimizer(estimator_optimizer)  # the estimator catches rows up through it
 
     LazyAdam applies the updates of the steps a row skipped when the row is read: this module's
     :meth:`forward` catches up the rows it reads, and :meth:`estimates`, the ``init_*`` methods,
@@ -72,10 +73,45 @@ class LabelEstimator(nn.Module):
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.sparse = bool(sparse)
         self.logits = nn.Parameter(torch.empty(num_examples, num_classes, dtype=torch.float32))
+        self._optimizer: Optional[weakref.ref] = None  # the LazyAdam stepping the logits (use_optimizer)
         self.init_from_observed(observed_labels, seed=seed)
         # a LazyAdam stepping the logits owes rows updates: apply them before the logits are saved or replaced
         self.register_state_dict_pre_hook(_catch_up_before_saving)
         self.register_load_state_dict_pre_hook(_catch_up_before_loading)
+
+    def use_optimizer(self, optimizer) -> "LabelEstimator":
+        """Tell the estimator which optimizer steps its logits, so that it catches rows up through it.
+
+        A :class:`~spl_losses.optim.LazyAdam` owes a row the updates of the steps the row skipped; the
+        estimator applies them (``optimizer.catch_up``) before it reads rows. It holds the optimizer weakly
+        (the optimizer's owner keeps it alive). An optimizer without ``catch_up`` (Adam, SparseAdam) needs none.
+
+        Args:
+            optimizer: The optimizer stepping :attr:`logits`, or None.
+
+        Returns:
+            The estimator itself.
+
+        Raises:
+            ValueError: the optimizer does not step this estimator's logits.
+        """
+        if optimizer is not None and not any(p is self.logits for group in optimizer.param_groups
+                                             for p in group["params"]):
+            raise ValueError("use_optimizer: the optimizer does not step this estimator's logits "
+                             f"(an ({self.num_examples}, {self.num_classes}) parameter)")
+        self._optimizer = weakref.ref(optimizer) if optimizer is not None else None
+        return self
+
+    def catch_up(self, rows: Optional[torch.Tensor] = None) -> None:
+        """Apply the updates a :class:`~spl_losses.optim.LazyAdam` owes ``rows`` (default: every row); a no-op
+        without one (see :meth:`use_optimizer`).
+
+        Args:
+            rows: Row indices, or None for every row.
+        """
+        optimizer = self._optimizer() if self._optimizer is not None else None
+        if optimizer is not None and hasattr(optimizer, "catch_up"):
+            optimizer.catch_up([self.logits], rows)
 
     @torch.no_grad()
     def init_from_observed(self, observed_labels: Optional[torch.Tensor] = None, seed: Optional[int] = None) -> None:
@@ -86,7 +122,7 @@ class LabelEstimator(nn.Module):
             observed_labels: (N, C) {-1, 0, 1} tensor, or None (everything unobserved).
             seed: Seed of the uniform draw; None uses torch's global RNG.
         """
-        catch_up_rows(self.logits)  # pending updates land before the values are replaced
+        self.catch_up()  # pending updates land before the values are replaced
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.logits.device).manual_seed(int(seed))
@@ -118,13 +154,13 @@ class LabelEstimator(nn.Module):
             raise ValueError(f"estimates have shape {tuple(estimates.shape)}, expected {tuple(self.logits.shape)}")
         if not bool(torch.isfinite(estimates).all()) or bool(((estimates < 0) | (estimates > 1)).any()):
             raise ValueError("estimates must be finite probabilities in [0, 1]")
-        catch_up_rows(self.logits)  # pending updates land before the values are replaced
+        self.catch_up()  # pending updates land before the values are replaced
         self.logits.copy_(torch.logit(estimates.float().clamp(clamp, 1.0 - clamp)))
 
     @torch.no_grad()
     def estimates(self) -> torch.Tensor:
         """Return the current (N, C) label estimates ``sigmoid(logits)`` (a detached copy)."""
-        catch_up_rows(self.logits)
+        self.catch_up()
         return torch.sigmoid(self.logits.detach())
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
@@ -133,7 +169,7 @@ class LabelEstimator(nn.Module):
         Args:
             index: (B,) int64 example indices.
         """
-        catch_up_rows(self.logits, index)
+        self.catch_up(index)
         return F.embedding(index, self.logits, sparse=self.sparse)
 
     def extra_repr(self) -> str:
@@ -142,12 +178,12 @@ class LabelEstimator(nn.Module):
 
 def _catch_up_before_saving(module: LabelEstimator, prefix: str, keep_vars: bool) -> None:
     """State-dict pre-hook: every row up to date before the logits are read."""
-    catch_up_rows(module.logits)
+    module.catch_up()
 
 
 def _catch_up_before_loading(module: LabelEstimator, state_dict, prefix, *args) -> None:
     """Load-state-dict pre-hook: pending updates land on the old values, not on the loaded ones."""
-    catch_up_rows(module.logits)
+    module.catch_up()
 
 
 class EstimatorLoss(SPLoss):

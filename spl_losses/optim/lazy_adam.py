@@ -1,7 +1,6 @@
 """Adam for row-sparse gradients with dense Adam's result: rows catch up on skipped steps when read."""
 import math
-import weakref
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Iterable, Optional
 
 import torch
 from torch.optim import Optimizer
@@ -9,7 +8,7 @@ from torch.optim import Optimizer
 from .shared_steps import SharedStepFactors
 from .skipped_steps import SkippedSteps, skipped_step_updates, window_length
 
-__all__ = ["LazyAdam", "catch_up_rows"]
+__all__ = ["LazyAdam"]
 
 #: Learning-rate changes kept before every row is brought up to date (which empties the history).
 MAX_LR_SEGMENTS = 1024
@@ -17,8 +16,6 @@ MAX_LR_SEGMENTS = 1024
 _CATCH_UP_CHUNK = 1 << 14
 #: Keys of a parameter's state besides Adam's ``step``, ``exp_avg`` and ``exp_avg_sq``.
 _ROW_KEYS = ("last_step", "lr_starts", "lr_values", "betas_eps")
-#: id(parameter) -> (weak parameter, weak optimizer) for :func:`catch_up_rows`.
-_OWNERS: Dict[int, Tuple[weakref.ref, weakref.ref]] = {}
 
 
 class LazyAdam(Optimizer):
@@ -37,8 +34,9 @@ class LazyAdam(Optimizer):
     row, whatever the number of rows N; only a full catch-up is O(N·C).
 
     Rows must be caught up before they are read: call :meth:`catch_up` (every row, e.g. before
-    reading all estimates, saving the parameter or handing the estimator over) or
-    :func:`catch_up_rows` with the rows a forward pass reads, before it reads them. A row read
+    reading all estimates, saving the parameter or handing the estimator over), or ``catch_up([param], rows)``
+    with the rows a forward pass reads, before it reads them: the parameter's owner does it
+    (:meth:`~spl_losses.losses.LabelEstimator.use_optimizer`). A row read
     stale gives a different gradient than dense Adam would. :meth:`state_dict` catches up every
     row first (unless told not to), so the saved optimizer state and the saved parameter agree if
     the parameter is saved after it, or through a module whose state-dict pre-hook catches it up.
@@ -58,9 +56,7 @@ class LazyAdam(Optimizer):
 
         estimator = LabelEstimator(num_examples, num_classes, sparse=True)
         optimizer = LazyAdam(estimator.parameters(), lr=10 * lr)
-        estimator.register_forward_pre_hook(lambda module, args: catch_up_rows(module.logits, args[0]))
-        ...
-        optimizer.catch_up()   # before estimator.estimates() / state_dict()
+        estimator.use_optimizer(optimizer)  # it catches up the rows it reads, and every row before it is saved
 
     Args:
         params: Parameters or parameter groups; a parameter's rows are its first dimension.
@@ -98,8 +94,6 @@ class LazyAdam(Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
-        for p in group["params"]:
-            _register_owner(p, self)
 
     # ------------------------------------------------------------------------------------- steps
     @torch.no_grad()
@@ -310,31 +304,6 @@ class LazyAdam(Optimizer):
                 state["last_step"] = torch.full((p.shape[0],), step, dtype=torch.int64, device=p.device)
                 state["lr_starts"], state["lr_values"] = _empty_lr_history()
                 state["betas_eps"] = _betas_eps(group)
-
-
-def catch_up_rows(param: torch.Tensor, rows: Optional[torch.Tensor] = None) -> None:
-    """Bring ``rows`` of ``param`` (default: all) up to date if a :class:`LazyAdam` steps it; else no-op.
-
-    For the code that reads the parameter, e.g. a module's forward pre-hook with the batch's index.
-
-    Args:
-        param: Any tensor (a no-op unless a live :class:`LazyAdam` holds it).
-        rows: Row indices (default: every row).
-    """
-    entry = _OWNERS.get(id(param))
-    if entry is None or entry[0]() is not param:
-        return
-    optimizer = entry[1]()
-    if optimizer is not None:
-        optimizer.catch_up([param], rows)
-
-
-def _register_owner(param: torch.Tensor, optimizer: LazyAdam) -> None:
-    """Remember which optimizer steps ``param`` (weakly: neither is kept alive, nothing is pickled)."""
-    key = id(param)
-    if key not in _OWNERS or _OWNERS[key][0]() is not param:
-        weakref.finalize(param, _OWNERS.pop, key, None)
-    _OWNERS[key] = (weakref.ref(param), weakref.ref(optimizer))
 
 
 def _check_group(group: dict) -> None:

@@ -39,7 +39,7 @@ from ..optim import CombinedOptimizer, LazyAdam
 
 __all__ = ["ESTIMATOR_OPTIMIZERS", "LAZY_ADAM_MIN_ENTRIES", "LAZY_ADAM_MIN_ENTRIES_ACCELERATOR", "param_groups",
            "estimator_optimizer", "build_optimizer", "build_scheduler", "create_model", "timm_model_of",
-           "copy_linear_head", "loss_parameters", "build_loss", "build_run_loss", "trainable_state_parameters",
+           "copy_linear_head", "attach_estimator_optimizer", "loss_parameters", "build_loss", "build_run_loss", "trainable_state_parameters",
            "hand_off_loss_state", "run_estimator_optimizer"]
 
 
@@ -284,6 +284,25 @@ def build_loss(
     if "expected_num_pos" in loss_parameters(name) and "expected_num_pos" not in kwargs:
         raise ValueError(f"loss {name!r} needs expected_num_pos (k): pass --expected-num-pos")
     return get_loss_class(name)(**kwargs)
+
+
+def attach_estimator_optimizer(loss: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Give each label estimator of ``loss`` the optimizer that steps its logits (``LabelEstimator.use_optimizer``):
+    under LazyAdam the estimator catches its rows up through it before reading them.
+
+    Args:
+        loss: The run's loss.
+        optimizer: What :func:`build_optimizer` returned (a :class:`~spl_losses.optim.CombinedOptimizer` is
+            searched for the optimizer holding each estimator's logits).
+    """
+    from ..losses import LabelEstimator
+
+    inner = list(optimizer.optimizers) if isinstance(optimizer, CombinedOptimizer) else [optimizer]
+    for module in loss.modules():
+        if isinstance(module, LabelEstimator):
+            owner = next((o for o in inner if any(p is module.logits for g in o.param_groups for p in g["params"])),
+                         None)
+            module.use_optimizer(owner)
 
 
 def trainable_state_parameters(loss: nn.Module):

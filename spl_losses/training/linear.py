@@ -91,12 +91,13 @@ def build_linear_optimizers(settings, lr: float, head: nn.Module, loss_fn: nn.Mo
         loss_fn: The phase's loss (built with ``sparse=True`` for a row-sparse ``estimator``).
         estimator: ``adam``, ``lazy_adam`` or ``sparse_adam`` (``builders.run_estimator_optimizer``).
     """
-    from .builders import trainable_state_parameters
-    from .builders import build_optimizer, param_groups
+    from .builders import attach_estimator_optimizer, build_optimizer, param_groups, trainable_state_parameters
 
     groups = param_groups(lr, head=list(head.parameters()), loss_state=trainable_state_parameters(loss_fn),
                           state_lr_mult=settings.lr_mult)
-    return [build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)]
+    optimizer = build_optimizer(groups, settings.opt, settings.momentum, settings.weight_decay, estimator)
+    attach_estimator_optimizer(loss_fn, optimizer)  # the estimator catches its rows up through its optimizer
+    return [optimizer]
 
 
 class LinearHeadSteps:

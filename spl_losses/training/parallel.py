@@ -13,7 +13,7 @@ floats (21 MB for COCO, 400 MB at N = 100,000, C = 1,000) although a step reads 
 :class:`RowSparseExchange` exchanges those rows instead, O(B·C) per step whatever N:
 
 - before the forward pass, every process gathers the global batch's example indices (B int64 and a
-  header of P counts) and catches those rows up (:func:`~spl_losses.optim.catch_up_rows`), the same rows
+  header of P counts) and catches those rows up (each estimator through its optimizer), the same rows
   in the same order on every process, so the rows stay identical bit for bit (catching rows up in other
   groupings would differ at rounding level);
 - after the backward pass, each process's gradient rows (P times the global gradient's, as every input of
@@ -50,7 +50,6 @@ from torch.utils.data import Sampler
 from ..losses._distributed import BatchShare
 from ..losses.contrastive import pooled_features
 from ..losses.estimator import LabelEstimator
-from ..optim import catch_up_rows
 
 __all__ = ["epoch_generator", "epoch_permutation", "epoch_flip_mask", "EpochPermutationSampler", "ShardedBatchSampler",
            "share_bounds", "check_process_shares", "check_sync_bn", "sync_batchnorm", "RowSparseExchange", "TrainStep",
@@ -254,20 +253,22 @@ def sync_batchnorm(model: nn.Module, sync_bn: bool, num_processes: int, is_main_
 
 
 class RowSparseExchange:
-    """Keeps row-sparse parameters identical on every process of a data-parallel run, exchanging batch rows.
+    """Keeps row-sparse label estimators identical on every process of a data-parallel run, exchanging batch rows.
 
-    Call :meth:`begin` with each process's batch indices before the forward pass reads the parameters
+    Call :meth:`begin` with each process's batch indices before the forward pass reads the estimators
     (``TrainStep`` does), and :meth:`exchange` after the backward pass of each optimizer step (after the
     last micro-batch when gradients are accumulated), before clipping and stepping. Every process must
-    make the same calls. Leave the parameters out of DDP (``_ddp_params_and_buffers_to_ignore``).
+    make the same calls. Leave the estimators' logits out of DDP (``_ddp_params_and_buffers_to_ignore``).
 
     Args:
-        parameters: The parameters (rows first; sparse gradients, e.g. ``LabelEstimator(sparse=True).logits``).
+        estimators: The :class:`~spl_losses.losses.LabelEstimator` modules with sparse gradients (each catches
+            its rows up through its own optimizer, see ``LabelEstimator.use_optimizer``).
         process_group: The group the batch is split over (default: the default group).
     """
 
-    def __init__(self, parameters: Sequence[torch.nn.Parameter], process_group=None):
-        self.parameters = list(parameters)
+    def __init__(self, estimators: Sequence[LabelEstimator], process_group=None):
+        self.estimators = list(estimators)
+        self.parameters = [estimator.logits for estimator in self.estimators]
         self.process_group = process_group
         #: For each forward pass since the last exchange: every process's rows, in rank order.
         self._batches: List[List[torch.Tensor]] = []
@@ -295,8 +296,8 @@ class RowSparseExchange:
         share.gather_header(rows.shape[0], None, 0, None, device, name="estimator rows (counts)")
         shares = share.gather_varying(rows, share.counts, name="estimator rows")
         global_rows = torch.cat(shares)
-        for param in self.parameters:
-            catch_up_rows(param, global_rows)
+        for estimator in self.estimators:
+            estimator.catch_up(global_rows)
         self._batches.append(shares)
 
     @torch.no_grad()
@@ -356,7 +357,7 @@ class TrainStep(nn.Module):
         self.loss = loss
         self.contrastive = contrastive
         # estimators with sparse gradients: their batch rows are exchanged here, not all-reduced by DDP
-        row_sparse = {f"loss.{name}.logits": module.logits for name, module in loss.named_modules()
+        row_sparse = {f"loss.{name}.logits": module for name, module in loss.named_modules()
                       if isinstance(module, LabelEstimator) and module.sparse}
         self._estimator_exchange = RowSparseExchange(list(row_sparse.values())) if row_sparse else None
         # read by DistributedDataParallel: neither broadcast from rank 0 at every forward (N x C tensors) nor
