@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from recipe_flags import save_features_dataset
 import torch
 from test_recipe import recipe, tiny_flags
 from test_search import GRID, _config, _trained_points, _worker, features_data  # noqa: F401 (a fixture)
@@ -282,23 +283,7 @@ def test_an_unwritable_feature_cache_folder_is_refused_before_extracting(tmp_pat
 
 
 def _teacher_data(tmp_path):
-    import datasets
-
-    rng = np.random.default_rng(0)
-    label_feature = datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))
-
-    def split(n):
-        labels = [sorted(rng.choice(3, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
-        feats = np.asarray([[float(c in row) for c in range(3)] for row in labels]) + rng.normal(0, 0.2, (n, 3))
-        return datasets.Dataset.from_dict(
-            {"features": feats.astype(np.float32).tolist(), "labels": labels, "observed_labels": [r[:1] for r in labels],
-             "index": list(range(n))},
-            features=datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": label_feature,
-                                        "observed_labels": label_feature, "index": datasets.Value("int64")}))
-
-    path = tmp_path / "teacher_feats"
-    datasets.DatasetDict({"train": split(40), "validation": split(20), "test": split(20)}).save_to_disk(str(path))
-    return str(path)
+    return save_features_dataset(tmp_path / "teacher_feats")
 
 
 def test_nan_teacher_scores_in_the_teacher_cache_are_ignored_and_recomputed(tmp_path, monkeypatch):

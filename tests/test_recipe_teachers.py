@@ -2,8 +2,8 @@
 import json
 
 import datasets
-import numpy as np
 import pytest
+from recipe_flags import save_features_dataset
 import torch
 from test_recipe import recipe
 
@@ -15,22 +15,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def features_data(tmp_path):
-    rng = np.random.default_rng(0)
-    names = ["a", "b", "c"]
-    label_feature = datasets.List(datasets.ClassLabel(names=names))
-
-    def split(n):
-        labels = [sorted(rng.choice(3, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
-        feats = np.asarray([[float(c in row) for c in range(3)] for row in labels]) + rng.normal(0, 0.2, (n, 3))
-        return datasets.Dataset.from_dict(
-            {"features": feats.astype(np.float32).tolist(), "labels": labels, "observed_labels": [r[:1] for r in labels],
-             "index": list(range(n))},
-            features=datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": label_feature,
-                                        "observed_labels": label_feature, "index": datasets.Value("int64")}))
-
-    path = tmp_path / "feats"
-    datasets.DatasetDict({"train": split(40), "validation": split(20), "test": split(20)}).save_to_disk(str(path))
-    return str(path)
+    return save_features_dataset(tmp_path / "feats")
 
 
 def flags(data, out, *extra):

@@ -12,9 +12,8 @@ import subprocess
 import sys
 import time
 
-import datasets
-import numpy as np
 import pytest
+from recipe_flags import save_features_dataset
 import yaml
 from test_recipe import recipe
 
@@ -26,22 +25,8 @@ GRID = {"batch_size": [8, 16], "lr": [0.3, 0.1, 0.03, 0.01]}
 
 @pytest.fixture(scope="module")
 def features_data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    names = ["a", "b", "c", "d"]
-    label_feature = datasets.List(datasets.ClassLabel(names=names))
-
-    def split(n):
-        labels = [sorted(rng.choice(4, size=rng.integers(1, 3), replace=False).tolist()) for _ in range(n)]
-        feats = np.asarray([[float(c in row) for c in range(4)] for row in labels]) + rng.normal(0, 0.6, (n, 4))
-        return datasets.Dataset.from_dict(
-            {"features": feats.astype(np.float32).tolist(), "labels": labels, "observed_labels": [r[:1] for r in labels],
-             "index": list(range(n))},
-            features=datasets.Features({"features": datasets.List(datasets.Value("float32")), "labels": label_feature,
-                                        "observed_labels": label_feature, "index": datasets.Value("int64")}))
-
-    path = tmp_path_factory.mktemp("search_data") / "feats"
-    datasets.DatasetDict({"train": split(64), "validation": split(32), "test": split(32)}).save_to_disk(str(path))
-    return str(path)
+    return save_features_dataset(tmp_path_factory.mktemp("search_data") / "feats", num_classes=4, sizes=(64, 32, 32),
+                                 noise=0.6)
 
 
 def _config(tmp_path, features_data, epochs=2, grid=GRID, **extra):
