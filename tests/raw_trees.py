@@ -206,3 +206,24 @@ def write_cub_tree(root: str, num_images: int = 40, seed: int = 0, attributes_at
     empty = {split: sum(1 for i, pos in enumerate(sets) if not pos and (is_train[i] == (split == "train")))
              for split in ("train", "test")}
     return ExpectedTree(list(CUB_ATTRIBUTES), positives, empty)
+
+
+#: A listing's rows over the images of :func:`write_listing_images`: (path, labels).
+GOOD_ROWS = [(f"img/{i}.png", "cat" if i % 2 else "cat|dog") for i in range(6)]
+
+
+def write_listing_images(root) -> None:
+    """Six 4x4 PNGs ``root/img/{0..5}.png`` (distinct pixels), the images :data:`GOOD_ROWS` lists."""
+    for i in range(6):
+        path = os.path.join(str(root), "img", f"{i}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(path)
+
+
+def listing_writer(root):
+    """A function writing a ``path,labels`` listing of (path, labels) rows into ``root``; it returns its path."""
+    def write(rows, name="all.csv"):
+        with open(os.path.join(str(root), name), "w", encoding="utf-8") as f:
+            f.write("path,labels\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+        return os.path.join(str(root), name)
+    return write

@@ -19,6 +19,8 @@ import datasets
 import pytest
 from PIL import Image
 
+from raw_trees import GOOD_ROWS, listing_writer, write_listing_images
+
 import spl_losses.data.image_checks as image_checks
 from spl_losses.data import build_dataset
 
@@ -34,17 +36,8 @@ def _image(path, value=0, size=(4, 4)):
 def listing_dir(tmp_path):
     """A folder with images and a helper writing a listing of (path, labels) rows into it."""
     root = tmp_path / "data"
-    for i in range(6):
-        _image(str(root / "img" / f"{i}.png"), i)
-
-    def write(rows, name="all.csv"):
-        with open(root / name, "w", encoding="utf-8") as f:
-            f.write("path,labels\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
-        return str(root / name)
-    return root, write
-
-
-GOOD_ROWS = [(f"img/{i}.png", "cat" if i % 2 else "cat|dog") for i in range(6)]
+    write_listing_images(root)
+    return root, listing_writer(root)
 
 
 def _build(path, tmp_path, **options):
